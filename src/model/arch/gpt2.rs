@@ -1,0 +1,147 @@
+//! GPT-2: learned positions, pre-LayerNorm blocks, fused QKV stored as `Conv1D` (`[in, out]`
+//! weights, transposed here), tied output head.
+//! <https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf>
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::model::error::{ModelError, Result};
+use crate::model::transformer::{Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, norm};
+use crate::model::weights::Weights;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f32,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+}
+
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn default_eps() -> f32 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+/// A `Conv1D` (`x W + b`, `W: [in, out]`) as a `Linear` (`W: [out, in]`).
+fn conv1d(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    let weight = w
+        .get(&format!("{name}.weight"), (in_dim, out_dim))?
+        .t()?
+        .contiguous()?;
+    let bias = Some(w.get(&format!("{name}.bias"), out_dim)?);
+    Ok(Linear { weight, bias })
+}
+
+/// Rows `[start, start + len)` of a fused projection.
+fn split(fused: &Linear, start: usize, len: usize) -> Result<Linear> {
+    Ok(Linear {
+        weight: fused.weight.narrow(0, start, len)?.contiguous()?,
+        bias: match &fused.bias {
+            Some(b) => Some(b.narrow(0, start, len)?.contiguous()?),
+            None => None,
+        },
+    })
+}
+
+pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer> {
+    let d = cfg.n_embd;
+    let nh = cfg.n_head;
+    super::check_heads(config_path, nh, nh)?;
+    if d % nh != 0 {
+        return Err(ModelError::config(
+            config_path,
+            format!("n_embd {d} is not divisible by n_head {nh}"),
+        ));
+    }
+    let dh = d / nh;
+    let d_mlp = cfg.n_inner.unwrap_or(4 * d);
+    let act = super::activation(&cfg.activation_function, config_path)?;
+    // GPT2LMHeadModel checkpoints prefix everything with `transformer.`; GPT2Model ones do not.
+    let base = if w.contains("transformer.wte.weight") {
+        w.pp("transformer")
+    } else {
+        w.clone()
+    };
+    let eps = cfg.layer_norm_epsilon;
+    let mut blocks = Vec::with_capacity(cfg.n_layer);
+    for l in 0..cfg.n_layer {
+        let lw = base.pp(format!("h.{l}"));
+        let qkv = conv1d(&lw, "attn.c_attn", d, 3 * d)?;
+        let mut scale = if cfg.scale_attn_weights {
+            (dh as f64).powf(-0.5)
+        } else {
+            1.0
+        };
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (l + 1) as f64;
+        }
+        blocks.push(Block {
+            ln1: norm(&lw, "ln_1", NormKind::LayerNorm, d, eps, false)?,
+            attn: Attention {
+                q: split(&qkv, 0, d)?,
+                k: split(&qkv, d, d)?,
+                v: split(&qkv, 2 * d, d)?,
+                o: conv1d(&lw, "attn.c_proj", d, d)?,
+                q_norm: None,
+                k_norm: None,
+                n_heads: nh,
+                n_kv_heads: nh,
+                d_head: dh,
+                rotary: None,
+                scale,
+                sliding_window: None,
+                logit_softcap: None,
+            },
+            attn_post_norm: None,
+            ln2: norm(&lw, "ln_2", NormKind::LayerNorm, d, eps, false)?,
+            mlp: Mlp {
+                gate: None,
+                up: conv1d(&lw, "mlp.c_fc", d, d_mlp)?,
+                down: conv1d(&lw, "mlp.c_proj", d_mlp, d)?,
+                act,
+            },
+            mlp_post_norm: None,
+            parallel_residual: false,
+        });
+    }
+    let embed = base.get("wte.weight", (cfg.vocab_size, d))?;
+    let unembed = w
+        .get_opt("lm_head.weight", (cfg.vocab_size, d))?
+        .unwrap_or_else(|| embed.clone());
+    Ok(Transformer {
+        dims: Dims {
+            n_layers: cfg.n_layer,
+            d_model: d,
+            n_heads: nh,
+            n_kv_heads: nh,
+            d_head: dh,
+            d_mlp,
+            d_vocab: cfg.vocab_size,
+            n_ctx: cfg.n_positions,
+        },
+        embed,
+        pos_embed: Some(base.get("wpe.weight", (cfg.n_positions, d))?),
+        embed_scale: None,
+        blocks,
+        ln_final: norm(&base, "ln_f", NormKind::LayerNorm, d, eps, false)?,
+        unembed,
+        unembed_bias: None,
+        final_logit_softcap: None,
+    })
+}

@@ -1,0 +1,279 @@
+//! GGUF (llama.cpp) files: metadata helpers, the HF-equivalent config of a GGUF model, and a
+//! tensor source that dequantizes every tensor to f32 under its HF name.
+//!
+//! Two llama.cpp conversions are undone so tensors equal the HF checkpoint's:
+//! - `llama`: Q/K projection rows are permuted for llama.cpp's interleaved RoPE; we restore HF's
+//!   half-split layout.
+//! - `gemma*`: RMSNorm weights are stored as `1 + w`; we store `w` again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::{Device, Tensor};
+
+use super::error::{ModelError, Result};
+use super::weights::TensorSource;
+
+pub fn metadata_str(md: &HashMap<String, Value>, key: &str) -> Option<String> {
+    md.get(key).and_then(|v| v.to_string().ok()).cloned()
+}
+
+pub fn metadata_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
+    let v = md.get(key)?;
+    v.to_u32()
+        .ok()
+        .or_else(|| v.to_u64().ok().and_then(|x| u32::try_from(x).ok()))
+        .or_else(|| v.to_i32().ok().and_then(|x| u32::try_from(x).ok()))
+}
+
+pub fn metadata_f32(md: &HashMap<String, Value>, key: &str) -> Option<f32> {
+    let v = md.get(key)?;
+    v.to_f32()
+        .ok()
+        .or_else(|| v.to_f64().ok().map(|x| x as f32))
+}
+
+pub fn metadata_string_array(md: &HashMap<String, Value>, key: &str) -> Option<Vec<String>> {
+    match md.get(key)? {
+        Value::Array(values) => values.iter().map(|v| v.to_string().ok().cloned()).collect(),
+        _ => None,
+    }
+}
+
+/// An opened GGUF file: its parsed header and the memory map holding the tensor data.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: gguf_file::Content,
+    mmap: memmap2::Mmap,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // Safety: the map is read-only; a file truncated underneath us is the documented
+        // hazard of memory maps, the same one candle and llama.cpp accept.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let mut cursor = std::io::Cursor::new(&mmap[..]);
+        let content =
+            gguf_file::Content::read(&mut cursor).map_err(|e| ModelError::CorruptGguf {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            mmap,
+        })
+    }
+
+    pub fn architecture(&self) -> Option<String> {
+        metadata_str(&self.content.metadata, "general.architecture")
+    }
+
+    /// Tensor-type histogram, e.g. "Q4_1×210, F32×61, Q8_0×1", for `ModelInfo`.
+    pub fn quantization_summary(&self) -> String {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for info in self.content.tensor_infos.values() {
+            *counts.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+            .iter()
+            .map(|(k, n)| format!("{k}×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn u32_key(&self, arch: &str, key: &str) -> Result<usize> {
+        let full = format!("{arch}.{key}");
+        metadata_u32(&self.content.metadata, &full)
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::config(&self.path, format!("metadata {full} is missing")))
+    }
+
+    /// The HF `config.json` equivalent of this file, as transformers derives it.
+    pub fn hf_config(&self) -> Result<serde_json::Value> {
+        let md = &self.content.metadata;
+        let arch = self.architecture().ok_or_else(|| {
+            ModelError::config(&self.path, "metadata general.architecture is missing")
+        })?;
+        let f = |key: &str| metadata_f32(md, &format!("{arch}.{key}"));
+        let n_heads = self.u32_key(&arch, "attention.head_count")?;
+        let vocab_size = match metadata_u32(md, &format!("{arch}.vocab_size")) {
+            Some(v) => v as usize,
+            None => match md.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(tokens)) => tokens.len(),
+                _ => self
+                    .content
+                    .tensor_infos
+                    .get("token_embd.weight")
+                    .map(|t| t.shape.dims()[0])
+                    .unwrap_or(0),
+            },
+        };
+        let tied = !self.content.tensor_infos.contains_key("output.weight");
+        let mut config = serde_json::json!({
+            "model_type": arch,
+            "num_hidden_layers": self.u32_key(&arch, "block_count")?,
+            "hidden_size": self.u32_key(&arch, "embedding_length")?,
+            "intermediate_size": self.u32_key(&arch, "feed_forward_length")?,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": metadata_u32(md, &format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads),
+            "max_position_embeddings": metadata_u32(md, &format!("{arch}.context_length")).unwrap_or(2048),
+            "vocab_size": vocab_size,
+            "tie_word_embeddings": tied,
+        });
+        let obj = config
+            .as_object_mut()
+            .ok_or_else(|| ModelError::config(&self.path, "internal: config is not an object"))?;
+        if let Some(eps) = f("attention.layer_norm_rms_epsilon") {
+            obj.insert("rms_norm_eps".into(), eps.into());
+        }
+        if let Some(theta) = f("rope.freq_base") {
+            obj.insert("rope_theta".into(), theta.into());
+        }
+        if let Some(head_dim) = metadata_u32(md, &format!("{arch}.attention.key_length")) {
+            obj.insert("head_dim".into(), head_dim.into());
+        }
+        match arch.as_str() {
+            "llama" => {
+                obj.insert("hidden_act".into(), "silu".into());
+            }
+            "gemma3" => {
+                let head_dim = obj.get("head_dim").and_then(|v| v.as_u64()).unwrap_or(256);
+                if let Some(window) = metadata_u32(md, "gemma3.attention.sliding_window") {
+                    obj.insert("sliding_window".into(), window.into());
+                }
+                // As HF's Gemma3TextConfig defaults, which transformers keeps for GGUF files:
+                // every sixth layer is global, local layers use rope base 10 000.
+                obj.insert("query_pre_attn_scalar".into(), head_dim.into());
+                obj.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+            }
+            _ => {}
+        }
+        Ok(config)
+    }
+
+    /// HF tensor name → GGUF tensor name, for the architectures we open from GGUF.
+    fn gguf_name(hf: &str) -> Option<String> {
+        let rest = hf.strip_prefix("model.").unwrap_or(hf);
+        let fixed = match hf {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(name) = fixed {
+            return Some(name.to_string());
+        }
+        let rest = rest.strip_prefix("layers.")?;
+        let (layer, module) = rest.split_once('.')?;
+        let gguf_module = match module {
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            "input_layernorm.weight" => "attn_norm.weight",
+            // Llama's second norm; Gemma's pre-MLP norm (its post-attention norm is separate).
+            "post_attention_layernorm.weight" => "post_attention_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{gguf_module}"))
+    }
+}
+
+/// Reads tensors out of a GGUF file by their HF names, dequantized to f32.
+pub struct GgufSource {
+    file: GgufFile,
+    arch: String,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+impl GgufSource {
+    pub fn new(file: GgufFile, n_heads: usize, n_kv_heads: usize) -> Self {
+        let arch = file.architecture().unwrap_or_default();
+        GgufSource {
+            file,
+            arch,
+            n_heads,
+            n_kv_heads,
+        }
+    }
+
+    fn resolve(&self, hf_name: &str) -> Option<String> {
+        let name = GgufFile::gguf_name(hf_name)?;
+        // In Llama GGUFs the norm before the MLP is `ffn_norm`.
+        if self.arch == "llama" && hf_name.ends_with("post_attention_layernorm.weight") {
+            return Some(name.replace("post_attention_norm", "ffn_norm"));
+        }
+        Some(name)
+    }
+}
+
+/// Undo llama.cpp's `permute(w, n_head)`: rows were reordered from HF's [half0; half1] per head
+/// into interleaved pairs.
+fn unpermute_rope_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let head_dim = rows / n_head;
+    w.reshape((n_head, head_dim / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+impl TensorSource for GgufSource {
+    fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.resolve(name)
+            .is_some_and(|n| self.file.content.tensor_infos.contains_key(&n))
+    }
+
+    fn load(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(gguf_name) = self.resolve(name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.content.tensor_infos.get(&gguf_name) else {
+            return Ok(None);
+        };
+        let corrupt = |e: candle_core::Error| ModelError::CorruptGguf {
+            path: self.file.path.clone(),
+            reason: format!("tensor {gguf_name}: {e}"),
+        };
+        let mut cursor = std::io::Cursor::new(&self.file.mmap[..]);
+        let qtensor = info
+            .read(
+                &mut cursor,
+                self.file.content.tensor_data_offset,
+                &Device::Cpu,
+            )
+            .map_err(corrupt)?;
+        let mut tensor = qtensor.dequantize(&Device::Cpu).map_err(corrupt)?;
+        if self.arch == "llama" {
+            if name.ends_with("q_proj.weight") {
+                tensor = unpermute_rope_rows(&tensor, self.n_heads)?;
+            } else if name.ends_with("k_proj.weight") {
+                tensor = unpermute_rope_rows(&tensor, self.n_kv_heads)?;
+            }
+        }
+        if self.arch.starts_with("gemma") && name.ends_with("norm.weight") {
+            tensor = (tensor - 1.0)?;
+        }
+        Ok(Some(tensor))
+    }
+}

@@ -1,0 +1,266 @@
+//! Opening real model files and running them with hooks.
+//!
+//! [`open`] takes an HF model directory (or its `config.json`) or a GGUF file and returns the
+//! loaded [`Model`]: the transformer, its tokenizer and a [`ModelInfo`] summary.
+
+pub mod arch;
+pub mod error;
+pub mod gguf;
+pub mod hooks;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use error::{ModelError, Result};
+pub use hooks::{
+    AblationMode, Captures, HookSpec, Intervention, InterventionKind, PatternMode, ValueOp,
+};
+pub use tokenizer::Tokenizer;
+pub use transformer::{
+    ForwardOutput, LayerDone, LayerObserver, NoObserver, ResidCache, Transformer,
+};
+
+use gguf::{GgufFile, GgufSource};
+use weights::{SafetensorsSource, Weights};
+
+/// What a model is, for `dendrite info` and the app's title bar.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    pub n_ctx: usize,
+    pub n_params: usize,
+    /// "safetensors" or "gguf".
+    pub format: String,
+    /// Stored tensor types, e.g. "F32" or "Q4_1×210, F32×61, Q8_0×1" (computation is f32).
+    pub source_dtype: String,
+}
+
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: Tokenizer,
+    pub info: ModelInfo,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("info", &self.info).finish()
+    }
+}
+
+/// What a path holds, decided before anything heavy is read.
+enum Source {
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+fn classify(path: &Path) -> Result<Source> {
+    if !path.exists() {
+        return Err(ModelError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    if path.is_dir() {
+        return Ok(Source::HfDir(path.to_path_buf()));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if matches!(ext.as_str(), "bin" | "pt" | "pth" | "pkl" | "ckpt") {
+        return Err(ModelError::PickleRefused {
+            path: path.to_path_buf(),
+        });
+    }
+    if ext == "gguf" || file_starts_with(path, b"GGUF") {
+        return Ok(Source::Gguf(path.to_path_buf()));
+    }
+    let parent = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some("config.json") => Ok(Source::HfDir(parent)),
+        _ if ext == "safetensors" || ext == "json" => Ok(Source::HfDir(parent)),
+        _ => Err(ModelError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "not a model: expected an HF model directory, its config.json, or a .gguf file"
+                .into(),
+        }),
+    }
+}
+
+fn file_starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut buf = vec![0u8; magic.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok_and(|_| buf == magic)
+}
+
+/// Opens a model and its tokenizer.
+pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+    match classify(path.as_ref())? {
+        Source::HfDir(dir) => open_hf_dir(&dir),
+        Source::Gguf(file) => open_gguf(&file),
+    }
+}
+
+/// Opens only the tokenizer of a model path (a GGUF holding just a vocabulary works too).
+pub fn open_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
+    match classify(path.as_ref())? {
+        Source::HfDir(dir) => hf_tokenizer(&dir),
+        Source::Gguf(file) => {
+            let gguf = GgufFile::open(&file)?;
+            Tokenizer::from_gguf(&file, &gguf.content)
+        }
+    }
+}
+
+fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        return Err(ModelError::MissingTokenizer {
+            path,
+            reason: "no tokenizer.json in the model directory".into(),
+        });
+    }
+    Tokenizer::from_file(&path)
+}
+
+fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::config(&path, format!("not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ModelError::config(&path, "expected a JSON object"));
+    }
+    Ok((path, value))
+}
+
+fn open_hf_dir(dir: &Path) -> Result<Model> {
+    let (config_path, config) = read_config(dir)?;
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let source = if single.exists() {
+        SafetensorsSource::open(&[single])?
+    } else if index.exists() {
+        SafetensorsSource::open_index(&index)?
+    } else if dir.join("pytorch_model.bin").exists() {
+        return Err(ModelError::PickleRefused {
+            path: dir.join("pytorch_model.bin"),
+        });
+    } else {
+        return Err(ModelError::NotFound { path: single });
+    };
+    let source_dtype = source.dtype_summary();
+    let tokenizer = hf_tokenizer(dir)?;
+    let transformer = arch::load(&config, &config_path, &Weights::new(Arc::new(source)))?;
+    let name = config
+        .get("_name_or_path")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let architecture = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?")
+        .to_string();
+    let info = model_info(
+        &transformer,
+        name,
+        dir,
+        architecture,
+        "safetensors",
+        source_dtype,
+    );
+    Ok(Model {
+        transformer,
+        tokenizer,
+        info,
+    })
+}
+
+fn open_gguf(path: &Path) -> Result<Model> {
+    let gguf = GgufFile::open(path)?;
+    if gguf.content.tensor_infos.is_empty() {
+        return Err(ModelError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "this GGUF holds only a vocabulary (no tensors); it opens as a tokenizer"
+                .into(),
+        });
+    }
+    let architecture = gguf.architecture().unwrap_or_default();
+    if !matches!(architecture.as_str(), "llama" | "gemma3") {
+        return Err(ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            model_type: architecture,
+        });
+    }
+    let tokenizer = Tokenizer::from_gguf(path, &gguf.content)?;
+    let config = gguf.hf_config()?;
+    let n_heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+    let n_kv = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let name = gguf::metadata_str(&gguf.content.metadata, "general.name")
+        .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let source_dtype = gguf.quantization_summary();
+    let source = GgufSource::new(gguf, n_heads, n_kv);
+    let transformer = arch::load(&config, path, &Weights::new(Arc::new(source)))?;
+    let info = model_info(&transformer, name, path, architecture, "gguf", source_dtype);
+    Ok(Model {
+        transformer,
+        tokenizer,
+        info,
+    })
+}
+
+fn model_info(
+    t: &Transformer,
+    name: String,
+    path: &Path,
+    architecture: String,
+    format: &str,
+    source_dtype: String,
+) -> ModelInfo {
+    let d = &t.dims;
+    ModelInfo {
+        name,
+        path: path.to_path_buf(),
+        architecture,
+        n_layers: d.n_layers,
+        d_model: d.d_model,
+        n_heads: d.n_heads,
+        n_kv_heads: d.n_kv_heads,
+        d_head: d.d_head,
+        d_mlp: d.d_mlp,
+        d_vocab: d.d_vocab,
+        n_ctx: d.n_ctx,
+        n_params: t.n_params(),
+        format: format.to_string(),
+        source_dtype,
+    }
+}
+
+impl Model {
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, add_special)
+    }
+}

@@ -1,0 +1,424 @@
+//! Tokenizers: HF `tokenizer.json`, or rebuilt from a GGUF file's `tokenizer.ggml.*` metadata.
+//!
+//! The GGUF path mirrors what HF transformers builds from the same file
+//! (`transformers/integrations/gguf/gguf_tokenizer_mapping.py`), so token ids agree with the
+//! reference: byte-level BPE for `tokenizer.ggml.model = gpt2`, and for Gemma's SentencePiece
+//! vocabulary a byte-fallback BPE whose merges are recovered from the vocabulary order.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+};
+
+use super::error::{ModelError, Result};
+use super::gguf::{metadata_str, metadata_string_array, metadata_u32};
+
+/// llama.cpp token types (`tokenizer.ggml.token_type`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    special_ids: HashSet<u32>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Reads an HF `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::new(inner, path))
+    }
+
+    fn new(inner: tokenizers::Tokenizer, path: &Path) -> Self {
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
+        Tokenizer {
+            inner,
+            special_ids,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Rebuilds the tokenizer a GGUF file describes.
+    pub fn from_gguf(path: &Path, content: &gguf_file::Content) -> Result<Self> {
+        let err = |reason: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let md = &content.metadata;
+        let model = metadata_str(md, "tokenizer.ggml.model").ok_or_else(|| {
+            ModelError::MissingTokenizer {
+                path: path.to_path_buf(),
+                reason: "GGUF file has no tokenizer.ggml.model metadata".into(),
+            }
+        })?;
+        let architecture = metadata_str(md, "general.architecture").unwrap_or_default();
+        let tokens = metadata_string_array(md, "tokenizer.ggml.tokens")
+            .ok_or_else(|| err("tokenizer.ggml.tokens is missing or not a string array".into()))?;
+        let token_types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(gguf_file::Value::Array(values)) => values
+                .iter()
+                .map(|v| v.to_i32().map_err(|e| err(format!("token_type: {e}"))))
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
+        };
+        let merges_in_file = metadata_string_array(md, "tokenizer.ggml.merges");
+        let special_name =
+            |key: &str| metadata_u32(md, key).and_then(|id| tokens.get(id as usize).cloned());
+        let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v.to_bool().unwrap_or(false),
+            // llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise.
+            None => model == "llama",
+        };
+
+        let (mut inner, vocab_spelling) = match model.as_str() {
+            "gpt2" => byte_level_bpe(&tokens, merges_in_file.as_deref()).map_err(err)?,
+            "llama" if architecture.starts_with("gemma") => {
+                gemma_sentencepiece_bpe(&tokens, special_name("tokenizer.ggml.unknown_token_id"))
+                    .map_err(err)?
+            }
+            other => {
+                return Err(ModelError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "GGUF tokenizer model \"{other}\" for architecture \"{architecture}\" \
+                         (supported: gpt2 byte-level BPE, gemma sentencepiece)"
+                    ),
+                });
+            }
+        };
+
+        // Control tokens become special tokens; user-defined ones plain added tokens, so that
+        // both stay whole instead of being cut into pieces.
+        let byte_alphabet: HashSet<char> = byte_to_unicode().into_iter().collect();
+        let control: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(token, ty)| {
+                **ty == TOKEN_TYPE_CONTROL
+                    && (model != "gpt2" || token.chars().all(|c| byte_alphabet.contains(&c)))
+            })
+            .map(|(token, _)| AddedToken::from(token.clone(), true).normalized(false))
+            .collect();
+        inner.add_special_tokens(&control);
+        let user_defined: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(token, ty)| {
+                **ty == TOKEN_TYPE_USER_DEFINED && vocab_spelling.contains(*token)
+            })
+            .map(|(token, _)| AddedToken::from(token.clone(), false).normalized(false))
+            .collect();
+        inner.add_tokens(&user_defined);
+
+        if let Some(split) = metadata_str(md, "tokenizer.ggml.pre").and_then(|p| split_regex(&p)) {
+            let pre = json_component::<PreTokenizerWrapper>(serde_json::json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+                ]
+            }))
+            .map_err(err)?;
+            inner.with_pre_tokenizer(Some(pre));
+        }
+        if add_bos {
+            if let Some(bos) = special_name("tokenizer.ggml.bos_token_id") {
+                let bos_id = inner.token_to_id(&bos).unwrap_or_default();
+                let post = json_component::<PostProcessorWrapper>(serde_json::json!({
+                    "type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                             {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                    "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}}
+                }))
+                .map_err(err)?;
+                inner.with_post_processor(Some(post));
+            }
+        }
+        Ok(Self::new(inner, path))
+    }
+
+    /// Token ids of `text`; special tokens (e.g. BOS) are added only when `add_special` is set.
+    /// Special-token text in the input (like `<|im_start|>`) is always matched whole.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The vocabulary entry of each id, as HF's `convert_ids_to_tokens` spells it.
+    pub fn token_strings(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                self.inner
+                    .id_to_token(id)
+                    .unwrap_or_else(|| format!("<{id}>"))
+            })
+            .collect()
+    }
+
+    /// The text a single token stands for (decoded, as a user reads it).
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner
+            .decode(&[id], false)
+            .unwrap_or_else(|_| format!("<{id}>"))
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_default()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.contains(&id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+fn json_component<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> std::result::Result<T, String> {
+    serde_json::from_value(value).map_err(|e| format!("building tokenizer component: {e}"))
+}
+
+/// GPT-2's reversible map from bytes to printable characters.
+fn byte_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut map = vec!['\0'; 256];
+    for &b in &printable {
+        map[b as usize] = char::from_u32(b).unwrap_or('?');
+    }
+    let mut next = 0u32;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            map[b as usize] = char::from_u32(256 + next).unwrap_or('?');
+            next += 1;
+            printable.push(b);
+        }
+    }
+    map
+}
+
+type Built = (tokenizers::Tokenizer, HashSet<String>);
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE, as HF's `GPT2Tokenizer`.
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: Option<&[String]>,
+) -> std::result::Result<Built, String> {
+    let spelling = byte_to_unicode();
+    let alphabet: HashSet<char> = spelling.iter().copied().collect();
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (index, token) in tokens.iter().enumerate() {
+        let spelled = if token.chars().all(|c| alphabet.contains(&c)) {
+            token.clone()
+        } else {
+            token.bytes().map(|b| spelling[b as usize]).collect()
+        };
+        vocab.insert(spelled, index as u32);
+    }
+    let merges: Vec<(String, String)> = match merges {
+        Some(merges) => merges
+            .iter()
+            .map(|m| {
+                let mut parts = m.splitn(2, ' ');
+                let left = parts.next().unwrap_or_default().to_string();
+                let right = parts.next().unwrap_or_default().to_string();
+                (left, right)
+            })
+            .collect(),
+        None => return Err("byte-level BPE vocabulary without tokenizer.ggml.merges".into()),
+    };
+    let spelled_vocab: HashSet<String> = vocab.keys().cloned().collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix(String::new())
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| format!("building BPE: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(json_component::<PreTokenizerWrapper>(
+        serde_json::json!({
+            "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+        }),
+    )?));
+    inner.with_decoder(Some(json_component::<DecoderWrapper>(serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true
+    }))?));
+    Ok((inner, spelled_vocab))
+}
+
+/// Gemma's SentencePiece vocabulary as HF's `GemmaTokenizer` (byte-fallback BPE). The file has
+/// no merges: they are recovered from the vocabulary, ranked by the order tokens appear in the
+/// file (Gemma's scores do not follow its merge order). Tokens made only of spaces are stored
+/// with real spaces and are respelled with `▁` first, as transformers does.
+fn gemma_sentencepiece_bpe(
+    tokens: &[String],
+    unk: Option<String>,
+) -> std::result::Result<Built, String> {
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    // Later duplicates win, as in a Python dict comprehension.
+    let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(respelled.len());
+    for (index, token) in respelled.iter().enumerate() {
+        vocab.insert(token.as_str(), index as u32);
+    }
+    let merges = merges_from_vocab_order(&vocab);
+    let spelled_vocab: HashSet<String> = vocab.keys().map(|s| s.to_string()).collect();
+    let owned_vocab: Vocab = vocab.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(owned_vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true);
+    if let Some(unk) = unk {
+        builder = builder.unk_token(unk);
+    }
+    let bpe = builder.build().map_err(|e| format!("building BPE: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_normalizer(Some(json_component::<NormalizerWrapper>(
+        serde_json::json!({
+            "type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"
+        }),
+    )?));
+    inner.with_pre_tokenizer(Some(json_component::<PreTokenizerWrapper>(serde_json::json!({
+        "type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false
+    }))?));
+    inner.with_decoder(Some(json_component::<DecoderWrapper>(serde_json::json!({
+        "type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"}
+        ]
+    }))?));
+    Ok((inner, spelled_vocab))
+}
+
+/// transformers' `generate_merges(vocab, vocab_scores=-position)`: every split of every token
+/// whose two halves are both tokens, ranked by the token's position (earlier first), then by the
+/// longer left half, then the longer right half.
+fn merges_from_vocab_order(vocab: &HashMap<&str, u32>) -> Vec<(String, String)> {
+    let mut by_position: Vec<(&str, u32)> = vocab.iter().map(|(k, v)| (*k, *v)).collect();
+    by_position.sort_by_key(|&(_, index)| index);
+    // (position of merged token, left len, right len, left id, right id, left, right)
+    let mut merges: Vec<(u32, usize, usize, u32, u32, &str, &str)> = Vec::new();
+    for &(token, position) in &by_position {
+        for (split, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(split);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                merges.push((
+                    position,
+                    left.chars().count(),
+                    right.chars().count(),
+                    l,
+                    r,
+                    left,
+                    right,
+                ));
+            }
+        }
+    }
+    // Python sorts each token's candidates by (id left, id right), then the whole list stably by
+    // (score, len left, len right) descending; score = -position.
+    merges.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.cmp(&a.1))
+            .then(b.2.cmp(&a.2))
+            .then(a.3.cmp(&b.3))
+            .then(a.4.cmp(&b.4))
+    });
+    merges
+        .into_iter()
+        .map(|m| (m.5.to_string(), m.6.to_string()))
+        .collect()
+}
+
+/// Split regexes for `tokenizer.ggml.pre` values whose BPE merges were learned on a split other
+/// than GPT-2's (the same table transformers uses).
+fn split_regex(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_is_gpt2s() {
+        let map = byte_to_unicode();
+        assert_eq!(map[b' ' as usize], 'Ġ');
+        assert_eq!(map[b'\n' as usize], 'Ċ');
+        assert_eq!(map[b'A' as usize], 'A');
+        let distinct: HashSet<char> = map.iter().copied().collect();
+        assert_eq!(distinct.len(), 256);
+    }
+
+    #[test]
+    fn merges_follow_vocabulary_order_then_longer_left() {
+        let vocab: HashMap<&str, u32> = [("a", 0), ("b", 1), ("ab", 2), ("abb", 3), ("bb", 4)]
+            .into_iter()
+            .collect();
+        let merges = merges_from_vocab_order(&vocab);
+        let as_str: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(l, r)| (l.as_str(), r.as_str()))
+            .collect();
+        // "ab" (position 2) first; "abb" (3) splits as "ab"+"b" (longer left) before "a"+"bb".
+        assert_eq!(
+            as_str,
+            vec![("a", "b"), ("ab", "b"), ("a", "bb"), ("b", "b")]
+        );
+    }
+}

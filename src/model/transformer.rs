@@ -1,0 +1,710 @@
+//! The one decoder-only transformer every architecture loads into, and its hooked forward pass.
+//!
+//! Architecture files (`arch/*.rs`) translate a checkpoint's config and tensor names into these
+//! parts; everything they share — norms, rotary attention with grouped KV heads, gated and plain
+//! MLPs, sequential and parallel residuals, sandwich norms — lives here once, so a hook name
+//! means the same thing in every model.
+
+use candle_core::{D, Device, Tensor};
+
+use super::error::{ModelError, Result};
+use super::hooks::{Captures, HookSpec, HookState, hook_stage};
+
+// ── parts ──────────────────────────────────────────────────────────────────────────────────
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum NormKind {
+    LayerNorm,
+    RmsNorm,
+}
+
+#[derive(Clone, Debug)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f32,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(match self.kind {
+            NormKind::RmsNorm => candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?,
+            NormKind::LayerNorm => {
+                let bias = match &self.bias {
+                    Some(b) => b.clone(),
+                    None => self.weight.zeros_like()?,
+                };
+                candle_nn::ops::layer_norm(&x, &self.weight, &bias, self.eps)?
+            }
+        })
+    }
+}
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch checkpoints.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y = flat.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_shape = dims;
+        *out_shape.last_mut().unwrap_or(&mut 0) = out_dim;
+        Ok(y.reshape(out_shape)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Activation {
+    Relu,
+    /// Exact GELU (erf).
+    Gelu,
+    /// Tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Silu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Option<Self> {
+        Some(match name {
+            "relu" => Activation::Relu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.relu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Silu => x.silu()?,
+        })
+    }
+}
+
+/// Rotary position embedding in HF's half-split ("rotate_half") layout over the first
+/// `rotary_dim` dimensions of each head.
+#[derive(Clone, Debug)]
+pub struct Rotary {
+    pub rotary_dim: usize,
+    /// Inverse frequencies, `rotary_dim / 2` of them, after any rope scaling.
+    pub inv_freq: Vec<f32>,
+    /// Multiplier on cos/sin (HF's `attention_scaling`; 1 for every scaling we support).
+    pub attention_scaling: f32,
+}
+
+impl Rotary {
+    pub fn new(rotary_dim: usize, theta: f32) -> Self {
+        // As HF: base ** (arange(0, dim, 2) / dim), in f32.
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
+            .collect();
+        Rotary {
+            rotary_dim,
+            inv_freq,
+            attention_scaling: 1.0,
+        }
+    }
+
+    fn tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for pos in 0..t {
+            for f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos() * self.attention_scaling);
+                sin.push(angle.sin() * self.attention_scaling);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, half), device)?,
+            Tensor::from_vec(sin, (t, half), device)?,
+        ))
+    }
+
+    /// `x`: `[b, heads, t, d_head]`.
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let d_head = x.dim(D::Minus1)?;
+        if self.rotary_dim == d_head {
+            return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?);
+        }
+        let rotated = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
+        let rotated = candle_nn::rotary_emb::rope(&rotated, cos, sin)?;
+        let pass = x.narrow(D::Minus1, self.rotary_dim, d_head - self.rotary_dim)?;
+        Ok(Tensor::cat(&[&rotated, &pass], D::Minus1)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    /// Per-head RMS norms on queries and keys (Gemma 3, Qwen 3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub rotary: Option<Rotary>,
+    /// Multiplier on `q·k` (usually `d_head^-0.5`).
+    pub scale: f64,
+    /// Keys further back than this are masked (sliding-window layers).
+    pub sliding_window: Option<usize>,
+    pub logit_softcap: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// Present for gated MLPs: `act(x W_gate) ⊙ (x W_up)`.
+    pub gate: Option<Linear>,
+    pub up: Linear,
+    pub down: Linear,
+    pub act: Activation,
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln1: Norm,
+    pub attn: Attention,
+    /// Gemma's norm on the attention output before it joins the residual.
+    pub attn_post_norm: Option<Norm>,
+    pub ln2: Norm,
+    pub mlp: Mlp,
+    pub mlp_post_norm: Option<Norm>,
+    /// GPT-NeoX / GPT-J: `x + attn(ln1(x)) + mlp(ln2(x))`.
+    pub parallel_residual: bool,
+}
+
+/// Sizes shared by all architectures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Dims {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    /// Longest prompt the model accepts (its position table or trained context).
+    pub n_ctx: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    pub dims: Dims,
+    pub embed: Tensor,
+    pub pos_embed: Option<Tensor>,
+    /// Gemma multiplies embeddings by `sqrt(d_model)`.
+    pub embed_scale: Option<f32>,
+    pub blocks: Vec<Block>,
+    pub ln_final: Norm,
+    /// `[vocab, d_model]`; the same storage as `embed` when tied.
+    pub unembed: Tensor,
+    pub unembed_bias: Option<Tensor>,
+    pub final_logit_softcap: Option<f64>,
+}
+
+// ── forward ────────────────────────────────────────────────────────────────────────────────
+
+/// What a layer reports when it completes (the worker streams from this).
+pub struct LayerDone<'a> {
+    pub layer: usize,
+    pub n_layers: usize,
+    /// This pass's captures so far (every captured hook of layers `≤ layer`).
+    pub captures: &'a Captures,
+}
+
+/// Observes a pass layer by layer and may cancel it between layers.
+pub trait LayerObserver {
+    fn layer_done(&mut self, _done: &LayerDone<'_>) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl LayerObserver for NoObserver {}
+
+pub struct ForwardOutput {
+    /// `[batch, positions, vocab]`.
+    pub logits: Tensor,
+    pub captures: Captures,
+    /// The first stage that was recomputed (−1 = everything; see `hooks::hook_stage`).
+    pub recomputed_from: isize,
+}
+
+impl ForwardOutput {
+    /// Next-token negative log-likelihood (nats) at positions `0..t−1` of batch row `row`.
+    pub fn per_token_nll(&self, tokens: &[u32], row: usize) -> Result<Vec<f32>> {
+        let logits = self.logits.get(row)?;
+        let t = tokens.len();
+        if t < 2 {
+            return Ok(Vec::new());
+        }
+        let logits = logits.narrow(0, 0, t - 1)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = Tensor::new(&tokens[1..], logits.device())?.unsqueeze(1)?;
+        let picked = log_probs.gather(&targets, 1)?.squeeze(1)?;
+        Ok(picked.neg()?.to_vec1()?)
+    }
+
+    /// Logits at the last position of batch row `row`.
+    pub fn logits_last(&self, row: usize) -> Result<Vec<f32>> {
+        let logits = self.logits.get(row)?;
+        let t = logits.dim(0)?;
+        Ok(logits.get(t - 1)?.to_vec1()?)
+    }
+}
+
+/// Residual-stream cache of the last pass, so a changed intervention set reruns only from the
+/// earliest stage it affects.
+#[derive(Clone)]
+pub struct ResidCache {
+    tokens: Vec<Vec<u32>>,
+    spec: HookSpec,
+    /// `inputs[l]` is block `l`'s input before its `hook_resid_pre` site; `inputs[n]` is the
+    /// final residual before `ln_final`.
+    inputs: Vec<Tensor>,
+    captures: Captures,
+}
+
+impl Transformer {
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Parameter count; a tied output head counts once.
+    pub fn n_params(&self) -> usize {
+        let n = |t: &Tensor| t.elem_count();
+        let opt = |t: &Option<Tensor>| t.as_ref().map_or(0, n);
+        let lin = |l: &Linear| n(&l.weight) + opt(&l.bias);
+        let nrm = |x: &Norm| n(&x.weight) + opt(&x.bias);
+        let onrm = |x: &Option<Norm>| x.as_ref().map_or(0, nrm);
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let a = &b.attn;
+                nrm(&b.ln1)
+                    + lin(&a.q)
+                    + lin(&a.k)
+                    + lin(&a.v)
+                    + lin(&a.o)
+                    + onrm(&a.q_norm)
+                    + onrm(&a.k_norm)
+                    + onrm(&b.attn_post_norm)
+                    + nrm(&b.ln2)
+                    + b.mlp.gate.as_ref().map_or(0, lin)
+                    + lin(&b.mlp.up)
+                    + lin(&b.mlp.down)
+                    + onrm(&b.mlp_post_norm)
+            })
+            .sum();
+        let head = if self.unembed.id() == self.embed.id() {
+            0
+        } else {
+            n(&self.unembed)
+        };
+        n(&self.embed)
+            + opt(&self.pos_embed)
+            + blocks
+            + nrm(&self.ln_final)
+            + head
+            + opt(&self.unembed_bias)
+    }
+
+    /// Every hook name this model exposes, in forward order.
+    pub fn hook_names(&self) -> Vec<String> {
+        let mut names = vec!["hook_embed".to_string()];
+        if self.pos_embed.is_some() {
+            names.push("hook_pos_embed".into());
+        }
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut site = |s: &str| names.push(format!("blocks.{l}.{s}"));
+            site("hook_resid_pre");
+            site("ln1.hook_normalized");
+            site("attn.hook_q");
+            site("attn.hook_k");
+            site("attn.hook_v");
+            site("attn.hook_attn_scores");
+            site("attn.hook_pattern");
+            site("attn.hook_z");
+            site("hook_attn_out");
+            if !block.parallel_residual {
+                site("hook_resid_mid");
+            }
+            site("ln2.hook_normalized");
+            site("mlp.hook_pre");
+            if block.mlp.gate.is_some() {
+                site("mlp.hook_pre_linear");
+            }
+            site("mlp.hook_post");
+            site("hook_mlp_out");
+            site("hook_resid_post");
+        }
+        names.push("ln_final.hook_normalized".into());
+        names
+    }
+
+    /// Checks a spec against this model: every intervention names a real hook, every capture
+    /// pattern matches at least one.
+    pub fn validate(&self, spec: &HookSpec) -> Result<()> {
+        let names = self.hook_names();
+        for i in &spec.interventions {
+            if !names.contains(&i.hook) {
+                return Err(ModelError::UnknownHook(i.hook.clone()));
+            }
+        }
+        for pattern in &spec.capture {
+            if !names.iter().any(|n| super::hooks::glob_matches(pattern, n)) {
+                return Err(ModelError::UnknownHook(pattern.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[Vec<u32>]) -> Result<()> {
+        let t = tokens.first().map(Vec::len).unwrap_or(0);
+        if t == 0 {
+            return Err(ModelError::InvalidInput(
+                "empty prompt: no tokens to run".into(),
+            ));
+        }
+        if tokens.iter().any(|row| row.len() != t) {
+            return Err(ModelError::InvalidInput(
+                "batch rows have different lengths".into(),
+            ));
+        }
+        if t > self.dims.n_ctx {
+            return Err(ModelError::InvalidInput(format!(
+                "prompt has {t} tokens; this model accepts at most {}",
+                self.dims.n_ctx
+            )));
+        }
+        let vocab = self.embed.dim(0)?;
+        if let Some(bad) = tokens.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A full pass.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<ForwardOutput> {
+        let mut cache = None;
+        self.forward_cached(tokens, spec, &mut cache, observer)
+    }
+
+    /// A pass that reuses `cache` from the previous pass where it can: with the same tokens,
+    /// only stages at or after the earliest changed intervention (or newly captured hook) are
+    /// recomputed. The cache is replaced only when the pass completes.
+    pub fn forward_cached(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        cache: &mut Option<ResidCache>,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<ForwardOutput> {
+        self.check_tokens(tokens)?;
+        self.validate(spec)?;
+        let n = self.n_layers();
+        let start = match cache.as_ref() {
+            Some(c) if c.tokens == tokens => self.first_changed_stage(c, spec),
+            _ => -1,
+        };
+        let mut hooks = HookState::new(spec, tokens);
+        let mut inputs: Vec<Tensor> = Vec::with_capacity(n + 1);
+        let mut x = if start < 0 {
+            self.embed_forward(tokens, &mut hooks)?
+        } else {
+            // Stages before `start` are unchanged: reuse their inputs and captures.
+            let c = cache.as_ref().ok_or(ModelError::Cancelled)?;
+            inputs.extend(c.inputs[..start as usize].iter().cloned());
+            for (name, t) in &c.captures {
+                if hook_stage(name, n).is_some_and(|s| s < start) && hooks.wants(name) {
+                    hooks.captures.insert(name.clone(), t.clone());
+                }
+            }
+            c.inputs[start as usize].clone()
+        };
+        let first_layer = start.max(0) as usize;
+        for l in first_layer..n {
+            if observer.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            inputs.push(x.clone());
+            x = self.block_forward(l, &x, tokens, &mut hooks)?;
+            observer.layer_done(&LayerDone {
+                layer: l,
+                n_layers: n,
+                captures: &hooks.captures,
+            });
+        }
+        inputs.push(x.clone());
+        let logits = self.final_forward(&x, &mut hooks)?;
+        let captures = hooks.captures;
+        *cache = Some(ResidCache {
+            tokens: tokens.to_vec(),
+            spec: spec.clone(),
+            inputs,
+            captures: captures.clone(),
+        });
+        Ok(ForwardOutput {
+            logits,
+            captures,
+            recomputed_from: start,
+        })
+    }
+
+    /// The earliest stage whose result may differ from the cached pass.
+    fn first_changed_stage(&self, cache: &ResidCache, spec: &HookSpec) -> isize {
+        let n = self.n_layers();
+        let mut start = n as isize + 1;
+        let old = &cache.spec.interventions;
+        let new = &spec.interventions;
+        for i in old
+            .iter()
+            .filter(|i| !new.contains(i))
+            .chain(new.iter().filter(|i| !old.contains(i)))
+        {
+            start = start.min(hook_stage(&i.hook, n).unwrap_or(-1));
+        }
+        // Hooks captured now but not then must be recomputed to be recorded.
+        for name in self.hook_names() {
+            let wanted = spec
+                .capture
+                .iter()
+                .any(|p| super::hooks::glob_matches(p, &name));
+            if wanted && !cache.captures.contains_key(&name) {
+                start = start.min(hook_stage(&name, n).unwrap_or(-1));
+            }
+        }
+        // The final stage (ln_final + unembed) always runs: it is what produces the logits.
+        start.min(n as isize)
+    }
+
+    fn embed_forward(&self, tokens: &[Vec<u32>], hooks: &mut HookState) -> Result<Tensor> {
+        let (b, t) = (tokens.len(), tokens[0].len());
+        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, b * t, self.embed.device())?;
+        let mut x = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.dims.d_model))?;
+        if let Some(scale) = self.embed_scale {
+            x = (x * scale as f64)?;
+        }
+        x = hooks.site("hook_embed", x)?;
+        if let Some(pos) = &self.pos_embed {
+            let p = pos
+                .narrow(0, 0, t)?
+                .unsqueeze(0)?
+                .broadcast_as((b, t, self.dims.d_model))?;
+            let p = hooks.site("hook_pos_embed", p.contiguous()?)?;
+            x = (x + p)?;
+        }
+        Ok(x)
+    }
+
+    fn final_forward(&self, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
+        let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(x)?)?;
+        let mut logits = Linear {
+            weight: self.unembed.clone(),
+            bias: self.unembed_bias.clone(),
+        }
+        .forward(&normed)?;
+        if let Some(cap) = self.final_logit_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    fn block_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        tokens: &[Vec<u32>],
+        hooks: &mut HookState,
+    ) -> Result<Tensor> {
+        let block = &self.blocks[l];
+        let name = |s: &str| format!("blocks.{l}.{s}");
+        let resid_pre = hooks.site(&name("hook_resid_pre"), x.clone())?;
+        let normed = hooks.site(&name("ln1.hook_normalized"), block.ln1.forward(&resid_pre)?)?;
+        let mut attn_out = block.attn.forward(l, &normed, tokens[0].len(), hooks)?;
+        if let Some(norm) = &block.attn_post_norm {
+            attn_out = norm.forward(&attn_out)?;
+        }
+        let attn_out = hooks.site(&name("hook_attn_out"), attn_out)?;
+        let (mlp_in, resid_mid) = if block.parallel_residual {
+            (resid_pre.clone(), None)
+        } else {
+            let mid = hooks.site(&name("hook_resid_mid"), (&resid_pre + &attn_out)?)?;
+            (mid.clone(), Some(mid))
+        };
+        let normed = hooks.site(&name("ln2.hook_normalized"), block.ln2.forward(&mlp_in)?)?;
+        let mut mlp_out = block.mlp.forward(l, &normed, hooks)?;
+        if let Some(norm) = &block.mlp_post_norm {
+            mlp_out = norm.forward(&mlp_out)?;
+        }
+        let mlp_out = hooks.site(&name("hook_mlp_out"), mlp_out)?;
+        let resid_post = match resid_mid {
+            Some(mid) => (mid + mlp_out)?,
+            None => ((mlp_out + attn_out)? + resid_pre)?,
+        };
+        hooks.site(&name("hook_resid_post"), resid_post)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, l: usize, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
+        let name = |s: &str| format!("blocks.{l}.mlp.{s}");
+        let post = match &self.gate {
+            Some(gate) => {
+                let pre = hooks.site(&name("hook_pre"), gate.forward(x)?)?;
+                let linear = hooks.site(&name("hook_pre_linear"), self.up.forward(x)?)?;
+                (self.act.forward(&pre)? * linear)?
+            }
+            None => {
+                let pre = hooks.site(&name("hook_pre"), self.up.forward(x)?)?;
+                self.act.forward(&pre)?
+            }
+        };
+        let post = hooks.site(&name("hook_post"), post)?;
+        self.down.forward(&post)
+    }
+}
+
+impl Attention {
+    fn forward(&self, l: usize, x: &Tensor, t: usize, hooks: &mut HookState) -> Result<Tensor> {
+        let name = |s: &str| format!("blocks.{l}.attn.{s}");
+        let b = x.dim(0)?;
+        let (nh, nkv, dh) = (self.n_heads, self.n_kv_heads, self.d_head);
+        let mut q = self.q.forward(x)?.reshape((b, t, nh, dh))?;
+        let mut k = self.k.forward(x)?.reshape((b, t, nkv, dh))?;
+        let v = self.v.forward(x)?.reshape((b, t, nkv, dh))?;
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k)?;
+        }
+        let q = hooks
+            .site(&name("hook_q"), q)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = hooks
+            .site(&name("hook_k"), k)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = hooks
+            .site(&name("hook_v"), v)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (q, k) = match &self.rotary {
+            Some(rotary) => {
+                let (cos, sin) = rotary.tables(t, x.device())?;
+                (rotary.apply(&q, &cos, &sin)?, rotary.apply(&k, &cos, &sin)?)
+            }
+            None => (q, k),
+        };
+        // Grouped KV: query head h reads KV head h / (nh / nkv). Folding the group into the
+        // query axis lets one batched matmul serve all heads without copying K or V.
+        let group = nh / nkv;
+        let q = q.reshape((b, nkv, group * t, dh))?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((b, nh, t, t))?;
+        if let Some(cap) = self.logit_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let mask = causal_mask(t, self.sliding_window, x.device())?;
+        let scores = hooks.site(&name("hook_attn_scores"), scores.broadcast_add(&mask)?)?;
+        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = hooks.site(&name("hook_pattern"), pattern)?;
+        let z = pattern
+            .reshape((b, nkv, group * t, t))?
+            .matmul(&v)?
+            .reshape((b, nh, t, dh))?
+            .transpose(1, 2)?;
+        let z = hooks.site(&name("hook_z"), z)?;
+        self.o.forward(&z.contiguous()?.reshape((b, t, nh * dh))?)
+    }
+}
+
+/// `[t, t]` additive mask: 0 where query `i` may read key `j` (`j ≤ i`, and `i − j < window`
+/// on sliding-window layers), −∞ elsewhere.
+fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                let visible = j <= i && window.is_none_or(|w| i - j < w);
+                if visible { 0.0 } else { f32::NEG_INFINITY }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
+}
+
+/// Loads `[out, in]` weights (and an optional bias) as a [`Linear`].
+pub fn linear(
+    w: &super::weights::Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear> {
+    let weight = w.get(&format!("{name}.weight"), (out_dim, in_dim))?;
+    let bias = if bias {
+        Some(w.get(&format!("{name}.bias"), out_dim)?)
+    } else {
+        w.get_opt(&format!("{name}.bias"), out_dim)?
+    };
+    Ok(Linear { weight, bias })
+}
+
+/// Loads a norm's weight (and bias for LayerNorm). `unit_offset` stores Gemma's `1 + w`.
+pub fn norm(
+    w: &super::weights::Weights,
+    name: &str,
+    kind: NormKind,
+    dim: usize,
+    eps: f32,
+    unit_offset: bool,
+) -> Result<Norm> {
+    let mut weight = w.get(&format!("{name}.weight"), dim)?;
+    if unit_offset {
+        weight = (weight + 1.0)?;
+    }
+    let bias = match kind {
+        NormKind::LayerNorm => w.get_opt(&format!("{name}.bias"), dim)?,
+        NormKind::RmsNorm => None,
+    };
+    Ok(Norm {
+        kind,
+        weight,
+        bias,
+        eps,
+    })
+}
