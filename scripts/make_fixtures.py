@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Reference outputs from HF transformers for Dendrite's tests.
+
+Writes, under tests/fixtures/:
+  tiny/<arch>/       a tiny random HF model per architecture (config.json, model.safetensors,
+                     tokenizer.json) and reference.safetensors with HF's logits, hook tensors and
+                     intervention results on fixed token ids (see reference.json for the cases).
+  real/<model>.json  token ids of several texts, last-position logits (also with a neuron clamp)
+                     for the real GGUF models fetched by scripts/fetch_models.sh, loaded by
+                     transformers and dequantized to f32.
+
+Regenerate (needs torch, transformers, gguf, accelerate, safetensors):
+  python -m venv .cache/venv && .cache/venv/bin/pip install torch transformers gguf accelerate safetensors
+  scripts/fetch_models.sh && .cache/venv/bin/python scripts/make_fixtures.py [--only tiny|real]
+Tests read only the committed outputs; no Python is needed to run them.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+MODELS = Path(os.environ.get("DENDRITE_MODELS", ROOT / ".cache" / "models"))
+torch.set_num_threads(2)
+
+# ── tiny random models ──────────────────────────────────────────────────────────────────────
+
+VOCAB = 300
+T = 12
+
+
+def byte_level_tokenizer(path: Path):
+    """A byte-level tokenizer with the 256 byte symbols and no merges (enough for open())."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(path / "tokenizer.json"))
+
+
+def tiny_configs():
+    from transformers import GPT2Config, GPTNeoXConfig, Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=64)
+    return {
+        "gpt2": GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64),
+        "llama": LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+            **common),
+        "qwen2": Qwen2Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=1,
+            tie_word_embeddings=True, **common),
+        "gpt_neox": GPTNeoXConfig(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, rotary_pct=0.25,
+            use_parallel_residual=True, tie_word_embeddings=False, **common),
+        "gemma3": Gemma3TextConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"], **common),
+    }
+
+
+def modules(model, arch):
+    """(decoder layers, mlp-down module, attention-out module) per layer, HF names."""
+    if arch == "gpt2":
+        layers = model.transformer.h
+        return layers, [l.mlp.c_proj for l in layers], [l.attn.c_proj for l in layers]
+    if arch == "gpt_neox":
+        layers = model.gpt_neox.layers
+        return layers, [l.mlp.dense_4h_to_h for l in layers], [l.attention.dense for l in layers]
+    layers = model.model.layers
+    return layers, [l.mlp.down_proj for l in layers], [l.self_attn.o_proj for l in layers]
+
+
+def run_hooked(model, arch, ids, edit=None):
+    """Logits plus captured hook tensors; `edit(kind, layer, tensor)` may modify inputs."""
+    layers, downs, outs = modules(model, arch)
+    captured, handles = {}, []
+    n_heads = model.config.num_attention_heads
+
+    def pre_hook(kind, layer):
+        def fn(module, args):
+            x = args[0]
+            if edit is not None:
+                x = edit(kind, layer, x.clone())
+            captured[(kind, layer)] = x.detach().clone()
+            return (x,) + tuple(args[1:])
+        return fn
+
+    def post_hook(layer):
+        def fn(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured[("resid_post", layer)] = hidden.detach().clone()
+        return fn
+
+    for l in range(len(layers)):
+        handles.append(downs[l].register_forward_pre_hook(pre_hook("mlp_post", l)))
+        handles.append(outs[l].register_forward_pre_hook(pre_hook("z", l)))
+        handles.append(layers[l].register_forward_hook(post_hook(l)))
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    for h in handles:
+        h.remove()
+    tensors = {"logits": out.logits.float().contiguous()}
+    b, t = ids.shape
+    for l in range(len(layers)):
+        tensors[f"blocks.{l}.hook_resid_post"] = captured[("resid_post", l)].contiguous()
+        tensors[f"blocks.{l}.mlp.hook_post"] = captured[("mlp_post", l)].contiguous()
+        z = captured[("z", l)]
+        tensors[f"blocks.{l}.attn.hook_z"] = z.reshape(b, t, n_heads, -1).contiguous()
+        tensors[f"blocks.{l}.attn.hook_pattern"] = out.attentions[l].float().contiguous()
+    return tensors
+
+
+def make_tiny():
+    from transformers import AutoModelForCausalLM
+
+    for arch, config in tiny_configs().items():
+        torch.manual_seed(0)
+        config._attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+        with torch.no_grad():
+            # Random init leaves norms at 1 and biases at 0; perturb them so a mistake shows.
+            for name, p in model.named_parameters():
+                if "norm" in name or "ln" in name or name.endswith("bias"):
+                    p.add_(0.1 * torch.randn_like(p))
+        out_dir = FIXTURES / "tiny" / arch
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        byte_level_tokenizer(out_dir)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, VOCAB, (2, T), generator=g)
+        ids[:, T // 2:] = ids[:, : T - T // 2]  # a repeat, so induction-like patterns exist
+
+        ref = run_hooked(model, arch, ids)
+        ref["input_ids"] = ids.to(torch.int64)
+
+        clamp = {"hook": "blocks.0.mlp.hook_post", "neuron": 3, "value": 5.0}
+
+        def do_clamp(kind, layer, x):
+            if kind == "mlp_post" and layer == 0:
+                x[..., clamp["neuron"]] = clamp["value"]
+            return x
+
+        ref["clamp.logits"] = run_hooked(model, arch, ids, do_clamp)["logits"]
+        ablate = {"layer": 1, "head": 2, "mode": "zero"}
+        d_head = config.hidden_size // config.num_attention_heads if arch != "gemma3" else config.head_dim
+
+        def do_ablate(kind, layer, x):
+            if kind == "z" and layer == ablate["layer"]:
+                h = ablate["head"]
+                x[..., h * d_head:(h + 1) * d_head] = 0.0
+            return x
+
+        ref["ablate.logits"] = run_hooked(model, arch, ids, do_ablate)["logits"]
+        save_file({k: v.contiguous() for k, v in ref.items()}, out_dir / "reference.safetensors")
+        (out_dir / "reference.json").write_text(json.dumps({
+            "arch": arch, "clamp": clamp, "ablate_head": ablate,
+            "transformers": __import__("transformers").__version__, "torch": torch.__version__,
+        }, indent=2) + "\n")
+        print(f"tiny/{arch}: logits {tuple(ref['logits'].shape)}")
+
+
+# ── real GGUF models ───────────────────────────────────────────────────────────────────────
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "héllo wörld — ünïcödé naïve café 日本語のテキスト",
+    "emoji 🤖🚀 and flags 🇫🇷 done",
+    "digits 12345 and 3.14159, 2026-11-28",
+    "  two  spaces   three\t\ttabs",
+    "line one\nline two\n\nline four\r\nend",
+]
+PROMPT = "The capital of France is Paris. The capital of Germany is"
+REAL = {
+    "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf", {"layer": 15, "neuron": 123, "value": 10.0}),
+    "gemma3": ("gemma-3-270m-q4_k_m.gguf", {"layer": 9, "neuron": 77, "value": 20.0}),
+}
+
+
+def make_real():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = FIXTURES / "real"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (file, clamp) in REAL.items():
+        if not (MODELS / file).exists():
+            sys.exit(f"{MODELS / file} missing: run scripts/fetch_models.sh first")
+        tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(
+            MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+        texts = {t: tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS}
+        ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        down = model.model.layers[clamp["layer"]].mlp.down_proj
+
+        def pre(module, args):
+            x = args[0].clone()
+            x[..., clamp["neuron"]] = clamp["value"]
+            return (x,)
+
+        handle = down.register_forward_pre_hook(pre)
+        with torch.no_grad():
+            clamped = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        handle.remove()
+        save_file({"logits_last": logits.contiguous(), "clamp.logits_last": clamped.contiguous()},
+                  out_dir / f"{name}.safetensors")
+        (out_dir / f"{name}.json").write_text(json.dumps({
+            "file": file,
+            "texts": [{"text": t, "token_ids": i} for t, i in texts.items()],
+            "prompt": PROMPT,
+            "prompt_ids": ids,
+            "with_special": tok("Hi")["input_ids"],
+            "top10": torch.topk(logits, 10).indices.tolist(),
+            "clamp": {"hook": f"blocks.{clamp['layer']}.mlp.hook_post", **clamp},
+            "clamp_top10": torch.topk(clamped, 10).indices.tolist(),
+            "transformers": __import__("transformers").__version__,
+        }, ensure_ascii=False, indent=1) + "\n")
+        print(f"real/{name}: {len(ids)} prompt tokens, top1 {tok.decode([int(logits.argmax())])!r}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["tiny", "real"])
+    args = parser.parse_args()
+    if args.only in (None, "tiny"):
+        make_tiny()
+    if args.only in (None, "real"):
+        make_real()

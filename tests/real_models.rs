@@ -1,0 +1,122 @@
+//! SmolLM2-135M (Q4_1) and Gemma 3 270M (Q4_K_M) GGUF files from PyPI against HF transformers
+//! loading the same files (dequantized to f32). References: `scripts/make_fixtures.py --only real`.
+
+mod common;
+
+use common::{fixtures, load_reference, real_model, top_k};
+use dendrite::model::{self, HookSpec, Intervention, NoObserver, ValueOp};
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "smollm2",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    Case {
+        name: "gemma3",
+        file: "gemma-3-270m-q4_k_m.gguf",
+    },
+];
+
+fn reference_json(name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(fixtures().join("real").join(format!("{name}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn tokenizers_match_hf() {
+    for case in CASES {
+        let tokenizer = model::open_tokenizer(real_model(case.file)).unwrap();
+        let reference = reference_json(case.name);
+        for entry in reference["texts"].as_array().unwrap() {
+            let text = entry["text"].as_str().unwrap();
+            let ours = tokenizer.encode(text, false).unwrap();
+            assert_eq!(ours, ids(&entry["token_ids"]), "{}: {text:?}", case.name);
+        }
+        assert_eq!(
+            tokenizer.encode("Hi", true).unwrap(),
+            ids(&reference["with_special"]),
+            "{}",
+            case.name
+        );
+    }
+}
+
+fn check_logits(name: &str, ours: &[f32], expected: &[f32], expected_top10: &[u32]) {
+    let max_logit = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = ours
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-3 * max_logit,
+        "{name}: logits differ by {diff} (max |logit| {max_logit})"
+    );
+    let top: Vec<u32> = top_k(ours, 10).into_iter().map(|i| i as u32).collect();
+    assert_eq!(top, expected_top10, "{name}: top-10 differ");
+}
+
+#[test]
+fn logits_match_hf_with_and_without_clamp() {
+    for case in CASES {
+        let model = model::open(real_model(case.file)).unwrap();
+        let reference = reference_json(case.name);
+        let tensors = load_reference(
+            &fixtures()
+                .join("real")
+                .join(format!("{}.safetensors", case.name)),
+        );
+        let prompt = ids(&reference["prompt_ids"]);
+        assert_eq!(
+            model
+                .encode(reference["prompt"].as_str().unwrap(), false)
+                .unwrap(),
+            prompt
+        );
+        let tokens = vec![prompt];
+
+        let out = model
+            .transformer
+            .forward(&tokens, &HookSpec::default(), &mut NoObserver)
+            .unwrap();
+        let expected = tensors["logits_last"].to_vec1::<f32>().unwrap();
+        check_logits(
+            case.name,
+            &out.logits_last(0).unwrap(),
+            &expected,
+            &ids(&reference["top10"]),
+        );
+
+        let clamp = &reference["clamp"];
+        let spec = HookSpec::default().with_intervention(Intervention::neurons(
+            clamp["hook"].as_str().unwrap(),
+            vec![clamp["neuron"].as_u64().unwrap() as usize],
+            ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
+        ));
+        let out = model
+            .transformer
+            .forward(&tokens, &spec, &mut NoObserver)
+            .unwrap();
+        let expected = tensors["clamp.logits_last"].to_vec1::<f32>().unwrap();
+        check_logits(
+            &format!("{} clamped", case.name),
+            &out.logits_last(0).unwrap(),
+            &expected,
+            &ids(&reference["clamp_top10"]),
+        );
+    }
+}

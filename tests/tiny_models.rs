@@ -1,0 +1,94 @@
+//! Every architecture against HF transformers on tiny random checkpoints
+//! (`tests/fixtures/tiny/*`, made by `scripts/make_fixtures.py`).
+
+mod common;
+
+use common::{fixtures, load_reference, max_abs_diff};
+use dendrite::model::{self, AblationMode, HookSpec, Intervention, NoObserver, ValueOp};
+
+const ARCHS: &[&str] = &["gpt2", "llama", "qwen2", "gpt_neox", "gemma3"];
+const TOL: f32 = 1e-4;
+
+fn token_batch(
+    reference: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Vec<Vec<u32>> {
+    let ids = reference["input_ids"].to_vec2::<i64>().unwrap();
+    ids.into_iter()
+        .map(|row| row.into_iter().map(|i| i as u32).collect())
+        .collect()
+}
+
+#[test]
+fn logits_and_hooks_match_hf() {
+    for arch in ARCHS {
+        let dir = fixtures().join("tiny").join(arch);
+        let model = model::open(&dir).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let reference = load_reference(&dir.join("reference.safetensors"));
+        let tokens = token_batch(&reference);
+        let spec = HookSpec::capture([
+            "blocks.*.hook_resid_post",
+            "blocks.*.mlp.hook_post",
+            "blocks.*.attn.hook_z",
+            "blocks.*.attn.hook_pattern",
+        ]);
+        let out = model
+            .transformer
+            .forward(&tokens, &spec, &mut NoObserver)
+            .unwrap();
+        let diff = max_abs_diff(&out.logits, &reference["logits"]);
+        assert!(diff <= TOL, "{arch}: logits differ by {diff}");
+        for (name, expected) in &reference {
+            if !name.starts_with("blocks.") {
+                continue;
+            }
+            let ours = out
+                .captures
+                .get(name)
+                .unwrap_or_else(|| panic!("{arch}: {name} not captured"));
+            let diff = max_abs_diff(&ours.contiguous().unwrap(), expected);
+            assert!(diff <= TOL, "{arch}: {name} differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn interventions_match_hf() {
+    for arch in ARCHS {
+        let dir = fixtures().join("tiny").join(arch);
+        let model = model::open(&dir).unwrap();
+        let reference = load_reference(&dir.join("reference.safetensors"));
+        let tokens = token_batch(&reference);
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let clamp = &cases["clamp"];
+        let spec = HookSpec::default().with_intervention(Intervention::neurons(
+            clamp["hook"].as_str().unwrap(),
+            vec![clamp["neuron"].as_u64().unwrap() as usize],
+            ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
+        ));
+        let out = model
+            .transformer
+            .forward(&tokens, &spec, &mut NoObserver)
+            .unwrap();
+        let diff = max_abs_diff(&out.logits, &reference["clamp.logits"]);
+        assert!(diff <= TOL, "{arch}: clamped logits differ by {diff}");
+        assert!(
+            max_abs_diff(&out.logits, &reference["logits"]) > 1e-3,
+            "{arch}: clamp had no effect"
+        );
+
+        let ablate = &cases["ablate_head"];
+        let spec = HookSpec::default().with_intervention(Intervention::ablate_head(
+            ablate["layer"].as_u64().unwrap() as usize,
+            ablate["head"].as_u64().unwrap() as usize,
+            AblationMode::Zero,
+        ));
+        let out = model
+            .transformer
+            .forward(&tokens, &spec, &mut NoObserver)
+            .unwrap();
+        let diff = max_abs_diff(&out.logits, &reference["ablate.logits"]);
+        assert!(diff <= TOL, "{arch}: ablated logits differ by {diff}");
+    }
+}
