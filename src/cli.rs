@@ -77,10 +77,18 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// `println!` that does not panic when stdout is closed early (`dendrite run … | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => {
-            println!(
+            outln!(
                 "Dendrite's desktop app is not built yet. Try:\n  dendrite info MODEL\n  \
                  dendrite run MODEL --prompt TEXT\n(see `dendrite --help`)"
             );
@@ -101,18 +109,24 @@ fn info(path: &PathBuf, as_json: bool) -> Result<()> {
     let model = model::open(path)?;
     let i = &model.info;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(i)?);
+        outln!("{}", serde_json::to_string_pretty(i)?);
     } else {
-        println!("{}  ({}, {})", i.name, i.architecture, i.format);
-        println!(
+        outln!("{}  ({}, {})", i.name, i.architecture, i.format);
+        outln!(
             "  layers {}  d_model {}  heads {} (kv {}, d_head {})",
-            i.n_layers, i.d_model, i.n_heads, i.n_kv_heads, i.d_head
+            i.n_layers,
+            i.d_model,
+            i.n_heads,
+            i.n_kv_heads,
+            i.d_head
         );
-        println!(
+        outln!(
             "  d_mlp {}  vocab {}  context {}",
-            i.d_mlp, i.d_vocab, i.n_ctx
+            i.d_mlp,
+            i.d_vocab,
+            i.n_ctx
         );
-        println!(
+        outln!(
             "  parameters {:.1}M  stored as {}",
             i.n_params as f64 / 1e6,
             i.source_dtype
@@ -126,10 +140,10 @@ fn tokenize(path: &PathBuf, text: &str, add_special: bool, as_json: bool) -> Res
     let ids = tokenizer.encode(text, add_special)?;
     let tokens = tokenizer.token_strings(&ids);
     if as_json {
-        println!("{}", json!({"token_ids": ids, "tokens": tokens}));
+        outln!("{}", json!({"token_ids": ids, "tokens": tokens}));
     } else {
         for (id, tok) in ids.iter().zip(&tokens) {
-            println!("{id:>8}  {tok:?}");
+            outln!("{id:>8}  {tok:?}");
         }
     }
     Ok(())
@@ -226,7 +240,7 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
             .iter()
             .map(|&(id, logit, p)| json!({"token_id": id, "token": model.tokenizer.token_text(id), "logit": logit, "prob": p}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "model": model.info.name,
@@ -241,22 +255,22 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{} tokens, mean next-token loss {:.4} nats",
             ids.len(),
             mean(&nll)
         );
-        println!("next token:");
+        outln!("next token:");
         for (id, _, p) in top.iter().take(5) {
-            println!(
+            outln!(
                 "  {:>6.2}%  {:?}",
                 p * 100.0,
                 model.tokenizer.token_text(*id)
             );
         }
-        println!("MLP active fraction per layer (nonzero):");
+        outln!("MLP active fraction per layer (nonzero):");
         for l in &layers {
-            println!(
+            outln!(
                 "  L{:<3} {:.4}",
                 l["layer"],
                 l["mlp_frac_active"].as_f64().unwrap_or(f64::NAN)

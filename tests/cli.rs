@@ -1,0 +1,184 @@
+//! The CLI's flags and JSON keys, which other tools rely on.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixtures, real_model};
+
+fn dendrite(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dendrite"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = dendrite(args);
+    assert!(ok, "dendrite {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn info_json() {
+    let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let info = json(&["info", smol.to_str().unwrap(), "--json"]);
+    assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["n_layers"], 30);
+    assert_eq!(info["d_model"], 576);
+    assert_eq!(info["n_heads"], 9);
+    assert_eq!(info["n_kv_heads"], 3);
+    assert_eq!(info["d_mlp"], 1536);
+    assert_eq!(info["d_vocab"], 49152);
+    let params = info["n_params"].as_u64().unwrap();
+    assert!((134_000_000..136_000_000).contains(&params), "{params}");
+    assert!(info["source_dtype"].as_str().unwrap().contains("Q4_1"));
+
+    let tiny = fixtures().join("tiny/gpt_neox");
+    let info = json(&["info", tiny.to_str().unwrap(), "--json"]);
+    assert_eq!(info["architecture"], "gpt_neox");
+    assert_eq!(info["format"], "safetensors");
+}
+
+#[test]
+fn tokenize_json_adds_no_special_tokens_unless_asked() {
+    let gemma = real_model("gemma-3-270m-q4_k_m.gguf");
+    let plain = json(&[
+        "tokenize",
+        gemma.to_str().unwrap(),
+        "--text",
+        "Hello world",
+        "--json",
+    ]);
+    assert_eq!(plain["token_ids"], serde_json::json!([9259, 1902]));
+    assert_eq!(plain["tokens"], serde_json::json!(["Hello", "▁world"]));
+    let special = json(&[
+        "tokenize",
+        gemma.to_str().unwrap(),
+        "--text",
+        "Hello world",
+        "--add-special",
+        "--json",
+    ]);
+    assert_eq!(special["token_ids"], serde_json::json!([2, 9259, 1902]));
+}
+
+#[test]
+fn run_json_with_interventions_and_saved_activations() {
+    let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let smol = smol.to_str().unwrap();
+    let base = json(&[
+        "run",
+        smol,
+        "--prompt",
+        "The capital of France is",
+        "--json",
+    ]);
+    let n = base["token_ids"].as_array().unwrap().len();
+    assert_eq!(base["logits_last"].as_array().unwrap().len(), 49152);
+    assert_eq!(base["per_token_nll"].as_array().unwrap().len(), n - 1);
+    let layers = base["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    assert!(layers.iter().all(|l| {
+        l["mlp_frac_active"]
+            .as_f64()
+            .is_some_and(|f| (0.0..=1.0).contains(&f))
+    }));
+    assert_eq!(base["top_k"][0]["token"], " Paris");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("acts.safetensors");
+    let ids: Vec<String> = base["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let changed = json(&[
+        "run",
+        smol,
+        "--token-ids",
+        &ids.join(","),
+        "--clamp",
+        "blocks.15.mlp.hook_post:123=10",
+        "--ablate-head",
+        "3.1:mean",
+        "--ablate-head",
+        "4.0",
+        "--save-activations",
+        saved.to_str().unwrap(),
+        "--hooks",
+        "blocks.*.mlp.hook_post",
+        "--hooks",
+        "blocks.2.attn.hook_pattern",
+        "--json",
+    ]);
+    assert_eq!(changed["token_ids"], base["token_ids"]);
+    assert_ne!(changed["logits_last"], base["logits_last"]);
+    let tensors = candle_core::safetensors::load(&saved, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(tensors.len(), 31);
+    assert_eq!(tensors["blocks.0.mlp.hook_post"].dims(), &[1, n, 1536]);
+    assert_eq!(tensors["blocks.2.attn.hook_pattern"].dims(), &[1, 9, n, n]);
+    let clamped: Vec<f32> = tensors["blocks.15.mlp.hook_post"]
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(clamped[123], 10.0);
+}
+
+#[test]
+fn run_on_every_fixture_architecture() {
+    for arch in ["gpt2", "llama", "qwen2", "gpt_neox", "gemma3"] {
+        let dir = fixtures().join("tiny").join(arch);
+        let out = json(&[
+            "run",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hello there",
+            "--json",
+        ]);
+        assert_eq!(out["layers"].as_array().unwrap().len(), 2, "{arch}");
+        assert_eq!(out["logits_last"].as_array().unwrap().len(), 300, "{arch}");
+    }
+}
+
+#[test]
+fn errors_are_readable_and_exit_nonzero() {
+    let (ok, _, stderr) = dendrite(&["info", "/no/such/model.gguf"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("/no/such/model.gguf") && stderr.contains("no such file"),
+        "{stderr}"
+    );
+    let dir = fixtures().join("tiny/gpt2");
+    let (ok, _, stderr) = dendrite(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        "1,2",
+        "--clamp",
+        "blocks.0.mlp.hook_post:nope=1",
+        "--json",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("bad neuron index"), "{stderr}");
+    let (ok, _, stderr) = dendrite(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        "1,2",
+        "--ablate-head",
+        "7.0",
+        "--json",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown hook"), "{stderr}");
+}

@@ -1,0 +1,162 @@
+//! A changed intervention reruns only from the earliest affected layer, and gives what a full
+//! rerun gives.
+
+mod common;
+
+use common::{fixtures, max_abs_diff, real_model};
+use dendrite::model::{
+    self, AblationMode, HookSpec, Intervention, LayerDone, LayerObserver, ModelError, NoObserver,
+    PatternMode, ValueOp,
+};
+
+fn clamp(layer: usize, value: f32) -> Intervention {
+    Intervention::neurons(
+        format!("blocks.{layer}.mlp.hook_post"),
+        vec![7],
+        ValueOp::Set(value),
+    )
+}
+
+fn check_incremental(model: &model::Model, tokens: Vec<Vec<u32>>, layer: usize) {
+    let t = &model.transformer;
+    let capture = HookSpec::capture(["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"]);
+    let mut cache = None;
+    let first = t
+        .forward_cached(&tokens, &capture, &mut cache, &mut NoObserver)
+        .unwrap();
+    assert_eq!(first.recomputed_from, -1);
+
+    let steps = [
+        capture.clone().with_intervention(clamp(layer, 10.0)),
+        capture.clone().with_intervention(clamp(layer, -3.0)),
+        capture
+            .clone()
+            .with_intervention(clamp(layer, -3.0))
+            .with_intervention(Intervention::ablate_head(layer + 1, 0, AblationMode::Mean)),
+        capture
+            .clone()
+            .with_intervention(clamp(layer, -3.0))
+            .with_intervention(Intervention::pattern(
+                layer + 1,
+                1,
+                PatternMode::PreviousToken { strength: 0.9 },
+            )),
+        capture.clone(),
+    ];
+    for spec in &steps {
+        let incremental = t
+            .forward_cached(&tokens, spec, &mut cache, &mut NoObserver)
+            .unwrap();
+        assert!(
+            incremental.recomputed_from >= layer as isize,
+            "recomputed from {}",
+            incremental.recomputed_from
+        );
+        let full = t.forward(&tokens, spec, &mut NoObserver).unwrap();
+        let diff = max_abs_diff(&incremental.logits, &full.logits);
+        assert!(
+            diff <= 1e-5,
+            "incremental differs from full rerun by {diff}"
+        );
+        assert_eq!(
+            incremental.captures.keys().collect::<Vec<_>>(),
+            full.captures.keys().collect::<Vec<_>>()
+        );
+        for (name, tensor) in &full.captures {
+            let diff = max_abs_diff(
+                &incremental.captures[name].contiguous().unwrap(),
+                &tensor.contiguous().unwrap(),
+            );
+            assert!(diff <= 1e-5, "{name} differs by {diff}");
+        }
+    }
+    // New tokens mean a full pass.
+    let other: Vec<Vec<u32>> = tokens
+        .iter()
+        .map(|r| r.iter().map(|&x| (x + 1) % 200).collect())
+        .collect();
+    let out = t
+        .forward_cached(&other, &capture, &mut cache, &mut NoObserver)
+        .unwrap();
+    assert_eq!(out.recomputed_from, -1);
+}
+
+#[test]
+fn incremental_equals_full_rerun_on_tiny_models() {
+    for arch in ["gpt2", "llama", "gpt_neox", "gemma3"] {
+        let model = model::open(fixtures().join("tiny").join(arch)).unwrap();
+        check_incremental(
+            &model,
+            vec![(0..12).map(|i| (i * 7 % 50) as u32).collect()],
+            0,
+        );
+    }
+}
+
+#[test]
+fn incremental_equals_full_rerun_on_smollm2() {
+    let model = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let tokens = vec![
+        model
+            .encode(
+                "The capital of France is Paris, and the capital of Italy is",
+                false,
+            )
+            .unwrap(),
+    ];
+    check_incremental(&model, tokens, 15);
+}
+
+struct Recorder {
+    layers: Vec<usize>,
+    cancel_after: Option<usize>,
+}
+
+impl LayerObserver for Recorder {
+    fn layer_done(&mut self, done: &LayerDone<'_>) {
+        assert!(
+            done.captures
+                .contains_key(&format!("blocks.{}.hook_resid_post", done.layer))
+        );
+        self.layers.push(done.layer);
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancel_after.is_some_and(|n| self.layers.len() >= n)
+    }
+}
+
+#[test]
+fn layers_stream_in_order_and_cancel_between_layers() {
+    let model = model::open(fixtures().join("tiny/llama")).unwrap();
+    let t = &model.transformer;
+    let tokens = vec![vec![1, 2, 3, 4]];
+    let spec = HookSpec::capture(["blocks.*.hook_resid_post"]);
+    let mut cache = None;
+    let mut rec = Recorder {
+        layers: vec![],
+        cancel_after: None,
+    };
+    t.forward_cached(&tokens, &spec, &mut cache, &mut rec)
+        .unwrap();
+    assert_eq!(rec.layers, vec![0, 1]);
+
+    // Cancelled after the first layer: an error, and the previous cache is kept intact.
+    let changed = spec.clone().with_intervention(clamp(0, 4.0));
+    let mut rec = Recorder {
+        layers: vec![],
+        cancel_after: Some(1),
+    };
+    let e = t
+        .forward_cached(&tokens, &changed, &mut cache, &mut rec)
+        .err()
+        .unwrap();
+    assert!(matches!(e, ModelError::Cancelled));
+    assert_eq!(rec.layers, vec![0]);
+    let again = t
+        .forward_cached(&tokens, &spec, &mut cache, &mut NoObserver)
+        .unwrap();
+    assert_eq!(
+        again.recomputed_from, 2,
+        "only the final stage reruns for an unchanged spec"
+    );
+}
