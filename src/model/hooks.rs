@@ -166,7 +166,7 @@ pub type Captures = BTreeMap<String, Tensor>;
 /// Per-pass hook state: which names to record, the interventions by hook, and the tokens
 /// (pattern clamps need them).
 pub(crate) struct HookState<'a> {
-    capture: Vec<&'a str>,
+    capture: Vec<wildmatch::WildMatch>,
     interventions: BTreeMap<&'a str, Vec<&'a Intervention>>,
     tokens: &'a [Vec<u32>],
     pub captures: Captures,
@@ -179,7 +179,7 @@ impl<'a> HookState<'a> {
             interventions.entry(i.hook.as_str()).or_default().push(i);
         }
         HookState {
-            capture: spec.capture.iter().map(String::as_str).collect(),
+            capture: spec.capture.iter().map(|p| wildmatch::WildMatch::new(p)).collect(),
             interventions,
             tokens,
             captures: Captures::new(),
@@ -187,7 +187,11 @@ impl<'a> HookState<'a> {
     }
 
     pub fn wants(&self, name: &str) -> bool {
-        self.interventions.contains_key(name) || self.capture.iter().any(|p| glob_matches(p, name))
+        self.interventions.contains_key(name) || self.captured(name)
+    }
+
+    fn captured(&self, name: &str) -> bool {
+        self.capture.iter().any(|p| p.matches(name))
     }
 
     /// Pass an activation through the hook point `name`: apply its interventions, then record
@@ -198,7 +202,7 @@ impl<'a> HookState<'a> {
                 x = apply(intervention, &x, self.tokens)?;
             }
         }
-        if self.capture.iter().any(|p| glob_matches(p, name)) {
+        if self.captured(name) {
             self.captures.insert(name.to_string(), x.clone());
         }
         Ok(x)

@@ -98,7 +98,7 @@ impl Activation {
 
 /// Rotary position embedding in HF's half-split ("rotate_half") layout over the first
 /// `rotary_dim` dimensions of each head.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rotary {
     pub rotary_dim: usize,
     /// Inverse frequencies, `rotary_dim / 2` of them, after any rope scaling.
@@ -452,12 +452,13 @@ impl Transformer {
             c.inputs[start as usize].clone()
         };
         let first_layer = start.max(0) as usize;
+        let mut tables = PassTables::new(tokens[0].len());
         for l in first_layer..n {
             if observer.is_cancelled() {
                 return Err(ModelError::Cancelled);
             }
             inputs.push(x.clone());
-            x = self.block_forward(l, &x, tokens, &mut hooks)?;
+            x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
             observer.layer_done(&LayerDone {
                 layer: l,
                 n_layers: n,
@@ -543,18 +544,12 @@ impl Transformer {
         Ok(logits)
     }
 
-    fn block_forward(
-        &self,
-        l: usize,
-        x: &Tensor,
-        tokens: &[Vec<u32>],
-        hooks: &mut HookState,
-    ) -> Result<Tensor> {
+    fn block_forward(&self, l: usize, x: &Tensor, tables: &mut PassTables, hooks: &mut HookState) -> Result<Tensor> {
         let block = &self.blocks[l];
         let name = |s: &str| format!("blocks.{l}.{s}");
         let resid_pre = hooks.site(&name("hook_resid_pre"), x.clone())?;
         let normed = hooks.site(&name("ln1.hook_normalized"), block.ln1.forward(&resid_pre)?)?;
-        let mut attn_out = block.attn.forward(l, &normed, tokens[0].len(), hooks)?;
+        let mut attn_out = block.attn.forward(l, &normed, tables, hooks)?;
         if let Some(norm) = &block.attn_post_norm {
             attn_out = norm.forward(&attn_out)?;
         }
@@ -598,8 +593,42 @@ impl Mlp {
     }
 }
 
+/// Masks and rotary tables for one pass, built once and shared by every layer that uses the
+/// same window or rotary settings.
+struct PassTables {
+    t: usize,
+    masks: Vec<(Option<usize>, Tensor)>,
+    rotary: Vec<(Rotary, Tensor, Tensor)>,
+}
+
+impl PassTables {
+    fn new(t: usize) -> Self {
+        PassTables { t, masks: Vec::new(), rotary: Vec::new() }
+    }
+
+    fn mask(&mut self, window: Option<usize>, device: &Device) -> Result<Tensor> {
+        if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
+            return Ok(m.clone());
+        }
+        let m = causal_mask(self.t, window, device)?;
+        self.masks.push((window, m.clone()));
+        Ok(m)
+    }
+
+    fn rotary(&mut self, rotary: &Rotary, device: &Device) -> Result<(Tensor, Tensor)> {
+        let found = self.rotary.iter().find(|(r, _, _)| r == rotary);
+        if let Some((_, cos, sin)) = found {
+            return Ok((cos.clone(), sin.clone()));
+        }
+        let (cos, sin) = rotary.tables(self.t, device)?;
+        self.rotary.push((rotary.clone(), cos.clone(), sin.clone()));
+        Ok((cos, sin))
+    }
+}
+
 impl Attention {
-    fn forward(&self, l: usize, x: &Tensor, t: usize, hooks: &mut HookState) -> Result<Tensor> {
+    fn forward(&self, l: usize, x: &Tensor, tables: &mut PassTables, hooks: &mut HookState) -> Result<Tensor> {
+        let t = tables.t;
         let name = |s: &str| format!("blocks.{l}.attn.{s}");
         let b = x.dim(0)?;
         let (nh, nkv, dh) = (self.n_heads, self.n_kv_heads, self.d_head);
@@ -626,7 +655,7 @@ impl Attention {
             .contiguous()?;
         let (q, k) = match &self.rotary {
             Some(rotary) => {
-                let (cos, sin) = rotary.tables(t, x.device())?;
+                let (cos, sin) = tables.rotary(rotary, x.device())?;
                 (rotary.apply(&q, &cos, &sin)?, rotary.apply(&k, &cos, &sin)?)
             }
             None => (q, k),
@@ -639,7 +668,7 @@ impl Attention {
         if let Some(cap) = self.logit_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let mask = causal_mask(t, self.sliding_window, x.device())?;
+        let mask = tables.mask(self.sliding_window, x.device())?;
         let scores = hooks.site(&name("hook_attn_scores"), scores.broadcast_add(&mask)?)?;
         let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
         let pattern = hooks.site(&name("hook_pattern"), pattern)?;
