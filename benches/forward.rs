@@ -7,7 +7,9 @@ use dendrite::model::{self, HookSpec, Intervention, NoObserver, ValueOp};
 
 fn tokens(model: &model::Model, n: usize) -> Vec<Vec<u32>> {
     let text = "The quick brown fox jumps over the lazy dog while the curious cat watches from the warm windowsill. ";
-    let mut ids = model.encode(&text.repeat(n / 8 + 2), false).expect("tokenize");
+    let mut ids = model
+        .encode(&text.repeat(n / 8 + 2), false)
+        .expect("tokenize");
     ids.truncate(n);
     vec![ids]
 }
@@ -17,6 +19,7 @@ fn clamp(value: f32) -> Intervention {
 }
 
 fn bench(c: &mut Criterion) {
+    dendrite::tune_threads();
     let path = std::env::var("DENDRITE_BENCH_MODEL")
         .unwrap_or_else(|_| ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     let model = model::open(&path).expect("run scripts/fetch_models.sh first");
@@ -27,22 +30,34 @@ fn bench(c: &mut Criterion) {
     for n in [16usize, 64, 256] {
         let toks = tokens(&model, n);
         group.bench_with_input(BenchmarkId::new("forward", n), &toks, |b, toks| {
-            b.iter(|| t.forward(toks, &HookSpec::default(), &mut NoObserver).expect("forward"))
+            b.iter(|| {
+                t.forward(toks, &HookSpec::default(), &mut NoObserver)
+                    .expect("forward")
+            })
         });
         group.bench_with_input(BenchmarkId::new("forward_capture", n), &toks, |b, toks| {
             b.iter(|| t.forward(toks, &capture, &mut NoObserver).expect("forward"))
         });
         // Alternate two clamp values so every iteration is a real change at layer 15.
         let mut cache = None;
-        let specs = [capture.clone().with_intervention(clamp(10.0)), capture.clone().with_intervention(clamp(-10.0))];
-        t.forward_cached(&toks, &specs[0], &mut cache, &mut NoObserver).expect("forward");
+        let specs = [
+            capture.clone().with_intervention(clamp(10.0)),
+            capture.clone().with_intervention(clamp(-10.0)),
+        ];
+        t.forward_cached(&toks, &specs[0], &mut cache, &mut NoObserver)
+            .expect("forward");
         let mut flip = 0usize;
-        group.bench_with_input(BenchmarkId::new("clamp_l15_incremental", n), &toks, |b, toks| {
-            b.iter(|| {
-                flip ^= 1;
-                t.forward_cached(toks, &specs[flip], &mut cache, &mut NoObserver).expect("forward")
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("clamp_l15_incremental", n),
+            &toks,
+            |b, toks| {
+                b.iter(|| {
+                    flip ^= 1;
+                    t.forward_cached(toks, &specs[flip], &mut cache, &mut NoObserver)
+                        .expect("forward")
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -1,6 +1,7 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
+    dendrite::tune_threads();
     let cli = dendrite::cli::Cli::parse();
     match dendrite::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -179,7 +179,11 @@ impl<'a> HookState<'a> {
             interventions.entry(i.hook.as_str()).or_default().push(i);
         }
         HookState {
-            capture: spec.capture.iter().map(|p| wildmatch::WildMatch::new(p)).collect(),
+            capture: spec
+                .capture
+                .iter()
+                .map(|p| wildmatch::WildMatch::new(p))
+                .collect(),
             interventions,
             tokens,
             captures: Captures::new(),

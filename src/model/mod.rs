@@ -4,9 +4,11 @@
 //! loaded [`Model`]: the transformer, its tokenizer and a [`ModelInfo`] summary.
 
 pub mod arch;
+pub mod attention;
 pub mod error;
 pub mod gguf;
 pub mod hooks;
+pub mod packed;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

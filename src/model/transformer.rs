@@ -5,10 +5,14 @@
 //! MLPs, sequential and parallel residuals, sandwich norms — lives here once, so a hook name
 //! means the same thing in every model.
 
+use std::sync::Arc;
+
 use candle_core::{D, Device, Tensor};
 
+use super::attention;
 use super::error::{ModelError, Result};
 use super::hooks::{Captures, HookSpec, HookState, hook_stage};
+use super::packed::PackedMatrix;
 
 // ── parts ──────────────────────────────────────────────────────────────────────────────────
 
@@ -42,26 +46,85 @@ impl Norm {
     }
 }
 
-/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch checkpoints.
+/// `y = x Wᵀ + b`, with `W` (PyTorch's `[out, in]`) packed once for the matmul kernel.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+    pub weight: Arc<PackedMatrix>,
+    pub bias: Option<Arc<[f32]>>,
 }
 
 impl Linear {
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let weight = Arc::new(PackedMatrix::pack(weight)?);
+        let bias = match bias {
+            Some(b) => Some(b.to_vec1::<f32>()?.into()),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.rows()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, in_dim) = self.weight.dims2()?;
+        let in_dim = self.weight.cols();
         let dims = x.dims().to_vec();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let flat = x.reshape((rows, in_dim))?;
-        let mut y = flat.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = with_f32_slice(x, |data| {
+            self.weight.matmul_t(data, rows, self.bias.as_deref())
+        })?;
         let mut out_shape = dims;
-        *out_shape.last_mut().unwrap_or(&mut 0) = out_dim;
-        Ok(y.reshape(out_shape)?)
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.weight.rows();
+        }
+        Ok(Tensor::from_vec(y, out_shape, x.device())?)
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor without copying it.
+fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let data = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            Ok(f(&data[start..start + x.elem_count()]))
+        }
+        _ => Err(ModelError::InvalidInput(
+            "tensors must live on the CPU".into(),
+        )),
+    }
+}
+
+/// The token embedding: its own table, or the output head's packed matrix when tied.
+#[derive(Clone, Debug)]
+pub enum Embedding {
+    Table(Tensor),
+    Tied(Arc<PackedMatrix>),
+}
+
+impl Embedding {
+    pub fn vocab(&self) -> usize {
+        match self {
+            Embedding::Table(t) => t.dims()[0],
+            Embedding::Tied(p) => p.rows(),
+        }
+    }
+
+    fn lookup(&self, ids: &[u32], d_model: usize) -> Result<Tensor> {
+        let device = Device::Cpu;
+        match self {
+            Embedding::Table(t) => {
+                let ids = Tensor::new(ids, &device)?;
+                Ok(t.index_select(&ids, 0)?)
+            }
+            Embedding::Tied(p) => {
+                let data: Vec<f32> = ids.iter().flat_map(|&id| p.row(id as usize)).collect();
+                Ok(Tensor::from_vec(data, (ids.len(), d_model), &device)?)
+            }
+        }
     }
 }
 
@@ -137,14 +200,14 @@ impl Rotary {
         ))
     }
 
-    /// `x`: `[b, heads, t, d_head]`.
+    /// `x`: `[b, t, heads, d_head]`.
     fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let d_head = x.dim(D::Minus1)?;
         if self.rotary_dim == d_head {
-            return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?);
+            return Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)?);
         }
         let rotated = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
-        let rotated = candle_nn::rotary_emb::rope(&rotated, cos, sin)?;
+        let rotated = candle_nn::rotary_emb::rope_thd(&rotated, cos, sin)?;
         let pass = x.narrow(D::Minus1, self.rotary_dim, d_head - self.rotary_dim)?;
         Ok(Tensor::cat(&[&rotated, &pass], D::Minus1)?)
     }
@@ -209,15 +272,14 @@ pub struct Dims {
 #[derive(Clone, Debug)]
 pub struct Transformer {
     pub dims: Dims,
-    pub embed: Tensor,
+    pub embed: Embedding,
     pub pos_embed: Option<Tensor>,
     /// Gemma multiplies embeddings by `sqrt(d_model)`.
     pub embed_scale: Option<f32>,
     pub blocks: Vec<Block>,
     pub ln_final: Norm,
-    /// `[vocab, d_model]`; the same storage as `embed` when tied.
-    pub unembed: Tensor,
-    pub unembed_bias: Option<Tensor>,
+    /// `[vocab, d_model]` (+ bias); shares its matrix with `embed` when tied.
+    pub unembed: Linear,
     pub final_logit_softcap: Option<f64>,
 }
 
@@ -295,7 +357,8 @@ impl Transformer {
     pub fn n_params(&self) -> usize {
         let n = |t: &Tensor| t.elem_count();
         let opt = |t: &Option<Tensor>| t.as_ref().map_or(0, n);
-        let lin = |l: &Linear| n(&l.weight) + opt(&l.bias);
+        let lin =
+            |l: &Linear| l.weight.rows() * l.weight.cols() + l.bias.as_ref().map_or(0, |b| b.len());
         let nrm = |x: &Norm| n(&x.weight) + opt(&x.bias);
         let onrm = |x: &Option<Norm>| x.as_ref().map_or(0, nrm);
         let blocks: usize = self
@@ -318,17 +381,11 @@ impl Transformer {
                     + onrm(&b.mlp_post_norm)
             })
             .sum();
-        let head = if self.unembed.id() == self.embed.id() {
-            0
-        } else {
-            n(&self.unembed)
+        let embed = match &self.embed {
+            Embedding::Table(t) => n(t),
+            Embedding::Tied(_) => 0,
         };
-        n(&self.embed)
-            + opt(&self.pos_embed)
-            + blocks
-            + nrm(&self.ln_final)
-            + head
-            + opt(&self.unembed_bias)
+        embed + opt(&self.pos_embed) + blocks + nrm(&self.ln_final) + lin(&self.unembed)
     }
 
     /// Every hook name this model exposes, in forward order.
@@ -399,7 +456,7 @@ impl Transformer {
                 self.dims.n_ctx
             )));
         }
-        let vocab = self.embed.dim(0)?;
+        let vocab = self.embed.vocab();
         if let Some(bad) = tokens.iter().flatten().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary (size {vocab})"
@@ -511,11 +568,10 @@ impl Transformer {
     fn embed_forward(&self, tokens: &[Vec<u32>], hooks: &mut HookState) -> Result<Tensor> {
         let (b, t) = (tokens.len(), tokens[0].len());
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(ids, b * t, self.embed.device())?;
-        let mut x = self
-            .embed
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.dims.d_model))?;
+        let mut x =
+            self.embed
+                .lookup(&ids, self.dims.d_model)?
+                .reshape((b, t, self.dims.d_model))?;
         if let Some(scale) = self.embed_scale {
             x = (x * scale as f64)?;
         }
@@ -533,18 +589,20 @@ impl Transformer {
 
     fn final_forward(&self, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
         let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(x)?)?;
-        let mut logits = Linear {
-            weight: self.unembed.clone(),
-            bias: self.unembed_bias.clone(),
-        }
-        .forward(&normed)?;
+        let mut logits = self.unembed.forward(&normed)?;
         if let Some(cap) = self.final_logit_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
         Ok(logits)
     }
 
-    fn block_forward(&self, l: usize, x: &Tensor, tables: &mut PassTables, hooks: &mut HookState) -> Result<Tensor> {
+    fn block_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        tables: &mut PassTables,
+        hooks: &mut HookState,
+    ) -> Result<Tensor> {
         let block = &self.blocks[l];
         let name = |s: &str| format!("blocks.{l}.{s}");
         let resid_pre = hooks.site(&name("hook_resid_pre"), x.clone())?;
@@ -593,26 +651,18 @@ impl Mlp {
     }
 }
 
-/// Masks and rotary tables for one pass, built once and shared by every layer that uses the
-/// same window or rotary settings.
+/// Rotary tables for one pass, built once and shared by every layer with the same settings.
 struct PassTables {
     t: usize,
-    masks: Vec<(Option<usize>, Tensor)>,
     rotary: Vec<(Rotary, Tensor, Tensor)>,
 }
 
 impl PassTables {
     fn new(t: usize) -> Self {
-        PassTables { t, masks: Vec::new(), rotary: Vec::new() }
-    }
-
-    fn mask(&mut self, window: Option<usize>, device: &Device) -> Result<Tensor> {
-        if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
-            return Ok(m.clone());
+        PassTables {
+            t,
+            rotary: Vec::new(),
         }
-        let m = causal_mask(self.t, window, device)?;
-        self.masks.push((window, m.clone()));
-        Ok(m)
     }
 
     fn rotary(&mut self, rotary: &Rotary, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -627,9 +677,15 @@ impl PassTables {
 }
 
 impl Attention {
-    fn forward(&self, l: usize, x: &Tensor, tables: &mut PassTables, hooks: &mut HookState) -> Result<Tensor> {
-        let t = tables.t;
+    fn forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        tables: &mut PassTables,
+        hooks: &mut HookState,
+    ) -> Result<Tensor> {
         let name = |s: &str| format!("blocks.{l}.attn.{s}");
+        let t = tables.t;
         let b = x.dim(0)?;
         let (nh, nkv, dh) = (self.n_heads, self.n_kv_heads, self.d_head);
         let mut q = self.q.forward(x)?.reshape((b, t, nh, dh))?;
@@ -641,18 +697,9 @@ impl Attention {
         if let Some(norm) = &self.k_norm {
             k = norm.forward(&k)?;
         }
-        let q = hooks
-            .site(&name("hook_q"), q)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = hooks
-            .site(&name("hook_k"), k)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = hooks
-            .site(&name("hook_v"), v)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = hooks.site(&name("hook_q"), q)?;
+        let k = hooks.site(&name("hook_k"), k)?;
+        let v = hooks.site(&name("hook_v"), v)?;
         let (q, k) = match &self.rotary {
             Some(rotary) => {
                 let (cos, sin) = tables.rotary(rotary, x.device())?;
@@ -660,40 +707,44 @@ impl Attention {
             }
             None => (q, k),
         };
-        // Grouped KV: query head h reads KV head h / (nh / nkv). Folding the group into the
-        // query axis lets one batched matmul serve all heads without copying K or V.
-        let group = nh / nkv;
-        let q = q.reshape((b, nkv, group * t, dh))?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((b, nh, t, t))?;
-        if let Some(cap) = self.logit_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
+        let shape = attention::Shape {
+            b,
+            t,
+            heads: nh,
+            kv_heads: nkv,
+            d_head: dh,
+        };
+        let rule = attention::ScoreRule {
+            scale: self.scale as f32,
+            softcap: self.logit_softcap.map(|c| c as f32),
+            window: self.sliding_window,
+        };
+        let mut scores = with_f32_slice(&q, |q| {
+            with_f32_slice(&k, |k| attention::scores(q, k, shape, rule))
+        })??;
+        // Scores become a tensor only when someone reads or edits them.
+        let scores_name = name("hook_attn_scores");
+        if hooks.wants(&scores_name) {
+            let edited = hooks.site(
+                &scores_name,
+                Tensor::from_vec(scores, (b, nh, t, t), x.device())?,
+            )?;
+            scores = edited.flatten_all()?.to_vec1()?;
         }
-        let mask = tables.mask(self.sliding_window, x.device())?;
-        let scores = hooks.site(&name("hook_attn_scores"), scores.broadcast_add(&mask)?)?;
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
-        let pattern = hooks.site(&name("hook_pattern"), pattern)?;
-        let z = pattern
-            .reshape((b, nkv, group * t, t))?
-            .matmul(&v)?
-            .reshape((b, nh, t, dh))?
-            .transpose(1, 2)?;
-        let z = hooks.site(&name("hook_z"), z)?;
-        self.o.forward(&z.contiguous()?.reshape((b, t, nh * dh))?)
+        attention::softmax_rows(&mut scores, t);
+        let pattern = hooks.site(
+            &name("hook_pattern"),
+            Tensor::from_vec(scores, (b, nh, t, t), x.device())?,
+        )?;
+        let z = with_f32_slice(&pattern, |p| {
+            with_f32_slice(&v, |v| attention::weighted_values(p, v, shape))
+        })??;
+        let z = hooks.site(
+            &name("hook_z"),
+            Tensor::from_vec(z, (b, t, nh, dh), x.device())?,
+        )?;
+        self.o.forward(&z.reshape((b, t, nh * dh))?)
     }
-}
-
-/// `[t, t]` additive mask: 0 where query `i` may read key `j` (`j ≤ i`, and `i − j < window`
-/// on sliding-window layers), −∞ elsewhere.
-fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..t).map(move |j| {
-                let visible = j <= i && window.is_none_or(|w| i - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }
 
 /// Loads `[out, in]` weights (and an optional bias) as a [`Linear`].
@@ -710,7 +761,19 @@ pub fn linear(
     } else {
         w.get_opt(&format!("{name}.bias"), out_dim)?
     };
-    Ok(Linear { weight, bias })
+    Linear::new(&weight, bias.as_ref())
+}
+
+/// The output head and the embedding it may share: `head` is `None` (or `tied`) when the
+/// checkpoint ties them.
+pub fn embeddings(embed: Tensor, head: Option<Tensor>, tied: bool) -> Result<(Embedding, Linear)> {
+    match head {
+        Some(head) if !tied => Ok((Embedding::Table(embed), Linear::new(&head, None)?)),
+        _ => {
+            let unembed = Linear::new(&embed, None)?;
+            Ok((Embedding::Tied(unembed.weight.clone()), unembed))
+        }
+    }
 }
 
 /// Loads a norm's weight (and bias for LayerNorm). `unit_offset` stores Gemma's `1 + w`.

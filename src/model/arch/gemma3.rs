@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::RopeParameters;
 use crate::model::error::{ModelError, Result};
-use crate::model::transformer::{Attention, Block, Dims, Mlp, NormKind, Transformer, linear, norm};
+use crate::model::transformer::{
+    Attention, Block, Dims, Mlp, NormKind, Transformer, embeddings, linear, norm,
+};
 use crate::model::weights::Weights;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -43,6 +45,8 @@ pub struct Config {
     pub attn_logit_softcapping: Option<f64>,
     #[serde(default)]
     pub attention_bias: bool,
+    #[serde(default = "tied")]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_head_dim() -> usize {
@@ -53,6 +57,9 @@ fn default_act() -> String {
 }
 fn default_ctx() -> usize {
     131_072
+}
+fn tied() -> bool {
+    true
 }
 fn default_eps() -> f32 {
     1e-6
@@ -168,10 +175,8 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         });
     }
     let embed = model.get("embed_tokens.weight", (cfg.vocab_size, d))?;
-    // Gemma ties its output head to the embedding.
-    let unembed = w
-        .get_opt("lm_head.weight", (cfg.vocab_size, d))?
-        .unwrap_or_else(|| embed.clone());
+    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
+    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
         dims: Dims {
             n_layers: cfg.num_hidden_layers,
@@ -190,7 +195,6 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         blocks,
         ln_final: rms(&model, "norm", d)?,
         unembed,
-        unembed_bias: None,
         final_logit_softcap: cfg.final_logit_softcapping,
     })
 }

@@ -6,8 +6,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use candle_core::Tensor;
+
 use crate::model::error::{ModelError, Result};
-use crate::model::transformer::{Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, norm};
+use crate::model::transformer::{
+    Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, embeddings, norm,
+};
 use crate::model::weights::Weights;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -26,10 +30,15 @@ pub struct Config {
     pub scale_attn_weights: bool,
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "tied")]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_act() -> String {
     "gelu_new".into()
+}
+fn tied() -> bool {
+    true
 }
 fn default_eps() -> f32 {
     1e-5
@@ -38,25 +47,26 @@ fn yes() -> bool {
     true
 }
 
-/// A `Conv1D` (`x W + b`, `W: [in, out]`) as a `Linear` (`W: [out, in]`).
-fn conv1d(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+/// A `Conv1D` (`x W + b`, `W: [in, out]`) as `[out, in]` weight and bias tensors.
+fn conv1d(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<(Tensor, Tensor)> {
     let weight = w
         .get(&format!("{name}.weight"), (in_dim, out_dim))?
         .t()?
         .contiguous()?;
-    let bias = Some(w.get(&format!("{name}.bias"), out_dim)?);
-    Ok(Linear { weight, bias })
+    Ok((weight, w.get(&format!("{name}.bias"), out_dim)?))
+}
+
+fn conv1d_linear(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    let (weight, bias) = conv1d(w, name, in_dim, out_dim)?;
+    Linear::new(&weight, Some(&bias))
 }
 
 /// Rows `[start, start + len)` of a fused projection.
-fn split(fused: &Linear, start: usize, len: usize) -> Result<Linear> {
-    Ok(Linear {
-        weight: fused.weight.narrow(0, start, len)?.contiguous()?,
-        bias: match &fused.bias {
-            Some(b) => Some(b.narrow(0, start, len)?.contiguous()?),
-            None => None,
-        },
-    })
+fn split(fused: &(Tensor, Tensor), start: usize, len: usize) -> Result<Linear> {
+    Linear::new(
+        &fused.0.narrow(0, start, len)?,
+        Some(&fused.1.narrow(0, start, len)?),
+    )
 }
 
 pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer> {
@@ -97,7 +107,7 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
                 q: split(&qkv, 0, d)?,
                 k: split(&qkv, d, d)?,
                 v: split(&qkv, 2 * d, d)?,
-                o: conv1d(&lw, "attn.c_proj", d, d)?,
+                o: conv1d_linear(&lw, "attn.c_proj", d, d)?,
                 q_norm: None,
                 k_norm: None,
                 n_heads: nh,
@@ -112,8 +122,8 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             ln2: norm(&lw, "ln_2", NormKind::LayerNorm, d, eps, false)?,
             mlp: Mlp {
                 gate: None,
-                up: conv1d(&lw, "mlp.c_fc", d, d_mlp)?,
-                down: conv1d(&lw, "mlp.c_proj", d_mlp, d)?,
+                up: conv1d_linear(&lw, "mlp.c_fc", d, d_mlp)?,
+                down: conv1d_linear(&lw, "mlp.c_proj", d_mlp, d)?,
                 act,
             },
             mlp_post_norm: None,
@@ -121,9 +131,8 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         });
     }
     let embed = base.get("wte.weight", (cfg.vocab_size, d))?;
-    let unembed = w
-        .get_opt("lm_head.weight", (cfg.vocab_size, d))?
-        .unwrap_or_else(|| embed.clone());
+    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
+    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
         dims: Dims {
             n_layers: cfg.n_layer,
@@ -141,7 +150,6 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         blocks,
         ln_final: norm(&base, "ln_f", NormKind::LayerNorm, d, eps, false)?,
         unembed,
-        unembed_bias: None,
         final_logit_softcap: None,
     })
 }

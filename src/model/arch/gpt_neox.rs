@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::RopeParameters;
 use crate::model::error::Result;
 use crate::model::transformer::{
-    Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, linear, norm,
+    Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, embeddings, linear, norm,
 };
 use crate::model::weights::Weights;
 
@@ -56,20 +56,28 @@ fn yes() -> bool {
 
 /// Splits the fused `query_key_value` projection, whose output rows are ordered
 /// `[head][q|k|v][d_head]`, into separate Q, K and V projections.
-fn split_qkv(fused: &Linear, nh: usize, dh: usize, d: usize) -> Result<[Linear; 3]> {
-    let w = fused.weight.reshape((nh, 3, dh, d))?;
-    let b = match &fused.bias {
-        Some(b) => Some(b.reshape((nh, 3, dh))?),
-        None => None,
+fn split_qkv(w: &Weights, nh: usize, dh: usize, d: usize, bias: bool) -> Result<[Linear; 3]> {
+    let name = "attention.query_key_value";
+    let weight = w
+        .get(&format!("{name}.weight"), (3 * d, d))?
+        .reshape((nh, 3, dh, d))?;
+    let bias = match bias {
+        true => Some(
+            w.get(&format!("{name}.bias"), 3 * d)?
+                .reshape((nh, 3, dh))?,
+        ),
+        false => None,
     };
     let part = |i: usize| -> Result<Linear> {
-        Ok(Linear {
-            weight: w.narrow(1, i, 1)?.contiguous()?.reshape((nh * dh, d))?,
-            bias: match &b {
-                Some(b) => Some(b.narrow(1, i, 1)?.contiguous()?.reshape(nh * dh)?),
-                None => None,
-            },
-        })
+        let wi = weight
+            .narrow(1, i, 1)?
+            .contiguous()?
+            .reshape((nh * dh, d))?;
+        let bi = match &bias {
+            Some(b) => Some(b.narrow(1, i, 1)?.contiguous()?.reshape(nh * dh)?),
+            None => None,
+        };
+        Linear::new(&wi, bi.as_ref())
     };
     Ok([part(0)?, part(1)?, part(2)?])
 }
@@ -97,14 +105,7 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         let lw = base.pp(format!("layers.{l}"));
-        let fused = linear(
-            &lw,
-            "attention.query_key_value",
-            3 * d,
-            d,
-            cfg.attention_bias,
-        )?;
-        let [q, k, v] = split_qkv(&fused, nh, dh, d)?;
+        let [q, k, v] = split_qkv(&lw, nh, dh, d, cfg.attention_bias)?;
         blocks.push(Block {
             ln1: norm(&lw, "input_layernorm", NormKind::LayerNorm, d, eps, false)?,
             attn: Attention {
@@ -142,10 +143,8 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         });
     }
     let embed = base.get("embed_in.weight", (cfg.vocab_size, d))?;
-    let unembed = match w.get_opt("embed_out.weight", (cfg.vocab_size, d))? {
-        Some(head) if !cfg.tie_word_embeddings => head,
-        _ => embed.clone(),
-    };
+    let head = w.get_opt("embed_out.weight", (cfg.vocab_size, d))?;
+    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
         dims: Dims {
             n_layers: cfg.num_hidden_layers,
@@ -170,7 +169,6 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             false,
         )?,
         unembed,
-        unembed_bias: None,
         final_logit_softcap: None,
     })
 }

@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::RopeParameters;
 use crate::model::error::Result;
-use crate::model::transformer::{Attention, Block, Dims, Mlp, NormKind, Transformer, linear, norm};
+use crate::model::transformer::{
+    Attention, Block, Dims, Mlp, NormKind, Transformer, embeddings, linear, norm,
+};
 use crate::model::weights::Weights;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -131,10 +133,8 @@ pub(crate) fn load_variant(
         });
     }
     let embed = model.get("embed_tokens.weight", (cfg.vocab_size, d))?;
-    let unembed = match w.get_opt("lm_head.weight", (cfg.vocab_size, d))? {
-        Some(head) if !cfg.tie_word_embeddings => head,
-        _ => embed.clone(),
-    };
+    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
+    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
         dims: Dims {
             n_layers: cfg.num_hidden_layers,
@@ -152,7 +152,6 @@ pub(crate) fn load_variant(
         blocks,
         ln_final: norm(&model, "norm", NormKind::RmsNorm, d, eps, false)?,
         unembed,
-        unembed_bias: None,
         final_logit_softcap: None,
     })
 }
