@@ -45,26 +45,34 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     assert!(q.len() == s.b * t * s.heads * dh && k.len() == s.b * t * s.kv_heads * dh);
     let mut out = vec![f32::NEG_INFINITY; s.b * s.heads * t * t];
     let simd = Simd::detect();
-    out.par_chunks_mut(t * t)
-        .enumerate()
-        .for_each(|(bh, block)| {
-            let (batch, head) = (bh / s.heads, bh % s.heads);
-            let kv = s.kv_of(head);
-            for i in 0..t {
-                let qi = &q[((batch * t + i) * s.heads + head) * dh..][..dh];
-                for j in 0..=i {
-                    if !rule.visible(i, j) {
-                        continue;
-                    }
-                    let kj = &k[((batch * t + j) * s.kv_heads + kv) * dh..][..dh];
-                    let mut score = simd.dot(qi, kj) * rule.scale;
-                    if let Some(cap) = rule.softcap {
-                        score = (score / cap).tanh() * cap;
-                    }
-                    block[i * t + j] = score;
+    out.par_chunks_mut(t * t).enumerate().for_each(|(bh, block)| {
+        let (batch, head) = (bh / s.heads, bh % s.heads);
+        // Keys transposed to [d_head][t], so each query's scores are built by axpys over
+        // contiguous keys (vectorises without horizontal sums).
+        let kv = s.kv_of(head);
+        let mut k_t = vec![0f32; dh * t];
+        for j in 0..t {
+            let kj = &k[((batch * t + j) * s.kv_heads + kv) * dh..][..dh];
+            for (d, &x) in kj.iter().enumerate() {
+                k_t[d * t + j] = x;
+            }
+        }
+        for i in 0..t {
+            let qi = &q[((batch * t + i) * s.heads + head) * dh..][..dh];
+            let first = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let row = &mut block[i * t + first..=i * t + i];
+            row.fill(0.0);
+            for (d, &qd) in qi.iter().enumerate() {
+                simd.axpy(qd, &k_t[d * t + first..=d * t + i], row);
+            }
+            for score in row.iter_mut() {
+                *score *= rule.scale;
+                if let Some(cap) = rule.softcap {
+                    *score = (*score / cap).tanh() * cap;
                 }
             }
-        });
+        }
+    });
     out
 }
 
@@ -94,25 +102,21 @@ pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     assert!(pattern.len() == s.b * s.heads * t * t && v.len() == s.b * t * s.kv_heads * dh);
     let mut z = vec![0f32; s.b * t * s.heads * dh];
     let simd = Simd::detect();
-    z.par_chunks_mut(s.heads * dh)
-        .enumerate()
-        .for_each(|(bi, row)| {
-            let (batch, i) = (bi / t, bi % t);
-            for head in 0..s.heads {
-                let kv = s.kv_of(head);
-                let weights = &pattern[((batch * s.heads + head) * t + i) * t..][..t];
-                let out = &mut row[head * dh..(head + 1) * dh];
-                for (j, &w) in weights.iter().enumerate() {
-                    if w != 0.0 {
-                        simd.axpy(w, &v[((batch * t + j) * s.kv_heads + kv) * dh..][..dh], out);
-                    }
-                }
-            }
-        });
+    let stride = s.kv_heads * dh;
+    z.par_chunks_mut(s.heads * dh).enumerate().for_each(|(bi, row)| {
+        let (batch, i) = (bi / t, bi % t);
+        for head in 0..s.heads {
+            let kv = s.kv_of(head);
+            let weights = &pattern[((batch * s.heads + head) * t + i) * t..][..t];
+            // Keys after the query have weight 0 (causal); skip them.
+            let values = &v[(batch * t) * stride + kv * dh..];
+            simd.weighted_sum(&weights[..=i], values, stride, &mut row[head * dh..(head + 1) * dh]);
+        }
+    });
     z
 }
 
-/// The widest vector instructions this CPU has, for the two inner loops.
+/// The widest vector instructions this CPU has, for the inner loops.
 #[derive(Clone, Copy)]
 enum Simd {
     #[cfg(target_arch = "x86_64")]
@@ -129,15 +133,6 @@ impl Simd {
         Simd::Portable
     }
 
-    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        match self {
-            // Safety: the feature was detected at runtime.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { dot_avx512(a, b) },
-            Simd::Portable => dot(a, b),
-        }
-    }
-
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
         match self {
             // Safety: the feature was detected at runtime.
@@ -146,26 +141,15 @@ impl Simd {
             Simd::Portable => axpy(alpha, x, y),
         }
     }
-}
 
-/// 16 independent lanes so the compiler can vectorise without reassociating one sum.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            lanes[l] += x[l] * y[l];
+    fn weighted_sum(self, weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+        match self {
+            // Safety: the feature was detected at runtime.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { weighted_sum_avx512(weights, values, stride, out) },
+            Simd::Portable => weighted_sum(weights, values, stride, out),
         }
     }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -175,16 +159,38 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot(a, b)
+/// `out = Σ_j weights[j] · values[j·stride ..][..out.len()]`, accumulated 16 lanes at a time in
+/// registers.
+#[inline(always)]
+fn weighted_sum(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    const LANES: usize = 16;
+    let full = out.len() / LANES * LANES;
+    for start in (0..full).step_by(LANES) {
+        // A fixed-width accumulator the compiler keeps in one vector register.
+        let mut acc = [0f32; LANES];
+        for (j, &w) in weights.iter().enumerate() {
+            let v: &[f32; LANES] = values[j * stride + start..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
+            for l in 0..LANES {
+                acc[l] += w * v[l];
+            }
+        }
+        out[start..start + LANES].copy_from_slice(&acc);
+    }
+    for (d, o) in out.iter_mut().enumerate().skip(full) {
+        *o = weights.iter().enumerate().map(|(j, &w)| w * values[j * stride + d]).sum();
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy(alpha, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum_avx512(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    weighted_sum(weights, values, stride, out)
 }
 
 #[cfg(test)]

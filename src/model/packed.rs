@@ -14,6 +14,8 @@ use rayon::prelude::*;
 const NR: usize = 32;
 /// Most rows (tokens) one microkernel call handles.
 const MR: usize = 12;
+/// Inputs per block: a `KC × NR` slice of a panel is 24 KiB, within L1.
+const KC: usize = 192;
 
 #[derive(Debug)]
 pub struct PackedMatrix {
@@ -76,39 +78,46 @@ impl PackedMatrix {
         if let Some(b) = bias {
             assert_eq!(b.len(), self.n, "matmul_t: bias has the wrong length");
         }
-        let n = self.n;
+        let (n, k) = (self.n, self.k);
         let mut y = vec![0f32; m * n];
         let out = SharedOut(y.as_mut_ptr());
-        let n_panels = n.div_ceil(NR);
         let kernel = Kernel::detect();
         // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
-        let min_panels = (16_384 / (m * self.k).max(1)).clamp(1, 8);
-        (0..n_panels)
+        let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
+        (0..n.div_ceil(NR))
             .into_par_iter()
             .with_min_len(min_panels)
             .for_each(|panel| {
-                let b = &self.panels[panel * self.k * NR..(panel + 1) * self.k * NR];
+                let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
                 let col0 = panel * NR;
                 let width = NR.min(n - col0);
-                let mut bias_lanes = [0f32; NR];
+                // This panel's outputs for every row, accumulated over blocks of `KC` inputs so
+                // the slice of the panel in use stays in L1 while all rows pass over it.
+                let mut acc = vec![0f32; m * NR];
                 if let Some(bias) = bias {
-                    bias_lanes[..width].copy_from_slice(&bias[col0..col0 + width]);
-                }
-                let mut row = 0;
-                while row < m {
-                    let rows = MR.min(m - row);
-                    let mut tile = [[0f32; NR]; MR];
-                    kernel.run(rows, self.k, &x[row * self.k..], b, &bias_lanes, &mut tile);
-                    for (i, values) in tile.iter().enumerate().take(rows) {
-                        // Safety: each task writes only columns [col0, col0 + width) of its rows,
-                        // and panels are disjoint, so no two tasks write the same element; `y`
-                        // outlives the parallel loop.
-                        unsafe {
-                            let dst = out.ptr().add((row + i) * n + col0);
-                            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
-                        }
+                    for row in acc.chunks_exact_mut(NR) {
+                        row[..width].copy_from_slice(&bias[col0..col0 + width]);
                     }
-                    row += rows;
+                }
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    let b = &b_panel[k0 * NR..(k0 + kc) * NR];
+                    let mut row = 0;
+                    while row < m {
+                        let rows = MR.min(m - row);
+                        let a = &x[row * k + k0..];
+                        kernel.run(rows, kc, a, k, b, &mut acc[row * NR..(row + rows) * NR]);
+                        row += rows;
+                    }
+                }
+                for (i, values) in acc.chunks_exact(NR).enumerate() {
+                    // Safety: each task writes only columns [col0, col0 + width) of each row and
+                    // panels are disjoint, so no two tasks write the same element; `y` outlives
+                    // the parallel loop.
+                    unsafe {
+                        let dst = out.ptr().add(i * n + col0);
+                        std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                    }
                 }
             });
         y
@@ -143,52 +152,37 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// `tile[i][j] = bias[j] + Σ_p a[i*k + p] · b[p*NR + j]` for `i < rows`.
-    fn run(
-        self,
-        rows: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        bias: &[f32; NR],
-        tile: &mut [[f32; NR]; MR],
-    ) {
-        assert!(a.len() >= rows * k && b.len() >= k * NR && rows <= MR);
+    /// `c[i·NR + j] += Σ_{p<kc} a[i·lda + p] · b[p·NR + j]` for `i < rows`.
+    fn run(self, rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+        assert!((1..=MR).contains(&rows) && kc >= 1);
+        assert!(a.len() >= (rows - 1) * lda + kc && b.len() >= kc * NR && c.len() >= rows * NR);
         match self {
             #[cfg(target_arch = "x86_64")]
-            // Safety: AVX-512F was detected at runtime; the assert above bounds every access.
+            // Safety: AVX-512F was detected at runtime; the asserts above bound every access.
             Kernel::Avx512 => unsafe {
                 match rows {
-                    1 => avx512::tile::<1>(k, a, b, bias, tile),
-                    2 => avx512::tile::<2>(k, a, b, bias, tile),
-                    3 => avx512::tile::<3>(k, a, b, bias, tile),
-                    4 => avx512::tile::<4>(k, a, b, bias, tile),
-                    5 => avx512::tile::<5>(k, a, b, bias, tile),
-                    6 => avx512::tile::<6>(k, a, b, bias, tile),
-                    7 => avx512::tile::<7>(k, a, b, bias, tile),
-                    8 => avx512::tile::<8>(k, a, b, bias, tile),
-                    9 => avx512::tile::<9>(k, a, b, bias, tile),
-                    10 => avx512::tile::<10>(k, a, b, bias, tile),
-                    11 => avx512::tile::<11>(k, a, b, bias, tile),
-                    _ => avx512::tile::<12>(k, a, b, bias, tile),
+                    1 => avx512::tile::<1>(kc, a, lda, b, c),
+                    2 => avx512::tile::<2>(kc, a, lda, b, c),
+                    3 => avx512::tile::<3>(kc, a, lda, b, c),
+                    4 => avx512::tile::<4>(kc, a, lda, b, c),
+                    5 => avx512::tile::<5>(kc, a, lda, b, c),
+                    6 => avx512::tile::<6>(kc, a, lda, b, c),
+                    7 => avx512::tile::<7>(kc, a, lda, b, c),
+                    8 => avx512::tile::<8>(kc, a, lda, b, c),
+                    9 => avx512::tile::<9>(kc, a, lda, b, c),
+                    10 => avx512::tile::<10>(kc, a, lda, b, c),
+                    11 => avx512::tile::<11>(kc, a, lda, b, c),
+                    _ => avx512::tile::<12>(kc, a, lda, b, c),
                 }
             },
-            Kernel::Portable => portable_tile(rows, k, a, b, bias, tile),
+            Kernel::Portable => portable_tile(rows, kc, a, lda, b, c),
         }
     }
 }
 
-fn portable_tile(
-    rows: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32; NR],
-    tile: &mut [[f32; NR]; MR],
-) {
-    for (i, acc) in tile.iter_mut().enumerate().take(rows) {
-        *acc = *bias;
-        let a_row = &a[i * k..(i + 1) * k];
+fn portable_tile(rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+    for (i, acc) in c.chunks_exact_mut(NR).enumerate().take(rows) {
+        let a_row = &a[i * lda..i * lda + kc];
         for (p, &av) in a_row.iter().enumerate() {
             let b_row = &b[p * NR..(p + 1) * NR];
             for (c, bv) in acc.iter_mut().zip(b_row) {
@@ -202,38 +196,33 @@ fn portable_tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::NR;
 
-    /// `ROWS × 32` tile: two zmm accumulators per row, the `k` loop streaming one packed
-    /// `32`-wide row of the panel per step.
+    /// `ROWS × 32` tile: two zmm accumulators per row, loaded from and stored back to `c`, the
+    /// `kc` loop streaming one packed 32-wide row of the panel per step.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const ROWS: usize>(
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        bias: &[f32; NR],
-        out: &mut [[f32; NR]; MR],
-    ) {
-        let a = a.as_ptr();
-        let b = b.as_ptr();
-        // Safety (whole body): the caller checked a.len() >= ROWS*k and b.len() >= k*NR.
+    pub unsafe fn tile<const ROWS: usize>(kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // Safety (whole body): the caller checked every bound (see `Kernel::run`).
         unsafe {
-            let bias0 = _mm512_loadu_ps(bias.as_ptr());
-            let bias1 = _mm512_loadu_ps(bias.as_ptr().add(16));
-            let mut acc0 = [bias0; ROWS];
-            let mut acc1 = [bias1; ROWS];
-            for p in 0..k {
+            let mut acc0 = [_mm512_setzero_ps(); ROWS];
+            let mut acc1 = [_mm512_setzero_ps(); ROWS];
+            for i in 0..ROWS {
+                acc0[i] = _mm512_loadu_ps(c.add(i * NR));
+                acc1[i] = _mm512_loadu_ps(c.add(i * NR + 16));
+            }
+            for p in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(p * NR));
                 let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
                 for i in 0..ROWS {
-                    let av = _mm512_set1_ps(*a.add(i * k + p));
+                    let av = _mm512_set1_ps(*a.add(i * lda + p));
                     acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
                     acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
                 }
             }
             for i in 0..ROWS {
-                _mm512_storeu_ps(out[i].as_mut_ptr(), acc0[i]);
-                _mm512_storeu_ps(out[i].as_mut_ptr().add(16), acc1[i]);
+                _mm512_storeu_ps(c.add(i * NR), acc0[i]);
+                _mm512_storeu_ps(c.add(i * NR + 16), acc1[i]);
             }
         }
     }
@@ -271,8 +260,7 @@ mod tests {
             (13, 33, 7),
             (64, 96, 40),
             (5, 31, 129),
-            (25, 64, 3),
-        ] {
+            (25, 64, 3), (30, 40, 700)] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
@@ -291,13 +279,14 @@ mod tests {
                     "{m}x{n}x{k}: {a} vs {b}"
                 );
             }
-            let mut portable = [[0f32; NR]; MR];
+            let mut portable = vec![0f32; MR * NR];
             let b = &packed.panels[..k * NR];
-            portable_tile(m.min(MR), k, &x, b, &[0.0; NR], &mut portable);
+            portable_tile(m.min(MR), k, &x, k, b, &mut portable);
+            let expected_nobias = reference(&x, &w, m, n, k, None);
             for i in 0..m.min(MR) {
                 for j in 0..n.min(NR) {
-                    let e = reference(&x, &w, m, n, k, None)[i * n + j];
-                    assert!((portable[i][j] - e).abs() <= 1e-4 * (1.0 + e.abs()));
+                    let e = expected_nobias[i * n + j];
+                    assert!((portable[i * NR + j] - e).abs() <= 1e-4 * (1.0 + e.abs()));
                 }
             }
             assert_eq!(packed.row(n - 1), w[(n - 1) * k..].to_vec());
