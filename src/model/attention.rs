@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::packed::PackedMatrix;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub b: usize,
@@ -15,12 +17,6 @@ pub struct Shape {
     pub heads: usize,
     pub kv_heads: usize,
     pub d_head: usize,
-}
-
-impl Shape {
-    fn kv_of(&self, head: usize) -> usize {
-        head / (self.heads / self.kv_heads)
-    }
 }
 
 /// Masking and scaling of `q·k`.
@@ -33,90 +29,105 @@ pub struct ScoreRule {
     pub window: Option<usize>,
 }
 
-impl ScoreRule {
-    fn visible(&self, i: usize, j: usize) -> bool {
-        j <= i && self.window.is_none_or(|w| i - j < w)
-    }
-}
-
 /// `scores[b, h, i, j] = rule(q[b, i, h] · k[b, j, kv(h)])`, `−∞` where masked.
+///
+/// Each `(batch, KV head)` group is one matrix product through the packed kernel: the queries
+/// of the group's heads stacked `[group·t, d_head]` times the keys `[t, d_head]`ᵀ. The masked
+/// upper triangle is computed and discarded; at kernel speed that is cheaper than skipping it.
 pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     let (t, dh) = (s.t, s.d_head);
     assert!(q.len() == s.b * t * s.heads * dh && k.len() == s.b * t * s.kv_heads * dh);
-    let mut out = vec![f32::NEG_INFINITY; s.b * s.heads * t * t];
-    let simd = Simd::detect();
-    out.par_chunks_mut(t * t).enumerate().for_each(|(bh, block)| {
-        let (batch, head) = (bh / s.heads, bh % s.heads);
-        // Keys transposed to [d_head][t], so each query's scores are built by axpys over
-        // contiguous keys (vectorises without horizontal sums).
-        let kv = s.kv_of(head);
-        let mut k_t = vec![0f32; dh * t];
-        for j in 0..t {
-            let kj = &k[((batch * t + j) * s.kv_heads + kv) * dh..][..dh];
-            for (d, &x) in kj.iter().enumerate() {
-                k_t[d * t + j] = x;
+    let group = s.heads / s.kv_heads;
+    let mut out = vec![0f32; s.b * s.heads * t * t];
+    out.par_chunks_mut(group * t * t)
+        .enumerate()
+        .for_each(|(bkv, block)| {
+            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
+            let mut keys = Vec::with_capacity(t * dh);
+            for j in 0..t {
+                keys.extend_from_slice(&k[((batch * t + j) * s.kv_heads + kv) * dh..][..dh]);
             }
-        }
-        for i in 0..t {
-            let qi = &q[((batch * t + i) * s.heads + head) * dh..][..dh];
-            let first = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
-            let row = &mut block[i * t + first..=i * t + i];
-            row.fill(0.0);
-            for (d, &qd) in qi.iter().enumerate() {
-                simd.axpy(qd, &k_t[d * t + first..=d * t + i], row);
-            }
-            for score in row.iter_mut() {
-                *score *= rule.scale;
-                if let Some(cap) = rule.softcap {
-                    *score = (*score / cap).tanh() * cap;
+            let mut queries = Vec::with_capacity(group * t * dh);
+            for head in kv * group..(kv + 1) * group {
+                for i in 0..t {
+                    queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
                 }
             }
-        }
-    });
+            let raw = PackedMatrix::from_rows(&keys, t, dh).matmul_t(&queries, group * t, None);
+            for (row_index, (row, raw_row)) in block
+                .chunks_exact_mut(t)
+                .zip(raw.chunks_exact(t))
+                .enumerate()
+            {
+                let i = row_index % t;
+                let first = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
+                row[..first].fill(f32::NEG_INFINITY);
+                row[i + 1..].fill(f32::NEG_INFINITY);
+                for (score, &x) in row[first..=i].iter_mut().zip(&raw_row[first..=i]) {
+                    *score = x * rule.scale;
+                }
+                if let Some(cap) = rule.softcap {
+                    row[first..=i]
+                        .iter_mut()
+                        .for_each(|x| *x = (*x / cap).tanh() * cap);
+                }
+            }
+        });
     out
 }
 
 /// Row-wise softmax over the last axis (`−∞` entries become 0).
 pub fn softmax_rows(x: &mut [f32], row_len: usize) {
-    x.par_chunks_mut(row_len.max(1) * 64).for_each(|rows| {
-        for row in rows.chunks_mut(row_len.max(1)) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if max == f32::NEG_INFINITY {
-                row.fill(0.0);
-                continue;
+    let row_len = row_len.max(1);
+    let simd = Simd::detect();
+    x.par_chunks_mut(row_len * 64).for_each(|rows| {
+        for row in rows.chunks_mut(row_len) {
+            match simd {
+                // Safety: the feature was detected at runtime.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { softmax_row_avx512(row) },
+                Simd::Portable => softmax_row(row),
             }
-            let mut sum = 0f32;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
         }
     });
 }
 
-/// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`.
+/// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`: per `(batch, KV head)` the
+/// group's pattern rows `[group·t, t]` times the values `[t, d_head]`, through the packed kernel.
 pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     let (t, dh) = (s.t, s.d_head);
     assert!(pattern.len() == s.b * s.heads * t * t && v.len() == s.b * t * s.kv_heads * dh);
+    let group = s.heads / s.kv_heads;
+    let per_group: Vec<Vec<f32>> = (0..s.b * s.kv_heads)
+        .into_par_iter()
+        .map(|bkv| {
+            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
+            // Vᵀ as the "weight": row d holds value dimension d of every key.
+            let mut v_t = vec![0f32; dh * t];
+            for j in 0..t {
+                let vj = &v[((batch * t + j) * s.kv_heads + kv) * dh..][..dh];
+                for (d, &x) in vj.iter().enumerate() {
+                    v_t[d * t + j] = x;
+                }
+            }
+            let rows = &pattern[(batch * s.heads + kv * group) * t * t..][..group * t * t];
+            PackedMatrix::from_rows(&v_t, dh, t).matmul_t(rows, group * t, None)
+        })
+        .collect();
     let mut z = vec![0f32; s.b * t * s.heads * dh];
-    let simd = Simd::detect();
-    let stride = s.kv_heads * dh;
-    z.par_chunks_mut(s.heads * dh).enumerate().for_each(|(bi, row)| {
-        let (batch, i) = (bi / t, bi % t);
-        for head in 0..s.heads {
-            let kv = s.kv_of(head);
-            let weights = &pattern[((batch * s.heads + head) * t + i) * t..][..t];
-            // Keys after the query have weight 0 (causal); skip them.
-            let values = &v[(batch * t) * stride + kv * dh..];
-            simd.weighted_sum(&weights[..=i], values, stride, &mut row[head * dh..(head + 1) * dh]);
+    for (bkv, values) in per_group.iter().enumerate() {
+        let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
+        for (row_index, zrow) in values.chunks_exact(dh).enumerate() {
+            let (g, i) = (row_index / t, row_index % t);
+            let head = kv * group + g;
+            z[((batch * t + i) * s.heads + head) * dh..][..dh].copy_from_slice(zrow);
         }
-    });
+    }
     z
 }
 
-/// The widest vector instructions this CPU has, for the inner loops.
+/// The widest vector instructions this CPU has. The kernels below are plain Rust compiled
+/// twice: once for the baseline target and once with AVX-512 enabled.
 #[derive(Clone, Copy)]
 enum Simd {
     #[cfg(target_arch = "x86_64")]
@@ -132,70 +143,86 @@ impl Simd {
         }
         Simd::Portable
     }
-
-    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        match self {
-            // Safety: the feature was detected at runtime.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { axpy_avx512(alpha, x, y) },
-            Simd::Portable => axpy(alpha, x, y),
-        }
-    }
-
-    fn weighted_sum(self, weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-        match self {
-            // Safety: the feature was detected at runtime.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { weighted_sum_avx512(weights, values, stride, out) },
-            Simd::Portable => weighted_sum(weights, values, stride, out),
-        }
-    }
 }
 
 #[inline(always)]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
-
-/// `out = Σ_j weights[j] · values[j·stride ..][..out.len()]`, accumulated 16 lanes at a time in
-/// registers.
-#[inline(always)]
-fn weighted_sum(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+fn softmax_row(row: &mut [f32]) {
     const LANES: usize = 16;
-    let full = out.len() / LANES * LANES;
-    for start in (0..full).step_by(LANES) {
-        // A fixed-width accumulator the compiler keeps in one vector register.
-        let mut acc = [0f32; LANES];
-        for (j, &w) in weights.iter().enumerate() {
-            let v: &[f32; LANES] = values[j * stride + start..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
-            for l in 0..LANES {
-                acc[l] += w * v[l];
-            }
+    // Lane-wise max and sum so both reductions vectorise.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(c[l]);
         }
-        out[start..start + LANES].copy_from_slice(&acc);
     }
-    for (d, o) in out.iter_mut().enumerate().skip(full) {
-        *o = weights.iter().enumerate().map(|(j, &w)| w * values[j * stride + d]).sum();
+    let max = chunks.remainder().iter().fold(
+        lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        |m, &x| m.max(x),
+    );
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
     }
+    for v in row.iter_mut() {
+        // exp(−∞) is exactly 0 (masked keys).
+        *v = if *v == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp(*v - max)
+        };
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            sums[l] += c[l];
+        }
+    }
+    let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `e^x` for `x ≤ 0` to within 2 ulp (Cephes' `expf`), written so it vectorises.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.33);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * C1 - n * C2;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let poly = p * r * r + r + 1.0;
+    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
-    axpy(alpha, x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_sum_avx512(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-    weighted_sum(weights, values, stride, out)
+unsafe fn softmax_row_avx512(row: &mut [f32]) {
+    softmax_row(row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp() {
+        for i in 0..20_000 {
+            let x = -87.0 * i as f32 / 20_000.0;
+            let (ours, std) = (exp(x), x.exp());
+            assert!(
+                (ours - std).abs() <= 2.0 * f32::EPSILON * std,
+                "exp({x}) = {ours}, std {std}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+    }
 
     #[test]
     fn grouped_causal_attention_matches_naive() {

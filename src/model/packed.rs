@@ -38,17 +38,25 @@ impl PackedMatrix {
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("packing needs a CPU tensor");
         };
-        let rows = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-        let n_panels = n.div_ceil(NR);
-        let mut panels = vec![0f32; n_panels * k * NR];
+        let start = layout.start_offset();
+        Ok(Self::from_rows(
+            &cpu.as_slice::<f32>()?[start..start + n * k],
+            n,
+            k,
+        ))
+    }
+
+    /// Packs `n` rows of length `k` given row-major.
+    pub fn from_rows(rows: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(rows.len(), n * k, "from_rows: wrong length");
+        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
         for (row, values) in rows.chunks_exact(k.max(1)).enumerate().take(n) {
-            let (panel, lane) = (row / NR, row % NR);
-            let base = panel * k * NR + lane;
+            let base = (row / NR) * k * NR + row % NR;
             for (p, v) in values.iter().enumerate() {
                 panels[base + p * NR] = *v;
             }
         }
-        Ok(PackedMatrix { n, k, panels })
+        PackedMatrix { n, k, panels }
     }
 
     pub fn rows(&self) -> usize {
@@ -201,7 +209,13 @@ mod avx512 {
     /// `ROWS × 32` tile: two zmm accumulators per row, loaded from and stored back to `c`, the
     /// `kc` loop streaming one packed 32-wide row of the panel per step.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const ROWS: usize>(kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+    pub unsafe fn tile<const ROWS: usize>(
+        kc: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        c: &mut [f32],
+    ) {
         let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         // Safety (whole body): the caller checked every bound (see `Kernel::run`).
         unsafe {
@@ -260,7 +274,9 @@ mod tests {
             (13, 33, 7),
             (64, 96, 40),
             (5, 31, 129),
-            (25, 64, 3), (30, 40, 700)] {
+            (25, 64, 3),
+            (30, 40, 700),
+        ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
