@@ -108,23 +108,24 @@ pub fn run(cli: Cli) -> Result<()> {
 fn info(path: &PathBuf, as_json: bool) -> Result<()> {
     let model = model::open(path)?;
     let i = &model.info;
+    let d = &i.dims;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(i)?);
     } else {
         outln!("{}  ({}, {})", i.name, i.architecture, i.format);
         outln!(
             "  layers {}  d_model {}  heads {} (kv {}, d_head {})",
-            i.n_layers,
-            i.d_model,
-            i.n_heads,
-            i.n_kv_heads,
-            i.d_head
+            d.n_layers,
+            d.d_model,
+            d.n_heads,
+            d.n_kv_heads,
+            d.d_head
         );
         outln!(
             "  d_mlp {}  vocab {}  context {}",
-            i.d_mlp,
-            i.d_vocab,
-            i.n_ctx
+            d.d_mlp,
+            d.d_vocab,
+            d.n_ctx
         );
         outln!(
             "  parameters {:.1}M  stored as {}",

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{fixtures, load_reference, real_model, top_k};
-use dendrite::model::{self, HookSpec, Intervention, NoObserver, ValueOp};
+use common::{clamp_spec, fixtures, load_reference, real_model, top_k};
+use dendrite::model::{self, HookSpec, NoObserver};
 
 struct Case {
     name: &'static str,
@@ -102,11 +102,7 @@ fn logits_match_hf_with_and_without_clamp() {
         );
 
         let clamp = &reference["clamp"];
-        let spec = HookSpec::default().with_intervention(Intervention::neurons(
-            clamp["hook"].as_str().unwrap(),
-            vec![clamp["neuron"].as_u64().unwrap() as usize],
-            ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
-        ));
+        let spec = clamp_spec(clamp);
         let out = model
             .transformer
             .forward(&tokens, &spec, &mut NoObserver)

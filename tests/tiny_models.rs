@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{fixtures, load_reference, max_abs_diff};
-use dendrite::model::{self, AblationMode, HookSpec, Intervention, NoObserver, ValueOp};
+use common::{clamp_spec, fixtures, load_reference, max_abs_diff};
+use dendrite::model::{self, AblationMode, HookSpec, Intervention, NoObserver};
 
 const ARCHS: &[&str] = &["gpt2", "llama", "qwen2", "gpt_neox", "gemma3"];
 const TOL: f32 = 1e-4;
@@ -62,11 +62,7 @@ fn interventions_match_hf() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
                 .unwrap();
         let clamp = &cases["clamp"];
-        let spec = HookSpec::default().with_intervention(Intervention::neurons(
-            clamp["hook"].as_str().unwrap(),
-            vec![clamp["neuron"].as_u64().unwrap() as usize],
-            ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
-        ));
+        let spec = clamp_spec(clamp);
         let out = model
             .transformer
             .forward(&tokens, &spec, &mut NoObserver)

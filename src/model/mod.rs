@@ -36,14 +36,8 @@ pub struct ModelInfo {
     pub name: String,
     pub path: PathBuf,
     pub architecture: String,
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub d_head: usize,
-    pub d_mlp: usize,
-    pub d_vocab: usize,
-    pub n_ctx: usize,
+    #[serde(flatten)]
+    pub dims: transformer::Dims,
     pub n_params: usize,
     /// "safetensors" or "gguf".
     pub format: String,
@@ -242,19 +236,11 @@ fn model_info(
     format: &str,
     source_dtype: String,
 ) -> ModelInfo {
-    let d = &t.dims;
     ModelInfo {
         name,
         path: path.to_path_buf(),
         architecture,
-        n_layers: d.n_layers,
-        d_model: d.d_model,
-        n_heads: d.n_heads,
-        n_kv_heads: d.n_kv_heads,
-        d_head: d.d_head,
-        d_mlp: d.d_mlp,
-        d_vocab: d.d_vocab,
-        n_ctx: d.n_ctx,
+        dims: t.dims.clone(),
         n_params: t.n_params(),
         format: format.to_string(),
         source_dtype,

@@ -145,10 +145,9 @@ impl Tokenizer {
             .map_err(err)?;
             inner.with_pre_tokenizer(Some(pre));
         }
-        if add_bos {
-            if let Some(bos) = special_name("tokenizer.ggml.bos_token_id") {
-                let bos_id = inner.token_to_id(&bos).unwrap_or_default();
-                let post = json_component::<PostProcessorWrapper>(serde_json::json!({
+        if let Some(bos) = special_name("tokenizer.ggml.bos_token_id").filter(|_| add_bos) {
+            let bos_id = inner.token_to_id(&bos).unwrap_or_default();
+            let post = json_component::<PostProcessorWrapper>(serde_json::json!({
                     "type": "TemplateProcessing",
                     "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                     "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -156,8 +155,7 @@ impl Tokenizer {
                     "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}}
                 }))
                 .map_err(err)?;
-                inner.with_post_processor(Some(post));
-            }
+            inner.with_post_processor(Some(post));
         }
         Ok(Self::new(inner, path))
     }

@@ -349,6 +349,40 @@ pub struct ResidCache {
 }
 
 impl Transformer {
+    /// A model from its parts, sizes read off them; optional parts (positions, embedding
+    /// scale, logit soft-capping) start unset for the caller to fill in.
+    pub fn from_parts(
+        blocks: Vec<Block>,
+        embed: Embedding,
+        unembed: Linear,
+        ln_final: Norm,
+        n_ctx: usize,
+    ) -> Result<Self> {
+        let first = blocks
+            .first()
+            .ok_or_else(|| ModelError::InvalidInput("a model needs at least one layer".into()))?;
+        let dims = Dims {
+            n_layers: blocks.len(),
+            d_model: ln_final.weight.dim(0)?,
+            n_heads: first.attn.n_heads,
+            n_kv_heads: first.attn.n_kv_heads,
+            d_head: first.attn.d_head,
+            d_mlp: first.mlp.up.out_dim(),
+            d_vocab: unembed.out_dim(),
+            n_ctx,
+        };
+        Ok(Transformer {
+            dims,
+            embed,
+            pos_embed: None,
+            embed_scale: None,
+            blocks,
+            ln_final,
+            unembed,
+            final_logit_softcap: None,
+        })
+    }
+
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
     }

@@ -44,3 +44,13 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx.truncate(k);
     idx
 }
+
+/// The neuron-clamp case a reference JSON describes (`{"hook", "neuron", "value"}`).
+pub fn clamp_spec(clamp: &serde_json::Value) -> dendrite::model::HookSpec {
+    use dendrite::model::{HookSpec, Intervention, ValueOp};
+    HookSpec::default().with_intervention(Intervention::neurons(
+        clamp["hook"].as_str().unwrap(),
+        vec![clamp["neuron"].as_u64().unwrap() as usize],
+        ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
+    ))
+}

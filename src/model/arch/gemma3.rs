@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::RopeParameters;
 use crate::model::error::{ModelError, Result};
 use crate::model::transformer::{
-    Attention, Block, Dims, Mlp, NormKind, Transformer, embeddings, linear, norm,
+    Attention, Block, Mlp, NormKind, Transformer, embeddings, linear, norm,
 };
 use crate::model::weights::Weights;
 
@@ -75,7 +75,7 @@ impl Config {
     fn is_sliding(&self, layer: usize) -> bool {
         match &self.layer_types {
             Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
-            None => (layer + 1) % self.sliding_window_pattern.max(1) != 0,
+            None => !(layer + 1).is_multiple_of(self.sliding_window_pattern.max(1)),
         }
     }
 
@@ -178,23 +178,15 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
     let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
-        dims: Dims {
-            n_layers: cfg.num_hidden_layers,
-            d_model: d,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            d_head: dh,
-            d_mlp: cfg.intermediate_size,
-            d_vocab: cfg.vocab_size,
-            n_ctx: cfg.max_position_embeddings,
-        },
-        embed,
-        pos_embed: None,
         // As HF, the scale is rounded to the weights' dtype (f32) before multiplying.
         embed_scale: Some((d as f32).sqrt()),
-        blocks,
-        ln_final: rms(&model, "norm", d)?,
-        unembed,
         final_logit_softcap: cfg.final_logit_softcapping,
+        ..Transformer::from_parts(
+            blocks,
+            embed,
+            unembed,
+            rms(&model, "norm", d)?,
+            cfg.max_position_embeddings,
+        )?
     })
 }

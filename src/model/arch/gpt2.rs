@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::model::error::{ModelError, Result};
 use crate::model::transformer::{
-    Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, embeddings, norm,
+    Attention, Block, Linear, Mlp, NormKind, Transformer, embeddings, norm,
 };
 use crate::model::weights::Weights;
 
@@ -73,7 +73,7 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let d = cfg.n_embd;
     let nh = cfg.n_head;
     super::check_heads(config_path, nh, nh)?;
-    if d % nh != 0 {
+    if !d.is_multiple_of(nh) {
         return Err(ModelError::config(
             config_path,
             format!("n_embd {d} is not divisible by n_head {nh}"),
@@ -134,22 +134,13 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
     let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
     Ok(Transformer {
-        dims: Dims {
-            n_layers: cfg.n_layer,
-            d_model: d,
-            n_heads: nh,
-            n_kv_heads: nh,
-            d_head: dh,
-            d_mlp,
-            d_vocab: cfg.vocab_size,
-            n_ctx: cfg.n_positions,
-        },
-        embed,
         pos_embed: Some(base.get("wpe.weight", (cfg.n_positions, d))?),
-        embed_scale: None,
-        blocks,
-        ln_final: norm(&base, "ln_f", NormKind::LayerNorm, d, eps, false)?,
-        unembed,
-        final_logit_softcap: None,
+        ..Transformer::from_parts(
+            blocks,
+            embed,
+            unembed,
+            norm(&base, "ln_f", NormKind::LayerNorm, d, eps, false)?,
+            cfg.n_positions,
+        )?
     })
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::RopeParameters;
 use crate::model::error::Result;
 use crate::model::transformer::{
-    Attention, Block, Dims, Linear, Mlp, NormKind, Transformer, embeddings, linear, norm,
+    Attention, Block, Linear, Mlp, NormKind, Transformer, embeddings, linear, norm,
 };
 use crate::model::weights::Weights;
 
@@ -145,30 +145,19 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let embed = base.get("embed_in.weight", (cfg.vocab_size, d))?;
     let head = w.get_opt("embed_out.weight", (cfg.vocab_size, d))?;
     let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
-    Ok(Transformer {
-        dims: Dims {
-            n_layers: cfg.num_hidden_layers,
-            d_model: d,
-            n_heads: nh,
-            n_kv_heads: nh,
-            d_head: dh,
-            d_mlp: cfg.intermediate_size,
-            d_vocab: cfg.vocab_size,
-            n_ctx: cfg.max_position_embeddings,
-        },
-        embed,
-        pos_embed: None,
-        embed_scale: None,
+    let ln_final = norm(
+        &base,
+        "final_layer_norm",
+        NormKind::LayerNorm,
+        d,
+        eps,
+        false,
+    )?;
+    Transformer::from_parts(
         blocks,
-        ln_final: norm(
-            &base,
-            "final_layer_norm",
-            NormKind::LayerNorm,
-            d,
-            eps,
-            false,
-        )?,
+        embed,
         unembed,
-        final_logit_softcap: None,
-    })
+        ln_final,
+        cfg.max_position_embeddings,
+    )
 }

@@ -106,7 +106,7 @@ impl RopeParameters {
                     } else {
                         *f
                     };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
                     *f = if medium {
                         let smooth = (old_ctx / wavelen - low) / (high - low);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -136,7 +136,7 @@ pub(crate) fn activation(name: &str, path: &Path) -> Result<super::transformer::
 }
 
 pub(crate) fn check_heads(path: &Path, n_heads: usize, n_kv_heads: usize) -> Result<()> {
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(ModelError::config(
             path,
             format!("{n_heads} attention heads cannot share {n_kv_heads} key/value heads"),
