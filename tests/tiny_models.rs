@@ -88,3 +88,49 @@ fn interventions_match_hf() {
         assert!(diff <= TOL, "{arch}: ablated logits differ by {diff}");
     }
 }
+
+#[test]
+fn sharded_checkpoint_opens_like_a_single_file() {
+    let src = fixtures().join("tiny/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = chunk
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&tensors, tmp.path().join(&file)).unwrap();
+        for n in chunk {
+            weight_map.insert((*n).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let single = model::open(&src).unwrap();
+    let sharded = model::open(tmp.path()).unwrap();
+    let tokens = vec![vec![1, 2, 3, 4, 5]];
+    let a = single
+        .transformer
+        .forward(&tokens, &HookSpec::default(), &mut NoObserver)
+        .unwrap();
+    let b = sharded
+        .transformer
+        .forward(&tokens, &HookSpec::default(), &mut NoObserver)
+        .unwrap();
+    assert_eq!(max_abs_diff(&a.logits, &b.logits), 0.0);
+    assert_eq!(single.info.n_params, sharded.info.n_params);
+}

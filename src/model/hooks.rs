@@ -507,6 +507,52 @@ mod tests {
     }
 
     #[test]
+    fn scale_add_and_steer_edit_the_right_entries() -> Result<()> {
+        let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 2, 3))?;
+        let scale = Intervention::neurons("h", vec![0, 2], ValueOp::Scale(10.0));
+        let y: Vec<f32> = apply(&scale, &x, &[])?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![0., 1., 20., 30., 4., 50.]);
+        let add = Intervention::neurons("h", vec![], ValueOp::Add(1.0)).at_positions(vec![0]);
+        let y: Vec<f32> = apply(&add, &x, &[])?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![1., 2., 3., 3., 4., 5.]);
+        let steer =
+            Intervention::steer("h", vec![1.0, 0.0, -1.0].into(), 2.0).at_positions(vec![1]);
+        let y: Vec<f32> = apply(&steer, &x, &[])?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![0., 1., 2., 5., 4., 3.]);
+        let wrong = Intervention::steer("h", vec![1.0].into(), 1.0);
+        assert!(apply(&wrong, &x, &[]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn resample_copies_the_other_runs_head() -> Result<()> {
+        // [b=1, t=2, heads=2, d_head=2]; head 1 takes the source's values.
+        let x = Tensor::arange(0f32, 8.0, &Device::Cpu)?.reshape((1, 2, 2, 2))?;
+        let source: Arc<[f32]> = vec![-1.0, -2.0, -3.0, -4.0].into();
+        let i = Intervention::ablate_head(
+            0,
+            1,
+            AblationMode::Resample {
+                values: source.clone(),
+            },
+        );
+        let y: Vec<f32> = apply(&i, &x, &[])?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![0., 1., -1., -2., 4., 5., -3., -4.]);
+        let short = Intervention::ablate_head(
+            0,
+            1,
+            AblationMode::Resample {
+                values: source[..2].into(),
+            },
+        );
+        assert!(
+            apply(&short, &x, &[]).is_err(),
+            "a source shorter than the prompt is an error"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn bad_neuron_index_is_an_error() {
         let x = Tensor::zeros((1, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let i = Intervention::neurons("h", vec![7], ValueOp::Set(1.0));
