@@ -232,11 +232,66 @@ def make_real():
         print(f"real/{name}: {len(ids)} prompt tokens, top1 {tok.decode([int(logits.argmax())])!r}")
 
 
+# ── head scores on SmolLM2 (issue: headless analyses) ───────────────────────────────────────
+
+HEADS_L, HEADS_B = 20, 4
+
+
+def head_scores(att, toks, L):
+    """The definitions `dendrite heads` implements, from HF eager attentions [B, H, T, T]."""
+    B, H, T, _ = att.shape
+    ind = torch.stack([att[:, :, i, i - L + 1] for i in range(L, 2 * L)], -1).mean((0, 2))
+    prev = torch.stack([att[:, :, i, i - 1] for i in range(1, T)], -1).mean((0, 2))
+    dup = torch.stack([att[:, :, i, i - L] for i in range(L, 2 * L)], -1).mean((0, 2))
+    prefix = torch.zeros(H, dtype=torch.float64)
+    count = 0
+    for b in range(B):
+        for i in range(1, T):
+            targets = [j for j in range(1, i + 1) if toks[b][j - 1] == toks[b][i] and j - 1 != i]
+            if targets:
+                prefix += att[b, :, i, targets].double().sum(-1)
+                count += 1
+    prefix = prefix / max(count, 1)
+    return ind.tolist(), prev.tolist(), dup.tolist(), prefix.tolist()
+
+
+def make_heads():
+    from transformers import AutoModelForCausalLM
+
+    file = REAL["smollm2"][0]
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    g = torch.Generator().manual_seed(0)
+    half = torch.randint(1, model.config.vocab_size, (HEADS_B, HEADS_L), generator=g)
+    ids = torch.cat([half, half], 1)
+    out_dir = FIXTURES / "real"
+    (out_dir / "smollm2_heads_tokens.txt").write_text(
+        "".join(",".join(str(int(x)) for x in row) + "\n" for row in ids))
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    toks = ids.tolist()
+    result = {"induction_score": [], "prev_token_score": [], "duplicate_token_score": [], "prefix_matching_score": []}
+    for att in out.attentions:
+        ind, prev, dup, prefix = head_scores(att.float(), toks, HEADS_L)
+        result["induction_score"].append(ind)
+        result["prev_token_score"].append(prev)
+        result["duplicate_token_score"].append(dup)
+        result["prefix_matching_score"].append(prefix)
+    logp = torch.log_softmax(out.logits.float(), -1)
+    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    result["per_position_nll"] = nll.mean(0).tolist()
+    result["repeat_len"] = HEADS_L
+    (out_dir / "smollm2_heads.json").write_text(json.dumps(result) + "\n")
+    print(f"real/smollm2_heads: max induction {max(max(r) for r in result['induction_score']):.3f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["tiny", "real"])
+    parser.add_argument("--only", choices=["tiny", "real", "heads"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
     if args.only in (None, "real"):
         make_real()
+    if args.only in (None, "heads"):
+        make_heads()

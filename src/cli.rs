@@ -41,6 +41,55 @@ pub enum Command {
     },
     /// Run a prompt with optional interventions; print logits, per-token loss and sparsity.
     Run(RunArgs),
+    /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
+    /// prefix matching) and per-position loss.
+    Heads(HeadsArgs),
+    /// Train the embedded sample model (corpus: scripts/fetch_corpus.sh).
+    TrainSample(TrainSampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HeadsArgs {
+    pub model: PathBuf,
+    /// Length L of the repeated prefix (each sequence is 2L tokens, no BOS).
+    #[arg(long)]
+    pub repeat_len: usize,
+    /// Random sequences to generate (ignored with --token-ids-file).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One comma-separated sequence per line: a prefix of length L repeated twice, no BOS.
+    #[arg(long)]
+    pub token_ids_file: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainSampleArgs {
+    /// Directory of .txt files.
+    #[arg(long, default_value = ".cache/corpus/shakespeare")]
+    pub corpus: PathBuf,
+    /// Output model directory (config.json, model.safetensors, tokenizer.json, training.json).
+    #[arg(long, default_value = "sample_models/shakespeare-relu-3l")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 3)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 192)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 6)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub vocab: usize,
 }
 
 #[derive(Args, Debug)]
@@ -102,7 +151,164 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         }) => tokenize(&model, &text, add_special, json),
         Some(Command::Run(args)) => run_prompt(&args),
+        Some(Command::TrainSample(args)) => train_sample(&args),
+        Some(Command::Heads(args)) => heads(&args),
     }
+}
+
+fn read_token_file(path: &PathBuf, len: usize) -> Result<Vec<Vec<u32>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut seqs = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let ids: Vec<u32> = line
+            .split(',')
+            .map(|x| x.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!(
+                    "{}:{}: not a comma-separated list of token ids",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+        if ids.len() != 2 * len {
+            bail!(
+                "{}:{}: {} tokens, expected 2 × {len}",
+                path.display(),
+                n + 1,
+                ids.len()
+            );
+        }
+        seqs.push(ids);
+    }
+    if seqs.is_empty() {
+        bail!("{}: no sequences", path.display());
+    }
+    Ok(seqs)
+}
+
+fn heads(args: &HeadsArgs) -> Result<()> {
+    use crate::analysis::heads::*;
+    if args.repeat_len < 2 {
+        bail!("--repeat-len must be at least 2");
+    }
+    let model = model::open(&args.model)?;
+    let dims = &model.info.dims;
+    let tokens = match &args.token_ids_file {
+        Some(path) => read_token_file(path, args.repeat_len)?,
+        // Avoid id 0, in most vocabularies a special token.
+        None => repeated_random_tokens(
+            args.repeat_len,
+            args.batch.max(1),
+            args.seed,
+            1,
+            dims.d_vocab as u32,
+        ),
+    };
+    let spec = HookSpec::capture(["blocks.*.attn.hook_pattern"]);
+    let out = model.transformer.forward(&tokens, &spec, &mut NoObserver)?;
+    let shape = PatternShape {
+        batch: tokens.len(),
+        heads: dims.n_heads,
+        t: 2 * args.repeat_len,
+    };
+    let (mut induction, mut prev, mut dup, mut prefix) = (vec![], vec![], vec![], vec![]);
+    for l in 0..dims.n_layers {
+        let name = format!("blocks.{l}.attn.hook_pattern");
+        let pattern: Vec<f32> = out
+            .captures
+            .get(&name)
+            .ok_or_else(|| anyhow!("{name} not captured"))?
+            .flatten_all()?
+            .to_vec1()?;
+        induction.push(induction_score(&pattern, shape, args.repeat_len));
+        prev.push(previous_token_score(&pattern, shape));
+        dup.push(duplicate_token_score(&pattern, shape, args.repeat_len));
+        prefix.push(prefix_matching_score(&pattern, shape, &tokens));
+    }
+    let mut per_position = vec![0f64; 2 * args.repeat_len - 1];
+    for (row, seq) in tokens.iter().enumerate() {
+        for (p, x) in per_position.iter_mut().zip(out.per_token_nll(seq, row)?) {
+            *p += x as f64 / tokens.len() as f64;
+        }
+    }
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "induction_score": induction,
+                "prev_token_score": prev,
+                "duplicate_token_score": dup,
+                "prefix_matching_score": prefix,
+                "per_position_nll": per_position,
+                "repeat_len": args.repeat_len,
+                "n_sequences": tokens.len(),
+                "induction_score_method": "TL stripe: mean over sequences and queries i in [L, 2L-1] of A[i, i-L+1]; no BOS",
+            })
+        );
+    } else {
+        outln!(
+            "induction score (TL stripe, L = {}), per layer × head:",
+            args.repeat_len
+        );
+        for (l, row) in induction.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|x| format!("{x:.2}")).collect();
+            outln!("  L{l:<3} {}", cells.join(" "));
+        }
+        let half = args.repeat_len;
+        let first = per_position[..half - 1].iter().sum::<f64>() / (half - 1) as f64;
+        let second = per_position[half..].iter().sum::<f64>() / (half - 1) as f64;
+        outln!("mean loss: first half {first:.3} nats, repeated half {second:.3} nats");
+    }
+    Ok(())
+}
+
+fn train_sample(args: &TrainSampleArgs) -> Result<()> {
+    let opts = crate::train::sample::Options {
+        corpus: args.corpus.clone(),
+        out: args.out.clone(),
+        steps: args.steps,
+        seed: args.seed,
+        batch: args.batch,
+        seq_len: args.seq_len,
+        n_layer: args.layers,
+        n_embd: args.d_model,
+        n_head: args.heads,
+        vocab_size: args.vocab,
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(opts.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut smoothed = f64::NAN;
+    let report = crate::train::sample::train(&opts, |step, loss| {
+        smoothed = if smoothed.is_nan() {
+            loss
+        } else {
+            0.95 * smoothed + 0.05 * loss
+        };
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {smoothed:.3}"));
+    })?;
+    bar.finish();
+    outln!(
+        "trained {} steps in {:.0} s: train loss {:.3}, validation loss {:.3} → {}",
+        report.steps,
+        report.duration_s,
+        report.final_train_loss,
+        report.final_validation_loss,
+        opts.out.display()
+    );
+    Ok(())
 }
 
 fn info(path: &PathBuf, as_json: bool) -> Result<()> {

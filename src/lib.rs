@@ -3,8 +3,10 @@
 //! The core (`model`, and later `analysis`, `sae`, `describe`, `worker`, `export`) never
 //! imports egui; the UI never touches candle.
 
+pub mod analysis;
 pub mod cli;
 pub mod model;
+pub mod train;
 
 /// Process-wide threading settings; call first thing in `main`, before other threads start.
 ///

@@ -182,3 +182,58 @@ fn errors_are_readable_and_exit_nonzero() {
     assert!(!ok);
     assert!(stderr.contains("unknown hook"), "{stderr}");
 }
+
+/// `dendrite heads` on SmolLM2 against the same scores computed from HF transformers' eager
+/// attentions on the same tokens (`scripts/make_fixtures.py --only heads`).
+#[test]
+fn heads_on_smollm2_match_hf() {
+    let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tokens = fixtures().join("real/smollm2_heads_tokens.txt");
+    let ours = json(&[
+        "heads",
+        smol.to_str().unwrap(),
+        "--token-ids-file",
+        tokens.to_str().unwrap(),
+        "--repeat-len",
+        "20",
+        "--json",
+    ]);
+    let text = std::fs::read_to_string(fixtures().join("real/smollm2_heads.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "induction_score",
+        "prev_token_score",
+        "duplicate_token_score",
+        "prefix_matching_score",
+    ] {
+        let (a, b) = (
+            ours[key].as_array().unwrap(),
+            reference[key].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), 30, "{key}");
+        for (l, (ra, rb)) in a.iter().zip(b).enumerate() {
+            for (h, (x, y)) in ra
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(rb.as_array().unwrap())
+                .enumerate()
+            {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-3, "{key} L{l}H{h}: ours {x}, HF {y}");
+            }
+        }
+    }
+    let (a, b) = (
+        ours["per_position_nll"].as_array().unwrap(),
+        reference["per_position_nll"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 39);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-3 * y.abs().max(1.0),
+            "per-position loss: ours {x}, HF {y}"
+        );
+    }
+}

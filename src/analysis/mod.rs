@@ -1,0 +1,4 @@
+//! Pure analysis functions over activations and attention patterns (no egui, no I/O).
+//! Formulas follow `definitions.md`; each has its worked example as a test.
+
+pub mod heads;

@@ -1,0 +1,249 @@
+//! A differentiable GPT-2 for training, with HF's tensor names and `Conv1D` layouts
+//! (`[in, out]`), so `VarMap::save` writes a checkpoint HF transformers and Dendrite both load.
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_nn::VarMap;
+use serde::Serialize;
+
+use super::Rng;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_inner: usize,
+    pub activation_function: String,
+    pub layer_norm_epsilon: f64,
+}
+
+impl Config {
+    /// HF `config.json` for this model.
+    pub fn hf_json(&self, bos_eos: u32) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("model_type".into(), "gpt2".into());
+            o.insert(
+                "architectures".into(),
+                serde_json::json!(["GPT2LMHeadModel"]),
+            );
+            o.insert("bos_token_id".into(), bos_eos.into());
+            o.insert("eos_token_id".into(), bos_eos.into());
+            o.insert("tie_word_embeddings".into(), true.into());
+        }
+        v
+    }
+}
+
+pub struct Gpt2 {
+    pub cfg: Config,
+    pub varmap: VarMap,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: (Tensor, Tensor),
+}
+
+struct Block {
+    ln_1: (Tensor, Tensor),
+    c_attn: (Tensor, Tensor),
+    c_proj: (Tensor, Tensor),
+    ln_2: (Tensor, Tensor),
+    c_fc: (Tensor, Tensor),
+    mlp_proj: (Tensor, Tensor),
+}
+
+/// Registers a variable under `name` in the var map (so it is trained and saved).
+fn var(varmap: &VarMap, name: &str, t: Tensor) -> Result<Tensor> {
+    let v = Var::from_tensor(&t)?;
+    let tensor = v.as_tensor().clone();
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map poisoned".into()))?
+        .insert(name.to_string(), v);
+    Ok(tensor)
+}
+
+fn normal(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
+impl Gpt2 {
+    /// GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2·layers).
+    pub fn new(cfg: Config, seed: u64) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let varmap = VarMap::new();
+        let d = cfg.n_embd;
+        let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
+        let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        let wte = var(
+            &varmap,
+            "transformer.wte.weight",
+            normal(&mut rng, &[cfg.vocab_size, d], 0.02)?,
+        )?;
+        let wpe = var(
+            &varmap,
+            "transformer.wpe.weight",
+            normal(&mut rng, &[cfg.n_positions, d], 0.01)?,
+        )?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let p = |s: &str| format!("transformer.h.{l}.{s}");
+            let pair = |rng: &mut Rng,
+                        name: &str,
+                        shape: [usize; 2],
+                        std: f64|
+             -> Result<(Tensor, Tensor)> {
+                Ok((
+                    var(
+                        &varmap,
+                        &p(&format!("{name}.weight")),
+                        normal(rng, &shape, std)?,
+                    )?,
+                    var(&varmap, &p(&format!("{name}.bias")), zeros(shape[1])?)?,
+                ))
+            };
+            let ln = |name: &str| -> Result<(Tensor, Tensor)> {
+                Ok((
+                    var(&varmap, &p(&format!("{name}.weight")), ones(d)?)?,
+                    var(&varmap, &p(&format!("{name}.bias")), zeros(d)?)?,
+                ))
+            };
+            blocks.push(Block {
+                ln_1: ln("ln_1")?,
+                c_attn: pair(&mut rng, "attn.c_attn", [d, 3 * d], 0.02)?,
+                c_proj: pair(&mut rng, "attn.c_proj", [d, d], proj_std)?,
+                ln_2: ln("ln_2")?,
+                c_fc: pair(&mut rng, "mlp.c_fc", [d, cfg.n_inner], 0.02)?,
+                mlp_proj: pair(&mut rng, "mlp.c_proj", [cfg.n_inner, d], proj_std)?,
+            });
+        }
+        let ln_f = (
+            var(&varmap, "transformer.ln_f.weight", ones(d)?)?,
+            var(&varmap, "transformer.ln_f.bias", zeros(d)?)?,
+        );
+        Ok(Gpt2 {
+            cfg,
+            varmap,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+        })
+    }
+
+    /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let d = self.cfg.n_embd;
+        let nh = self.cfg.n_head;
+        let dh = d / nh;
+        let tok = self
+            .wte
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        let pos = self.wpe.narrow(0, 0, t)?.unsqueeze(0)?;
+        let mut x = tok.broadcast_add(&pos)?;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
+        let scale = (dh as f64).powf(-0.5);
+        for block in &self.blocks {
+            let h = layer_norm(&x, &block.ln_1, self.cfg.layer_norm_epsilon)?;
+            let qkv = conv1d(&h, &block.c_attn)?;
+            let heads = |i: usize| -> Result<Tensor> {
+                qkv.narrow(D::Minus1, i * d, d)?
+                    .reshape((b, t, nh, dh))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+            x = (x + conv1d(&z, &block.c_proj)?)?;
+            let h = layer_norm(&x, &block.ln_2, self.cfg.layer_norm_epsilon)?;
+            let h = conv1d(&h, &block.c_fc)?.relu()?;
+            x = (x + conv1d(&h, &block.mlp_proj)?)?;
+        }
+        let x = layer_norm(&x, &self.ln_f, self.cfg.layer_norm_epsilon)?;
+        x.reshape((b * t, d))?
+            .matmul(&self.wte.t()?)?
+            .reshape((b, t, self.cfg.vocab_size))
+    }
+}
+
+/// `x W + b` with `W: [in, out]`.
+fn conv1d(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (in_dim, out_dim) = w.dims2()?;
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, in_dim))?.matmul(w)?.broadcast_add(b)?;
+    let mut shape = dims;
+    if let Some(last) = shape.last_mut() {
+        *last = out_dim;
+    }
+    y.reshape(shape)
+}
+
+/// LayerNorm from differentiable ops (candle's fused kernel has no backward pass).
+fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The training model and the inference engine compute the same function from the same
+    /// checkpoint, through the ordinary HF-directory loader.
+    #[test]
+    fn saved_checkpoint_runs_identically_in_the_engine() -> anyhow::Result<()> {
+        let cfg = Config {
+            vocab_size: 256,
+            n_positions: 16,
+            n_embd: 24,
+            n_layer: 2,
+            n_head: 3,
+            n_inner: 48,
+            activation_function: "relu".into(),
+            layer_norm_epsilon: 1e-5,
+        };
+        let model = Gpt2::new(cfg.clone(), 7)?;
+        let dir = tempfile::tempdir()?;
+        model.varmap.save(dir.path().join("model.safetensors"))?;
+        std::fs::write(dir.path().join("config.json"), cfg.hf_json(0).to_string())?;
+        let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny/gpt2/tokenizer.json");
+        std::fs::copy(tokenizer, dir.path().join("tokenizer.json"))?;
+
+        let ids: Vec<u32> = vec![3, 14, 15, 92, 65, 35, 89, 79, 32, 38];
+        let ours = model.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?)?;
+        let engine = crate::model::open(dir.path())?;
+        let out = engine.transformer.forward(
+            &[ids],
+            &crate::model::HookSpec::default(),
+            &mut crate::model::NoObserver,
+        )?;
+        let diff = (ours - &out.logits)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "training and engine logits differ by {diff}");
+        Ok(())
+    }
+}
