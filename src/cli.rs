@@ -90,6 +90,15 @@ pub struct TrainSampleArgs {
     pub heads: usize,
     #[arg(long, default_value_t = 2048)]
     pub vocab: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Fraction of sequences ending in a repeated text segment.
+    #[arg(long, default_value_t = 0.3)]
+    pub repeat_text: f64,
+    /// Fraction of sequences ending in a repeated segment of random tokens.
+    #[arg(long, default_value_t = 0.3)]
+    pub repeat_random: f64,
 }
 
 #[derive(Args, Debug)]
@@ -280,7 +289,9 @@ fn train_sample(args: &TrainSampleArgs) -> Result<()> {
         n_embd: args.d_model,
         n_head: args.heads,
         vocab_size: args.vocab,
-        ..Default::default()
+        lr: args.lr,
+        repeat_text: args.repeat_text,
+        repeat_random: args.repeat_random,
     };
     let bar = indicatif::ProgressBar::new(opts.steps as u64);
     bar.set_style(
