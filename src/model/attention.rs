@@ -79,15 +79,17 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
 /// Row-wise softmax over the last axis (`−∞` entries become 0).
 pub fn softmax_rows(x: &mut [f32], row_len: usize) {
     let row_len = row_len.max(1);
-    let simd = Simd::detect();
+    let avx512 = super::packed::has_avx512();
     x.par_chunks_mut(row_len * 64).for_each(|rows| {
         for row in rows.chunks_mut(row_len) {
-            match simd {
-                // Safety: the feature was detected at runtime.
-                #[cfg(target_arch = "x86_64")]
-                Simd::Avx512 => unsafe { softmax_row_avx512(row) },
-                Simd::Portable => softmax_row(row),
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // Safety: AVX-512F was detected at runtime.
+                unsafe { softmax_row_avx512(row) };
+                continue;
             }
+            let _ = avx512;
+            softmax_row(row);
         }
     });
 }
@@ -124,25 +126,6 @@ pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
         }
     }
     z
-}
-
-/// The widest vector instructions this CPU has. The kernels below are plain Rust compiled
-/// twice: once for the baseline target and once with AVX-512 enabled.
-#[derive(Clone, Copy)]
-enum Simd {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    Portable,
-}
-
-impl Simd {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Simd::Avx512;
-        }
-        Simd::Portable
-    }
 }
 
 #[inline(always)]

@@ -151,10 +151,22 @@ enum Kernel {
     Portable,
 }
 
+/// Whether this CPU has AVX-512F (std caches the check).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if has_avx512() {
             return Kernel::Avx512;
         }
         Kernel::Portable
