@@ -70,6 +70,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let in_dim = self.weight.cols();
         let dims = x.dims().to_vec();
+        if dims.last() != Some(&in_dim) {
+            return Err(ModelError::InvalidInput(format!(
+                "linear layer expects inputs of width {in_dim}, got shape {dims:?}"
+            )));
+        }
         let rows = x.elem_count() / in_dim.max(1);
         let y = with_f32_slice(x, |data| {
             self.weight.matmul_t(data, rows, self.bias.as_deref())
