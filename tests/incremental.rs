@@ -160,3 +160,28 @@ fn layers_stream_in_order_and_cancel_between_layers() {
         "only the final stage reruns for an unchanged spec"
     );
 }
+
+/// Interventions on one hook apply in order: reordering them is a change.
+#[test]
+fn reordering_interventions_on_one_hook_reruns() {
+    let model = model::open(fixtures().join("tiny/llama")).unwrap();
+    let t = &model.transformer;
+    let tokens = vec![vec![5, 6, 7, 8]];
+    let set = Intervention::neurons("blocks.1.mlp.hook_post", vec![2], ValueOp::Set(5.0));
+    let scale = Intervention::neurons("blocks.1.mlp.hook_post", vec![2], ValueOp::Scale(2.0));
+    let a = HookSpec::default()
+        .with_intervention(set.clone())
+        .with_intervention(scale.clone());
+    let b = HookSpec::default()
+        .with_intervention(scale)
+        .with_intervention(set);
+    let mut cache = None;
+    t.forward_cached(&tokens, &a, &mut cache, &mut NoObserver)
+        .unwrap();
+    let reordered = t
+        .forward_cached(&tokens, &b, &mut cache, &mut NoObserver)
+        .unwrap();
+    assert_eq!(reordered.recomputed_from, 1);
+    let full = t.forward(&tokens, &b, &mut NoObserver).unwrap();
+    assert!(max_abs_diff(&reordered.logits, &full.logits) <= 1e-6);
+}

@@ -581,14 +581,16 @@ impl Transformer {
     fn first_changed_stage(&self, cache: &ResidCache, spec: &HookSpec) -> isize {
         let n = self.n_layers();
         let mut start = n as isize + 1;
-        let old = &cache.spec.interventions;
-        let new = &spec.interventions;
-        for i in old
-            .iter()
-            .filter(|i| !new.contains(i))
-            .chain(new.iter().filter(|i| !old.contains(i)))
-        {
-            start = start.min(hook_stage(&i.hook, n).unwrap_or(-1));
+        // Interventions on one hook apply in list order, so compare each hook's ordered list.
+        let on =
+            |list: &[super::hooks::Intervention], hook: &str| -> Vec<super::hooks::Intervention> {
+                list.iter().filter(|i| i.hook == hook).cloned().collect()
+            };
+        let (old, new) = (&cache.spec.interventions, &spec.interventions);
+        for hook in old.iter().chain(new).map(|i| i.hook.as_str()) {
+            if on(old, hook) != on(new, hook) {
+                start = start.min(hook_stage(hook, n).unwrap_or(-1));
+            }
         }
         // Hooks captured now but not then must be recomputed to be recorded.
         for name in self.hook_names() {
