@@ -2,3 +2,5 @@
 //! Formulas follow `definitions.md`; each has its worked example as a test.
 
 pub mod heads;
+pub mod lens;
+pub mod sparsity;

@@ -630,7 +630,17 @@ impl Transformer {
 
     fn final_forward(&self, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
         let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(x)?)?;
-        let mut logits = self.unembed.forward(&normed)?;
+        self.unembed_normalized(&normed)
+    }
+
+    /// Logits for residual-stream vectors `[…, d_model]`: final norm, unembedding, softcap
+    /// (the logit lens applies this to every layer).
+    pub fn unembed_residual(&self, x: &Tensor) -> Result<Tensor> {
+        self.unembed_normalized(&self.ln_final.forward(x)?)
+    }
+
+    fn unembed_normalized(&self, normed: &Tensor) -> Result<Tensor> {
+        let mut logits = self.unembed.forward(normed)?;
         if let Some(cap) = self.final_logit_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }

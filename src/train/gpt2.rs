@@ -75,7 +75,10 @@ fn normal(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
 
 impl Gpt2 {
     /// GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2·layers).
-    pub fn new(cfg: Config, seed: u64) -> Result<Self> {
+    ///
+    /// With `sinusoidal_positions`, position embeddings start as the Transformer paper's
+    /// sinusoids at the same scale instead of noise.
+    pub fn new(cfg: Config, seed: u64, sinusoidal_positions: bool) -> Result<Self> {
         let mut rng = Rng::new(seed);
         let varmap = VarMap::new();
         let d = cfg.n_embd;
@@ -90,7 +93,11 @@ impl Gpt2 {
         let wpe = var(
             &varmap,
             "transformer.wpe.weight",
-            normal(&mut rng, &[cfg.n_positions, d], 0.01)?,
+            if sinusoidal_positions {
+                sinusoids(cfg.n_positions, d, 0.01)?
+            } else {
+                normal(&mut rng, &[cfg.n_positions, d], 0.01)?
+            },
         )?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
@@ -180,6 +187,21 @@ impl Gpt2 {
     }
 }
 
+/// `[n, d]` sinusoidal position table (sin on even, cos on odd channels) with RMS `std`.
+fn sinusoids(n: usize, d: usize, std: f64) -> Result<Tensor> {
+    let data: Vec<f32> = (0..n)
+        .flat_map(|pos| {
+            (0..d).map(move |c| {
+                let freq = 10_000f64.powf(-((c / 2 * 2) as f64) / d as f64);
+                let angle = pos as f64 * freq;
+                let v = if c % 2 == 0 { angle.sin() } else { angle.cos() };
+                (v * std * std::f64::consts::SQRT_2) as f32
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (n, d), &Device::Cpu)
+}
+
 /// `x W + b` with `W: [in, out]`.
 fn conv1d(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
     let dims = x.dims().to_vec();
@@ -223,7 +245,7 @@ mod tests {
             activation_function: "relu".into(),
             layer_norm_epsilon: 1e-5,
         };
-        let model = Gpt2::new(cfg, 3)?;
+        let model = Gpt2::new(cfg, 3, false)?;
         let ids = Tensor::new(&[[1u32, 7, 3, 1, 7, 3, 9, 2]], &Device::Cpu)?;
         let targets = Tensor::new(&[7u32, 3, 1, 7, 3, 9, 2, 4], &Device::Cpu)?;
         let loss = |m: &Gpt2| -> anyhow::Result<f64> {
@@ -292,7 +314,7 @@ mod tests {
             activation_function: "relu".into(),
             layer_norm_epsilon: 1e-5,
         };
-        let model = Gpt2::new(cfg.clone(), 7)?;
+        let model = Gpt2::new(cfg.clone(), 7, true)?;
         let dir = tempfile::tempdir()?;
         model.varmap.save(dir.path().join("model.safetensors"))?;
         std::fs::write(dir.path().join("config.json"), cfg.hf_json(0).to_string())?;

@@ -32,6 +32,9 @@ pub struct Options {
     pub repeat_text: f64,
     /// Fraction of sequences that repeat a segment of random tokens.
     pub repeat_random: f64,
+    /// Initialise position embeddings with sinusoids (relative offsets are then linear maps,
+    /// which lets previous-token heads, and so induction heads, form much sooner).
+    pub sinusoidal_positions: bool,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             seed: 0,
             repeat_text: 0.25,
             repeat_random: 0.1,
+            sinusoidal_positions: true,
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct Report {
     pub train_curve: Vec<(usize, f64)>,
     /// (step, validation loss).
     pub validation_curve: Vec<(usize, f64)>,
+    /// (step, mean loss on the first half, mean loss on the repeated half) of the
+    /// repeated-random-token probe (L = 20, batch 4, seed 0): the induction phase change.
+    pub induction_curve: Vec<(usize, f64, f64)>,
     pub duration_s: f64,
     pub seed: u64,
 }
@@ -130,6 +137,9 @@ fn train_tokenizer(train: &[String], vocab_size: usize, out: &Path) -> Result<Pa
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
+
+/// Length of each half of the induction probe logged during training.
+const PROBE_LEN: usize = 20;
 
 /// The end-of-text token separating documents.
 pub const EOT: &str = "<|endoftext|>";
@@ -213,8 +223,12 @@ fn validation_batches(
         .collect()
 }
 
-/// Trains the sample model into `opts.out`. `progress(step, loss)` is called after every step.
-pub fn train(opts: &Options, mut progress: impl FnMut(usize, f64)) -> Result<Report> {
+/// Trains the sample model into `opts.out`. `progress(step, loss, probe)` is called after every
+/// step; `probe` is the induction probe's (first half, repeated half) loss when it was measured.
+pub fn train(
+    opts: &Options,
+    mut progress: impl FnMut(usize, f64, Option<(f64, f64)>),
+) -> Result<Report> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
@@ -241,7 +255,7 @@ pub fn train(opts: &Options, mut progress: impl FnMut(usize, f64)) -> Result<Rep
         activation_function: "relu".into(),
         layer_norm_epsilon: 1e-5,
     };
-    let model = Gpt2::new(cfg.clone(), opts.seed)?;
+    let model = Gpt2::new(cfg.clone(), opts.seed, opts.sinusoidal_positions)?;
     let mut optimizer = AdamW::new(
         model.varmap.all_vars(),
         ParamsAdamW {
@@ -262,6 +276,29 @@ pub fn train(opts: &Options, mut progress: impl FnMut(usize, f64)) -> Result<Rep
         }
         Ok(total / validation.len() as f64)
     };
+
+    let probe = crate::analysis::heads::repeated_random_tokens(PROBE_LEN, 4, 0, 1, vocab as u32);
+    let probe_halves = |model: &Gpt2| -> Result<(f64, f64)> {
+        let flat: Vec<u32> = probe.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (probe.len(), 2 * PROBE_LEN), &Device::Cpu)?;
+        let logp = candle_nn::ops::log_softmax(&model.forward(&x)?, candle_core::D::Minus1)?
+            .to_vec3::<f32>()?;
+        let (mut first, mut second) = (0.0, 0.0);
+        for (seq, rows) in probe.iter().zip(&logp) {
+            for i in 0..2 * PROBE_LEN - 1 {
+                let nll = -rows[i][seq[i + 1] as usize] as f64;
+                // Predictions of tokens 1..L-1 use only the first copy; L+1..2L-1 can copy.
+                if i + 1 < PROBE_LEN {
+                    first += nll;
+                } else if i + 1 > PROBE_LEN {
+                    second += nll;
+                }
+            }
+        }
+        let n = (probe.len() * (PROBE_LEN - 1)) as f64;
+        Ok((first / n, second / n))
+    };
+    let mut induction_curve = Vec::new();
 
     let warmup = (opts.steps / 20).max(1);
     let log_every = 50;
@@ -288,7 +325,13 @@ pub fn train(opts: &Options, mut progress: impl FnMut(usize, f64)) -> Result<Rep
         }
         window_sum += value;
         window_n += 1;
-        progress(step, value);
+        let mut probed = None;
+        if step % 250 == 0 || step == opts.steps {
+            let (first, second) = probe_halves(&model)?;
+            induction_curve.push((step, first, second));
+            probed = Some((first, second));
+        }
+        progress(step, value, probed);
         if step % log_every == 0 || step == opts.steps {
             last_train = window_sum / window_n as f64;
             train_curve.push((step, last_train));
@@ -316,6 +359,7 @@ pub fn train(opts: &Options, mut progress: impl FnMut(usize, f64)) -> Result<Rep
         final_validation_loss,
         train_curve,
         validation_curve,
+        induction_curve,
         duration_s: started.elapsed().as_secs_f64(),
         seed: opts.seed,
     };

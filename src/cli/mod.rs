@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::analysis::lens::top_k;
 use crate::model::{self, AblationMode, HookSpec, Intervention, Model, NoObserver, ValueOp};
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,41 @@ pub enum Command {
     Heads(HeadsArgs),
     /// Train the embedded sample model (corpus: scripts/fetch_corpus.sh).
     TrainSample(TrainSampleArgs),
+    /// Activation sparsity per layer and token (zero, eps:E, cats:K, chess:K, cett:C, cett-eps:E).
+    Sparsity(analyses::SparsityArgs),
+    /// Logit lens per layer and position, and direct logit attribution to a target token.
+    Lens(analyses::LensArgs),
+}
+
+/// The tokens to analyse: a prompt or explicit ids.
+#[derive(Args, Debug)]
+pub struct PromptArgs {
+    /// Prompt text (tokenized like `tokenize`: no BOS unless --add-special).
+    #[arg(
+        long,
+        conflicts_with = "token_ids",
+        required_unless_present = "token_ids"
+    )]
+    pub prompt: Option<String>,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',')]
+    pub token_ids: Option<Vec<u32>>,
+    #[arg(long)]
+    pub add_special: bool,
+}
+
+impl PromptArgs {
+    pub fn ids(&self, model: &Model) -> Result<Vec<u32>> {
+        let ids = match (&self.prompt, &self.token_ids) {
+            (Some(text), _) => model.encode(text, self.add_special)?,
+            (None, Some(ids)) => ids.clone(),
+            (None, None) => bail!("give --prompt or --token-ids"),
+        };
+        if ids.is_empty() {
+            bail!("the prompt has no tokens");
+        }
+        Ok(ids)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -99,23 +135,16 @@ pub struct TrainSampleArgs {
     /// Fraction of sequences ending in a repeated segment of random tokens.
     #[arg(long, default_value_t = 0.3)]
     pub repeat_random: f64,
+    /// Start position embeddings as noise instead of sinusoids.
+    #[arg(long)]
+    pub noise_positions: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     pub model: PathBuf,
-    /// Prompt text (tokenized like `tokenize`: no BOS unless --add-special).
-    #[arg(
-        long,
-        conflicts_with = "token_ids",
-        required_unless_present = "token_ids"
-    )]
-    pub prompt: Option<String>,
-    /// Comma-separated token ids, e.g. 1,2,3.
-    #[arg(long, value_delimiter = ',')]
-    pub token_ids: Option<Vec<u32>>,
-    #[arg(long)]
-    pub add_special: bool,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Set a neuron at every position: HOOK:NEURON=VALUE, e.g. blocks.15.mlp.hook_post:123=10.
     #[arg(long = "clamp", value_name = "HOOK:NEURON=VALUE")]
     pub clamps: Vec<String>,
@@ -143,6 +172,8 @@ macro_rules! outln {
     }};
 }
 
+mod analyses;
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => {
@@ -162,6 +193,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::TrainSample(args)) => train_sample(&args),
         Some(Command::Heads(args)) => heads(&args),
+        Some(Command::Sparsity(args)) => analyses::sparsity(&args),
+        Some(Command::Lens(args)) => analyses::lens(&args),
     }
 }
 
@@ -292,6 +325,7 @@ fn train_sample(args: &TrainSampleArgs) -> Result<()> {
         lr: args.lr,
         repeat_text: args.repeat_text,
         repeat_random: args.repeat_random,
+        sinusoidal_positions: !args.noise_positions,
     };
     let bar = indicatif::ProgressBar::new(opts.steps as u64);
     bar.set_style(
@@ -301,7 +335,7 @@ fn train_sample(args: &TrainSampleArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut smoothed = f64::NAN;
-    let report = crate::train::sample::train(&opts, |step, loss| {
+    let report = crate::train::sample::train(&opts, |step, loss, probe| {
         smoothed = if smoothed.is_nan() {
             loss
         } else {
@@ -309,6 +343,17 @@ fn train_sample(args: &TrainSampleArgs) -> Result<()> {
         };
         bar.set_position(step as u64);
         bar.set_message(format!("loss {smoothed:.3}"));
+        if let Some((first, repeated)) = probe {
+            let line = format!(
+                "step {step}: loss {smoothed:.3}; repeated random tokens: first half {first:.2}, repeated half {repeated:.2} nats"
+            );
+            // A hidden bar (output not a terminal) drops println, so logs go to stderr.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
     })?;
     bar.finish();
     outln!(
@@ -417,11 +462,7 @@ const MLP_POST: &str = "blocks.*.mlp.hook_post";
 
 fn run_prompt(args: &RunArgs) -> Result<()> {
     let model = model::open(&args.model)?;
-    let ids = match (&args.prompt, &args.token_ids) {
-        (Some(text), _) => model.encode(text, args.add_special)?,
-        (None, Some(ids)) => ids.clone(),
-        (None, None) => bail!("give --prompt or --token-ids"),
-    };
+    let ids = args.prompt.ids(&model)?;
     let mut spec = HookSpec::capture([MLP_POST]);
     spec.capture.extend(args.hooks.iter().cloned());
     for c in &args.clamps {
@@ -504,19 +545,6 @@ fn mean(v: &[f32]) -> f64 {
     } else {
         v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64
     }
-}
-
-/// Top `k` (id, logit, probability) at one position.
-pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32, f64)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    order
-        .into_iter()
-        .take(k)
-        .map(|i| (i as u32, logits[i], (logits[i] as f64 - max).exp() / z))
-        .collect()
 }
 
 fn layer_summaries(
