@@ -31,12 +31,12 @@ fn last_layer_lens_is_the_models_prediction() {
             let expected = top_k(row, 5);
             let got = &lens[lens.len() - 1][p];
             for (e, g) in expected.iter().zip(got) {
-                assert_eq!(e.0, g.0, "{arch} position {p}");
-                assert!((e.2 - g.2).abs() < 1e-5, "{arch} position {p}");
+                assert_eq!(e.id, g.id, "{arch} position {p}");
+                assert!((e.prob - g.prob).abs() < 1e-5, "{arch} position {p}");
             }
         }
         // Earlier layers give a different (usually worse) guess, but a proper distribution.
-        let p_sum: f64 = lens[0][0].iter().map(|x| x.2).sum();
+        let p_sum: f64 = lens[0][0].iter().map(|x| x.prob).sum();
         assert!(p_sum > 0.0 && p_sum <= 1.0 + 1e-9, "{arch}");
     }
 }

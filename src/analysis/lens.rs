@@ -15,8 +15,16 @@ use crate::model::{Captures, ModelError};
 
 type Result<T> = std::result::Result<T, ModelError>;
 
-/// Top `k` (id, logit, probability) of one position's logits, highest first.
-pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32, f64)> {
+/// One predicted token.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub id: u32,
+    pub logit: f32,
+    pub prob: f64,
+}
+
+/// Top `k` predictions of one position's logits, highest first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
     let mut order: Vec<usize> = (0..logits.len()).collect();
@@ -24,7 +32,11 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32, f64)> {
     order
         .into_iter()
         .take(k)
-        .map(|i| (i as u32, logits[i], (logits[i] as f64 - max).exp() / z))
+        .map(|i| Prediction {
+            id: i as u32,
+            logit: logits[i],
+            prob: (logits[i] as f64 - max).exp() / z,
+        })
         .collect()
 }
 
@@ -46,14 +58,14 @@ fn capture<'a>(captures: &'a Captures, name: &str) -> Result<&'a Tensor> {
         .ok_or_else(|| ModelError::InvalidInput(format!("{name} was not captured")))
 }
 
-/// Logit lens of batch row `row`: `[layer][position]` → top `k` (id, logit, probability) of
+/// Logit lens of batch row `row`: `[layer][position]` → top `k` predictions of
 /// `unembed(ln_final(resid_post))`. The last layer's entry equals the model's own prediction.
 pub fn logit_lens(
     model: &Transformer,
     captures: &Captures,
     row: usize,
     k: usize,
-) -> Result<Vec<Vec<Vec<(u32, f32, f64)>>>> {
+) -> Result<Vec<Vec<Vec<Prediction>>>> {
     (0..model.n_layers())
         .map(|l| {
             let resid = capture(captures, &format!("blocks.{l}.hook_resid_post"))?.get(row)?;
@@ -274,9 +286,9 @@ mod tests {
     #[test]
     fn top_k_orders_by_logit_with_probabilities() {
         let t = top_k(&[0.0, 2.0, 1.0, 2.0], 3);
-        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert_eq!(t.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1, 3, 2]);
         let z = 1.0 + 2.0 * 2f64.exp() + 1f64.exp();
-        assert!((t[0].2 - 2f64.exp() / z).abs() < 1e-12);
+        assert!((t[0].prob - 2f64.exp() / z).abs() < 1e-12);
     }
 
     #[test]

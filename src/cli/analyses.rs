@@ -7,7 +7,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::PromptArgs;
-use crate::analysis::lens::{DLA_HOOKS, LENS_HOOKS, direct_logit_attribution, largest, logit_lens};
+use crate::analysis::lens::{
+    DLA_HOOKS, LENS_HOOKS, Prediction, direct_logit_attribution, largest, logit_lens,
+};
 use crate::analysis::sparsity::{self, Method};
 use crate::model::{self, HookSpec, Model, NoObserver};
 
@@ -156,9 +158,9 @@ pub fn lens(args: &LensArgs) -> Result<()> {
     let spec = HookSpec::capture(LENS_HOOKS.iter().chain(DLA_HOOKS).copied());
     let out = model
         .transformer
-        .forward(&[ids.clone()], &spec, &mut NoObserver)?;
+        .forward(std::slice::from_ref(&ids), &spec, &mut NoObserver)?;
     let lens = logit_lens(&model.transformer, &out.captures, 0, args.top_k.max(1))?;
-    let entry = |(id, logit, prob): (u32, f32, f64)| json!({"id": id, "token": model.tokenizer.token_text(id), "logit": logit, "prob": prob});
+    let entry = |p: &Prediction| json!({"id": p.id, "token": model.tokenizer.token_text(p.id), "logit": p.logit, "prob": p.prob});
     let attribution = target
         .map(|t| direct_logit_attribution(&model.transformer, &out.captures, 0, position, t))
         .transpose()?;
@@ -168,7 +170,7 @@ pub fn lens(args: &LensArgs) -> Result<()> {
             .map(|layer| {
                 layer
                     .iter()
-                    .map(|pos| pos.iter().map(|&e| entry(e)).collect())
+                    .map(|pos| pos.iter().map(entry).collect())
                     .collect()
             })
             .collect();
@@ -217,7 +219,7 @@ pub fn lens(args: &LensArgs) -> Result<()> {
     for (l, layer) in lens.iter().enumerate() {
         let cells: String = layer
             .iter()
-            .map(|p| format!("{:>10.10}", model.tokenizer.token_text(p[0].0)))
+            .map(|p| format!("{:>10.10}", model.tokenizer.token_text(p[0].id)))
             .collect();
         outln!("  L{l:<5} {cells}");
     }

@@ -497,7 +497,7 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
         let tokens = model.tokenizer.token_strings(&ids);
         let top_json: Vec<_> = top
             .iter()
-            .map(|&(id, logit, p)| json!({"token_id": id, "token": model.tokenizer.token_text(id), "logit": logit, "prob": p}))
+            .map(|p| json!({"token_id": p.id, "token": model.tokenizer.token_text(p.id), "logit": p.logit, "prob": p.prob}))
             .collect();
         outln!(
             "{}",
@@ -520,11 +520,11 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
             mean(&nll)
         );
         outln!("next token:");
-        for (id, _, p) in top.iter().take(5) {
+        for p in top.iter().take(5) {
             outln!(
                 "  {:>6.2}%  {:?}",
-                p * 100.0,
-                model.tokenizer.token_text(*id)
+                p.prob * 100.0,
+                model.tokenizer.token_text(p.id)
             );
         }
         outln!("MLP active fraction per layer (nonzero):");
