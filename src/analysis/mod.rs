@@ -2,5 +2,6 @@
 //! Formulas follow `definitions.md`; each has its worked example as a test.
 
 pub mod heads;
+pub mod histogram;
 pub mod lens;
 pub mod sparsity;

@@ -98,6 +98,10 @@ pub struct HeadsArgs {
     /// One comma-separated sequence per line: a prefix of length L repeated twice, no BOS.
     #[arg(long)]
     pub token_ids_file: Option<PathBuf>,
+    /// Prepend this token (the model's BOS) to every sequence; scores then use the
+    /// BOS-shifted stripe (definitions.md §6a).
+    #[arg(long)]
+    pub bos_id: Option<u32>,
     #[arg(long)]
     pub json: bool,
 }
@@ -235,13 +239,13 @@ fn read_token_file(path: &PathBuf, len: usize) -> Result<Vec<Vec<u32>>> {
 }
 
 fn heads(args: &HeadsArgs) -> Result<()> {
-    use crate::analysis::heads::*;
+    use crate::analysis::heads::{repeated_random_tokens, score_heads};
     if args.repeat_len < 2 {
         bail!("--repeat-len must be at least 2");
     }
     let model = model::open(&args.model)?;
     let dims = &model.info.dims;
-    let tokens = match &args.token_ids_file {
+    let mut tokens = match &args.token_ids_file {
         Some(path) => read_token_file(path, args.repeat_len)?,
         // Avoid id 0, in most vocabularies a special token.
         None => repeated_random_tokens(
@@ -252,60 +256,40 @@ fn heads(args: &HeadsArgs) -> Result<()> {
             dims.d_vocab as u32,
         ),
     };
-    let spec = HookSpec::capture(["blocks.*.attn.hook_pattern"]);
-    let out = model.transformer.forward(&tokens, &spec, &mut NoObserver)?;
-    let shape = PatternShape {
-        batch: tokens.len(),
-        heads: dims.n_heads,
-        t: 2 * args.repeat_len,
-    };
-    let (mut induction, mut prev, mut dup, mut prefix) = (vec![], vec![], vec![], vec![]);
-    for l in 0..dims.n_layers {
-        let name = format!("blocks.{l}.attn.hook_pattern");
-        let pattern: Vec<f32> = out
-            .captures
-            .get(&name)
-            .ok_or_else(|| anyhow!("{name} not captured"))?
-            .flatten_all()?
-            .to_vec1()?;
-        induction.push(induction_score(&pattern, shape, args.repeat_len));
-        prev.push(previous_token_score(&pattern, shape));
-        dup.push(duplicate_token_score(&pattern, shape, args.repeat_len));
-        prefix.push(prefix_matching_score(&pattern, shape, &tokens));
+    if let Some(bos) = args.bos_id {
+        tokens.iter_mut().for_each(|s| s.insert(0, bos));
     }
-    let mut per_position = vec![0f64; 2 * args.repeat_len - 1];
-    for (row, seq) in tokens.iter().enumerate() {
-        for (p, x) in per_position.iter_mut().zip(out.per_token_nll(seq, row)?) {
-            *p += x as f64 / tokens.len() as f64;
-        }
-    }
+    let scores = score_heads(
+        &model.transformer,
+        &tokens,
+        args.repeat_len,
+        args.bos_id.is_some(),
+    )?;
     if args.json {
-        outln!(
-            "{}",
-            json!({
-                "induction_score": induction,
-                "prev_token_score": prev,
-                "duplicate_token_score": dup,
-                "prefix_matching_score": prefix,
-                "per_position_nll": per_position,
-                "repeat_len": args.repeat_len,
-                "n_sequences": tokens.len(),
-                "induction_score_method": "TL stripe: mean over sequences and queries i in [L, 2L-1] of A[i, i-L+1]; no BOS",
-            })
-        );
+        let mut value = serde_json::to_value(&scores)?;
+        if let Some(o) = value.as_object_mut() {
+            let method = if scores.bos {
+                "TL stripe with BOS: mean over sequences and queries i in [L+1, 2L] of A[i, i-L+1]"
+            } else {
+                "TL stripe: mean over sequences and queries i in [L, 2L-1] of A[i, i-L+1]; no BOS"
+            };
+            o.insert("induction_score_method".into(), method.into());
+        }
+        outln!("{value}");
     } else {
         outln!(
             "induction score (TL stripe, L = {}), per layer × head:",
             args.repeat_len
         );
-        for (l, row) in induction.iter().enumerate() {
+        for (l, row) in scores.induction_score.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|x| format!("{x:.2}")).collect();
             outln!("  L{l:<3} {}", cells.join(" "));
         }
-        let half = args.repeat_len;
-        let first = per_position[..half - 1].iter().sum::<f64>() / (half - 1) as f64;
-        let second = per_position[half..].iter().sum::<f64>() / (half - 1) as f64;
-        outln!("mean loss: first half {first:.3} nats, repeated half {second:.3} nats");
+        outln!(
+            "mean loss: first half {:.3} nats, repeated half {:.3} nats",
+            scores.first_half_nll,
+            scores.repeated_half_nll
+        );
     }
     Ok(())
 }
