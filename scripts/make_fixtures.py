@@ -255,6 +255,26 @@ def head_scores(att, toks, L):
     return ind.tolist(), prev.tolist(), dup.tolist(), prefix.tolist()
 
 
+def detect_induction_mul(att, toks, exclude_bos):
+    """TL head_detector: D = duplicate-token mask shifted right by one, tril; score ΣA⊙D/ΣA per
+    sequence, averaged over sequences."""
+    B, H, T, _ = att.shape
+    scores = torch.zeros(H, dtype=torch.float64)
+    for b in range(B):
+        t = torch.tensor(toks[b])
+        dup = (t[:, None] == t[None, :]).int()
+        dup.fill_diagonal_(0)
+        dup = torch.tril(dup)
+        ind = torch.zeros_like(dup)
+        ind[:, 1:] = torch.roll(dup, 1, 1)[:, 1:]
+        ind = torch.tril(ind).double()
+        a = att[b].double().clone()
+        if exclude_bos:
+            a[:, :, 0] = 0
+        scores += (a * ind).sum((1, 2)) / a.sum((1, 2))
+    return (scores / B).tolist()
+
+
 def make_heads():
     from transformers import AutoModelForCausalLM
 
@@ -281,13 +301,131 @@ def make_heads():
     nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     result["per_position_nll"] = nll.mean(0).tolist()
     result["repeat_len"] = HEADS_L
+    # TL detect_head(..., "induction_head", error_measure="mul"), with and without exclude_bos.
+    for key, exclude_bos in (("induction_score_mul", False), ("induction_score_mul_exclude_bos", True)):
+        result[key] = [detect_induction_mul(att.float(), toks, exclude_bos) for att in out.attentions]
     (out_dir / "smollm2_heads.json").write_text(json.dumps(result) + "\n")
     print(f"real/smollm2_heads: max induction {max(max(r) for r in result['induction_score']):.3f}")
 
 
+# ── sparsity and logit lens on SmolLM2 ──────────────────────────────────────────────────────
+
+SPARSITY_PROMPT = ("The old lighthouse keeper climbed the stairs every evening at dusk, counting "
+                   "each of the 112 steps aloud. When the storm came in 1887, he stayed awake for "
+                   "three nights so that the ships could find the harbour.")
+SPARSITY_METHODS = ["zero", "eps:0.05", "cats:0.5", "chess:0.5", "cett:0.2", "cett-eps:0.5"]
+
+
+def cats_threshold(abs_s, k):
+    """definitions.md §2: histogram over [-inf, linspace(-1, 1, 1001), +inf], normalised cumsum,
+    t = edges[searchsorted(cumsum, k, right)]."""
+    import numpy as np
+    edges = np.concatenate([[-np.inf], np.linspace(-1, 1, 1001), [np.inf]])
+    bins = np.searchsorted(edges, abs_s.ravel(), side="right") - 1
+    counts = np.bincount(bins, minlength=len(edges) - 1).astype(np.float64)
+    cum = np.cumsum(counts / counts.sum())
+    return float(edges[np.searchsorted(cum, k, side="right")])
+
+
+def cett_per_token(a, w_down, eps):
+    """definitions.md §4: ‖Σ_{‖n_i‖<ε} n_i‖ / ‖FFN(x)‖ per token (a: [T, F], w_down: [D, F])."""
+    norms = a.abs() * w_down.norm(dim=0)[None, :]
+    dropped = torch.where(norms < eps, a, torch.zeros_like(a))
+    return (dropped @ w_down.T).norm(dim=-1) / (a @ w_down.T).norm(dim=-1), norms
+
+
+def cett_threshold(a, w_down, target):
+    norms = (a.abs() * w_down.norm(dim=0)[None, :]).flatten().double()
+    lo_v, hi_v = float(norms.min()), float(torch.quantile(norms, 0.99))
+    cand = lambda i: lo_v + (hi_v - lo_v) * i / 65535
+    ok = lambda i: float(cett_per_token(a, w_down, cand(i))[0].mean()) <= target
+    lo, hi = 0, 65536
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if mid < 65536 and ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return cand(lo)
+
+
+def sparsity_reference(method, s, u, a, w_down):
+    """Per-layer (frac_active, threshold) for one method; calibration = the prompt itself."""
+    name, _, value = method.partition(":")
+    v = float(value) if value else None
+    if name == "zero":
+        return float((a != 0).double().mean()), None
+    if name == "eps":
+        return float((a.abs() >= v).double().mean()), v
+    if name == "cats":
+        t = cats_threshold(s.abs().double().numpy(), v)
+        return float((s.abs().double() >= t).double().mean()), t
+    if name == "chess":
+        m = u.abs().double().mean(0)
+        scores = (s.abs().double() * m[None, :]).flatten()
+        kth = min(max(int(v * scores.numel()), 1), scores.numel())
+        tau = float(torch.kthvalue(scores, kth).values)
+        t = tau / m
+        return float((s.abs().double() >= t[None, :]).double().mean()), tau
+    if name in ("cett", "cett-eps"):
+        eps = cett_threshold(a.double(), w_down.double(), v) if name == "cett" else v
+        _, norms = cett_per_token(a.double(), w_down.double(), eps)
+        return float((norms >= eps).double().mean()), eps
+    raise ValueError(method)
+
+
+def make_sparsity():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = REAL["smollm2"][0]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(SPARSITY_PROMPT, add_special_tokens=False)["input_ids"]
+    acts = {}
+    handles = []
+    for l, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        handles.append(mlp.act_fn.register_forward_hook(
+            lambda m, i, o, l=l: acts.__setitem__(("s", l), o[0].detach())))
+        handles.append(mlp.up_proj.register_forward_hook(
+            lambda m, i, o, l=l: acts.__setitem__(("u", l), o[0].detach())))
+        handles.append(mlp.down_proj.register_forward_pre_hook(
+            lambda m, args, l=l: acts.__setitem__(("a", l), args[0][0].detach())))
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    for h in handles:
+        h.remove()
+    result = {"prompt": SPARSITY_PROMPT, "token_ids": ids, "methods": {}}
+    for method in SPARSITY_METHODS:
+        rows = []
+        for l, layer in enumerate(model.model.layers):
+            frac, threshold = sparsity_reference(method, acts[("s", l)], acts[("u", l)],
+                                                 acts[("a", l)], layer.mlp.down_proj.weight.detach())
+            rows.append({"frac_active": frac, "threshold": threshold})
+        result["methods"][method] = rows
+    # Logit lens: final norm + lm_head on each layer's residual (HF's last hidden state is
+    # already normalised, so the last layer is the model's own logits).
+    lens = []
+    n = len(model.model.layers)
+    with torch.no_grad():
+        for l in range(n):
+            if l < n - 1:
+                logits = model.lm_head(model.model.norm(out.hidden_states[l + 1]))[0]
+            else:
+                logits = out.logits[0]
+            probs = torch.softmax(logits.float(), -1)
+            top = torch.topk(probs, 5, dim=-1)
+            lens.append({"ids": top.indices.tolist(), "probs": top.values.tolist()})
+    result["lens_top5"] = lens
+    (FIXTURES / "real" / "smollm2_sparsity.json").write_text(json.dumps(result) + "\n")
+    print("real/smollm2_sparsity:", {m: round(sum(r["frac_active"] for r in rows) / len(rows), 4)
+                                     for m, rows in result["methods"].items()})
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["tiny", "real", "heads"])
+    parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -295,3 +433,5 @@ if __name__ == "__main__":
         make_real()
     if args.only in (None, "heads"):
         make_heads()
+    if args.only in (None, "sparsity"):
+        make_sparsity()

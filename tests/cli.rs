@@ -205,6 +205,8 @@ fn heads_on_smollm2_match_hf() {
         "prev_token_score",
         "duplicate_token_score",
         "prefix_matching_score",
+        "induction_score_mul",
+        "induction_score_mul_exclude_bos",
     ] {
         let (a, b) = (
             ours[key].as_array().unwrap(),

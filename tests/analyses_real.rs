@@ -1,0 +1,109 @@
+//! Sparsity (every method) and the logit lens on SmolLM2 against the same definitions computed
+//! from HF transformers' MLP activations and hidden states (`scripts/make_fixtures.py
+//! --only sparsity`).
+
+mod common;
+
+use common::{fixtures, real_model};
+use dendrite::analysis::lens::{LENS_HOOKS, logit_lens};
+use dendrite::analysis::sparsity::{Method, measure};
+use dendrite::model::{self, HookSpec, NoObserver};
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("real/smollm2_sparsity.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn sparsity_matches_hf_for_every_method() {
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let r = reference();
+    let tokens = ids(&r["token_ids"]);
+    assert_eq!(
+        m.encode(r["prompt"].as_str().unwrap(), false).unwrap(),
+        tokens
+    );
+    let methods = r["methods"].as_object().unwrap();
+    assert_eq!(methods.len(), 6);
+    for (name, rows) in methods {
+        let method: Method = name.parse().unwrap();
+        let ours = measure(
+            &m.transformer,
+            &tokens,
+            std::slice::from_ref(&tokens),
+            method,
+            "blocks.*.mlp.hook_post",
+        )
+        .unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(ours.len(), rows.len(), "{name}");
+        for (l, (o, row)) in ours.iter().zip(rows).enumerate() {
+            let frac = row["frac_active"].as_f64().unwrap();
+            assert!(
+                (o.frac_active - frac).abs() <= 1e-3,
+                "{name} layer {l}: ours {}, HF {frac}",
+                o.frac_active
+            );
+            // Thresholds agree too where the method has a scalar one (CHESS reports τ in the
+            // reference only).
+            if let (Some(t), Some(expected)) = (o.threshold, row["threshold"].as_f64()) {
+                assert!(
+                    (t - expected).abs() <= 1e-3 * (1.0 + expected.abs()),
+                    "{name} layer {l}: threshold {t} vs {expected}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn logit_lens_matches_hf() {
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let r = reference();
+    let tokens = ids(&r["token_ids"]);
+    let out = m
+        .transformer
+        .forward(
+            std::slice::from_ref(&tokens),
+            &HookSpec::capture(LENS_HOOKS.iter().copied()),
+            &mut NoObserver,
+        )
+        .unwrap();
+    let lens = logit_lens(&m.transformer, &out.captures, 0, 5).unwrap();
+    let expected = r["lens_top5"].as_array().unwrap();
+    assert_eq!(lens.len(), expected.len());
+    let mut top1_agree = 0;
+    let mut cells = 0;
+    for (l, (ours, theirs)) in lens.iter().zip(expected).enumerate() {
+        let (ids_ref, probs_ref) = (
+            theirs["ids"].as_array().unwrap(),
+            theirs["probs"].as_array().unwrap(),
+        );
+        for (p, cell) in ours.iter().enumerate() {
+            let top_ref = ids_ref[p].as_array().unwrap();
+            let prob_ref = probs_ref[p].as_array().unwrap();
+            // The top-1 probability matches; the ids agree unless two candidates tie closely.
+            let (p0, r0) = (cell[0].prob, prob_ref[0].as_f64().unwrap());
+            assert!(
+                (p0 - r0).abs() <= 1e-3,
+                "layer {l} position {p}: {p0} vs {r0}"
+            );
+            cells += 1;
+            if cell[0].id as u64 == top_ref[0].as_u64().unwrap() {
+                top1_agree += 1;
+            }
+        }
+    }
+    assert!(
+        top1_agree * 100 >= cells * 99,
+        "{top1_agree}/{cells} top-1 agree"
+    );
+}
