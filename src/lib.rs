@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod export;
 pub mod model;
 pub mod train;
 

@@ -47,6 +47,9 @@ pub enum Command {
     Heads(HeadsArgs),
     /// Train the embedded sample model (corpus: scripts/fetch_corpus.sh).
     TrainSample(TrainSampleArgs),
+    /// Redraw a trained sample model's figures (loss_curve.png, induction_probe.png) from its
+    /// training.json.
+    PlotTraining { dir: PathBuf },
     /// Activation sparsity per layer and token (zero, eps:E, cats:K, chess:K, cett:C, cett-eps:E).
     Sparsity(analyses::SparsityArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
@@ -197,6 +200,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::TrainSample(args)) => train_sample(&args),
         Some(Command::Heads(args)) => heads(&args),
+        Some(Command::PlotTraining { dir }) => {
+            let path = dir.join("training.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let report: crate::train::sample::Report = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            crate::train::sample::plot(&report, &dir)?;
+            outln!(
+                "wrote {0}/loss_curve.png and {0}/induction_probe.png",
+                dir.display()
+            );
+            Ok(())
+        }
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
     }

@@ -58,7 +58,7 @@ impl Default for Options {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Report {
     pub steps: usize,
     pub tokens_seen: usize,
@@ -72,6 +72,7 @@ pub struct Report {
     pub validation_curve: Vec<(usize, f64)>,
     /// (step, mean loss on the first half, mean loss on the repeated half) of the
     /// repeated-random-token probe (L = 20, batch 4, seed 0): the induction phase change.
+    #[serde(default)]
     pub induction_curve: Vec<(usize, f64, f64)>,
     pub duration_s: f64,
     pub seed: u64,
@@ -369,7 +370,68 @@ pub fn train(
         opts.out.join("training.json"),
         serde_json::to_string_pretty(&report)? + "\n",
     )?;
+    plot(&report, &opts.out)?;
     Ok(report)
+}
+
+/// Draws `loss_curve.png` (train and validation loss) and `induction_probe.png` (loss on each
+/// half of repeated random tokens) into `dir`.
+pub fn plot(report: &Report, dir: &Path) -> Result<()> {
+    use crate::export::plot::{PALETTE, Series, line_plot};
+    let xy =
+        |v: &[(usize, f64)]| -> Vec<(f64, f64)> { v.iter().map(|&(s, l)| (s as f64, l)).collect() };
+    let (train, validation) = (xy(&report.train_curve), xy(&report.validation_curve));
+    line_plot(
+        &dir.join("loss_curve.png"),
+        "Sample model: next-token loss",
+        "step",
+        "cross-entropy (nats)",
+        &[
+            Series {
+                label: "train (mean of 50 steps)",
+                points: &train,
+                color: PALETTE[0],
+            },
+            Series {
+                label: "validation (held-out plays)",
+                points: &validation,
+                color: PALETTE[1],
+            },
+        ],
+        (900, 500),
+    )?;
+    if report.induction_curve.is_empty() {
+        return Ok(());
+    }
+    let first: Vec<(f64, f64)> = report
+        .induction_curve
+        .iter()
+        .map(|c| (c.0 as f64, c.1))
+        .collect();
+    let second: Vec<(f64, f64)> = report
+        .induction_curve
+        .iter()
+        .map(|c| (c.0 as f64, c.2))
+        .collect();
+    line_plot(
+        &dir.join("induction_probe.png"),
+        "Repeated random tokens (L = 20): loss per half",
+        "step",
+        "cross-entropy (nats)",
+        &[
+            Series {
+                label: "first copy",
+                points: &first,
+                color: PALETTE[0],
+            },
+            Series {
+                label: "repeated copy",
+                points: &second,
+                color: PALETTE[2],
+            },
+        ],
+        (900, 500),
+    )
 }
 
 #[cfg(test)]
