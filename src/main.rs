@@ -1,5 +1,8 @@
 use clap::Parser as _;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     dendrite::tune_threads();
     let cli = dendrite::cli::Cli::parse();

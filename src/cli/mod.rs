@@ -343,9 +343,10 @@ fn train_sample(args: &TrainSampleArgs) -> Result<()> {
         };
         bar.set_position(step as u64);
         bar.set_message(format!("loss {smoothed:.3}"));
-        if let Some((first, repeated)) = probe {
+        if let Some((first, repeated, induction)) = probe {
             let line = format!(
-                "step {step}: loss {smoothed:.3}; repeated random tokens: first half {first:.2}, repeated half {repeated:.2} nats"
+                "step {step}: loss {smoothed:.3}; repeated random tokens: first half {first:.2}, repeated half {repeated:.2} nats; best induction score {induction:.2} [{:.0} s]",
+                bar.elapsed().as_secs_f64()
             );
             // A hidden bar (output not a terminal) drops println, so logs go to stderr.
             if bar.is_hidden() {

@@ -147,6 +147,16 @@ impl Gpt2 {
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_with_patterns(ids, None)
+    }
+
+    /// [`Self::forward`], also pushing each layer's attention pattern `[b, heads, t, t]` to
+    /// `patterns` (to watch induction heads form during training).
+    pub fn forward_with_patterns(
+        &self,
+        ids: &Tensor,
+        mut patterns: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let d = self.cfg.n_embd;
         let nh = self.cfg.n_head;
@@ -174,6 +184,9 @@ impl Gpt2 {
             let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            if let Some(p) = patterns.as_deref_mut() {
+                p.push(pattern.detach());
+            }
             let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
             x = (x + conv1d(&z, &block.c_proj)?)?;
             let h = layer_norm(&x, &block.ln_2, self.cfg.layer_norm_epsilon)?;

@@ -70,10 +70,11 @@ pub struct Report {
     pub train_curve: Vec<(usize, f64)>,
     /// (step, validation loss).
     pub validation_curve: Vec<(usize, f64)>,
-    /// (step, mean loss on the first half, mean loss on the repeated half) of the
-    /// repeated-random-token probe (L = 20, batch 4, seed 0): the induction phase change.
+    /// (step, mean loss on the first half, mean loss on the repeated half, best head's
+    /// induction score) on the repeated-random-token probe (L = 20, batch 4, seed 0): the
+    /// induction phase change.
     #[serde(default)]
-    pub induction_curve: Vec<(usize, f64, f64)>,
+    pub induction_curve: Vec<(usize, f64, f64, f64)>,
     pub duration_s: f64,
     pub seed: u64,
 }
@@ -227,10 +228,11 @@ fn validation_batches(
 }
 
 /// Trains the sample model into `opts.out`. `progress(step, loss, probe)` is called after every
-/// step; `probe` is the induction probe's (first half, repeated half) loss when it was measured.
+/// step; `probe` is the induction probe's (first-half loss, repeated-half loss, best induction
+/// score) when it was measured.
 pub fn train(
     opts: &Options,
-    mut progress: impl FnMut(usize, f64, Option<(f64, f64)>),
+    mut progress: impl FnMut(usize, f64, Option<(f64, f64, f64)>),
 ) -> Result<Report> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out)
@@ -281,11 +283,14 @@ pub fn train(
     };
 
     let probe = crate::analysis::heads::repeated_random_tokens(PROBE_LEN, 4, 0, 1, vocab as u32);
-    let probe_halves = |model: &Gpt2| -> Result<(f64, f64)> {
+    // (first-half loss, repeated-half loss, best induction score) on the probe.
+    let probe_model = |model: &Gpt2| -> Result<(f64, f64, f64)> {
         let flat: Vec<u32> = probe.iter().flatten().copied().collect();
         let x = Tensor::from_vec(flat, (probe.len(), 2 * PROBE_LEN), &Device::Cpu)?;
-        let logp = candle_nn::ops::log_softmax(&model.forward(&x)?, candle_core::D::Minus1)?
-            .to_vec3::<f32>()?;
+        let mut patterns = Vec::new();
+        let logits = model.forward_with_patterns(&x, Some(&mut patterns))?;
+        let logp =
+            candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.to_vec3::<f32>()?;
         let (mut first, mut second) = (0.0, 0.0);
         for (seq, rows) in probe.iter().zip(&logp) {
             for i in 0..2 * PROBE_LEN - 1 {
@@ -299,7 +304,18 @@ pub fn train(
             }
         }
         let n = (probe.len() * (PROBE_LEN - 1)) as f64;
-        Ok((first / n, second / n))
+        let shape = crate::analysis::heads::PatternShape {
+            batch: probe.len(),
+            heads: opts.n_head,
+            t: 2 * PROBE_LEN,
+        };
+        let mut best = 0f64;
+        for p in &patterns {
+            let p: Vec<f32> = p.flatten_all()?.to_vec1()?;
+            let scores = crate::analysis::heads::induction_score(&p, shape, PROBE_LEN);
+            best = scores.into_iter().fold(best, f64::max);
+        }
+        Ok((first / n, second / n, best))
     };
     let mut induction_curve = Vec::new();
 
@@ -330,9 +346,9 @@ pub fn train(
         window_n += 1;
         let mut probed = None;
         if step % 250 == 0 || step == opts.steps {
-            let (first, second) = probe_halves(&model)?;
-            induction_curve.push((step, first, second));
-            probed = Some((first, second));
+            let (first, second, best) = probe_model(&model)?;
+            induction_curve.push((step, first, second, best));
+            probed = Some((first, second, best));
         }
         progress(step, value, probed);
         if step % log_every == 0 || step == opts.steps {
