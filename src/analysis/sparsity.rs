@@ -448,17 +448,7 @@ pub fn measure(
             "{method} measures MLP layers: --hook {hook_glob:?} matches no blocks.N.mlp.hook_post"
         )));
     }
-    let mlp_hooks = |l: usize| {
-        let mut v = vec![
-            format!("blocks.{l}.mlp.hook_pre"),
-            format!("blocks.{l}.mlp.hook_post"),
-        ];
-        if model.blocks[l].mlp.gate.is_some() {
-            v.push(format!("blocks.{l}.mlp.hook_pre_linear"));
-        }
-        v
-    };
-    let spec = HookSpec::capture(layers.iter().flat_map(|&l| mlp_hooks(l)));
+    let spec = HookSpec::capture(layers.iter().flat_map(|&l| mlp_hooks(model, l)));
     let out = model.forward(&prompt, &spec, &mut NoObserver)?;
     let calibration_out = if method.needs_calibration() {
         calibration
@@ -468,73 +458,120 @@ pub fn measure(
     } else {
         Vec::new()
     };
+    let calibration: Vec<&crate::model::Captures> =
+        calibration_out.iter().map(|o| &o.captures).collect();
+    layers
+        .iter()
+        .map(|&l| measure_mlp_layer(model, l, &out.captures, &calibration, method))
+        .collect()
+}
+
+/// The hooks [`measure_mlp_layer`] reads for layer `l`.
+pub fn mlp_hooks(model: &Transformer, l: usize) -> Vec<String> {
+    let mut v = vec![
+        format!("blocks.{l}.mlp.hook_pre"),
+        format!("blocks.{l}.mlp.hook_post"),
+    ];
+    if model.blocks.get(l).is_some_and(|b| b.mlp.gate.is_some()) {
+        v.push(format!("blocks.{l}.mlp.hook_pre_linear"));
+    }
+    v
+}
+
+/// Sparsity of MLP layer `l` from a pass that captured [`mlp_hooks`] (batch row 0), with CATS
+/// and CHESS thresholds calibrated on `calibration` passes (ignored by the other methods).
+pub fn measure_mlp_layer(
+    model: &Transformer,
+    l: usize,
+    captures: &crate::model::Captures,
+    calibration: &[&crate::model::Captures],
+    method: Method,
+) -> Result<LayerSparsity, ModelError> {
+    let block = model
+        .blocks
+        .get(l)
+        .ok_or_else(|| ModelError::InvalidInput(format!("no layer {l}")))?;
+    let hook = format!("blocks.{l}.mlp.hook_post");
     // s = act(hook_pre): the activation-function output CATS and CHESS threshold.
-    let s_of = |c: &crate::model::Captures, l: usize| -> Result<(Vec<f32>, usize), ModelError> {
+    let s_of = |c: &crate::model::Captures| -> Result<(Vec<f32>, usize), ModelError> {
         let pre = captured(c, &format!("blocks.{l}.mlp.hook_pre"))?;
-        rows(&model.blocks[l].mlp.act.forward(pre)?)
+        rows(&block.mlp.act.forward(pre)?)
     };
-    let u_of = |c: &crate::model::Captures, l: usize| -> Result<Option<Vec<f32>>, ModelError> {
-        if model.blocks[l].mlp.gate.is_none() {
+    let u_of = |c: &crate::model::Captures| -> Result<Option<Vec<f32>>, ModelError> {
+        if block.mlp.gate.is_none() {
             return Ok(None);
         }
         Ok(Some(
             rows(captured(c, &format!("blocks.{l}.mlp.hook_pre_linear"))?)?.0,
         ))
     };
+    let (per_token, threshold, mean_cett) = match method {
+        Method::Zero | Method::Eps { .. } => {
+            let (a, channels) = rows(captured(captures, &hook)?)?;
+            let eps = match method {
+                Method::Eps { eps } => Some(eps),
+                _ => None,
+            };
+            let f = match eps {
+                Some(e) => per_token_frac_active(&a, channels, |_, v| (v.abs() as f64) >= e),
+                None => per_token_frac_active(&a, channels, |_, v| v != 0.0),
+            };
+            (f, eps, None)
+        }
+        Method::Cats { k } => {
+            let (s, channels) = s_of(captures)?;
+            let mut abs = Vec::new();
+            for c in calibration {
+                abs.extend(s_of(c)?.0);
+            }
+            let t = cats_threshold(abs, k);
+            let f = per_token_frac_active(&s, channels, |_, v| (v.abs() as f64) >= t);
+            (f, Some(t), None)
+        }
+        Method::Chess { k } => {
+            let (s, channels) = s_of(captures)?;
+            let mut data = Vec::new();
+            for c in calibration {
+                data.push((s_of(c)?.0, u_of(c)?));
+            }
+            let seqs: Vec<ChessSequence<'_>> = data
+                .iter()
+                .map(|(s, u)| ChessSequence { s, u: u.as_deref() })
+                .collect();
+            let t = chess_thresholds(&seqs, channels, k);
+            let f = per_token_frac_active(&s, channels, |i, v| (v.abs() as f64) >= t[i]);
+            (f, None, None)
+        }
+        Method::Cett { target } => cett_layer(block, captures, &hook, Err(target))?,
+        Method::CettEps { eps } => cett_layer(block, captures, &hook, Ok(eps))?,
+    };
+    Ok(LayerSparsity {
+        hook,
+        layer: Some(l),
+        frac_active: mean(&per_token),
+        per_token_frac_active: per_token,
+        threshold,
+        mean_cett,
+    })
+}
 
-    let mut result = Vec::new();
-    for &l in &layers {
-        let hook = format!("blocks.{l}.mlp.hook_post");
-        let (s, channels) = s_of(&out.captures, l)?;
-        let (per_token, threshold, mean_cett) = match method {
-            Method::Cats { k } => {
-                let mut abs = Vec::new();
-                for c in &calibration_out {
-                    abs.extend(s_of(&c.captures, l)?.0);
-                }
-                let t = cats_threshold(abs, k);
-                let f = per_token_frac_active(&s, channels, |_, v| (v.abs() as f64) >= t);
-                (f, Some(t), None)
-            }
-            Method::Chess { k } => {
-                let mut data = Vec::new();
-                for c in &calibration_out {
-                    data.push((s_of(&c.captures, l)?.0, u_of(&c.captures, l)?));
-                }
-                let seqs: Vec<ChessSequence<'_>> = data
-                    .iter()
-                    .map(|(s, u)| ChessSequence { s, u: u.as_deref() })
-                    .collect();
-                let t = chess_thresholds(&seqs, channels, k);
-                let f = per_token_frac_active(&s, channels, |i, v| (v.abs() as f64) >= t[i]);
-                (f, None, None)
-            }
-            Method::Cett { .. } | Method::CettEps { .. } => {
-                let (a, channels) = rows(captured(&out.captures, &hook)?)?;
-                let down = &model.blocks[l].mlp.down.weight;
-                // Rows of W_downᵀ: what each hidden channel writes.
-                let w_rows: Vec<f32> = down.to_tensor()?.t()?.flatten_all()?.to_vec1()?;
-                let cett = Cett::new(&a, channels, &w_rows, down.rows());
-                let eps = match method {
-                    Method::Cett { target } => cett.threshold_for(target),
-                    Method::CettEps { eps } => eps,
-                    _ => unreachable!("matched above"),
-                };
-                let f = cett.per_token_frac_active(eps);
-                (f, Some(eps), Some(mean(&cett.per_token(eps))))
-            }
-            Method::Zero | Method::Eps { .. } => unreachable!("handled above"),
-        };
-        result.push(LayerSparsity {
-            hook,
-            layer: Some(l),
-            frac_active: mean(&per_token),
-            per_token_frac_active: per_token,
-            threshold,
-            mean_cett,
-        });
-    }
-    Ok(result)
+type LayerResult = (Vec<f64>, Option<f64>, Option<f64>);
+
+/// CETT at a given ε (`Ok`) or at the ε reaching a target CETT (`Err`).
+fn cett_layer(
+    block: &crate::model::transformer::Block,
+    captures: &crate::model::Captures,
+    hook: &str,
+    eps_or_target: Result<f64, f64>,
+) -> Result<LayerResult, ModelError> {
+    let (a, channels) = rows(captured(captures, hook)?)?;
+    let down = &block.mlp.down.weight;
+    // Rows of W_downᵀ: what each hidden channel writes.
+    let w_rows: Vec<f32> = down.to_tensor()?.t()?.flatten_all()?.to_vec1()?;
+    let cett = Cett::new(&a, channels, &w_rows, down.rows());
+    let eps = eps_or_target.unwrap_or_else(|target| cett.threshold_for(target));
+    let f = cett.per_token_frac_active(eps);
+    Ok((f, Some(eps), Some(mean(&cett.per_token(eps)))))
 }
 
 #[cfg(test)]
