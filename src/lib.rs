@@ -8,6 +8,7 @@ pub mod cli;
 pub mod export;
 pub mod model;
 pub mod train;
+pub mod worker;
 
 /// Process-wide threading settings; call first thing in `main`, before other threads start.
 ///

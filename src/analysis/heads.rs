@@ -182,7 +182,7 @@ pub fn icl_score(per_token_nll: &[Vec<f32>], early: usize, late: usize) -> Optio
 }
 
 /// Every head score of one batched pass over repeated sequences, `[layer][head]`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HeadScores {
     pub repeat_len: usize,
     pub n_sequences: usize,

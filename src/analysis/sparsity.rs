@@ -364,7 +364,7 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// One layer's (or hook's) sparsity on a prompt.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerSparsity {
     pub hook: String,
     pub layer: Option<usize>,

@@ -1,0 +1,202 @@
+//! What the UI asks of the worker ([`Command`]) and what the worker reports ([`Event`]): one
+//! payload struct per variant, owned data only (rows as `Arc<[f32]>`, never tensors).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::analysis::heads::HeadScores;
+use crate::analysis::lens::Prediction;
+use crate::analysis::sparsity::{LayerSparsity, Method};
+use crate::model::{Intervention, ModelInfo};
+
+/// Identifies one request; a newer id cancels older passes (latest wins).
+pub type RunId = u64;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadModel {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunPrompt {
+    pub run_id: RunId,
+    pub text: String,
+    /// The enabled interventions, in order. Empty = the baseline only.
+    pub interventions: Vec<Intervention>,
+    /// How each layer's sparsity is measured.
+    pub sparsity: Method,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeHeads {
+    pub run_id: RunId,
+    pub repeat_len: usize,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InspectNeuron {
+    pub layer: usize,
+    pub neuron: usize,
+    /// How many top and bottom tokens to list.
+    pub k: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    LoadModel(LoadModel),
+    Run(RunPrompt),
+    ProbeHeads(ProbeHeads),
+    InspectNeuron(InspectNeuron),
+    /// Panics inside the worker (tests use it to check that a panic becomes an error event).
+    #[doc(hidden)]
+    Panic,
+    Shutdown,
+}
+
+impl Command {
+    /// The id of a prompt run: a newer one cancels older passes.
+    pub fn run_id(&self) -> Option<RunId> {
+        match self {
+            Command::Run(r) => Some(r.run_id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loading {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelLoaded {
+    pub info: ModelInfo,
+    pub duration_ms: f64,
+}
+
+/// Which pass an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// No interventions.
+    Baseline,
+    /// With the run's interventions.
+    Intervened,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunStarted {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub token_ids: Vec<u32>,
+    /// Each token's text.
+    pub tokens: Vec<String>,
+    pub n_layers: usize,
+}
+
+/// Everything the views draw about one layer of one pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSummary {
+    pub layer: usize,
+    pub n_tokens: usize,
+    pub d_mlp: usize,
+    pub n_heads: usize,
+    /// `mlp.hook_post`, `[n_tokens, d_mlp]` row-major.
+    pub mlp_post: Arc<[f32]>,
+    pub sparsity: LayerSparsity,
+    /// `attn.hook_pattern`, `[n_heads, n_tokens, n_tokens]` row-major.
+    pub patterns: Arc<[f32]>,
+}
+
+impl LayerSummary {
+    /// Activation of `neuron` at every token.
+    pub fn neuron_column(&self, neuron: usize) -> Vec<f32> {
+        (0..self.n_tokens)
+            .filter_map(|t| self.mlp_post.get(t * self.d_mlp + neuron).copied())
+            .collect()
+    }
+
+    /// Head `head`'s pattern, `[n_tokens, n_tokens]`.
+    pub fn pattern(&self, head: usize) -> &[f32] {
+        let n = self.n_tokens * self.n_tokens;
+        self.patterns.get(head * n..(head + 1) * n).unwrap_or(&[])
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReady {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub summary: Arc<LayerSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunFinished {
+    pub run_id: RunId,
+    pub variant: Variant,
+    /// Loss predicting token `p+1` at position `p` (`n_tokens − 1` values).
+    pub per_token_nll: Vec<f32>,
+    /// Top predictions at every position.
+    pub predictions: Vec<Vec<Prediction>>,
+    /// First recomputed stage (−1 = all; larger = more reused from the previous pass).
+    pub recomputed_from: isize,
+    pub duration_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LensReady {
+    pub run_id: RunId,
+    pub variant: Variant,
+    /// `[layer][position]` → top predictions.
+    pub lens: Vec<Vec<Vec<Prediction>>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeFinished {
+    pub run_id: RunId,
+    pub scores: HeadScores,
+    pub duration_ms: f64,
+}
+
+/// A token and how much a neuron's output raises its logit (`W_out[:, i] · W_U`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogitEffect {
+    pub id: u32,
+    pub token: String,
+    pub effect: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeuronInfo {
+    pub layer: usize,
+    pub neuron: usize,
+    pub top: Vec<LogitEffect>,
+    pub bottom: Vec<LogitEffect>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cancelled {
+    pub run_id: RunId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorEvent {
+    /// What was being done ("loading /path/model.gguf", "running the prompt").
+    pub context: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Loading(Loading),
+    ModelLoaded(ModelLoaded),
+    RunStarted(RunStarted),
+    LayerReady(LayerReady),
+    RunFinished(RunFinished),
+    LensReady(LensReady),
+    ProbeFinished(ProbeFinished),
+    NeuronInfo(NeuronInfo),
+    Cancelled(Cancelled),
+    Error(ErrorEvent),
+}

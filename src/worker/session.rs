@@ -1,0 +1,377 @@
+//! The worker's state: the open model and the last passes, and what each command does to them.
+//! Plain code with no threads, so it can be tested directly; [`super::WorkerHandle`] runs it on
+//! its own thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::protocol::*;
+use crate::analysis::heads::{repeated_random_tokens, score_heads};
+use crate::analysis::lens::{LENS_HOOKS, logit_lens, top_k};
+use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
+use crate::model::{
+    self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
+};
+
+/// Predictions kept per position.
+const TOP_K: usize = 5;
+
+pub struct Session {
+    model: Option<Model>,
+    /// The last pass without interventions, and the last one with them: each reruns only from
+    /// the first layer a change affects.
+    baseline: Option<ResidCache>,
+    intervened: Option<ResidCache>,
+}
+
+/// Tells a pass whether a newer request has superseded it.
+pub trait Cancel {
+    fn is_cancelled(&self, run_id: RunId) -> bool;
+}
+
+impl<F: Fn(RunId) -> bool> Cancel for F {
+    fn is_cancelled(&self, run_id: RunId) -> bool {
+        self(run_id)
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Session {
+            model: None,
+            baseline: None,
+            intervened: None,
+        }
+    }
+
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    /// Runs one command, reporting through `emit`. Errors become [`Event::Error`]; the session
+    /// keeps its model and caches.
+    pub fn handle(&mut self, command: Command, cancel: &dyn Cancel, emit: &mut dyn FnMut(Event)) {
+        let context = match &command {
+            Command::LoadModel(load) => format!("opening {}", load.path.display()),
+            Command::Run(_) => "running the prompt".into(),
+            Command::ProbeHeads(_) => "probing heads".into(),
+            Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
+            Command::Panic => "a requested panic".into(),
+            Command::Shutdown => return,
+        };
+        let result = match command {
+            Command::LoadModel(load) => self.load(load, emit),
+            Command::Run(run) => {
+                let id = run.run_id;
+                self.run(run, cancel, emit)
+                    .or_else(|e| cancelled(id, e, emit))
+            }
+            Command::ProbeHeads(probe) => self.probe(probe).map(&mut *emit),
+            Command::InspectNeuron(n) => self.inspect_neuron(n).map(&mut *emit),
+            Command::Panic => panic!("panic requested by a test"),
+            Command::Shutdown => Ok(()),
+        };
+        if let Err(e) = result {
+            emit(Event::Error(ErrorEvent {
+                context,
+                message: format!("{e:#}"),
+            }));
+        }
+    }
+
+    fn model_or_err(&self) -> anyhow::Result<&Model> {
+        self.model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))
+    }
+
+    fn load(&mut self, load: LoadModel, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        emit(Event::Loading(Loading {
+            path: load.path.clone(),
+        }));
+        let started = Instant::now();
+        // The old model stays open until the new one has loaded.
+        let model = model::open(&load.path)?;
+        let info = model.info.clone();
+        self.model = Some(model);
+        self.baseline = None;
+        self.intervened = None;
+        emit(Event::ModelLoaded(ModelLoaded {
+            info,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        }));
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        run: RunPrompt,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self
+            .model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        let ids = model.encode(&run.text, false)?;
+        if ids.is_empty() {
+            anyhow::bail!("the prompt is empty");
+        }
+        let n = model.transformer.n_layers();
+        let mut spec = HookSpec::capture(
+            (0..n)
+                .flat_map(|l| mlp_hooks(&model.transformer, l))
+                .chain(["blocks.*.attn.hook_pattern".to_string()])
+                .chain(LENS_HOOKS.iter().map(|s| s.to_string())),
+        );
+        // The baseline always runs first (it calibrates CATS/CHESS and is the "before").
+        let baseline = run_pass(
+            model,
+            &ids,
+            &spec,
+            &mut self.baseline,
+            None,
+            &run,
+            Variant::Baseline,
+            cancel,
+            emit,
+        )?;
+        if run.interventions.is_empty() {
+            self.intervened = None;
+            return lens(model, &baseline, &run, Variant::Baseline, cancel, emit);
+        }
+        spec.interventions = run.interventions.clone();
+        let intervened = run_pass(
+            model,
+            &ids,
+            &spec,
+            &mut self.intervened,
+            Some(&baseline),
+            &run,
+            Variant::Intervened,
+            cancel,
+            emit,
+        )?;
+        lens(model, &baseline, &run, Variant::Baseline, cancel, emit)?;
+        lens(model, &intervened, &run, Variant::Intervened, cancel, emit)
+    }
+
+    fn probe(&mut self, probe: ProbeHeads) -> anyhow::Result<Event> {
+        let model = self.model_or_err()?;
+        let started = Instant::now();
+        let vocab = model.info.dims.d_vocab as u32;
+        let tokens =
+            repeated_random_tokens(probe.repeat_len, probe.batch.max(1), probe.seed, 1, vocab);
+        let scores = score_heads(&model.transformer, &tokens, probe.repeat_len, false)?;
+        Ok(Event::ProbeFinished(ProbeFinished {
+            run_id: probe.run_id,
+            scores,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+
+    fn inspect_neuron(&self, n: InspectNeuron) -> anyhow::Result<Event> {
+        let model = self.model_or_err()?;
+        let t = &model.transformer;
+        let block = t
+            .blocks
+            .get(n.layer)
+            .ok_or_else(|| anyhow::anyhow!("no layer {}", n.layer))?;
+        let down = &block.mlp.down.weight;
+        if n.neuron >= down.cols() {
+            anyhow::bail!("layer {} has {} neurons", n.layer, down.cols());
+        }
+        // W_out[:, i]: what neuron i writes to the residual stream.
+        let column: Vec<f32> = (0..down.rows()).map(|r| down.row(r)[n.neuron]).collect();
+        let x = candle_core::Tensor::from_vec(column, (1, down.rows()), &candle_core::Device::Cpu)?;
+        let effects: Vec<f32> = t.unembed.forward(&x)?.flatten_all()?.to_vec1()?;
+        let mut order: Vec<usize> = (0..effects.len()).collect();
+        order.sort_by(|&a, &b| effects[b].total_cmp(&effects[a]));
+        let entry = |i: usize| LogitEffect {
+            id: i as u32,
+            token: model.tokenizer.token_text(i as u32),
+            effect: effects[i],
+        };
+        Ok(Event::NeuronInfo(NeuronInfo {
+            layer: n.layer,
+            neuron: n.neuron,
+            top: order.iter().take(n.k).map(|&i| entry(i)).collect(),
+            bottom: order.iter().rev().take(n.k).map(|&i| entry(i)).collect(),
+        }))
+    }
+}
+
+/// A cancelled pass is not an error: report it as [`Event::Cancelled`].
+fn cancelled(run_id: RunId, e: anyhow::Error, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+    match e.downcast_ref::<ModelError>() {
+        Some(ModelError::Cancelled) => {
+            emit(Event::Cancelled(Cancelled { run_id }));
+            Ok(())
+        }
+        _ => Err(e),
+    }
+}
+
+/// Streams one pass: a [`LayerReady`] per layer as soon as it is computed (and, for layers
+/// reused from the cache, right after), then [`RunFinished`]. Returns the pass's captures.
+#[allow(clippy::too_many_arguments)]
+fn run_pass(
+    model: &Model,
+    ids: &[u32],
+    spec: &HookSpec,
+    cache: &mut Option<ResidCache>,
+    calibration: Option<&Captures>,
+    run: &RunPrompt,
+    variant: Variant,
+    cancel: &dyn Cancel,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<Captures> {
+    let started = Instant::now();
+    let t = &model.transformer;
+    emit(Event::RunStarted(RunStarted {
+        run_id: run.run_id,
+        variant,
+        token_ids: ids.to_vec(),
+        tokens: ids
+            .iter()
+            .map(|&id| model.tokenizer.token_text(id))
+            .collect(),
+        n_layers: t.n_layers(),
+    }));
+    let mut observer = Streamer {
+        model,
+        run,
+        variant,
+        calibration,
+        cancel,
+        emit: &mut *emit,
+        error: None,
+        next_layer: 0,
+    };
+    let batch = [ids.to_vec()];
+    let result = t.forward_cached(&batch, spec, cache, &mut observer);
+    let next_layer = observer.next_layer;
+    // A failed summary stops the pass (as a cancellation): report the failure itself.
+    if let Some(e) = observer.error.take() {
+        return Err(e);
+    }
+    let out = result?;
+    // With every layer reused from the cache, none streamed: report them now.
+    for layer in next_layer..t.n_layers() {
+        let summary = summarize(model, layer, &out.captures, calibration, run.sparsity)?;
+        emit(Event::LayerReady(LayerReady {
+            run_id: run.run_id,
+            variant,
+            summary: Arc::new(summary),
+        }));
+    }
+    let logits: Vec<Vec<f32>> = out.logits.get(0)?.to_vec2()?;
+    emit(Event::RunFinished(RunFinished {
+        run_id: run.run_id,
+        variant,
+        per_token_nll: out.per_token_nll(ids, 0)?,
+        predictions: logits.iter().map(|l| top_k(l, TOP_K)).collect(),
+        recomputed_from: out.recomputed_from,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    }));
+    Ok(out.captures)
+}
+
+fn lens(
+    model: &Model,
+    captures: &Captures,
+    run: &RunPrompt,
+    variant: Variant,
+    cancel: &dyn Cancel,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    if cancel.is_cancelled(run.run_id) {
+        return Ok(());
+    }
+    let lens = logit_lens(&model.transformer, captures, 0, TOP_K)?;
+    emit(Event::LensReady(LensReady {
+        run_id: run.run_id,
+        variant,
+        lens,
+    }));
+    Ok(())
+}
+
+/// One layer's summary from a pass's captures.
+fn summarize(
+    model: &Model,
+    layer: usize,
+    captures: &Captures,
+    calibration: Option<&Captures>,
+    method: Method,
+) -> anyhow::Result<LayerSummary> {
+    let get = |name: String| -> anyhow::Result<&candle_core::Tensor> {
+        captures
+            .get(&name)
+            .ok_or_else(|| anyhow::anyhow!("{name} was not captured"))
+    };
+    let post = get(format!("blocks.{layer}.mlp.hook_post"))?.get(0)?;
+    let (n_tokens, d_mlp) = post.dims2()?;
+    let pattern = get(format!("blocks.{layer}.attn.hook_pattern"))?.get(0)?;
+    let n_heads = pattern.dim(0)?;
+    // CATS/CHESS thresholds come from the baseline pass (the pass itself when it is the baseline).
+    let calibration = [calibration.unwrap_or(captures)];
+    let sparsity = measure_mlp_layer(&model.transformer, layer, captures, &calibration, method)?;
+    Ok(LayerSummary {
+        layer,
+        n_tokens,
+        d_mlp,
+        n_heads,
+        mlp_post: post.flatten_all()?.to_vec1::<f32>()?.into(),
+        sparsity,
+        patterns: pattern.flatten_all()?.to_vec1::<f32>()?.into(),
+    })
+}
+
+/// Sends each layer's summary as the pass completes it, and cancels between layers when a
+/// newer request arrives.
+struct Streamer<'a> {
+    model: &'a Model,
+    run: &'a RunPrompt,
+    variant: Variant,
+    calibration: Option<&'a Captures>,
+    cancel: &'a dyn Cancel,
+    emit: &'a mut dyn FnMut(Event),
+    error: Option<anyhow::Error>,
+    /// The first layer not reported yet (layers reused from the cache are reported, in order,
+    /// before the first recomputed one).
+    next_layer: usize,
+}
+
+impl LayerObserver for Streamer<'_> {
+    fn layer_done(&mut self, done: &LayerDone<'_>) {
+        while self.error.is_none() && self.next_layer <= done.layer {
+            let layer = self.next_layer;
+            match summarize(
+                self.model,
+                layer,
+                done.captures,
+                self.calibration,
+                self.run.sparsity,
+            ) {
+                Ok(summary) => (self.emit)(Event::LayerReady(LayerReady {
+                    run_id: self.run.run_id,
+                    variant: self.variant,
+                    summary: Arc::new(summary),
+                })),
+                Err(e) => self.error = Some(e),
+            }
+            self.next_layer += 1;
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.error.is_some() || self.cancel.is_cancelled(self.run.run_id)
+    }
+}

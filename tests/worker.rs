@@ -1,0 +1,251 @@
+//! The background worker end to end on a tiny model: streaming order, interventions against
+//! the baseline, incremental reruns, errors and panics that leave it serving, cancellation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fixtures;
+use dendrite::analysis::sparsity::Method;
+use dendrite::model::{Intervention, ValueOp};
+use dendrite::worker::*;
+
+fn tiny() -> std::path::PathBuf {
+    fixtures().join("tiny/gpt2")
+}
+
+fn next(w: &WorkerHandle) -> Event {
+    w.events()
+        .unwrap()
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the worker answers")
+}
+
+/// Events until (and including) the first one `stop` accepts.
+fn until(w: &WorkerHandle, stop: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let mut out = Vec::new();
+    loop {
+        let e = next(w);
+        let done = stop(&e);
+        out.push(e);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
+    Command::Run(RunPrompt {
+        run_id: id,
+        text: text.into(),
+        interventions,
+        sparsity: Method::Zero,
+    })
+}
+
+fn loaded(w: &WorkerHandle) {
+    assert!(w.send(Command::LoadModel(LoadModel { path: tiny() })));
+    let events = until(w, |e| matches!(e, Event::ModelLoaded(_) | Event::Error(_)));
+    assert!(matches!(events[0], Event::Loading(_)));
+    assert!(
+        matches!(events.last(), Some(Event::ModelLoaded(_))),
+        "{events:?}"
+    );
+}
+
+fn layers_of(events: &[Event], variant: Variant) -> Vec<usize> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LayerReady(l) if l.variant == variant => Some(l.summary.layer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(events: &[Event], variant: Variant) -> &RunFinished {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::RunFinished(f) if f.variant == variant => Some(f),
+            _ => None,
+        })
+        .expect("the pass finished")
+}
+
+#[test]
+fn a_run_streams_every_layer_in_order_then_finishes() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    w.send(run(1, "hello world", vec![]));
+    let events = until(&w, |e| matches!(e, Event::LensReady(_) | Event::Error(_)));
+    let Event::RunStarted(started) = &events[0] else {
+        panic!("{:?}", events[0])
+    };
+    assert_eq!(started.tokens.concat(), "hello world");
+    let n = started.n_layers;
+    assert_eq!(
+        layers_of(&events, Variant::Baseline),
+        (0..n).collect::<Vec<_>>()
+    );
+    let done = finished(&events, Variant::Baseline);
+    assert_eq!(done.per_token_nll.len(), started.token_ids.len() - 1);
+    assert_eq!(done.predictions.len(), started.token_ids.len());
+    let Some(Event::LayerReady(layer)) = events.get(1) else {
+        panic!("{:?}", events[1])
+    };
+    let s = &layer.summary;
+    assert_eq!(s.mlp_post.len(), s.n_tokens * s.d_mlp);
+    assert_eq!(s.patterns.len(), s.n_heads * s.n_tokens * s.n_tokens);
+    assert_eq!(s.sparsity.per_token_frac_active.len(), s.n_tokens);
+    // Attention rows sum to one.
+    let row: f32 = s.pattern(0)[s.n_tokens..2 * s.n_tokens].iter().sum();
+    assert!((row - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn interventions_run_against_the_baseline_and_rerun_incrementally() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    let clamp =
+        |v: f32| Intervention::neurons("blocks.1.mlp.hook_post", vec![3, 7], ValueOp::Set(v));
+    w.send(run(1, "abcabc", vec![clamp(50.0)]));
+    let first = until(
+        &w,
+        |e| matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened),
+    );
+    let n = layers_of(&first, Variant::Baseline).len();
+    assert_eq!(layers_of(&first, Variant::Intervened).len(), n);
+    let (base, edited) = (
+        finished(&first, Variant::Baseline),
+        finished(&first, Variant::Intervened),
+    );
+    assert_ne!(base.per_token_nll, edited.per_token_nll);
+    // The clamp shows in layer 1's activations of the intervened pass only.
+    let layer1 = |variant| {
+        first.iter().find_map(|e| match e {
+            Event::LayerReady(l) if l.variant == variant && l.summary.layer == 1 => {
+                Some(l.summary.clone())
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(
+        layer1(Variant::Intervened).unwrap().neuron_column(3),
+        vec![50.0; 6]
+    );
+    assert_ne!(
+        layer1(Variant::Baseline).unwrap().neuron_column(3),
+        vec![50.0; 6]
+    );
+
+    // Changing only the clamp value reruns from layer 1; every layer is still reported.
+    w.send(run(2, "abcabc", vec![clamp(-5.0)]));
+    let second = until(
+        &w,
+        |e| matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened),
+    );
+    assert_eq!(
+        layers_of(&second, Variant::Intervened),
+        (0..n).collect::<Vec<_>>()
+    );
+    assert!(finished(&second, Variant::Intervened).recomputed_from >= 1);
+    // The baseline was cached entirely.
+    assert_eq!(
+        finished(&second, Variant::Baseline).recomputed_from,
+        n as isize
+    );
+    assert_eq!(
+        finished(&second, Variant::Baseline).per_token_nll,
+        base.per_token_nll
+    );
+}
+
+#[test]
+fn errors_and_panics_leave_the_worker_serving_with_its_model() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    w.send(run(1, "no model yet", vec![]));
+    assert!(matches!(next(&w), Event::Error(e) if e.message.contains("no model")));
+    loaded(&w);
+    w.send(Command::LoadModel(LoadModel {
+        path: "/nonexistent/model.gguf".into(),
+    }));
+    let events = until(&w, |e| matches!(e, Event::Error(_)));
+    let Some(Event::Error(e)) = events.last() else {
+        unreachable!()
+    };
+    assert!(e.context.contains("/nonexistent/model.gguf"), "{e:?}");
+    w.send(Command::Panic);
+    assert!(matches!(next(&w), Event::Error(e) if e.message.contains("panic")));
+    // The first model is still open and runs.
+    w.send(run(2, "still here", vec![]));
+    let events = until(&w, |e| matches!(e, Event::LensReady(_) | Event::Error(_)));
+    assert!(
+        matches!(events.last(), Some(Event::LensReady(_))),
+        "{events:?}"
+    );
+    w.send(Command::InspectNeuron(InspectNeuron {
+        layer: 0,
+        neuron: 2,
+        k: 4,
+    }));
+    let Event::NeuronInfo(info) = next(&w) else {
+        panic!()
+    };
+    assert_eq!((info.top.len(), info.bottom.len()), (4, 4));
+    assert!(info.top[0].effect >= info.bottom[0].effect);
+    w.send(Command::InspectNeuron(InspectNeuron {
+        layer: 99,
+        neuron: 0,
+        k: 4,
+    }));
+    assert!(matches!(next(&w), Event::Error(_)));
+}
+
+#[test]
+fn a_superseded_pass_is_cancelled_between_layers() {
+    let mut session = Session::new();
+    let mut events = Vec::new();
+    session.handle(
+        Command::LoadModel(LoadModel { path: tiny() }),
+        &|_| false,
+        &mut |e| events.push(e),
+    );
+    events.clear();
+    // A newer request exists from the start: the pass stops before its first layer.
+    session.handle(run(1, "hello", vec![]), &|id| id < 2, &mut |e| {
+        events.push(e)
+    });
+    assert!(matches!(events.first(), Some(Event::RunStarted(_))));
+    assert!(
+        matches!(events.last(), Some(Event::Cancelled(c)) if c.run_id == 1),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::RunFinished(_))));
+    // The next run works and is complete.
+    events.clear();
+    session.handle(run(2, "hello", vec![]), &|_| false, &mut |e| events.push(e));
+    assert!(
+        matches!(events.last(), Some(Event::LensReady(_))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn probe_scores_every_head_and_dropping_the_handle_joins() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    w.send(Command::ProbeHeads(ProbeHeads {
+        run_id: 1,
+        repeat_len: 5,
+        batch: 2,
+        seed: 0,
+    }));
+    let Event::ProbeFinished(p) = next(&w) else {
+        panic!()
+    };
+    assert_eq!(p.scores.per_position_nll.len(), 9);
+    // Queue work and drop at once: Drop cancels and joins without hanging.
+    w.send(run(5, "a longer prompt to keep the worker busy", vec![]));
+    drop(w);
+}
