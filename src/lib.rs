@@ -7,7 +7,9 @@ pub mod analysis;
 pub mod cli;
 pub mod export;
 pub mod model;
+pub mod sample;
 pub mod train;
+pub mod ui;
 pub mod worker;
 
 /// Process-wide threading settings; call first thing in `main`, before other threads start.

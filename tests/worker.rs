@@ -38,7 +38,7 @@ fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
     Command::Run(RunPrompt {
         run_id: id,
         text: text.into(),
-        interventions,
+        interventions: interventions.into_iter().map(Edit::Hook).collect(),
         sparsity: Method::Zero,
     })
 }

@@ -124,12 +124,13 @@ fn max_abs(values: &[f32]) -> f64 {
         .fold(0f64, |m, &v| m.max(v.abs() as f64))
 }
 
+/// The smallest power of two strictly above `x` (so `x` itself falls inside `[−p, p)`).
 fn round_up_pow2(x: f64) -> f64 {
     if x <= 0.0 {
-        1.0
-    } else {
-        2f64.powf(x.log2().ceil())
+        return 1.0;
     }
+    let p = 2f64.powf(x.log2().ceil());
+    if p <= x { 2.0 * p } else { p }
 }
 
 /// Counts per bin, plus what fell outside.
@@ -227,6 +228,8 @@ mod tests {
         let after = Bins::covering(&[0.3, -3.1, 1.2], 50);
         assert_eq!(before, after);
         assert_eq!(before.edges()[0], -4.0);
+        // The largest value lies inside the range, not on its open end.
+        assert_eq!(Bins::covering(&[2.0], 4).edges()[4], 4.0);
         let log = Bins::covering_log(&[0.0, 37.0], 1e-3, 20);
         assert_eq!(
             log,

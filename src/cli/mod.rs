@@ -17,13 +17,18 @@ use crate::model::{self, AblationMode, HookSpec, Intervention, Model, NoObserver
     version,
     about = "A microscope for neuron activations in transformer language models"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// A model to open in the app (GGUF file or HF folder); default: the sample model.
+    pub model: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Open the app on a model (GGUF file or HF folder).
+    Open { model: PathBuf },
     /// Architecture and sizes of a model (HF directory or GGUF file).
     Info {
         model: PathBuf,
@@ -183,13 +188,8 @@ mod analyses;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => {
-            outln!(
-                "Dendrite's desktop app is not built yet. Try:\n  dendrite info MODEL\n  \
-                 dendrite run MODEL --prompt TEXT\n(see `dendrite --help`)"
-            );
-            Ok(())
-        }
+        None => crate::ui::run_app(cli.model.or_else(crate::sample::path)),
+        Some(Command::Open { model }) => crate::ui::run_app(Some(model)),
         Some(Command::Info { model, json }) => info(&model, json),
         Some(Command::Tokenize {
             model,

@@ -168,21 +168,19 @@ fn sample_sequence(
         ids[start..start + n].to_vec()
     };
     let r = rng.uniform();
-    if r < opts.repeat_text {
-        // A prefix of natural text, then a text segment, then the same segment again.
+    if r < opts.repeat_text + opts.repeat_random {
+        // A prefix of natural text, then a segment (of text, or of random tokens), then the
+        // same segment again: random tokens' second copy can be predicted only by induction.
         let seg = 8 + rng.below(len / 2 - 8);
-        let segment = window(rng, seg);
+        let segment: Vec<u32> = if r < opts.repeat_text {
+            window(rng, seg)
+        } else {
+            (0..seg).map(|_| rng.below(vocab) as u32).collect()
+        };
         let mut seq = window(rng, len + 1 - 2 * seg);
         seq.extend(&segment);
         seq.extend(&segment);
         seq
-    } else if r < opts.repeat_text + opts.repeat_random {
-        // A segment of random tokens repeated to fill the sequence: nearly every token after
-        // the first copy can be predicted only by induction, which shortens the plateau
-        // before induction heads form.
-        let seg = 6 + rng.below(len / 2 - 6);
-        let segment: Vec<u32> = (0..seg).map(|_| rng.below(vocab) as u32).collect();
-        segment.iter().cycle().take(len + 1).copied().collect()
     } else {
         window(rng, len + 1)
     }

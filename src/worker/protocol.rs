@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::analysis::heads::HeadScores;
-use crate::analysis::lens::Prediction;
 use crate::analysis::sparsity::{LayerSparsity, Method};
 use crate::model::{Intervention, ModelInfo};
 
@@ -17,12 +16,26 @@ pub struct LoadModel {
     pub path: PathBuf,
 }
 
+/// One edit of a run, as the UI describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Any engine intervention (neuron set/scale, head ablation, pattern clamp, …).
+    Hook(Intervention),
+    /// Add `scale ×` neuron `neuron`'s output direction `W_out[:, neuron]` (layer `layer`) to the
+    /// residual stream after that layer: a steering vector the worker builds from the weights.
+    SteerNeuron {
+        layer: usize,
+        neuron: usize,
+        scale: f32,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunPrompt {
     pub run_id: RunId,
     pub text: String,
-    /// The enabled interventions, in order. Empty = the baseline only.
-    pub interventions: Vec<Intervention>,
+    /// The enabled edits, in order. Empty = the baseline only.
+    pub interventions: Vec<Edit>,
     /// How each layer's sparsity is measured.
     pub sparsity: Method,
 }
@@ -131,6 +144,14 @@ pub struct LayerReady {
     pub summary: Arc<LayerSummary>,
 }
 
+/// A predicted token with its text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenPrediction {
+    pub id: u32,
+    pub token: String,
+    pub prob: f64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunFinished {
     pub run_id: RunId,
@@ -138,7 +159,7 @@ pub struct RunFinished {
     /// Loss predicting token `p+1` at position `p` (`n_tokens − 1` values).
     pub per_token_nll: Vec<f32>,
     /// Top predictions at every position.
-    pub predictions: Vec<Vec<Prediction>>,
+    pub predictions: Vec<Vec<TokenPrediction>>,
     /// First recomputed stage (−1 = all; larger = more reused from the previous pass).
     pub recomputed_from: isize,
     pub duration_ms: f64,
@@ -149,7 +170,7 @@ pub struct LensReady {
     pub run_id: RunId,
     pub variant: Variant,
     /// `[layer][position]` → top predictions.
-    pub lens: Vec<Vec<Vec<Prediction>>>,
+    pub lens: Vec<Vec<Vec<TokenPrediction>>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

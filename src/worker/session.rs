@@ -146,7 +146,11 @@ impl Session {
             self.intervened = None;
             return lens(model, &baseline, &run, Variant::Baseline, cancel, emit);
         }
-        spec.interventions = run.interventions.clone();
+        spec.interventions = run
+            .interventions
+            .iter()
+            .map(|e| resolve(model, e))
+            .collect::<anyhow::Result<_>>()?;
         let intervened = run_pass(
             model,
             &ids,
@@ -204,6 +208,36 @@ impl Session {
             top: order.iter().take(n.k).map(|&i| entry(i)).collect(),
             bottom: order.iter().rev().take(n.k).map(|&i| entry(i)).collect(),
         }))
+    }
+}
+
+/// The engine intervention an edit stands for.
+fn resolve(model: &Model, edit: &Edit) -> anyhow::Result<model::Intervention> {
+    match edit {
+        Edit::Hook(i) => Ok(i.clone()),
+        &Edit::SteerNeuron {
+            layer,
+            neuron,
+            scale,
+        } => {
+            let down = &model
+                .transformer
+                .blocks
+                .get(layer)
+                .ok_or_else(|| anyhow::anyhow!("no layer {layer}"))?
+                .mlp
+                .down
+                .weight;
+            if neuron >= down.cols() {
+                anyhow::bail!("layer {layer} has {} neurons", down.cols());
+            }
+            let direction: Vec<f32> = (0..down.rows()).map(|r| down.row(r)[neuron]).collect();
+            Ok(model::Intervention::steer(
+                format!("blocks.{layer}.hook_resid_post"),
+                direction.into(),
+                scale,
+            ))
+        }
     }
 }
 
@@ -276,7 +310,10 @@ fn run_pass(
         run_id: run.run_id,
         variant,
         per_token_nll: out.per_token_nll(ids, 0)?,
-        predictions: logits.iter().map(|l| top_k(l, TOP_K)).collect(),
+        predictions: logits
+            .iter()
+            .map(|l| named(model, &top_k(l, TOP_K)))
+            .collect(),
         recomputed_from: out.recomputed_from,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
     }));
@@ -294,13 +331,27 @@ fn lens(
     if cancel.is_cancelled(run.run_id) {
         return Ok(());
     }
-    let lens = logit_lens(&model.transformer, captures, 0, TOP_K)?;
+    let lens = logit_lens(&model.transformer, captures, 0, TOP_K)?
+        .iter()
+        .map(|layer| layer.iter().map(|p| named(model, p)).collect())
+        .collect();
     emit(Event::LensReady(LensReady {
         run_id: run.run_id,
         variant,
         lens,
     }));
     Ok(())
+}
+
+fn named(model: &Model, predictions: &[crate::analysis::lens::Prediction]) -> Vec<TokenPrediction> {
+    predictions
+        .iter()
+        .map(|p| TokenPrediction {
+            id: p.id,
+            token: model.tokenizer.token_text(p.id),
+            prob: p.prob,
+        })
+        .collect()
 }
 
 /// One layer's summary from a pass's captures.

@@ -1,0 +1,223 @@
+//! The eframe app: drains worker events in `logic` (within a time budget), lays out the panels
+//! in `ui`, and turns the views' actions into state changes and worker commands.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui::{Key, KeyboardShortcut, Modifiers};
+
+use super::state::{Action, AppState, Tab};
+use super::views;
+use crate::worker::{Command, Event, WorkerHandle};
+
+/// The prompt a fresh install starts with: repeated text, so induction is visible at once.
+pub const DEFAULT_PROMPT: &str =
+    "To be, or not to be, that is the question. To be, or not to be, that is the question.";
+
+/// Longest time `logic` spends draining events per frame (keeps frames smooth while a run
+/// streams).
+const DRAIN_BUDGET: Duration = Duration::from_millis(6);
+
+pub struct DendriteApp {
+    pub state: AppState,
+    worker: WorkerHandle,
+    /// Frame times (ms) of the last frames, for the performance readout and benchmarks.
+    pub frame_times_ms: Vec<f32>,
+    last_frame: Option<Instant>,
+}
+
+/// What survives a restart.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Persisted {
+    recent_models: Vec<PathBuf>,
+    prompt: String,
+}
+
+const STORAGE_KEY: &str = "dendrite";
+
+impl DendriteApp {
+    /// Starts the worker and asks it to open `model` (if any).
+    pub fn new(
+        ctx: &egui::Context,
+        storage: Option<&dyn eframe::Storage>,
+        model: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        let repaint = ctx.clone();
+        let worker = WorkerHandle::spawn(move || repaint.request_repaint())?;
+        let persisted: Persisted = storage
+            .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+            .unwrap_or_default();
+        let mut state = AppState::default();
+        state.recent_models = persisted.recent_models;
+        state.prompt = if persisted.prompt.is_empty() {
+            DEFAULT_PROMPT.to_string()
+        } else {
+            persisted.prompt
+        };
+        if let Some(path) = model
+            && let Some(cmd) = state.act(Action::Open(path))
+        {
+            worker.send(cmd);
+        }
+        Ok(DendriteApp {
+            state,
+            worker,
+            frame_times_ms: Vec::new(),
+            last_frame: None,
+        })
+    }
+
+    /// Applies a user action and forwards the resulting command.
+    pub fn act(&mut self, action: Action) {
+        if let Some(cmd) = self.state.act(action) {
+            self.send(cmd);
+        }
+    }
+
+    fn send(&mut self, cmd: Command) {
+        if !self.worker.send(cmd) {
+            self.state.errors.push(crate::worker::ErrorEvent {
+                context: "the worker".into(),
+                message: "the background worker has stopped; restart Dendrite".into(),
+            });
+        }
+    }
+
+    /// Applies waiting worker events for at most [`DRAIN_BUDGET`].
+    pub fn drain_events(&mut self, ctx: &egui::Context) {
+        let started = Instant::now();
+        while let Some(event) = self.worker.try_recv() {
+            let loaded = matches!(event, Event::ModelLoaded(_));
+            self.state.apply(event);
+            if loaded {
+                // A freshly opened model runs the prompt and the head probe at once.
+                self.act(Action::Run);
+                self.act(Action::ProbeHeads);
+            }
+            if started.elapsed() > DRAIN_BUDGET {
+                ctx.request_repaint();
+                break;
+            }
+        }
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let pressed = |k: KeyboardShortcut| ctx.input_mut(|i| i.consume_shortcut(&k));
+        if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter)) {
+            self.act(Action::Run);
+        }
+        if pressed(KeyboardShortcut::new(
+            Modifiers::COMMAND | Modifiers::SHIFT,
+            Key::Z,
+        )) {
+            self.act(Action::Redo);
+        }
+        if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::Z)) {
+            self.act(Action::Undo);
+        }
+        if pressed(KeyboardShortcut::new(Modifiers::NONE, Key::Escape)) {
+            self.act(Action::ClearSelection);
+        }
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if let Some(path) = dropped.into_iter().next() {
+            self.act(Action::Open(path));
+        }
+    }
+
+    fn record_frame_time(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.last_frame {
+            self.frame_times_ms
+                .push(now.duration_since(last).as_secs_f32() * 1e3);
+            if self.frame_times_ms.len() > 10_000 {
+                self.frame_times_ms.drain(..5_000);
+            }
+        }
+        self.last_frame = Some(now);
+    }
+
+    /// Lays out every panel; returns the action of this frame, if any.
+    pub fn layout(&mut self, ui: &mut egui::Ui) {
+        let state = &self.state;
+        let mut action = None;
+        egui::Panel::top("top_bar").show(ui, |ui| {
+            action = action.take().or(views::top_bar::top_bar_ui(ui, state));
+        });
+        egui::Panel::top("prompt").show(ui, |ui| {
+            action = action.take().or(views::prompt::prompt_ui(ui, state));
+        });
+        egui::Panel::bottom("interventions").show(ui, |ui| {
+            action = action
+                .take()
+                .or(views::interventions::interventions_ui(ui, state));
+        });
+        egui::Panel::left("layers")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| {
+                action = action.take().or(views::layers::layers_ui(ui, state));
+            });
+        egui::Panel::right("inspector")
+            .resizable(true)
+            .default_size(330.0)
+            .show(ui, |ui| {
+                action = action.take().or(views::inspector::inspector_ui(ui, state));
+            });
+        egui::CentralPanel::default().show(ui, |ui| {
+            ui.horizontal(|ui| {
+                for (tab, name) in [
+                    (Tab::Neurons, "Neurons"),
+                    (Tab::Heads, "Heads"),
+                    (Tab::Histograms, "Histograms"),
+                    (Tab::Lens, "Logit lens"),
+                ] {
+                    if ui.selectable_label(state.tab == tab, name).clicked() {
+                        action = Some(Action::SetTab(tab));
+                    }
+                }
+                ui.separator();
+                ui.weak(format!("layer {} selected", state.selection.layer));
+            });
+            ui.separator();
+            let a = match state.tab {
+                Tab::Neurons => views::neurons::neurons_ui(ui, state),
+                Tab::Heads => views::heads::heads_ui(ui, state),
+                Tab::Histograms => views::histograms::histograms_ui(ui, state),
+                Tab::Lens => views::lens::lens_ui(ui, state),
+            };
+            action = action.take().or(a);
+        });
+        if let Some(a) = action {
+            self.act(a);
+        }
+    }
+}
+
+impl eframe::App for DendriteApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.drain_events(ctx);
+        self.shortcuts(ctx);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.record_frame_time();
+        self.layout(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(
+            storage,
+            STORAGE_KEY,
+            &Persisted {
+                recent_models: self.state.recent_models.clone(),
+                prompt: self.state.prompt.clone(),
+            },
+        );
+    }
+}

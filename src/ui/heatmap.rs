@@ -1,0 +1,275 @@
+//! Heatmaps drawn as one texture (not thousands of shapes), with zoom and pan along columns,
+//! hover and click reporting, and colour maps with a numeric legend.
+
+use egui::{
+    Color32, ColorImage, Id, Rect, Response, Sense, TextureHandle, TextureOptions, Ui, Vec2, pos2,
+    vec2,
+};
+
+/// How values become colours.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Colormap {
+    /// Blue–white–red, symmetric about zero, clipped at `±max`.
+    Diverging { max: f32 },
+    /// Viridis-like from `min` to `max` (attention, probabilities).
+    Sequential { min: f32, max: f32 },
+}
+
+/// Viridis anchors (matplotlib's), interpolated linearly.
+const VIRIDIS: [[u8; 3]; 9] = [
+    [68, 1, 84],
+    [71, 44, 122],
+    [59, 81, 139],
+    [44, 113, 142],
+    [33, 144, 141],
+    [39, 173, 129],
+    [92, 200, 99],
+    [170, 220, 50],
+    [253, 231, 37],
+];
+
+fn lerp(a: [u8; 3], b: [u8; 3], t: f32) -> Color32 {
+    let c = |i: usize| (a[i] as f32 + (b[i] as f32 - a[i] as f32) * t).round() as u8;
+    Color32::from_rgb(c(0), c(1), c(2))
+}
+
+impl Colormap {
+    pub fn color(&self, v: f32) -> Color32 {
+        if !v.is_finite() {
+            return Color32::from_gray(128);
+        }
+        match *self {
+            Colormap::Diverging { max } => {
+                let t = (v / max.max(1e-12)).clamp(-1.0, 1.0);
+                // Blue (33, 102, 172) ← white → red (178, 24, 43), as ColorBrewer RdBu.
+                if t >= 0.0 {
+                    lerp([247, 247, 247], [178, 24, 43], t)
+                } else {
+                    lerp([247, 247, 247], [33, 102, 172], -t)
+                }
+            }
+            Colormap::Sequential { min, max } => {
+                let t = ((v - min) / (max - min).max(1e-12)).clamp(0.0, 1.0);
+                let x = t * (VIRIDIS.len() - 1) as f32;
+                let i = (x.floor() as usize).min(VIRIDIS.len() - 2);
+                lerp(VIRIDIS[i], VIRIDIS[i + 1], x - i as f32)
+            }
+        }
+    }
+
+    /// A diverging map clipped at the 99.5th percentile of `|values|` (robust to outliers).
+    pub fn robust_diverging(values: &[f32]) -> Colormap {
+        let mut abs: Vec<f32> = values
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|v| v.abs())
+            .collect();
+        if abs.is_empty() {
+            return Colormap::Diverging { max: 1.0 };
+        }
+        let k = ((abs.len() as f64 * 0.995) as usize).min(abs.len() - 1);
+        let (_, v, _) = abs.select_nth_unstable_by(k, f32::total_cmp);
+        Colormap::Diverging {
+            max: if *v > 0.0 { *v } else { 1.0 },
+        }
+    }
+}
+
+/// A `rows × cols` grid of values.
+pub struct Grid<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major values; `None` cells (not computed yet) draw as a faint placeholder.
+    pub value: &'a dyn Fn(usize, usize) -> Option<f32>,
+}
+
+/// What happened to a heatmap this frame.
+pub struct HeatmapResponse {
+    pub response: Response,
+    pub hovered: Option<(usize, usize)>,
+    pub clicked: Option<(usize, usize)>,
+}
+
+/// Visible column window (zoom and pan), kept in egui memory per heatmap.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    first_col: f32,
+    visible_cols: f32,
+}
+
+#[derive(Clone)]
+struct Cached {
+    key: u64,
+    texture: TextureHandle,
+}
+
+/// Draws `grid` filling `size`. `key` identifies the content: the texture is rebuilt only when
+/// it changes. Scroll (or pinch) zooms columns around the pointer, drag pans.
+pub fn heatmap_ui(
+    ui: &mut Ui,
+    id: Id,
+    key: u64,
+    grid: &Grid<'_>,
+    colormap: Colormap,
+    size: Vec2,
+) -> HeatmapResponse {
+    let (rect, response) = ui.allocate_exact_size(size, Sense::click_and_drag());
+    if grid.rows == 0 || grid.cols == 0 {
+        return HeatmapResponse {
+            response,
+            hovered: None,
+            clicked: None,
+        };
+    }
+    let ctx = ui.ctx().clone();
+    let texture = {
+        let cached: Option<Cached> = ctx.data(|d| d.get_temp(id));
+        match cached {
+            Some(c) if c.key == key => c.texture,
+            _ => {
+                let placeholder = if ui.visuals().dark_mode {
+                    Color32::from_gray(45)
+                } else {
+                    Color32::from_gray(225)
+                };
+                let pixels: Vec<Color32> = (0..grid.rows)
+                    .flat_map(|r| (0..grid.cols).map(move |c| (r, c)))
+                    .map(|(r, c)| (grid.value)(r, c).map_or(placeholder, |v| colormap.color(v)))
+                    .collect();
+                let image = ColorImage::new([grid.cols, grid.rows], pixels);
+                let texture = ctx.load_texture(format!("{id:?}"), image, TextureOptions::NEAREST);
+                ctx.data_mut(|d| {
+                    d.insert_temp(
+                        id,
+                        Cached {
+                            key,
+                            texture: texture.clone(),
+                        },
+                    )
+                });
+                texture
+            }
+        }
+    };
+
+    let mut view: View = ctx.data(|d| d.get_temp(id.with("view"))).unwrap_or(View {
+        first_col: 0.0,
+        visible_cols: grid.cols as f32,
+    });
+    let cols = grid.cols as f32;
+    if response.hovered() {
+        let zoom = ui.input(|i| i.zoom_delta() * (1.0 + i.smooth_scroll_delta.y * 0.002));
+        if (zoom - 1.0).abs() > 1e-4
+            && let Some(p) = response.hover_pos()
+        {
+            let anchor = view.first_col + (p.x - rect.left()) / rect.width() * view.visible_cols;
+            let visible = (view.visible_cols / zoom).clamp(cols.min(8.0), cols);
+            view.first_col = anchor - (anchor - view.first_col) * visible / view.visible_cols;
+            view.visible_cols = visible;
+        }
+    }
+    if response.dragged() {
+        view.first_col -= response.drag_delta().x / rect.width() * view.visible_cols;
+    }
+    if response.double_clicked() {
+        view = View {
+            first_col: 0.0,
+            visible_cols: cols,
+        };
+    }
+    view.visible_cols = view.visible_cols.clamp(1.0, cols);
+    view.first_col = view.first_col.clamp(0.0, cols - view.visible_cols);
+    ctx.data_mut(|d| d.insert_temp(id.with("view"), view));
+
+    let uv = Rect::from_min_max(
+        pos2(view.first_col / cols, 0.0),
+        pos2((view.first_col + view.visible_cols) / cols, 1.0),
+    );
+    ui.painter().image(texture.id(), rect, uv, Color32::WHITE);
+
+    let cell = |pos: egui::Pos2| -> Option<(usize, usize)> {
+        if !rect.contains(pos) {
+            return None;
+        }
+        let c = view.first_col + (pos.x - rect.left()) / rect.width() * view.visible_cols;
+        let r = (pos.y - rect.top()) / rect.height() * grid.rows as f32;
+        Some((
+            (r as usize).min(grid.rows - 1),
+            (c as usize).min(grid.cols - 1),
+        ))
+    };
+    let hovered = response.hover_pos().and_then(cell);
+    let clicked = if response.clicked() {
+        response.interact_pointer_pos().and_then(cell)
+    } else {
+        None
+    };
+    HeatmapResponse {
+        response,
+        hovered,
+        clicked,
+    }
+}
+
+/// A horizontal colour bar with its end values, so every heatmap states its scale.
+pub fn legend_ui(ui: &mut Ui, colormap: Colormap, label: &str) {
+    ui.horizontal(|ui| {
+        let (lo, hi) = match colormap {
+            Colormap::Diverging { max } => (-max, max),
+            Colormap::Sequential { min, max } => (min, max),
+        };
+        ui.label(format!("{lo:.3}"));
+        let (rect, _) = ui.allocate_exact_size(vec2(120.0, 12.0), Sense::hover());
+        let steps = 40;
+        for i in 0..steps {
+            let t = i as f32 / (steps - 1) as f32;
+            let x0 = rect.left() + rect.width() * i as f32 / steps as f32;
+            let x1 = rect.left() + rect.width() * (i + 1) as f32 / steps as f32;
+            ui.painter().rect_filled(
+                Rect::from_min_max(pos2(x0, rect.top()), pos2(x1, rect.bottom())),
+                0.0,
+                colormap.color(lo + (hi - lo) * t),
+            );
+        }
+        ui.label(format!("{hi:.3}"));
+        ui.weak(label);
+    });
+}
+
+/// A content fingerprint for texture caching.
+pub fn fingerprint(parts: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diverging_is_white_at_zero_and_saturates() {
+        let m = Colormap::Diverging { max: 2.0 };
+        assert_eq!(m.color(0.0), Color32::from_rgb(247, 247, 247));
+        assert_eq!(m.color(5.0), Color32::from_rgb(178, 24, 43));
+        assert_eq!(m.color(-2.0), Color32::from_rgb(33, 102, 172));
+    }
+
+    #[test]
+    fn sequential_spans_viridis() {
+        let m = Colormap::Sequential { min: 0.0, max: 1.0 };
+        assert_eq!(m.color(0.0), Color32::from_rgb(68, 1, 84));
+        assert_eq!(m.color(1.0), Color32::from_rgb(253, 231, 37));
+    }
+
+    #[test]
+    fn robust_max_ignores_outliers() {
+        let mut v: Vec<f32> = (0..1000).map(|i| (i % 10) as f32 / 10.0).collect();
+        v.push(1e6);
+        let Colormap::Diverging { max } = Colormap::robust_diverging(&v) else {
+            panic!()
+        };
+        assert!(max < 1.0, "{max}");
+    }
+}

@@ -1,0 +1,31 @@
+//! The desktop app (eframe/egui). It never touches candle: it sees the model only through the
+//! worker's events.
+
+pub mod app;
+pub mod heatmap;
+pub mod state;
+pub mod views;
+
+use std::path::PathBuf;
+
+pub use app::DendriteApp;
+
+/// Opens the window on `model` (or on nothing: the top bar then says how to open one).
+pub fn run_app(model: Option<PathBuf>) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Dendrite")
+            .with_inner_size([1400.0, 860.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Dendrite",
+        options,
+        Box::new(move |cc| {
+            let app = DendriteApp::new(&cc.egui_ctx, cc.storage, model)?;
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the window failed: {e}"))
+}

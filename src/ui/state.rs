@@ -1,0 +1,899 @@
+//! Everything the window shows, updated only by [`AppState::apply`] (worker events) and
+//! [`AppState::act`] (user actions). Both are pure: no egui, no I/O, no threads, so they are
+//! unit tested directly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::analysis::heads::HeadScores;
+use crate::analysis::histogram::{Bins, Histogram};
+use crate::analysis::sparsity::Method;
+use crate::model::{AblationMode, Intervention, ModelInfo, PatternMode, ValueOp};
+use crate::worker::{
+    Command, Edit, ErrorEvent, Event, InspectNeuron, LayerSummary, LoadModel, NeuronInfo,
+    ProbeHeads, RunFinished, RunId, RunPrompt, TokenPrediction, Variant,
+};
+
+/// The main view's tabs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Tab {
+    Neurons,
+    Heads,
+    Histograms,
+    Lens,
+}
+
+/// Which pass a view draws when interventions are active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    Baseline,
+    Intervened,
+    /// Intervened minus baseline.
+    Difference,
+}
+
+/// What colours the token strip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenColour {
+    Loss,
+    SelectedNeuron,
+    Sparsity,
+}
+
+/// One pass as the views see it: its tokens and whatever layers have arrived.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassView {
+    pub run_id: RunId,
+    pub tokens: Vec<String>,
+    pub token_ids: Vec<u32>,
+    /// One slot per layer; `None` until the layer streams in.
+    pub layers: Vec<Option<Arc<LayerSummary>>>,
+    pub finished: Option<RunFinished>,
+    pub lens: Option<Vec<Vec<Vec<TokenPrediction>>>>,
+}
+
+impl PassView {
+    pub fn layers_done(&self) -> usize {
+        self.layers.iter().filter(|l| l.is_some()).count()
+    }
+
+    pub fn layer(&self, l: usize) -> Option<&LayerSummary> {
+        self.layers.get(l)?.as_deref()
+    }
+}
+
+/// The kinds of intervention the UI offers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InterventionKind {
+    /// Set (or scale) one MLP neuron at every position.
+    Neuron {
+        layer: usize,
+        neuron: usize,
+        value: f32,
+        scale: bool,
+    },
+    HeadAblation {
+        layer: usize,
+        head: usize,
+        mean: bool,
+    },
+    /// Previous-token (`induction = false`) or induction pattern clamp with strength s.
+    PatternClamp {
+        layer: usize,
+        head: usize,
+        induction: bool,
+        strength: f32,
+    },
+    /// A neuron's output direction added to the residual stream.
+    Steer {
+        layer: usize,
+        neuron: usize,
+        scale: f32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InterventionItem {
+    pub enabled: bool,
+    pub kind: InterventionKind,
+}
+
+impl InterventionItem {
+    pub fn label(&self) -> String {
+        match &self.kind {
+            InterventionKind::Neuron {
+                layer,
+                neuron,
+                value,
+                scale,
+            } => {
+                if *scale {
+                    format!("L{layer} N{neuron} × {value:.2}")
+                } else {
+                    format!("L{layer} N{neuron} = {value:.2}")
+                }
+            }
+            InterventionKind::HeadAblation { layer, head, mean } => {
+                format!(
+                    "L{layer} H{head} {}-ablated",
+                    if *mean { "mean" } else { "zero" }
+                )
+            }
+            InterventionKind::PatternClamp {
+                layer,
+                head,
+                induction,
+                strength,
+            } => format!(
+                "L{layer} H{head} {} pattern s = {strength:.2}",
+                if *induction {
+                    "induction"
+                } else {
+                    "previous-token"
+                }
+            ),
+            InterventionKind::Steer {
+                layer,
+                neuron,
+                scale,
+            } => format!("steer L{layer} N{neuron} direction × {scale:.1}"),
+        }
+    }
+
+    /// What the worker runs for this item.
+    pub fn edit(&self) -> Edit {
+        match self.kind {
+            InterventionKind::Neuron {
+                layer,
+                neuron,
+                value,
+                scale,
+            } => Edit::Hook(Intervention::neurons(
+                format!("blocks.{layer}.mlp.hook_post"),
+                vec![neuron],
+                if scale {
+                    ValueOp::Scale(value)
+                } else {
+                    ValueOp::Set(value)
+                },
+            )),
+            InterventionKind::HeadAblation { layer, head, mean } => {
+                Edit::Hook(Intervention::ablate_head(
+                    layer,
+                    head,
+                    if mean {
+                        AblationMode::Mean
+                    } else {
+                        AblationMode::Zero
+                    },
+                ))
+            }
+            InterventionKind::PatternClamp {
+                layer,
+                head,
+                induction,
+                strength,
+            } => Edit::Hook(Intervention::pattern(
+                layer,
+                head,
+                if induction {
+                    PatternMode::Induction { strength }
+                } else {
+                    PatternMode::PreviousToken { strength }
+                },
+            )),
+            InterventionKind::Steer {
+                layer,
+                neuron,
+                scale,
+            } => Edit::SteerNeuron {
+                layer,
+                neuron,
+                scale,
+            },
+        }
+    }
+}
+
+/// Something the user did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Open(PathBuf),
+    SetPrompt(String),
+    Run,
+    SetSparsity(Method),
+    SelectLayer(usize),
+    SelectNeuron {
+        layer: usize,
+        neuron: usize,
+    },
+    SelectHead {
+        layer: usize,
+        head: usize,
+    },
+    ClearSelection,
+    SetTab(Tab),
+    SetShow(Show),
+    SetTokenColour(TokenColour),
+    AddIntervention(InterventionKind),
+    /// Replace item `index`'s kind (e.g. a slider moved).
+    EditIntervention(usize, InterventionKind),
+    ToggleIntervention(usize),
+    RemoveIntervention(usize),
+    Undo,
+    Redo,
+    ProbeHeads,
+    DismissError(usize),
+    SetSortNeurons(bool),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    pub layer: usize,
+    pub neuron: Option<usize>,
+    pub head: Option<usize>,
+}
+
+/// Histogram bins per layer, fixed by the first baseline that reached the layer so that later
+/// passes (and the intervened pass) bin identically and overlay bar for bar.
+pub const HISTOGRAM_BINS: usize = 60;
+
+pub struct AppState {
+    pub model: Option<ModelInfo>,
+    pub loading: Option<PathBuf>,
+    pub prompt: String,
+    pub sparsity: Method,
+    pub interventions: Vec<InterventionItem>,
+    undo: Vec<Vec<InterventionItem>>,
+    redo: Vec<Vec<InterventionItem>>,
+    next_run_id: RunId,
+    /// The run whose events the views show (older runs' late events are ignored).
+    pub current_run: Option<RunId>,
+    pub baseline: PassView,
+    pub intervened: Option<PassView>,
+    pub probe: Option<HeadScores>,
+    pub probe_running: bool,
+    pub selection: Selection,
+    pub neuron_info: Option<NeuronInfo>,
+    pub errors: Vec<ErrorEvent>,
+    pub tab: Tab,
+    pub show: Show,
+    pub token_colour: TokenColour,
+    pub histogram_bins: Vec<Option<Bins>>,
+    pub recent_models: Vec<PathBuf>,
+    pub sort_neurons: bool,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        AppState {
+            model: None,
+            loading: None,
+            prompt: String::new(),
+            sparsity: Method::Zero,
+            interventions: Vec::new(),
+            undo: Vec::new(),
+            redo: Vec::new(),
+            next_run_id: 1,
+            current_run: None,
+            baseline: PassView::default(),
+            intervened: None,
+            probe: None,
+            probe_running: false,
+            selection: Selection::default(),
+            neuron_info: None,
+            errors: Vec::new(),
+            tab: Tab::Neurons,
+            show: Show::Intervened,
+            token_colour: TokenColour::Loss,
+            histogram_bins: Vec::new(),
+            recent_models: Vec::new(),
+            sort_neurons: false,
+        }
+    }
+}
+
+impl AppState {
+    pub fn is_running(&self) -> bool {
+        self.current_run.is_some()
+            && (self.baseline.finished.is_none()
+                || self
+                    .intervened
+                    .as_ref()
+                    .is_some_and(|p| p.finished.is_none()))
+    }
+
+    pub fn active_edits(&self) -> Vec<Edit> {
+        self.interventions
+            .iter()
+            .filter(|i| i.enabled)
+            .map(InterventionItem::edit)
+            .collect()
+    }
+
+    /// The pass a view should draw (`Show::Difference` draws the intervened pass; views that
+    /// can show a difference ask for both).
+    pub fn shown(&self) -> &PassView {
+        match (&self.intervened, self.show) {
+            (Some(p), Show::Intervened | Show::Difference) => p,
+            _ => &self.baseline,
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.dims.n_layers)
+    }
+
+    fn new_run(&mut self) -> Option<Command> {
+        self.model.as_ref()?;
+        if self.prompt.is_empty() {
+            return None;
+        }
+        let run_id = self.next_run_id;
+        self.next_run_id += 1;
+        self.current_run = Some(run_id);
+        Some(Command::Run(RunPrompt {
+            run_id,
+            text: self.prompt.clone(),
+            interventions: self.active_edits(),
+            sparsity: self.sparsity,
+        }))
+    }
+
+    fn checkpoint(&mut self) {
+        self.undo.push(self.interventions.clone());
+        self.redo.clear();
+    }
+
+    /// Applies a user action; returns what to ask of the worker.
+    pub fn act(&mut self, action: Action) -> Option<Command> {
+        match action {
+            Action::Open(path) => {
+                self.loading = Some(path.clone());
+                Some(Command::LoadModel(LoadModel { path }))
+            }
+            Action::SetPrompt(p) => {
+                self.prompt = p;
+                None
+            }
+            Action::Run => self.new_run(),
+            Action::SetSparsity(m) => {
+                self.sparsity = m;
+                self.new_run()
+            }
+            Action::SelectLayer(l) => {
+                self.selection.layer = l;
+                None
+            }
+            Action::SelectNeuron { layer, neuron } => {
+                self.selection = Selection {
+                    layer,
+                    neuron: Some(neuron),
+                    head: self.selection.head,
+                };
+                self.neuron_info = None;
+                self.token_colour = TokenColour::SelectedNeuron;
+                Some(Command::InspectNeuron(InspectNeuron {
+                    layer,
+                    neuron,
+                    k: 10,
+                }))
+            }
+            Action::SelectHead { layer, head } => {
+                self.selection.layer = layer;
+                self.selection.head = Some(head);
+                None
+            }
+            Action::ClearSelection => {
+                self.selection.neuron = None;
+                self.selection.head = None;
+                if self.token_colour == TokenColour::SelectedNeuron {
+                    self.token_colour = TokenColour::Loss;
+                }
+                None
+            }
+            Action::SetTab(t) => {
+                self.tab = t;
+                None
+            }
+            Action::SetShow(s) => {
+                self.show = s;
+                None
+            }
+            Action::SetTokenColour(c) => {
+                self.token_colour = c;
+                None
+            }
+            Action::AddIntervention(kind) => {
+                self.checkpoint();
+                self.interventions.push(InterventionItem {
+                    enabled: true,
+                    kind,
+                });
+                self.new_run()
+            }
+            Action::EditIntervention(i, kind) => {
+                let item = self.interventions.get(i)?;
+                if item.kind == kind {
+                    return None;
+                }
+                self.checkpoint();
+                self.interventions[i].kind = kind;
+                self.new_run()
+            }
+            Action::ToggleIntervention(i) => {
+                self.interventions.get(i)?;
+                self.checkpoint();
+                self.interventions[i].enabled = !self.interventions[i].enabled;
+                self.new_run()
+            }
+            Action::RemoveIntervention(i) => {
+                if i >= self.interventions.len() {
+                    return None;
+                }
+                self.checkpoint();
+                self.interventions.remove(i);
+                self.new_run()
+            }
+            Action::Undo => {
+                let previous = self.undo.pop()?;
+                self.redo
+                    .push(std::mem::replace(&mut self.interventions, previous));
+                self.new_run()
+            }
+            Action::Redo => {
+                let next = self.redo.pop()?;
+                self.undo
+                    .push(std::mem::replace(&mut self.interventions, next));
+                self.new_run()
+            }
+            Action::ProbeHeads => {
+                self.model.as_ref()?;
+                self.probe_running = true;
+                let run_id = self.next_run_id;
+                self.next_run_id += 1;
+                Some(Command::ProbeHeads(ProbeHeads {
+                    run_id,
+                    repeat_len: 20,
+                    batch: 4,
+                    seed: 0,
+                }))
+            }
+            Action::SetSortNeurons(on) => {
+                self.sort_neurons = on;
+                None
+            }
+            Action::DismissError(i) => {
+                if i < self.errors.len() {
+                    self.errors.remove(i);
+                }
+                None
+            }
+        }
+    }
+
+    fn pass_mut(&mut self, variant: Variant, run_id: RunId) -> Option<&mut PassView> {
+        if self.current_run != Some(run_id) {
+            return None;
+        }
+        match variant {
+            Variant::Baseline => Some(&mut self.baseline),
+            Variant::Intervened => self.intervened.as_mut(),
+        }
+    }
+
+    /// Applies a worker event.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Loading(l) => self.loading = Some(l.path),
+            Event::ModelLoaded(m) => {
+                self.loading = None;
+                let path = m.info.path.clone();
+                self.recent_models.retain(|p| p != &path);
+                self.recent_models.insert(0, path);
+                self.recent_models.truncate(10);
+                self.histogram_bins = vec![None; m.info.dims.n_layers];
+                self.model = Some(m.info);
+                self.baseline = PassView::default();
+                self.intervened = None;
+                self.probe = None;
+                self.neuron_info = None;
+                self.selection = Selection::default();
+                self.interventions.clear();
+                self.undo.clear();
+                self.redo.clear();
+                self.current_run = None;
+            }
+            Event::RunStarted(s) => {
+                if self.current_run != Some(s.run_id) {
+                    return;
+                }
+                let view = PassView {
+                    run_id: s.run_id,
+                    tokens: s.tokens,
+                    token_ids: s.token_ids,
+                    layers: vec![None; s.n_layers],
+                    finished: None,
+                    lens: None,
+                };
+                match s.variant {
+                    Variant::Baseline => {
+                        // Keep showing the old baseline's layers until new ones arrive only if
+                        // the tokens are the same; otherwise start empty.
+                        self.baseline = view;
+                        if self.active_edits().is_empty() {
+                            self.intervened = None;
+                        }
+                    }
+                    Variant::Intervened => self.intervened = Some(view),
+                }
+            }
+            Event::LayerReady(l) => {
+                let layer = l.summary.layer;
+                if l.variant == Variant::Baseline
+                    && self.current_run == Some(l.run_id)
+                    && self.histogram_bins.get(layer).is_some_and(Option::is_none)
+                {
+                    self.histogram_bins[layer] =
+                        Some(Bins::covering(&l.summary.mlp_post, HISTOGRAM_BINS));
+                }
+                if let Some(pass) = self.pass_mut(l.variant, l.run_id)
+                    && let Some(slot) = pass.layers.get_mut(layer)
+                {
+                    *slot = Some(l.summary);
+                }
+            }
+            Event::RunFinished(f) => {
+                if let Some(pass) = self.pass_mut(f.variant, f.run_id) {
+                    pass.finished = Some(f);
+                }
+            }
+            Event::LensReady(l) => {
+                if let Some(pass) = self.pass_mut(l.variant, l.run_id) {
+                    pass.lens = Some(l.lens);
+                }
+            }
+            Event::ProbeFinished(p) => {
+                self.probe_running = false;
+                self.probe = Some(p.scores);
+            }
+            Event::NeuronInfo(n) => {
+                if self.selection.neuron == Some(n.neuron) && self.selection.layer == n.layer {
+                    self.neuron_info = Some(n);
+                }
+            }
+            Event::Cancelled(_) => {}
+            Event::Error(e) => {
+                if e.context.starts_with("opening") {
+                    self.loading = None;
+                }
+                if e.context.starts_with("probing") {
+                    self.probe_running = false;
+                }
+                self.errors.push(e);
+            }
+        }
+    }
+
+    /// Histogram of layer `l`'s MLP activations in `pass`, on the layer's fixed bins.
+    pub fn histogram(&self, pass: &PassView, l: usize) -> Option<Histogram> {
+        let bins = (*self.histogram_bins.get(l)?)?;
+        Some(Histogram::new(bins, &pass.layer(l)?.mlp_post))
+    }
+}
+
+/// Before/after of the current interventions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// At the last position: tokens in either top list, with (baseline, intervened)
+    /// probability (0 where a token is outside that pass's top list).
+    pub next_token: Vec<(String, f64, f64)>,
+    pub mean_loss_before: f64,
+    pub mean_loss_after: f64,
+    /// Intervened − baseline loss per predicted token.
+    pub loss_change: Vec<f32>,
+    /// Intervened − baseline active fraction per layer (where both are in).
+    pub sparsity_change: Vec<Option<f64>>,
+}
+
+impl AppState {
+    pub fn comparison(&self) -> Option<Comparison> {
+        let after = self.intervened.as_ref()?;
+        let (fb, fa) = (self.baseline.finished.as_ref()?, after.finished.as_ref()?);
+        let (lb, la) = (fb.predictions.last()?, fa.predictions.last()?);
+        let mut next_token: Vec<(String, f64, f64)> = Vec::new();
+        for p in lb.iter().chain(la) {
+            if next_token.iter().any(|(t, _, _)| *t == p.token) {
+                continue;
+            }
+            let prob = |list: &[TokenPrediction]| {
+                list.iter().find(|x| x.id == p.id).map_or(0.0, |x| x.prob)
+            };
+            next_token.push((p.token.clone(), prob(lb), prob(la)));
+        }
+        next_token.sort_by(|a, b| b.2.max(b.1).total_cmp(&a.2.max(a.1)));
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+        Some(Comparison {
+            next_token,
+            mean_loss_before: mean(&fb.per_token_nll),
+            mean_loss_after: mean(&fa.per_token_nll),
+            loss_change: fa
+                .per_token_nll
+                .iter()
+                .zip(&fb.per_token_nll)
+                .map(|(a, b)| a - b)
+                .collect(),
+            sparsity_change: (0..self.baseline.layers.len())
+                .map(|l| {
+                    Some(
+                        after.layer(l)?.sparsity.frac_active
+                            - self.baseline.layer(l)?.sparsity.frac_active,
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::sparsity::LayerSparsity;
+    use crate::worker::{LayerReady, ModelLoaded, RunStarted};
+
+    fn info(n_layers: usize) -> ModelInfo {
+        ModelInfo {
+            name: "tiny".into(),
+            path: "/m".into(),
+            architecture: "gpt2".into(),
+            dims: crate::model::transformer::Dims {
+                n_layers,
+                d_model: 4,
+                n_heads: 1,
+                n_kv_heads: 1,
+                d_head: 4,
+                d_mlp: 2,
+                d_vocab: 10,
+                n_ctx: 16,
+            },
+            n_params: 0,
+            format: "safetensors".into(),
+            source_dtype: "F32".into(),
+        }
+    }
+
+    fn layer(run_id: RunId, variant: Variant, layer: usize, values: [f32; 4]) -> Event {
+        Event::LayerReady(LayerReady {
+            run_id,
+            variant,
+            summary: Arc::new(LayerSummary {
+                layer,
+                n_tokens: 2,
+                d_mlp: 2,
+                n_heads: 1,
+                mlp_post: values.to_vec().into(),
+                sparsity: LayerSparsity {
+                    hook: format!("blocks.{layer}.mlp.hook_post"),
+                    layer: Some(layer),
+                    frac_active: 0.5,
+                    per_token_frac_active: vec![0.5, 0.5],
+                    threshold: None,
+                    mean_cett: None,
+                },
+                patterns: vec![1.0, 0.0, 0.5, 0.5].into(),
+            }),
+        })
+    }
+
+    fn loaded() -> AppState {
+        let mut s = AppState::default();
+        s.act(Action::Open("/m".into()));
+        s.apply(Event::ModelLoaded(ModelLoaded {
+            info: info(2),
+            duration_ms: 1.0,
+        }));
+        s
+    }
+
+    fn started(run_id: RunId, variant: Variant) -> Event {
+        Event::RunStarted(RunStarted {
+            run_id,
+            variant,
+            token_ids: vec![1, 2],
+            tokens: vec!["a".into(), "b".into()],
+            n_layers: 2,
+        })
+    }
+
+    #[test]
+    fn layers_fill_as_they_stream_and_stale_runs_are_ignored() {
+        let mut s = loaded();
+        assert_eq!(s.loading, None);
+        assert_eq!(s.recent_models, vec![PathBuf::from("/m")]);
+        assert_eq!(s.act(Action::Run), None, "an empty prompt does not run");
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r1)) = s.act(Action::Run) else {
+            panic!()
+        };
+        let Some(Command::Run(r2)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(r2.run_id > r1.run_id);
+        // Events of the superseded run change nothing.
+        s.apply(started(r1.run_id, Variant::Baseline));
+        assert!(s.baseline.layers.is_empty());
+        s.apply(started(r2.run_id, Variant::Baseline));
+        assert_eq!(s.baseline.layers_done(), 0);
+        assert!(s.is_running());
+        s.apply(layer(r2.run_id, Variant::Baseline, 1, [0.0, 1.0, 2.0, 3.0]));
+        assert_eq!(s.baseline.layers_done(), 1);
+        assert!(s.baseline.layer(0).is_none() && s.baseline.layer(1).is_some());
+        // The first baseline fixed layer 1's histogram bins.
+        assert_eq!(
+            s.histogram_bins[1],
+            Some(Bins::Linear {
+                min: -4.0,
+                max: 4.0,
+                n: HISTOGRAM_BINS
+            })
+        );
+    }
+
+    #[test]
+    fn interventions_run_again_and_undo_restores_them() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let neuron = InterventionKind::Neuron {
+            layer: 1,
+            neuron: 0,
+            value: 5.0,
+            scale: false,
+        };
+        let Some(Command::Run(r)) = s.act(Action::AddIntervention(neuron.clone())) else {
+            panic!()
+        };
+        assert_eq!(r.interventions, vec![s.interventions[0].edit()]);
+        let moved = InterventionKind::Neuron {
+            layer: 1,
+            neuron: 0,
+            value: 7.0,
+            scale: false,
+        };
+        assert!(s.act(Action::EditIntervention(0, moved.clone())).is_some());
+        // Same value again: nothing to do.
+        assert!(s.act(Action::EditIntervention(0, moved.clone())).is_none());
+        let Some(Command::Run(off)) = s.act(Action::ToggleIntervention(0)) else {
+            panic!()
+        };
+        assert!(off.interventions.is_empty());
+        s.act(Action::Undo);
+        assert!(s.interventions[0].enabled);
+        s.act(Action::Undo);
+        assert_eq!(s.interventions[0].kind, neuron);
+        s.act(Action::Redo);
+        assert_eq!(s.interventions[0].kind, moved);
+        s.act(Action::RemoveIntervention(0));
+        assert!(s.interventions.is_empty());
+        s.act(Action::Undo);
+        assert_eq!(s.interventions.len(), 1);
+        assert_eq!(s.act(Action::RemoveIntervention(5)), None);
+    }
+
+    #[test]
+    fn both_passes_are_kept_for_before_and_after() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) =
+            s.act(Action::AddIntervention(InterventionKind::HeadAblation {
+                layer: 0,
+                head: 0,
+                mean: false,
+            }))
+        else {
+            panic!()
+        };
+        s.apply(started(r.run_id, Variant::Baseline));
+        s.apply(layer(r.run_id, Variant::Baseline, 0, [1.0; 4]));
+        s.apply(started(r.run_id, Variant::Intervened));
+        s.apply(layer(r.run_id, Variant::Intervened, 0, [2.0; 4]));
+        assert_eq!(s.baseline.layer(0).unwrap().mlp_post[0], 1.0);
+        assert_eq!(s.shown().layer(0).unwrap().mlp_post[0], 2.0);
+        s.act(Action::SetShow(Show::Baseline));
+        assert_eq!(s.shown().layer(0).unwrap().mlp_post[0], 1.0);
+        // Both histograms use the bins fixed by the baseline.
+        let (b, i) = (
+            s.histogram(&s.baseline, 0).unwrap(),
+            s.histogram(s.intervened.as_ref().unwrap(), 0).unwrap(),
+        );
+        assert_eq!(b.bins, i.bins);
+        assert_ne!(b.counts, i.counts);
+    }
+
+    #[test]
+    fn comparison_lists_probability_changes_at_the_last_position() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) = s.act(Action::AddIntervention(InterventionKind::Steer {
+            layer: 0,
+            neuron: 0,
+            scale: 1.0,
+        })) else {
+            panic!()
+        };
+        let pred = |id: u32, token: &str, prob: f64| TokenPrediction {
+            id,
+            token: token.into(),
+            prob,
+        };
+        let finish = |variant, nll: Vec<f32>, last: Vec<TokenPrediction>| {
+            Event::RunFinished(RunFinished {
+                run_id: r.run_id,
+                variant,
+                per_token_nll: nll,
+                predictions: vec![vec![], last],
+                recomputed_from: -1,
+                duration_ms: 1.0,
+            })
+        };
+        s.apply(started(r.run_id, Variant::Baseline));
+        s.apply(started(r.run_id, Variant::Intervened));
+        assert_eq!(s.comparison(), None, "not before both passes finish");
+        s.apply(finish(
+            Variant::Baseline,
+            vec![2.0],
+            vec![pred(1, "is", 0.4), pred(2, "was", 0.3)],
+        ));
+        s.apply(finish(
+            Variant::Intervened,
+            vec![2.5],
+            vec![pred(2, "was", 0.5), pred(3, "be", 0.1)],
+        ));
+        let c = s.comparison().unwrap();
+        assert_eq!(
+            c.next_token,
+            vec![
+                ("was".into(), 0.3, 0.5),
+                ("is".into(), 0.4, 0.0),
+                ("be".into(), 0.0, 0.1)
+            ]
+        );
+        assert_eq!((c.mean_loss_before, c.mean_loss_after), (2.0, 2.5));
+        assert_eq!(c.loss_change, vec![0.5]);
+    }
+
+    #[test]
+    fn errors_are_kept_until_dismissed_and_loading_stops() {
+        let mut s = loaded();
+        s.act(Action::Open("/bad".into()));
+        s.apply(Event::Error(ErrorEvent {
+            context: "opening /bad".into(),
+            message: "no such file".into(),
+        }));
+        assert_eq!(s.loading, None);
+        assert!(s.model.is_some(), "the open model stays");
+        assert_eq!(s.errors.len(), 1);
+        s.act(Action::DismissError(0));
+        assert!(s.errors.is_empty());
+    }
+
+    #[test]
+    fn selecting_a_neuron_asks_for_its_logit_effects() {
+        let mut s = loaded();
+        let cmd = s.act(Action::SelectNeuron {
+            layer: 1,
+            neuron: 3,
+        });
+        assert_eq!(
+            cmd,
+            Some(Command::InspectNeuron(InspectNeuron {
+                layer: 1,
+                neuron: 3,
+                k: 10
+            }))
+        );
+        assert_eq!(s.token_colour, TokenColour::SelectedNeuron);
+        s.act(Action::ClearSelection);
+        assert_eq!(s.selection.neuron, None);
+        assert_eq!(s.token_colour, TokenColour::Loss);
+    }
+}

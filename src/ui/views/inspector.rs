@@ -1,0 +1,252 @@
+//! The inspector: the selected neuron (activation per token, its logit effects W_out·W_U, its
+//! values' histogram, clamp and steer controls) or the selected head (its attention pattern on
+//! the prompt, probe scores, ablation and pattern clamps).
+
+use egui::{Id, Ui};
+use egui_plot::{Bar, BarChart, Plot};
+
+use super::visible;
+use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
+use crate::ui::state::{Action, AppState, InterventionKind};
+
+pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
+    ui.heading("Inspector");
+    let mut action = None;
+    if state.selection.neuron.is_none() && state.selection.head.is_none() {
+        ui.weak("Click a neuron in the Neurons view or a head in the Heads view to inspect it. Escape clears the selection.");
+        return None;
+    }
+    egui::ScrollArea::vertical()
+        .id_salt("inspector")
+        .show(ui, |ui| {
+            if let Some(n) = state.selection.neuron {
+                action = neuron_ui(ui, state, state.selection.layer, n);
+                ui.separator();
+            }
+            if let Some(h) = state.selection.head {
+                action = action
+                    .take()
+                    .or(head_ui(ui, state, state.selection.layer, h));
+            }
+        });
+    action
+}
+
+fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Option<Action> {
+    let mut action = None;
+    ui.strong(format!("Layer {layer} · neuron {neuron}"));
+    let base = state.baseline.layer(layer).map(|l| l.neuron_column(neuron));
+    let edited = state
+        .intervened
+        .as_ref()
+        .and_then(|p| p.layer(layer))
+        .map(|l| l.neuron_column(neuron));
+    let Some(base) = base else {
+        ui.weak("Run a prompt to see this neuron's activations.");
+        return None;
+    };
+    ui.label("activation per token (mlp.hook_post)");
+    let tokens = &state.baseline.tokens;
+    let blue = egui::Color32::from_rgb(0, 114, 178);
+    let orange = egui::Color32::from_rgb(213, 94, 0);
+    Plot::new(("neuron_acts", layer, neuron))
+        .height(140.0)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .x_axis_label("token")
+        .label_formatter(|hover| {
+            let p = match hover {
+                egui_plot::HoverPosition::NearDataPoint { position, .. } => position,
+                egui_plot::HoverPosition::Elsewhere { position } => position,
+            };
+            let i = p.x.round().max(0.0) as usize;
+            Some(format!(
+                "{} {:?}: {:.4}",
+                i,
+                tokens.get(i).map(|t| visible(t)).unwrap_or_default(),
+                p.y
+            ))
+        })
+        .show(ui, |plot| {
+            let width = if edited.is_some() { 0.4 } else { 0.8 };
+            let off = if edited.is_some() { -0.2 } else { 0.0 };
+            let bars = |v: &[f32], o: f64| -> Vec<Bar> {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, &a)| Bar::new(i as f64 + o, a as f64).width(width))
+                    .collect()
+            };
+            plot.bar_chart(BarChart::new("baseline", bars(&base, off)).color(blue));
+            if let Some(e) = &edited {
+                plot.bar_chart(BarChart::new("intervened", bars(e, 0.2)).color(orange));
+            }
+        });
+
+    // This neuron's values on the layer's fixed bins.
+    if let Some(bins) = state.histogram_bins.get(layer).copied().flatten() {
+        let h = crate::analysis::histogram::Histogram::new(bins, &base);
+        let edges = bins.edges();
+        ui.label("its values over the prompt (count per bin)");
+        Plot::new(("neuron_hist", layer, neuron))
+            .height(90.0)
+            .allow_drag(false)
+            .allow_scroll(false)
+            .show(ui, |plot| {
+                let bars: Vec<Bar> = h
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, &c)| {
+                        Bar::new((edges[i] + edges[i + 1]) / 2.0, c as f64)
+                            .width(edges[i + 1] - edges[i])
+                    })
+                    .collect();
+                plot.bar_chart(BarChart::new("count", bars).color(blue));
+            });
+    }
+
+    ui.label("direct logit effect W_out[:, i] · W_U");
+    match &state.neuron_info {
+        Some(info) if info.layer == layer && info.neuron == neuron => {
+            ui.columns(2, |cols| {
+                cols[0].label("raises");
+                for e in &info.top {
+                    cols[0].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
+                }
+                cols[1].label("lowers");
+                for e in &info.bottom {
+                    cols[1].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
+                }
+            });
+        }
+        _ => {
+            ui.spinner();
+        }
+    }
+
+    // Clamp and steer controls; the slider value is widget state kept in egui memory.
+    let peak = base.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let id = Id::unique(("clamp_value", layer, neuron));
+    let mut value: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(peak * 3.0);
+    ui.add(egui::Slider::new(&mut value, -10.0 * peak..=10.0 * peak).text("value"));
+    ui.data_mut(|d| d.insert_temp(id, value));
+    ui.horizontal(|ui| {
+        if ui.button("Clamp to value").on_hover_text("Set this neuron to the value at every position").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::Neuron { layer, neuron, value, scale: false }));
+        }
+        if ui.button("Scale by value").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::Neuron { layer, neuron, value, scale: true }));
+        }
+        if ui
+            .button("Steer")
+            .on_hover_text("Add value × this neuron's output direction W_out[:, i] to the residual stream after this layer")
+            .clicked()
+        {
+            action = Some(Action::AddIntervention(InterventionKind::Steer { layer, neuron, scale: value }));
+        }
+    });
+    ui.weak(
+        "Description and max-activating examples: a corpus scan will fill this in (not built yet).",
+    );
+    action
+}
+
+fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<Action> {
+    let mut action = None;
+    ui.strong(format!("Layer {layer} · head {head}"));
+    if let Some(p) = &state.probe {
+        let get = |v: &Vec<Vec<f64>>| {
+            v.get(layer)
+                .and_then(|r| r.get(head))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        ui.label(format!(
+            "induction {:.3} · previous-token {:.3} · duplicate {:.3} · prefix matching {:.3}",
+            get(&p.induction_score),
+            get(&p.prev_token_score),
+            get(&p.duplicate_token_score),
+            get(&p.prefix_matching_score)
+        ))
+        .on_hover_text(format!(
+            "repeated random tokens, L = {}, {} sequences, no BOS",
+            p.repeat_len, p.n_sequences
+        ));
+    }
+    let pass = state.shown();
+    match pass.layer(layer) {
+        Some(l) if head < l.n_heads => {
+            let t = l.n_tokens;
+            let pattern = l.pattern(head);
+            ui.label("attention pattern on the prompt (rows = queries, columns = keys)");
+            let value = |r: usize, c: usize| pattern.get(r * t + c).copied();
+            let grid = Grid {
+                rows: t,
+                cols: t,
+                value: &value,
+            };
+            let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
+            let key = fingerprint(&[pass.run_id, layer as u64, head as u64, state.show as u64]);
+            let side = ui.available_width().min(360.0);
+            let r = heatmap_ui(
+                ui,
+                Id::unique(("pattern", layer, head)),
+                key,
+                &grid,
+                cmap,
+                egui::vec2(side, side),
+            );
+            if let Some((q, k)) = r.hovered {
+                let tok = |i: usize| pass.tokens.get(i).map(|s| visible(s)).unwrap_or_default();
+                r.response.on_hover_text(format!(
+                    "query {q} {:?} → key {k} {:?}: {:.3}",
+                    tok(q),
+                    tok(k),
+                    value(q, k).unwrap_or(0.0)
+                ));
+            }
+            legend_ui(ui, cmap, "attention");
+        }
+        _ => {
+            ui.weak("Run a prompt to see this head's pattern.");
+        }
+    }
+    let id = Id::unique(("pattern_strength", layer, head));
+    let mut strength: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(1.0);
+    ui.add(egui::Slider::new(&mut strength, 0.0..=1.0).text("clamp strength s"));
+    ui.data_mut(|d| d.insert_temp(id, strength));
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Zero-ablate").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::HeadAblation {
+                layer,
+                head,
+                mean: false,
+            }));
+        }
+        if ui.button("Mean-ablate").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::HeadAblation {
+                layer,
+                head,
+                mean: true,
+            }));
+        }
+        if ui.button("Clamp previous-token").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::PatternClamp {
+                layer,
+                head,
+                induction: false,
+                strength,
+            }));
+        }
+        if ui.button("Clamp induction").clicked() {
+            action = Some(Action::AddIntervention(InterventionKind::PatternClamp {
+                layer,
+                head,
+                induction: true,
+                strength,
+            }));
+        }
+    });
+    action
+}

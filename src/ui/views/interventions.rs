@@ -1,0 +1,102 @@
+//! The interventions list (toggle, edit, remove; undo/redo) and the before/after effect:
+//! next-token probabilities, loss, and per-layer sparsity change.
+
+use egui::Ui;
+
+use super::visible;
+use crate::ui::state::{Action, AppState, InterventionKind, Show};
+
+pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
+    let mut action = None;
+    ui.horizontal_wrapped(|ui| {
+        ui.strong("Interventions");
+        if state.interventions.is_empty() {
+            ui.weak("none: add a clamp from a neuron or head in the inspector");
+        }
+        for (i, item) in state.interventions.iter().enumerate() {
+            ui.group(|ui| {
+                let mut on = item.enabled;
+                if ui.checkbox(&mut on, item.label()).changed() {
+                    action = Some(Action::ToggleIntervention(i));
+                }
+                // A value slider for the kinds that have one.
+                let mut kind = item.kind.clone();
+                let changed = match &mut kind {
+                    InterventionKind::Neuron { value, .. } => {
+                        let r = 10f32.max(value.abs() * 2.0);
+                        ui.add(egui::Slider::new(value, -r..=r).show_value(false))
+                            .changed()
+                    }
+                    InterventionKind::Steer { scale, .. } => {
+                        let r = 10f32.max(scale.abs() * 2.0);
+                        ui.add(egui::Slider::new(scale, -r..=r).show_value(false))
+                            .changed()
+                    }
+                    InterventionKind::PatternClamp { strength, .. } => ui
+                        .add(egui::Slider::new(strength, 0.0..=1.0).show_value(false))
+                        .changed(),
+                    InterventionKind::HeadAblation { .. } => false,
+                };
+                if changed {
+                    action = Some(Action::EditIntervention(i, kind));
+                }
+                if ui
+                    .small_button("✕")
+                    .on_hover_text("Remove (Ctrl+Z undoes)")
+                    .clicked()
+                {
+                    action = Some(Action::RemoveIntervention(i));
+                }
+            });
+        }
+    });
+    if state.intervened.is_some() {
+        ui.horizontal(|ui| {
+            ui.label("views show");
+            for (s, name) in [
+                (Show::Baseline, "B baseline"),
+                (Show::Intervened, "I intervened"),
+                (Show::Difference, "Δ difference"),
+            ] {
+                if ui.selectable_label(state.show == s, name).clicked() {
+                    action = Some(Action::SetShow(s));
+                }
+            }
+        });
+    }
+    if let Some(c) = state.comparison() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Effect · next token:");
+            for (token, before, after) in c.next_token.iter().take(5) {
+                let delta = (after - before) * 100.0;
+                ui.monospace(format!(
+                    "{} {:.1}% → {:.1}% ({delta:+.1} pts)",
+                    visible(token),
+                    before * 100.0,
+                    after * 100.0
+                ));
+            }
+            ui.separator();
+            ui.label(format!(
+                "mean loss {:.3} → {:.3} ({:+.3} nats)",
+                c.mean_loss_before,
+                c.mean_loss_after,
+                c.mean_loss_after - c.mean_loss_before
+            ));
+            if let Some((l, d)) = c
+                .sparsity_change
+                .iter()
+                .enumerate()
+                .filter_map(|(l, d)| Some((l, (*d)?)))
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            {
+                ui.separator();
+                ui.label(format!(
+                    "largest sparsity change: L{l} {:+.1} pts active",
+                    d * 100.0
+                ));
+            }
+        });
+    }
+    action
+}

@@ -1,0 +1,155 @@
+//! Layer sparsity: one bar per layer (filling in as layers stream, the baseline beside the
+//! intervened pass), the method selector, and a token × layer heatmap of active fractions.
+
+use egui::Ui;
+use egui_plot::{Bar, BarChart, Plot};
+
+use crate::analysis::sparsity::Method;
+use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
+use crate::ui::state::{Action, AppState, PassView};
+
+/// The methods offered, with their parameters.
+const METHODS: [(&str, Method); 5] = [
+    ("exact zeros", Method::Zero),
+    ("|a| ≥ 0.01", Method::Eps { eps: 0.01 }),
+    ("|a| ≥ 0.1", Method::Eps { eps: 0.1 }),
+    ("CATS k = 0.5", Method::Cats { k: 0.5 }),
+    ("CETT c = 0.2", Method::Cett { target: 0.2 }),
+];
+
+pub fn method_label(m: Method) -> String {
+    METHODS
+        .iter()
+        .find(|(_, x)| *x == m)
+        .map_or_else(|| m.to_string(), |(name, _)| name.to_string())
+}
+
+fn fractions(pass: &PassView) -> Vec<Option<f64>> {
+    pass.layers
+        .iter()
+        .map(|l| l.as_ref().map(|l| l.sparsity.frac_active))
+        .collect()
+}
+
+pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
+    let mut action = None;
+    ui.heading("Layers");
+    egui::ComboBox::from_label("sparsity")
+        .selected_text(method_label(state.sparsity))
+        .show_ui(ui, |ui| {
+            for (name, m) in METHODS {
+                if ui.selectable_label(state.sparsity == m, name).clicked() {
+                    action = Some(Action::SetSparsity(m));
+                }
+            }
+        });
+    let n = state.n_layers();
+    if n == 0 {
+        ui.weak("Open a model to see its layers.");
+        return action;
+    }
+    ui.label(format!("active fraction ({})", state.sparsity))
+        .on_hover_text("Per layer: the mean over tokens of the fraction of MLP channels active under the method (definitions.md §1–4). Click a bar to select the layer.");
+    let base = fractions(&state.baseline);
+    let edited = state.intervened.as_ref().map(fractions);
+    let selected = state.selection.layer;
+    let bars = |values: &[Option<f64>], offset: f64, color: egui::Color32| -> Vec<Bar> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(l, v)| {
+                let c = if l == selected {
+                    color.gamma_multiply(1.4)
+                } else {
+                    color
+                };
+                // A layer not computed yet is a faint placeholder, never a zero.
+                match v {
+                    Some(v) => Bar::new(l as f64 + offset, *v)
+                        .fill(c)
+                        .name(format!("L{l}")),
+                    None => Bar::new(l as f64 + offset, 1.0)
+                        .fill(c.gamma_multiply(0.15))
+                        .name(format!("L{l} (pending)")),
+                }
+                .width(if edited.is_some() { 0.4 } else { 0.8 })
+            })
+            .collect()
+    };
+    let blue = egui::Color32::from_rgb(0, 114, 178);
+    let orange = egui::Color32::from_rgb(213, 94, 0);
+    let height = (ui.available_height() * 0.45).max(120.0);
+    let response = Plot::new("layer_sparsity")
+        .height(height)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .include_y(0.0)
+        .include_y(1.0)
+        .x_axis_label("layer")
+        .show(ui, |plot| {
+            let off = if edited.is_some() { -0.2 } else { 0.0 };
+            plot.bar_chart(BarChart::new("baseline", bars(&base, off, blue)).color(blue));
+            if let Some(e) = &edited {
+                plot.bar_chart(BarChart::new("intervened", bars(e, 0.2, orange)).color(orange));
+            }
+            plot.pointer_coordinate()
+        });
+    if response.response.clicked()
+        && let Some(p) = response.inner
+    {
+        let l = p.x.round().clamp(0.0, (n - 1) as f64) as usize;
+        action = Some(Action::SelectLayer(l));
+    }
+    if edited.is_some() {
+        ui.horizontal(|ui| {
+            ui.colored_label(blue, "■ baseline");
+            ui.colored_label(orange, "■ intervened");
+        });
+    }
+
+    // Token × layer heatmap of active fractions (rows = layers, columns = tokens).
+    let pass = state.shown();
+    let t = pass.tokens.len();
+    if t > 0 {
+        ui.label("active fraction per token (rows = layers)");
+        let value = |r: usize, c: usize| -> Option<f32> {
+            let l = pass.layer(r)?;
+            l.sparsity.per_token_frac_active.get(c).map(|&x| x as f32)
+        };
+        let grid = Grid {
+            rows: n,
+            cols: t,
+            value: &value,
+        };
+        let key = fingerprint(&[pass.run_id, pass.layers_done() as u64, state.show as u64]);
+        let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
+        let size = egui::vec2(
+            ui.available_width(),
+            (ui.available_height() - 30.0).clamp(60.0, 12.0 * n as f32),
+        );
+        let r = heatmap_ui(
+            ui,
+            ui.scope_id().with("token_layer"),
+            key,
+            &grid,
+            cmap,
+            size,
+        );
+        if let Some((l, p)) = r.hovered {
+            r.response.on_hover_text(format!(
+                "layer {l}, token {p} {:?}: {}",
+                pass.tokens.get(p).map(String::as_str).unwrap_or(""),
+                value(l, p).map_or("not computed yet".into(), |v| format!(
+                    "{:.1}% active",
+                    v * 100.0
+                ))
+            ));
+        }
+        if let Some((l, _)) = r.clicked {
+            action = Some(Action::SelectLayer(l));
+        }
+        legend_ui(ui, cmap, "active fraction");
+    }
+    action
+}

@@ -1,0 +1,36 @@
+//! One file per view. Each is `fn x_ui(ui, &AppState) -> Option<Action>`: it draws from the
+//! state and reports what the user did; the app applies the action.
+
+pub mod heads;
+pub mod histograms;
+pub mod inspector;
+pub mod interventions;
+pub mod layers;
+pub mod lens;
+pub mod neurons;
+pub mod prompt;
+pub mod top_bar;
+
+/// Token text with visible whitespace (`·` for a space, `↵` for a newline, `⇥` for a tab).
+pub fn visible(token: &str) -> String {
+    token
+        .replace(' ', "·")
+        .replace('\n', "↵")
+        .replace('\t', "⇥")
+}
+
+/// Keeps the first action of a frame (views report at most one thing per frame).
+pub fn first(
+    a: Option<crate::ui::state::Action>,
+    b: Option<crate::ui::state::Action>,
+) -> Option<crate::ui::state::Action> {
+    a.or(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn whitespace_is_visible() {
+        assert_eq!(super::visible(" a\nb\t"), "·a↵b⇥");
+    }
+}
