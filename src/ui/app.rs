@@ -42,6 +42,8 @@ impl DendriteApp {
         storage: Option<&dyn eframe::Storage>,
         model: Option<PathBuf>,
     ) -> std::io::Result<Self> {
+        // Token texts come from model vocabularies: draw a box for what no font covers.
+        ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
         let repaint = ctx.clone();
         let worker = WorkerHandle::spawn(move || repaint.request_repaint())?;
         let persisted: Persisted = storage
@@ -74,7 +76,8 @@ impl DendriteApp {
         }
     }
 
-    fn send(&mut self, cmd: Command) {
+    /// Sends a raw worker command (tests use it to inject failures).
+    pub fn send(&mut self, cmd: Command) {
         if !self.worker.send(cmd) {
             self.state.errors.push(crate::worker::ErrorEvent {
                 context: "the worker".into(),

@@ -294,13 +294,23 @@ impl Default for AppState {
 }
 
 impl AppState {
+    /// Whether every pass of the current run has arrived in full.
+    pub fn is_complete(&self) -> bool {
+        let Some(run) = self.current_run else {
+            return false;
+        };
+        let done = |p: &PassView| {
+            p.run_id == run && p.finished.is_some() && p.layers_done() == p.layers.len()
+        };
+        done(&self.baseline)
+            && match &self.intervened {
+                Some(p) => done(p),
+                None => self.active_edits().is_empty(),
+            }
+    }
+
     pub fn is_running(&self) -> bool {
-        self.current_run.is_some()
-            && (self.baseline.finished.is_none()
-                || self
-                    .intervened
-                    .as_ref()
-                    .is_some_and(|p| p.finished.is_none()))
+        self.current_run.is_some() && !self.is_complete()
     }
 
     pub fn active_edits(&self) -> Vec<Edit> {

@@ -41,7 +41,7 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                     action = Some(Action::EditIntervention(i, kind));
                 }
                 if ui
-                    .small_button("✕")
+                    .small_button("Remove")
                     .on_hover_text("Remove (Ctrl+Z undoes)")
                     .clicked()
                 {

@@ -103,8 +103,8 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     }
     if edited.is_some() {
         ui.horizontal(|ui| {
-            ui.colored_label(blue, "■ baseline");
-            ui.colored_label(orange, "■ intervened");
+            ui.colored_label(blue, "baseline (blue)");
+            ui.colored_label(orange, "intervened (orange)");
         });
     }
 
@@ -126,7 +126,9 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
         let size = egui::vec2(
             ui.available_width(),
-            (ui.available_height() - 30.0).clamp(60.0, 12.0 * n as f32),
+            (ui.available_height() - 30.0)
+                .min(12.0 * n as f32)
+                .max(24.0),
         );
         let r = heatmap_ui(
             ui,

@@ -11,26 +11,18 @@ pub mod neurons;
 pub mod prompt;
 pub mod top_bar;
 
-/// Token text with visible whitespace (`·` for a space, `↵` for a newline, `⇥` for a tab).
+/// Token text with visible whitespace (`·` for a space, `\n` for a newline, `\t` for a tab).
 pub fn visible(token: &str) -> String {
     token
         .replace(' ', "·")
-        .replace('\n', "↵")
-        .replace('\t', "⇥")
-}
-
-/// Keeps the first action of a frame (views report at most one thing per frame).
-pub fn first(
-    a: Option<crate::ui::state::Action>,
-    b: Option<crate::ui::state::Action>,
-) -> Option<crate::ui::state::Action> {
-    a.or(b)
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn whitespace_is_visible() {
-        assert_eq!(super::visible(" a\nb\t"), "·a↵b⇥");
+        assert_eq!(super::visible(" a\nb\t"), "·a\\nb\\t");
     }
 }

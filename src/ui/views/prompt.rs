@@ -25,7 +25,7 @@ pub fn prompt_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             action = Some(Action::SetPrompt(text));
         }
         ui.vertical(|ui| {
-            let run = ui.add_enabled(state.model.is_some(), egui::Button::new("Run ⏎"));
+            let run = ui.add_enabled(state.model.is_some(), egui::Button::new("Run"));
             if run.on_hover_text("Run the prompt (Ctrl+Enter)").clicked() {
                 action = Some(Action::Run);
             }

@@ -76,7 +76,7 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui.horizontal(|ui| {
             ui.colored_label(
                 ui.visuals().error_fg_color,
-                format!("⚠ {}: {}", e.context, e.message),
+                format!("Error: {}: {}", e.context, e.message),
             );
             if ui.small_button("Dismiss").clicked() {
                 action = Some(Action::DismissError(i));

@@ -1,0 +1,139 @@
+//! The app driven like a user with egui_kittest (no GPU needed): open a model, type a prompt,
+//! run it, select a neuron, clamp it and see the prediction change, remove the clamp; a worker
+//! panic leaves the app usable.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fixtures;
+use dendrite::ui::DendriteApp;
+use dendrite::ui::state::{Action, AppState};
+use dendrite::worker::Command;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+
+fn model_path() -> std::path::PathBuf {
+    dendrite::sample::path().unwrap_or_else(|| fixtures().join("tiny/gpt2"))
+}
+
+fn harness() -> Harness<'static, DendriteApp> {
+    let h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 860.0))
+        .build_eframe(|cc| {
+            let mut app = DendriteApp::new(&cc.egui_ctx, None, Some(model_path())).unwrap();
+            // Short enough for the tiny test model's 64 positions.
+            app.state.prompt = "one two, one two".into();
+            app
+        });
+    // Token texts are arbitrary Unicode: the app draws tofu for what no font has (kittest
+    // otherwise panics on a missing glyph).
+    h.ctx
+        .set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+    h
+}
+
+/// Steps the app until `done` holds (the worker feeds it from another thread).
+fn step_until(h: &mut Harness<'_, DendriteApp>, what: &str, done: impl Fn(&AppState) -> bool) {
+    let started = Instant::now();
+    while !done(&h.state().state) {
+        let s = &h.state().state;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; errors: {:?}",
+            s.errors
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn finished(s: &AppState) -> bool {
+    s.is_complete()
+}
+
+fn top_prediction(s: &AppState) -> u32 {
+    let pass = s.intervened.as_ref().unwrap_or(&s.baseline);
+    pass.finished.as_ref().unwrap().predictions.last().unwrap()[0].id
+}
+
+#[test]
+fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
+    let mut h = harness();
+    step_until(&mut h, "the model and the default prompt", |s| {
+        s.model.is_some() && finished(s)
+    });
+
+    // Type a new prompt and run it.
+    let prompt = h.get_by_label("Prompt");
+    prompt.focus();
+    h.step();
+    h.get_by_label("Prompt").type_text(" again");
+    h.step();
+    assert!(h.state().state.prompt.ends_with(" again"));
+    h.get_by_label("Run").click();
+    step_until(&mut h, "the new prompt's run", |s| {
+        finished(s) && s.baseline.tokens.concat().ends_with(" again")
+    });
+    let before = top_prediction(&h.state().state);
+
+    // Select a neuron of the last layer (as a click in the heatmap does) and clamp it hard.
+    let last = h.state().state.n_layers() - 1;
+    h.state_mut().act(Action::SelectNeuron {
+        layer: last,
+        neuron: 1,
+    });
+    step_until(&mut h, "the neuron's logit effects", |s| {
+        s.neuron_info.is_some()
+    });
+    h.get_by_label("Clamp to value").click();
+    step_until(&mut h, "the clamped run", |s| {
+        s.intervened.is_some() && finished(s)
+    });
+    // Push the neuron far enough to change the prediction whatever its sign.
+    let mut changed = top_prediction(&h.state().state) != before;
+    for value in [500.0, -500.0, 5000.0, -5000.0] {
+        if changed {
+            break;
+        }
+        let kind = dendrite::ui::state::InterventionKind::Neuron {
+            layer: last,
+            neuron: 1,
+            value,
+            scale: false,
+        };
+        h.state_mut().act(Action::EditIntervention(0, kind));
+        step_until(&mut h, "the edited clamp", finished);
+        changed = top_prediction(&h.state().state) != before;
+    }
+    assert!(changed, "clamping did not change the top prediction");
+    assert!(h.state().state.comparison().is_some());
+
+    // Remove it again: the baseline prediction is back.
+    h.get_by_label("Remove").click();
+    step_until(&mut h, "the run without the clamp", |s| {
+        s.intervened.is_none() && finished(s)
+    });
+    assert!(h.state().state.interventions.is_empty());
+    assert_eq!(top_prediction(&h.state().state), before);
+}
+
+#[test]
+fn a_worker_panic_shows_an_error_and_the_app_keeps_working() {
+    let mut h = harness();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.state_mut().send(Command::Panic);
+    step_until(&mut h, "the error banner", |s| !s.errors.is_empty());
+    assert!(h.state().state.errors[0].message.contains("panic"));
+    h.get_by_label("Dismiss").click();
+    h.step();
+    assert!(h.state().state.errors.is_empty());
+    h.state_mut().act(Action::Run);
+    step_until(&mut h, "a run after the panic", finished);
+    // Opening a missing file is an error too, and the open model stays.
+    h.state_mut()
+        .act(Action::Open("/nonexistent/model.gguf".into()));
+    step_until(&mut h, "the open error", |s| !s.errors.is_empty());
+    assert!(h.state().state.model.is_some());
+}
