@@ -120,6 +120,37 @@ fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
 }
 
 #[test]
+fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
+    let mut h = harness();
+    let dir = tempfile::tempdir().unwrap();
+    h.state_mut().export_dir = dir.path().to_path_buf();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.run_steps(2);
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let csv = files
+        .iter()
+        .find(|f| f.ends_with(".csv"))
+        .expect("a CSV was written");
+    assert!(csv.contains("_L0_neurons_"), "{csv}");
+    let text = std::fs::read_to_string(dir.path().join(csv)).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("position,token,n0,n1"));
+    assert_eq!(lines.count(), h.state().state.baseline.tokens.len());
+    assert!(
+        h.state()
+            .state
+            .notice
+            .as_deref()
+            .unwrap_or("")
+            .contains("Exported")
+    );
+}
+
+#[test]
 fn a_worker_panic_shows_an_error_and_the_app_keeps_working() {
     let mut h = harness();
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));

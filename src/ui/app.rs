@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use egui::{Key, KeyboardShortcut, Modifiers};
 
+use super::export::View;
 use super::state::{Action, AppState, Tab};
 use super::views;
 use crate::worker::{Command, Event, WorkerHandle};
@@ -24,6 +25,16 @@ pub struct DendriteApp {
     /// Frame times (ms) of the last frames, for the performance readout and benchmarks.
     pub frame_times_ms: Vec<f32>,
     last_frame: Option<Instant>,
+    /// Where each exportable view was drawn last frame (points).
+    view_rects: Vec<(View, egui::Rect)>,
+    /// Results of PNG exports, reported by the screenshot callback.
+    export_results: (
+        crossbeam_channel::Sender<String>,
+        crossbeam_channel::Receiver<String>,
+    ),
+    ctx: egui::Context,
+    /// Where exports are written.
+    pub export_dir: PathBuf,
 }
 
 /// What survives a restart.
@@ -66,14 +77,58 @@ impl DendriteApp {
             worker,
             frame_times_ms: Vec::new(),
             last_frame: None,
+            view_rects: Vec::new(),
+            export_results: crossbeam_channel::bounded(16),
+            ctx: ctx.clone(),
+            export_dir: super::export::export_dir(),
         })
     }
 
     /// Applies a user action and forwards the resulting command.
     pub fn act(&mut self, action: Action) {
+        if let Action::Export(view) = action {
+            self.export(view);
+            return;
+        }
         if let Some(cmd) = self.state.act(action) {
             self.send(cmd);
         }
+    }
+
+    /// Writes the view's data as CSV now and its screen area as PNG from the next frame.
+    pub fn export(&mut self, view: View) {
+        let dir = self.export_dir.clone();
+        let name = super::export::default_name(&self.state, view, std::time::SystemTime::now());
+        let Some(table) = super::export::table(&self.state, view) else {
+            self.state.notice = Some("Nothing to export yet: run a prompt first.".into());
+            return;
+        };
+        let csv = dir.join(format!("{name}.csv"));
+        if let Err(e) = table.write(&csv) {
+            self.state.notice = Some(format!("Export failed: {e:#}"));
+            return;
+        }
+        self.state.notice = Some(format!("Exported {}", csv.display()));
+        let Some(rect) = self
+            .view_rects
+            .iter()
+            .find(|(v, _)| *v == view)
+            .map(|(_, r)| *r)
+        else {
+            return;
+        };
+        let png = dir.join(format!("{name}.png"));
+        let ppp = self.ctx.pixels_per_point();
+        let results = self.export_results.0.clone();
+        let repaint = self.ctx.clone();
+        self.ctx.request_screenshot(move |image| {
+            let message = match super::export::write_png(&image, rect, ppp, &png) {
+                Ok(()) => format!("Exported {} and its data (.csv)", png.display()),
+                Err(e) => format!("PNG export failed: {e:#}"),
+            };
+            let _ = results.try_send(message);
+            repaint.request_repaint();
+        });
     }
 
     /// Sends a raw worker command (tests use it to inject failures).
@@ -121,6 +176,12 @@ impl DendriteApp {
         if pressed(KeyboardShortcut::new(Modifiers::NONE, Key::Escape)) {
             self.act(Action::ClearSelection);
         }
+        if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::E)) {
+            self.act(Action::Export(View::Tab(self.state.tab)));
+        }
+        while let Ok(message) = self.export_results.1.try_recv() {
+            self.state.notice = Some(message);
+        }
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -160,19 +221,21 @@ impl DendriteApp {
                 .take()
                 .or(views::interventions::interventions_ui(ui, state));
         });
-        egui::Panel::left("layers")
+        let mut rects = Vec::new();
+        let layers = egui::Panel::left("layers")
             .resizable(true)
             .default_size(260.0)
             .show(ui, |ui| {
                 action = action.take().or(views::layers::layers_ui(ui, state));
             });
+        rects.push((View::Layers, layers.response.rect));
         egui::Panel::right("inspector")
             .resizable(true)
             .default_size(330.0)
             .show(ui, |ui| {
                 action = action.take().or(views::inspector::inspector_ui(ui, state));
             });
-        egui::CentralPanel::default().show(ui, |ui| {
+        let central = egui::CentralPanel::default().show(ui, |ui| {
             ui.horizontal(|ui| {
                 for (tab, name) in [
                     (Tab::Neurons, "Neurons"),
@@ -186,6 +249,13 @@ impl DendriteApp {
                 }
                 ui.separator();
                 ui.weak(format!("layer {} selected", state.selection.layer));
+                if ui
+                    .button("Export view")
+                    .on_hover_text("PNG of this view at 2× and its data as CSV (Ctrl+E)")
+                    .clicked()
+                {
+                    action = Some(Action::Export(View::Tab(state.tab)));
+                }
             });
             ui.separator();
             let a = match state.tab {
@@ -196,6 +266,8 @@ impl DendriteApp {
             };
             action = action.take().or(a);
         });
+        rects.push((View::Tab(state.tab), central.response.rect));
+        self.view_rects = rects;
         if let Some(a) = action {
             self.act(a);
         }

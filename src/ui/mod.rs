@@ -2,6 +2,7 @@
 //! worker's events.
 
 pub mod app;
+pub mod export;
 pub mod heatmap;
 pub mod state;
 pub mod views;

@@ -225,6 +225,8 @@ pub enum Action {
     ProbeHeads,
     DismissError(usize),
     SetSortNeurons(bool),
+    /// Export a view's data (CSV) and screen area (PNG); the app does the file work.
+    Export(crate::ui::export::View),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -262,6 +264,10 @@ pub struct AppState {
     pub histogram_bins: Vec<Option<Bins>>,
     pub recent_models: Vec<PathBuf>,
     pub sort_neurons: bool,
+    /// A one-line status message (e.g. where an export went).
+    pub notice: Option<String>,
+    /// Show run durations (image snapshots turn this off: timings differ run to run).
+    pub show_timings: bool,
 }
 
 impl Default for AppState {
@@ -289,6 +295,8 @@ impl Default for AppState {
             histogram_bins: Vec::new(),
             recent_models: Vec::new(),
             sort_neurons: false,
+            notice: None,
+            show_timings: true,
         }
     }
 }
@@ -469,6 +477,7 @@ impl AppState {
                     seed: 0,
                 }))
             }
+            Action::Export(_) => None,
             Action::SetSortNeurons(on) => {
                 self.sort_neurons = on;
                 None

@@ -33,7 +33,16 @@ fn fractions(pass: &PassView) -> Vec<Option<f64>> {
 
 pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
-    ui.heading("Layers");
+    ui.horizontal(|ui| {
+        ui.heading("Layers");
+        if ui
+            .small_button("Export")
+            .on_hover_text("PNG of this panel at 2× and its data as CSV")
+            .clicked()
+        {
+            action = Some(Action::Export(crate::ui::export::View::Layers));
+        }
+    });
     egui::ComboBox::from_label("sparsity")
         .selected_text(method_label(state.sparsity))
         .show_ui(ui, |ui| {

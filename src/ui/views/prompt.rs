@@ -11,7 +11,8 @@ pub fn prompt_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
     ui.horizontal(|ui| {
         let mut text = state.prompt.clone();
-        let width = (ui.available_width() - 130.0).max(200.0);
+        let label = ui.label("Prompt");
+        let width = (ui.available_width() - 80.0).max(200.0);
         let edit = ui
             .add(
                 egui::TextEdit::multiline(&mut text)
@@ -20,7 +21,7 @@ pub fn prompt_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                     .hint_text("Type a prompt, then Ctrl+Enter")
                     .id_salt("prompt"),
             )
-            .labelled_by(ui.label("Prompt").id);
+            .labelled_by(label.id);
         if edit.changed() {
             action = Some(Action::SetPrompt(text));
         }

@@ -61,7 +61,12 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             } else if state.probe_running {
                 ui.spinner();
                 ui.label("Probing heads…");
-            } else if let Some(f) = &state.baseline.finished {
+            } else if let Some(f) = state
+                .baseline
+                .finished
+                .as_ref()
+                .filter(|_| state.show_timings)
+            {
                 let ms = f.duration_ms
                     + state
                         .intervened
@@ -72,6 +77,9 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             }
         });
     });
+    if let Some(notice) = &state.notice {
+        ui.weak(notice);
+    }
     for (i, e) in state.errors.iter().enumerate() {
         ui.horizontal(|ui| {
             ui.colored_label(
