@@ -1,5 +1,6 @@
 //! SmolLM2-135M forward passes at 16/64/256 tokens: plain, capturing every `mlp.hook_post` and
-//! attention pattern, and an incremental rerun after changing a clamp at layer 15.
+//! attention pattern, and an incremental rerun after changing a clamp at layer 15; and every
+//! head score on the 4 × 40-token induction probe.
 //! Needs `scripts/fetch_models.sh`. Compare with `scripts/bench_hf.py` (see BENCHMARKS.md).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -59,6 +60,18 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // Every head score on the probe the issue names: 4 × (2 × 20) random tokens, one batched
+    // pass (scripts/bench_hf.py times the same with HF's eager attentions).
+    let probe = dendrite::analysis::heads::repeated_random_tokens(
+        20,
+        4,
+        0,
+        1,
+        model.info.dims.d_vocab as u32,
+    );
+    group.bench_function("head_scores_4x40", |b| {
+        b.iter(|| dendrite::analysis::heads::score_heads(t, &probe, 20, false).expect("scores"))
+    });
     group.finish();
 }
 

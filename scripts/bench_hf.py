@@ -10,6 +10,7 @@ Usage: .cache/venv/bin/python scripts/bench_hf.py [--threads 2] [--repeats 10]
 Prints median milliseconds per measurement and the process's peak RSS.
 """
 import argparse
+import sys
 import resource
 import statistics
 import time
@@ -67,6 +68,24 @@ def main():
             for h in handles:
                 h.remove()
         print(f"n={n:>3}  forward {plain:8.1f} ms  forward_capture {hooked:8.1f} ms  clamp_l15_full {clamped:8.1f} ms")
+    # Head scores on the repeated-random-token probe: 4 sequences of 20 tokens repeated, one
+    # batched pass with eager attentions, then the four scores (as make_fixtures.py computes).
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_fixtures import detect_induction_mul, head_scores
+    g = torch.Generator().manual_seed(0)
+    half = torch.randint(1, model.config.vocab_size, (4, 20), generator=g)
+    ids = torch.cat([half, half], 1)
+    toks = ids.tolist()
+
+    def all_scores():
+        out = model(input_ids=ids, output_attentions=True)
+        for att in out.attentions:
+            head_scores(att.float(), toks, 20)
+            detect_induction_mul(att.float(), toks, False)
+
+    with torch.inference_mode():
+        heads = median_ms(all_scores, args.repeats)
+    print(f"head scores (4 x 40 tokens, all layers and heads): {heads:8.1f} ms")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

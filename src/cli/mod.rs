@@ -120,32 +120,32 @@ pub struct TrainSampleArgs {
     #[arg(long, default_value = ".cache/corpus/shakespeare")]
     pub corpus: PathBuf,
     /// Output model directory (config.json, model.safetensors, tokenizer.json, training.json).
-    #[arg(long, default_value = "sample_models/shakespeare-relu-3l")]
+    #[arg(long, default_value = "sample_models/shakespeare-gpt2-relu")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 14000)]
     pub steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 48)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub layers: usize,
-    #[arg(long, default_value_t = 192)]
+    #[arg(long, default_value_t = 128)]
     pub d_model: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 4)]
     pub heads: usize,
     #[arg(long, default_value_t = 2048)]
     pub vocab: usize,
     /// Peak learning rate (AdamW, warm-up then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Fraction of sequences ending in a repeated text segment.
     #[arg(long, default_value_t = 0.3)]
     pub repeat_text: f64,
     /// Fraction of sequences ending in a repeated segment of random tokens.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.5)]
     pub repeat_random: f64,
     /// Start position embeddings as noise instead of sinusoids.
     #[arg(long)]

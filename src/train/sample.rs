@@ -38,21 +38,22 @@ pub struct Options {
 }
 
 impl Default for Options {
+    /// The recipe of `sample_models/shakespeare-gpt2-relu` (its README has the curves).
     fn default() -> Self {
         Options {
             corpus: PathBuf::from(".cache/corpus/shakespeare"),
-            out: PathBuf::from("sample_models/shakespeare-relu-3l"),
+            out: PathBuf::from("sample_models/shakespeare-gpt2-relu"),
             vocab_size: 2048,
-            n_layer: 3,
-            n_embd: 192,
-            n_head: 6,
-            seq_len: 128,
+            n_layer: 2,
+            n_embd: 128,
+            n_head: 4,
+            seq_len: 48,
             batch: 16,
-            steps: 3000,
-            lr: 2e-3,
+            steps: 14_000,
+            lr: 3e-3,
             seed: 0,
-            repeat_text: 0.25,
-            repeat_random: 0.1,
+            repeat_text: 0.3,
+            repeat_random: 0.5,
             sinusoidal_positions: true,
         }
     }

@@ -31,7 +31,7 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     // Top-1 token text on each cell when there is room.
     let cell_w = r.response.rect.width() / cols.max(1) as f32;
     let cell_h = r.response.rect.height() / rows.max(1) as f32;
-    if cell_w > 28.0 && cell_h > 11.0 {
+    if cell_w > 16.0 && cell_h > 11.0 {
         let painter = ui.painter_at(r.response.rect);
         for (l, row) in lens.iter().enumerate() {
             for (p, top) in row.iter().enumerate() {

@@ -1,0 +1,115 @@
+//! UI responsiveness on SmolLM2-135M, headless (egui_kittest, no renderer: this times layout
+//! and tessellation on the CPU, which is what the app's thread does each frame):
+//! - frame time p50/p99 while a 256-token run streams its 30 layers;
+//! - time from changing a clamp (as releasing its slider does) to every view updated, 64 tokens.
+//!
+//! Run: `cargo bench --bench ui` (needs scripts/fetch_models.sh). See BENCHMARKS.md.
+
+use std::time::{Duration, Instant};
+
+use dendrite::ui::DendriteApp;
+use dendrite::ui::state::{Action, InterventionKind};
+use egui_kittest::Harness;
+
+fn harness(prompt: String) -> Harness<'static, DendriteApp> {
+    let path = std::env::var("DENDRITE_BENCH_MODEL")
+        .unwrap_or_else(|_| ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 860.0))
+        .build_eframe(move |cc| {
+            let mut app = DendriteApp::new(&cc.egui_ctx, None, Some(path.into())).expect("worker");
+            app.state.prompt = prompt;
+            app
+        });
+    h.ctx
+        .set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+    h
+}
+
+fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -> Vec<f64> {
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    while !done(h.state()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "timed out");
+        let t = Instant::now();
+        h.step();
+        frames.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    frames
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn prompt(n_tokens_approx: usize) -> String {
+    "The quick brown fox jumps over the lazy dog while the curious cat watches from the warm windowsill. "
+        .repeat(n_tokens_approx / 20 + 1)
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches once as tests: this one only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    dendrite::tune_threads();
+    // 1. Frames while a ~256-token run streams.
+    let mut h = harness(String::new());
+    wait(&mut h, |a| a.state.model.is_some());
+    let text = prompt(256);
+    h.state_mut().act(Action::SetPrompt(text));
+    h.state_mut().act(Action::Run);
+    let mut frames = wait(&mut h, |a| a.state.is_complete());
+    let tokens = h.state().state.baseline.tokens.len();
+    let (p50, p99) = (percentile(&mut frames, 0.5), percentile(&mut frames, 0.99));
+    println!(
+        "frames while a {tokens}-token run streams: {} frames, p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+        frames.len(),
+        frames.last().copied().unwrap_or(0.0)
+    );
+
+    // 2. Clamp change → all views updated, ~64 tokens.
+    let mut h = harness(String::new());
+    wait(&mut h, |a| a.state.model.is_some());
+    h.state_mut().act(Action::SetPrompt(prompt(64)));
+    h.state_mut().act(Action::Run);
+    wait(&mut h, |a| a.state.is_complete());
+    let clamp = |value: f32| InterventionKind::Neuron {
+        layer: 15,
+        neuron: 123,
+        value,
+        scale: false,
+    };
+    h.state_mut().act(Action::AddIntervention(clamp(10.0)));
+    wait(&mut h, |a| {
+        a.state.is_complete()
+            && a.state
+                .intervened
+                .as_ref()
+                .is_some_and(|p| p.lens.is_some())
+    });
+    let tokens = h.state().state.baseline.tokens.len();
+    let mut latencies = Vec::new();
+    for i in 0..10 {
+        let started = Instant::now();
+        h.state_mut().act(Action::EditIntervention(
+            0,
+            clamp(if i % 2 == 0 { -10.0 } else { 10.0 }),
+        ));
+        wait(&mut h, |a| {
+            a.state.is_complete()
+                && a.state
+                    .intervened
+                    .as_ref()
+                    .is_some_and(|p| p.lens.is_some())
+        });
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "clamp change at L15 → all views updated ({tokens} tokens): median {:.1} ms (min {:.1}, max {:.1})",
+        percentile(&mut latencies.clone(), 0.5),
+        latencies.iter().copied().fold(f64::MAX, f64::min),
+        latencies.iter().copied().fold(0.0, f64::max)
+    );
+}
