@@ -27,11 +27,18 @@ pub struct Prediction {
 pub fn top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    // Select the k best in O(vocab), then sort only those: a full sort of a 50k vocabulary per
+    // position and layer made the logit lens take seconds.
+    let k = k.min(order.len());
+    if k > 0 && k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_logit);
+    }
+    order.truncate(k);
+    order.sort_by(by_logit);
     order
         .into_iter()
-        .take(k)
         .map(|i| Prediction {
             id: i as u32,
             logit: logits[i],
@@ -66,7 +73,19 @@ pub fn logit_lens(
     row: usize,
     k: usize,
 ) -> Result<Vec<Vec<Vec<Prediction>>>> {
-    (0..model.n_layers())
+    logit_lens_from(model, captures, row, k, 0)
+}
+
+/// [`logit_lens`] of layers `first_layer..` only (the rest can be reused from a pass that
+/// agrees with this one up to there).
+pub fn logit_lens_from(
+    model: &Transformer,
+    captures: &Captures,
+    row: usize,
+    k: usize,
+    first_layer: usize,
+) -> Result<Vec<Vec<Vec<Prediction>>>> {
+    (first_layer..model.n_layers())
         .map(|l| {
             let resid = capture(captures, &format!("blocks.{l}.hook_resid_post"))?.get(row)?;
             let logits: Vec<Vec<f32>> = model.unembed_residual(&resid)?.to_vec2()?;

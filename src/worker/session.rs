@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
-use crate::analysis::lens::{LENS_HOOKS, logit_lens, top_k};
+use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, top_k};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::model::{
     self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
@@ -22,7 +22,11 @@ pub struct Session {
     /// the first layer a change affects.
     baseline: Option<ResidCache>,
     intervened: Option<ResidCache>,
+    /// The baseline's logit lens and the tokens it is for (reused while they do not change).
+    baseline_lens: Option<(Vec<u32>, Lens)>,
 }
+
+type Lens = Vec<Vec<Vec<TokenPrediction>>>;
 
 /// Tells a pass whether a newer request has superseded it.
 pub trait Cancel {
@@ -47,6 +51,7 @@ impl Session {
             model: None,
             baseline: None,
             intervened: None,
+            baseline_lens: None,
         }
     }
 
@@ -102,6 +107,7 @@ impl Session {
         self.model = Some(model);
         self.baseline = None;
         self.intervened = None;
+        self.baseline_lens = None;
         emit(Event::ModelLoaded(ModelLoaded {
             info,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -142,9 +148,23 @@ impl Session {
             cancel,
             emit,
         )?;
+        if cancel.is_cancelled(run.run_id) {
+            return Ok(());
+        }
+        // The baseline's lens is reused while the tokens stay the same.
+        let base_lens = match self.baseline_lens.take() {
+            Some((tokens, lens)) if tokens == ids => lens,
+            _ => lens(model, &baseline, 0)?,
+        };
+        emit(Event::LensReady(LensReady {
+            run_id: run.run_id,
+            variant: Variant::Baseline,
+            lens: base_lens.clone(),
+        }));
+        self.baseline_lens = Some((ids.clone(), base_lens.clone()));
         if run.interventions.is_empty() {
             self.intervened = None;
-            return lens(model, &baseline, &run, Variant::Baseline, cancel, emit);
+            return Ok(());
         }
         spec.interventions = run
             .interventions
@@ -162,8 +182,25 @@ impl Session {
             cancel,
             emit,
         )?;
-        lens(model, &baseline, &run, Variant::Baseline, cancel, emit)?;
-        lens(model, &intervened, &run, Variant::Intervened, cancel, emit)
+        if cancel.is_cancelled(run.run_id) {
+            return Ok(());
+        }
+        // Layers before the earliest intervention equal the baseline's: reuse their lens.
+        let first = spec
+            .interventions
+            .iter()
+            .filter_map(|i| model::hooks::hook_stage(&i.hook, n))
+            .min()
+            .unwrap_or(0)
+            .clamp(0, n as isize) as usize;
+        let mut edited = base_lens[..first].to_vec();
+        edited.extend(lens(model, &intervened, first)?);
+        emit(Event::LensReady(LensReady {
+            run_id: run.run_id,
+            variant: Variant::Intervened,
+            lens: edited,
+        }));
+        Ok(())
     }
 
     fn probe(&mut self, probe: ProbeHeads) -> anyhow::Result<Event> {
@@ -320,27 +357,12 @@ fn run_pass(
     Ok(out.captures)
 }
 
-fn lens(
-    model: &Model,
-    captures: &Captures,
-    run: &RunPrompt,
-    variant: Variant,
-    cancel: &dyn Cancel,
-    emit: &mut dyn FnMut(Event),
-) -> anyhow::Result<()> {
-    if cancel.is_cancelled(run.run_id) {
-        return Ok(());
-    }
-    let lens = logit_lens(&model.transformer, captures, 0, TOP_K)?
+/// The logit lens of layers `first..` of a pass, with token texts.
+fn lens(model: &Model, captures: &Captures, first: usize) -> anyhow::Result<Lens> {
+    Ok(logit_lens_from(&model.transformer, captures, 0, TOP_K, first)?
         .iter()
         .map(|layer| layer.iter().map(|p| named(model, p)).collect())
-        .collect();
-    emit(Event::LensReady(LensReady {
-        run_id: run.run_id,
-        variant,
-        lens,
-    }));
-    Ok(())
+        .collect())
 }
 
 fn named(model: &Model, predictions: &[crate::analysis::lens::Prediction]) -> Vec<TokenPrediction> {
