@@ -359,10 +359,12 @@ fn run_pass(
 
 /// The logit lens of layers `first..` of a pass, with token texts.
 fn lens(model: &Model, captures: &Captures, first: usize) -> anyhow::Result<Lens> {
-    Ok(logit_lens_from(&model.transformer, captures, 0, TOP_K, first)?
-        .iter()
-        .map(|layer| layer.iter().map(|p| named(model, p)).collect())
-        .collect())
+    Ok(
+        logit_lens_from(&model.transformer, captures, 0, TOP_K, first)?
+            .iter()
+            .map(|layer| layer.iter().map(|p| named(model, p)).collect())
+            .collect(),
+    )
 }
 
 fn named(model: &Model, predictions: &[crate::analysis::lens::Prediction]) -> Vec<TokenPrediction> {
