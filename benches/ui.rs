@@ -38,6 +38,15 @@ fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -
     frames
 }
 
+/// Every view of the intervened pass is in, the logit lens included.
+fn all_views_updated(a: &DendriteApp) -> bool {
+    a.state.is_complete()
+        && a.state
+            .intervened
+            .as_ref()
+            .is_some_and(|p| p.lens.is_some())
+}
+
 fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
@@ -82,13 +91,7 @@ fn main() {
         scale: false,
     };
     h.state_mut().act(Action::AddIntervention(clamp(10.0)));
-    wait(&mut h, |a| {
-        a.state.is_complete()
-            && a.state
-                .intervened
-                .as_ref()
-                .is_some_and(|p| p.lens.is_some())
-    });
+    wait(&mut h, all_views_updated);
     let tokens = h.state().state.baseline.tokens.len();
     let (mut latencies, mut without_lens) = (Vec::new(), Vec::new());
     for i in 0..10 {
@@ -100,13 +103,7 @@ fn main() {
         // Every layer, the predictions and the loss: all views but the logit lens.
         wait(&mut h, |a| a.state.is_complete());
         without_lens.push(started.elapsed().as_secs_f64() * 1e3);
-        wait(&mut h, |a| {
-            a.state.is_complete()
-                && a.state
-                    .intervened
-                    .as_ref()
-                    .is_some_and(|p| p.lens.is_some())
-        });
+        wait(&mut h, all_views_updated);
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
     }
     println!(
