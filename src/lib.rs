@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod cli;
 pub mod export;
 pub mod model;
+pub mod sae;
 pub mod sample;
 pub mod train;
 pub mod ui;

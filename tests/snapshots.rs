@@ -57,6 +57,15 @@ fn every_tab_renders() {
         (Tab::Lens, "lens"),
     ] {
         h.state_mut().act(Action::SetTab(tab));
+        // The lens is computed when its tab opens.
+        let started = Instant::now();
+        while tab == Tab::Lens
+            && h.state().state.shown().lens.is_none()
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            h.step();
+            std::thread::sleep(Duration::from_millis(5));
+        }
         h.run_steps(3);
         results.add(h.try_snapshot(name));
     }

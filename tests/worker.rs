@@ -40,6 +40,8 @@ fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
         text: text.into(),
         interventions: interventions.into_iter().map(Edit::Hook).collect(),
         sparsity: Method::Zero,
+        lens: true,
+        have_baseline: None,
     })
 }
 
@@ -159,6 +161,65 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
         finished(&second, Variant::Baseline).per_token_nll,
         base.per_token_nll
     );
+}
+
+#[test]
+fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
+    let mut session = Session::new();
+    let mut events = Vec::new();
+    session.handle(
+        Command::LoadModel(LoadModel { path: tiny() }),
+        &|_| false,
+        &mut |e| events.push(e),
+    );
+    // Loading reports progress up to every weight loaded.
+    assert!(matches!(&events[0], Event::Loading(l) if l.fraction.is_none()));
+    assert!(matches!(events.last(), Some(Event::ModelLoaded(_))));
+    let clamp = |v: f32| Intervention::neurons("blocks.1.mlp.hook_post", vec![3], ValueOp::Set(v));
+    let lazy = |id: RunId, have: Option<RunId>, v: f32| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabc".into(),
+            interventions: vec![Edit::Hook(clamp(v))],
+            sparsity: Method::Zero,
+            lens: false,
+            have_baseline: have,
+        })
+    };
+    let go = |session: &mut Session, command: Command| {
+        let mut events = Vec::new();
+        session.handle(command, &|_| false, &mut |e| events.push(e));
+        events
+    };
+    let first = go(&mut session, lazy(1, None, 5.0));
+    let n = layers_of(&first, Variant::Baseline).len();
+    assert!(n > 0);
+    assert_eq!(layers_of(&first, Variant::Intervened).len(), n);
+    assert!(!first.iter().any(|e| matches!(e, Event::LensReady(_))));
+    // The UI holds run 1's baseline: run 2 sends only the intervened pass.
+    let second = go(&mut session, lazy(2, Some(1), -5.0));
+    assert!(
+        matches!(&second[0], Event::BaselineReused(r) if r.run_id == 2 && r.from_run == 1),
+        "{:?}",
+        second[0]
+    );
+    assert!(layers_of(&second, Variant::Baseline).is_empty());
+    assert_eq!(layers_of(&second, Variant::Intervened).len(), n);
+    // Not holding it (or a different run's) gets it in full.
+    let third = go(&mut session, lazy(3, Some(1), 5.0));
+    assert_eq!(layers_of(&third, Variant::Baseline).len(), n);
+    // The lens of the latest run, when asked: both passes.
+    let lens = go(&mut session, Command::Lens(LensRequest { run_id: 3 }));
+    let variants: Vec<Variant> = lens
+        .iter()
+        .filter_map(|e| match e {
+            Event::LensReady(l) if l.run_id == 3 => Some(l.variant),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(variants, vec![Variant::Baseline, Variant::Intervened]);
+    // A superseded run's lens is not computed.
+    assert!(go(&mut session, Command::Lens(LensRequest { run_id: 2 })).is_empty());
 }
 
 #[test]

@@ -25,26 +25,54 @@ pub struct Prediction {
 
 /// Top `k` predictions of one position's logits, highest first.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    // Select the k best in O(vocab), then sort only those: a full sort of a 50k vocabulary per
-    // position and layer made the logit lens take seconds.
-    let k = k.min(order.len());
-    if k > 0 && k < order.len() {
-        order.select_nth_unstable_by(k - 1, by_logit);
+    next_token(logits, None, k).0
+}
+
+/// Top `k` predictions of one position's logits (highest first, ties by lower id) and the
+/// loss `−log p(target)`, sharing one softmax normaliser: two passes over the vocabulary and no
+/// allocation beyond the k kept (this runs for every position of every pass and lens layer).
+pub fn next_token(logits: &[f32], target: Option<u32>, k: usize) -> (Vec<Prediction>, Option<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut z = 0.0f64;
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        z += (l - max).exp() as f64;
+        if k > 0 && (best.len() < k || l > best[best.len() - 1].0) {
+            // Insert after every kept logit ≥ l, so equal logits keep the lower id first.
+            let at = best.partition_point(|&(b, _)| b >= l);
+            best.insert(at, (l, i));
+            best.truncate(k);
+        }
     }
-    order.truncate(k);
-    order.sort_by(by_logit);
-    order
+    let max = max as f64;
+    let top = best
         .into_iter()
-        .map(|i| Prediction {
+        .map(|(l, i)| Prediction {
             id: i as u32,
-            logit: logits[i],
-            prob: (logits[i] as f64 - max).exp() / z,
+            logit: l,
+            prob: (l as f64 - max).exp() / z,
         })
-        .collect()
+        .collect();
+    let nll = target
+        .and_then(|t| logits.get(t as usize))
+        .map(|&l| (max + z.ln() - l as f64) as f32);
+    (top, nll)
+}
+
+/// [`next_token`] for every row of `logits` (`[rows, vocab]`): row `p`'s target is
+/// `tokens[p + 1]` (the last row has none). Rows are split across threads.
+pub fn next_tokens(
+    logits: &[f32],
+    vocab: usize,
+    tokens: &[u32],
+    k: usize,
+) -> (Vec<Vec<Prediction>>, Vec<f32>) {
+    let rows: Vec<&[f32]> = logits.chunks(vocab.max(1)).collect();
+    let out = super::par_map(rows.len(), |p| {
+        next_token(rows[p], tokens.get(p + 1).copied(), k)
+    });
+    let nll = out.iter().filter_map(|(_, nll)| *nll).collect();
+    (out.into_iter().map(|(top, _)| top).collect(), nll)
 }
 
 /// Hooks [`logit_lens`] reads.
@@ -88,8 +116,10 @@ pub fn logit_lens_from(
     (first_layer..model.n_layers())
         .map(|l| {
             let resid = capture(captures, &format!("blocks.{l}.hook_resid_post"))?.get(row)?;
-            let logits: Vec<Vec<f32>> = model.unembed_residual(&resid)?.to_vec2()?;
-            Ok(logits.iter().map(|p| top_k(p, k)).collect())
+            let logits = model.unembed_residual(&resid)?;
+            let vocab = logits.dim(1)?;
+            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            Ok(next_tokens(&logits, vocab, &[], k).0)
         })
         .collect()
 }
@@ -307,7 +337,28 @@ mod tests {
         let t = top_k(&[0.0, 2.0, 1.0, 2.0], 3);
         assert_eq!(t.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1, 3, 2]);
         let z = 1.0 + 2.0 * 2f64.exp() + 1f64.exp();
-        assert!((t[0].prob - 2f64.exp() / z).abs() < 1e-12);
+        assert!((t[0].prob - 2f64.exp() / z).abs() < 1e-6);
+        assert_eq!(
+            top_k(&[1.0, 1.0, 1.0], 2)
+                .iter()
+                .map(|x| x.id)
+                .collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn next_tokens_match_a_direct_log_softmax() {
+        // Two positions over a vocabulary of 3: loss of tokens[1] = 2 and tokens[2] = 0.
+        let logits = [1.0f32, 2.0, 3.0, 0.5, -1.0, 0.0];
+        let (top, nll) = next_tokens(&logits, 3, &[9, 2, 0], 2);
+        let lse = |r: &[f64]| r.iter().map(|x| x.exp()).sum::<f64>().ln();
+        assert!((nll[0] as f64 - (lse(&[1.0, 2.0, 3.0]) - 3.0)).abs() < 1e-6);
+        assert!((nll[1] as f64 - (lse(&[0.5, -1.0, 0.0]) - 0.5)).abs() < 1e-6);
+        assert_eq!(top[0].iter().map(|p| p.id).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(top[1].iter().map(|p| p.id).collect::<Vec<_>>(), vec![0, 2]);
+        // The last row of a prompt has no target.
+        assert_eq!(next_tokens(&logits, 3, &[9, 2], 1).1.len(), 1);
     }
 
     #[test]

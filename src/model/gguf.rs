@@ -244,6 +244,15 @@ impl TensorSource for GgufSource {
             .is_some_and(|n| self.file.content.tensor_infos.contains_key(&n))
     }
 
+    fn total_elements(&self) -> u64 {
+        self.file
+            .content
+            .tensor_infos
+            .values()
+            .map(|info| info.shape.elem_count() as u64)
+            .sum()
+    }
+
     fn load(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(gguf_name) = self.resolve(name) else {
             return Ok(None);

@@ -28,6 +28,7 @@ pub use transformer::{
 };
 
 use gguf::{GgufFile, GgufSource};
+pub use weights::LoadProgress;
 use weights::{SafetensorsSource, Weights};
 
 /// What a model is, for `dendrite info` and the app's title bar.
@@ -110,9 +111,14 @@ fn file_starts_with(path: &Path, magic: &[u8]) -> bool {
 
 /// Opens a model and its tokenizer.
 pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+    open_with_progress(path, &Arc::new(LoadProgress::default()))
+}
+
+/// Like [`open`], counting loaded weights into `progress` (another thread may poll it).
+pub fn open_with_progress(path: impl AsRef<Path>, progress: &Arc<LoadProgress>) -> Result<Model> {
     match classify(path.as_ref())? {
-        Source::HfDir(dir) => open_hf_dir(&dir),
-        Source::Gguf(file) => open_gguf(&file),
+        Source::HfDir(dir) => open_hf_dir(&dir, progress),
+        Source::Gguf(file) => open_gguf(&file, progress),
     }
 }
 
@@ -149,7 +155,7 @@ fn read_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
     Ok((path, value))
 }
 
-fn open_hf_dir(dir: &Path) -> Result<Model> {
+fn open_hf_dir(dir: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
     let (config_path, config) = read_config(dir)?;
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
@@ -166,7 +172,8 @@ fn open_hf_dir(dir: &Path) -> Result<Model> {
     };
     let source_dtype = source.dtype_summary();
     let tokenizer = hf_tokenizer(dir)?;
-    let transformer = arch::load(&config, &config_path, &Weights::new(Arc::new(source)))?;
+    let weights = Weights::with_progress(Arc::new(source), progress.clone());
+    let transformer = arch::load(&config, &config_path, &weights)?;
     let name = config
         .get("_name_or_path")
         .and_then(|v| v.as_str())
@@ -194,7 +201,7 @@ fn open_hf_dir(dir: &Path) -> Result<Model> {
     })
 }
 
-fn open_gguf(path: &Path) -> Result<Model> {
+fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
     let gguf = GgufFile::open(path)?;
     if gguf.content.tensor_infos.is_empty() {
         return Err(ModelError::Unsupported {
@@ -219,7 +226,8 @@ fn open_gguf(path: &Path) -> Result<Model> {
         .unwrap_or_default();
     let source_dtype = gguf.quantization_summary();
     let source = GgufSource::new(gguf, n_heads, n_kv);
-    let transformer = arch::load(&config, path, &Weights::new(Arc::new(source)))?;
+    let weights = Weights::with_progress(Arc::new(source), progress.clone());
+    let transformer = arch::load(&config, path, &weights)?;
     let info = model_info(&transformer, name, path, architecture, "gguf", source_dtype);
     Ok(Model {
         transformer,

@@ -353,6 +353,13 @@ pub struct ResidCache {
     captures: Captures,
 }
 
+impl ResidCache {
+    /// What the cached pass captured.
+    pub fn captures(&self) -> &Captures {
+        &self.captures
+    }
+}
+
 impl Transformer {
     /// A model from its parts, sizes read off them; optional parts (positions, embedding
     /// scale, logit soft-capping) start unset for the caller to fill in.
@@ -458,6 +465,25 @@ impl Transformer {
         }
         names.push("ln_final.hook_normalized".into());
         names
+    }
+
+    /// Width of one position's vector at hook `name` (`None` for hooks that are not one vector
+    /// per position, like attention scores, or that this model does not have).
+    pub fn hook_width(&self, name: &str) -> Option<usize> {
+        if !self.hook_names().iter().any(|n| n == name) {
+            return None;
+        }
+        let d = &self.dims;
+        let site = name.rsplit_once("blocks.").map_or(name, |(_, rest)| {
+            rest.split_once('.').map_or(rest, |(_, site)| site)
+        });
+        match site {
+            "attn.hook_attn_scores" | "attn.hook_pattern" => None,
+            "attn.hook_q" | "attn.hook_z" => Some(d.n_heads * d.d_head),
+            "attn.hook_k" | "attn.hook_v" => Some(d.n_kv_heads * d.d_head),
+            s if s.starts_with("mlp.") => Some(d.d_mlp),
+            _ => Some(d.d_model),
+        }
     }
 
     /// Checks a spec against this model: every intervention names a real hook, every capture
@@ -577,8 +603,27 @@ impl Transformer {
         })
     }
 
-    /// The earliest stage whose result may differ from the cached pass.
+    /// The cached pass's captures when `spec` on `tokens` would recompute no layer (only the
+    /// logits, which come from the last layer's output).
+    pub fn unchanged_captures<'c>(
+        &self,
+        cache: &'c ResidCache,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+    ) -> Option<&'c Captures> {
+        (cache.tokens == tokens && self.first_differing_stage(cache, spec).is_none())
+            .then_some(&cache.captures)
+    }
+
+    /// The earliest stage whose result may differ from the cached pass (the final stage always
+    /// runs: it is what produces the logits).
     fn first_changed_stage(&self, cache: &ResidCache, spec: &HookSpec) -> isize {
+        let n = self.n_layers() as isize;
+        self.first_differing_stage(cache, spec).unwrap_or(n).min(n)
+    }
+
+    /// The earliest stage whose interventions or captures differ from the cached pass's.
+    fn first_differing_stage(&self, cache: &ResidCache, spec: &HookSpec) -> Option<isize> {
         let n = self.n_layers();
         let mut start = n as isize + 1;
         // Interventions on one hook apply in list order, so compare each hook's ordered list.
@@ -602,8 +647,7 @@ impl Transformer {
                 start = start.min(hook_stage(&name, n).unwrap_or(-1));
             }
         }
-        // The final stage (ln_final + unembed) always runs: it is what produces the logits.
-        start.min(n as isize)
+        (start <= n as isize).then_some(start)
     }
 
     fn embed_forward(&self, tokens: &[Vec<u32>], hooks: &mut HookState) -> Result<Tensor> {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -17,6 +18,37 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
     /// The tensor as f32, or `None` when the file has no tensor of that name.
     fn load(&self, name: &str) -> Result<Option<Tensor>>;
+    /// Elements over all tensors in the file(s): what loading progress is measured against.
+    fn total_elements(&self) -> u64;
+}
+
+/// How far loading has got, shared with whoever shows it (another thread polls it).
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    total_elements: AtomicU64,
+    loaded_elements: AtomicU64,
+}
+
+impl LoadProgress {
+    /// Fraction of the file's elements loaded so far, in [0, 1] (0 until the file is opened).
+    pub fn fraction(&self) -> f32 {
+        let total = self.total_elements.load(Ordering::Relaxed);
+        let loaded = self.loaded_elements.load(Ordering::Relaxed);
+        if total == 0 {
+            0.0
+        } else {
+            (loaded as f64 / total as f64).min(1.0) as f32
+        }
+    }
+
+    fn start(&self, total_elements: u64) {
+        self.total_elements.store(total_elements, Ordering::Relaxed);
+        self.loaded_elements.store(0, Ordering::Relaxed);
+    }
+
+    fn add(&self, elements: u64) {
+        self.loaded_elements.fetch_add(elements, Ordering::Relaxed);
+    }
 }
 
 /// One or more safetensors files, memory-mapped.
@@ -117,6 +149,14 @@ impl TensorSource for SafetensorsSource {
         self.routing.contains_key(name)
     }
 
+    fn total_elements(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|(_, st)| st.tensors())
+            .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
+            .sum()
+    }
+
     fn load(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(&index) = self.routing.get(name) else {
             return Ok(None);
@@ -148,6 +188,7 @@ impl TensorSource for SafetensorsSource {
 pub struct Weights {
     source: Arc<dyn TensorSource>,
     prefix: String,
+    progress: Option<Arc<LoadProgress>>,
 }
 
 impl Weights {
@@ -155,6 +196,16 @@ impl Weights {
         Weights {
             source,
             prefix: String::new(),
+            progress: None,
+        }
+    }
+
+    /// Like `new`, counting every loaded tensor's elements into `progress`.
+    pub fn with_progress(source: Arc<dyn TensorSource>, progress: Arc<LoadProgress>) -> Self {
+        progress.start(source.total_elements());
+        Weights {
+            progress: Some(progress),
+            ..Self::new(source)
         }
     }
 
@@ -162,6 +213,7 @@ impl Weights {
         Weights {
             source: self.source.clone(),
             prefix: self.full_name(&name.to_string()),
+            progress: self.progress.clone(),
         }
     }
 
@@ -205,6 +257,9 @@ impl Weights {
                 expected: shape.dims().to_vec(),
                 found: tensor.dims().to_vec(),
             });
+        }
+        if let Some(progress) = &self.progress {
+            progress.add(tensor.elem_count() as u64);
         }
         Ok(Some(tensor))
     }

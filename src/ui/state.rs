@@ -10,8 +10,8 @@ use crate::analysis::histogram::{Bins, Histogram};
 use crate::analysis::sparsity::Method;
 use crate::model::{AblationMode, Intervention, ModelInfo, PatternMode, ValueOp};
 use crate::worker::{
-    Command, Edit, ErrorEvent, Event, InspectNeuron, LayerSummary, LoadModel, NeuronInfo,
-    ProbeHeads, RunFinished, RunId, RunPrompt, TokenPrediction, Variant,
+    Command, Edit, ErrorEvent, Event, InspectNeuron, LayerSummary, LensRequest, LoadModel,
+    NeuronInfo, ProbeHeads, RunFinished, RunId, RunPrompt, TokenPrediction, Variant,
 };
 
 /// The main view's tabs.
@@ -243,6 +243,10 @@ pub const HISTOGRAM_BINS: usize = 60;
 pub struct AppState {
     pub model: Option<ModelInfo>,
     pub loading: Option<PathBuf>,
+    /// Fraction of the weights loaded so far, once the worker reports it.
+    pub loading_fraction: Option<f32>,
+    /// The run whose logit lens has been asked for (with the run or afterwards).
+    lens_requested: Option<RunId>,
     pub prompt: String,
     pub sparsity: Method,
     pub interventions: Vec<InterventionItem>,
@@ -275,6 +279,8 @@ impl Default for AppState {
         AppState {
             model: None,
             loading: None,
+            loading_fraction: None,
+            lens_requested: None,
             prompt: String::new(),
             sparsity: Method::Zero,
             interventions: Vec::new(),
@@ -350,12 +356,38 @@ impl AppState {
         let run_id = self.next_run_id;
         self.next_run_id += 1;
         self.current_run = Some(run_id);
+        if self.tab == Tab::Lens {
+            self.lens_requested = Some(run_id);
+        }
+        // A complete baseline can stand for the new run if its tokens and method are unchanged
+        // (the worker decides; it knows the tokens).
+        let complete_baseline = self.baseline.finished.is_some()
+            && self.baseline.layers_done() == self.baseline.layers.len();
         Some(Command::Run(RunPrompt {
             run_id,
             text: self.prompt.clone(),
             interventions: self.active_edits(),
             sparsity: self.sparsity,
+            lens: self.lens_requested == Some(run_id),
+            have_baseline: complete_baseline.then_some(self.baseline.run_id),
         }))
+    }
+
+    /// Asks for the logit lens of the current run when its view is open without it (runs
+    /// compute the lens only while its tab is open).
+    fn lens_request(&mut self) -> Option<Command> {
+        let run_id = self.current_run?;
+        if self.tab != Tab::Lens || self.lens_requested == Some(run_id) {
+            return None;
+        }
+        let has_lens = |p: &PassView| p.run_id == run_id && p.lens.is_some();
+        let needed = !has_lens(&self.baseline)
+            || (!self.active_edits().is_empty() && !self.intervened.as_ref().is_some_and(has_lens));
+        // The worker answers after the run in flight, if that run is still the latest.
+        needed.then(|| {
+            self.lens_requested = Some(run_id);
+            Command::Lens(LensRequest { run_id })
+        })
     }
 
     fn checkpoint(&mut self) {
@@ -368,6 +400,7 @@ impl AppState {
         match action {
             Action::Open(path) => {
                 self.loading = Some(path.clone());
+                self.loading_fraction = None;
                 Some(Command::LoadModel(LoadModel { path }))
             }
             Action::SetPrompt(p) => {
@@ -412,7 +445,7 @@ impl AppState {
             }
             Action::SetTab(t) => {
                 self.tab = t;
-                None
+                self.lens_request()
             }
             Action::SetShow(s) => {
                 self.show = s;
@@ -504,7 +537,10 @@ impl AppState {
     /// Applies a worker event.
     pub fn apply(&mut self, event: Event) {
         match event {
-            Event::Loading(l) => self.loading = Some(l.path),
+            Event::Loading(l) => {
+                self.loading = Some(l.path);
+                self.loading_fraction = l.fraction;
+            }
             Event::ModelLoaded(m) => {
                 self.loading = None;
                 let path = m.info.path.clone();
@@ -560,6 +596,18 @@ impl AppState {
                     && let Some(slot) = pass.layers.get_mut(layer)
                 {
                     *slot = Some(l.summary);
+                }
+            }
+            Event::BaselineReused(r) => {
+                if self.current_run != Some(r.run_id) || self.baseline.run_id != r.from_run {
+                    return;
+                }
+                self.baseline.run_id = r.run_id;
+                if let Some(f) = &mut self.baseline.finished {
+                    f.run_id = r.run_id;
+                }
+                if self.active_edits().is_empty() {
+                    self.intervened = None;
                 }
             }
             Event::RunFinished(f) => {
@@ -914,5 +962,73 @@ mod tests {
         s.act(Action::ClearSelection);
         assert_eq!(s.selection.neuron, None);
         assert_eq!(s.token_colour, TokenColour::Loss);
+    }
+
+    /// A whole baseline for `run_id`: both layers and the finished event.
+    fn complete_baseline(s: &mut AppState, run_id: RunId) {
+        s.apply(started(run_id, Variant::Baseline));
+        for l in 0..2 {
+            s.apply(layer(run_id, Variant::Baseline, l, [0.0, 1.0, 2.0, 3.0]));
+        }
+        s.apply(Event::RunFinished(RunFinished {
+            run_id,
+            variant: Variant::Baseline,
+            per_token_nll: vec![1.0],
+            predictions: vec![vec![], vec![]],
+            recomputed_from: -1,
+            duration_ms: 1.0,
+        }));
+    }
+
+    #[test]
+    fn a_reused_baseline_carries_over_to_the_new_run() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r1)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert_eq!(r1.have_baseline, None);
+        complete_baseline(&mut s, r1.run_id);
+        assert!(s.is_complete());
+        let Some(Command::Run(r2)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert_eq!(r2.have_baseline, Some(r1.run_id));
+        assert!(!s.is_complete());
+        // A reuse of some other run's baseline is ignored.
+        s.apply(Event::BaselineReused(crate::worker::BaselineReused {
+            run_id: r2.run_id,
+            from_run: r1.run_id + 100,
+        }));
+        assert!(!s.is_complete());
+        s.apply(Event::BaselineReused(crate::worker::BaselineReused {
+            run_id: r2.run_id,
+            from_run: r1.run_id,
+        }));
+        assert!(s.is_complete());
+        assert_eq!(s.baseline.layers_done(), 2);
+    }
+
+    #[test]
+    fn the_lens_is_asked_for_once_when_its_tab_opens() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r1)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(!r1.lens, "the lens tab is closed");
+        complete_baseline(&mut s, r1.run_id);
+        assert_eq!(
+            s.act(Action::SetTab(Tab::Lens)),
+            Some(Command::Lens(LensRequest { run_id: r1.run_id }))
+        );
+        s.act(Action::SetTab(Tab::Heads));
+        assert_eq!(s.act(Action::SetTab(Tab::Lens)), None, "already asked");
+        // With the tab open, a run brings its lens along.
+        let Some(Command::Run(r2)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(r2.lens);
+        assert_eq!(s.act(Action::SetTab(Tab::Lens)), None);
     }
 }

@@ -163,6 +163,8 @@ mod tests {
             text: String::new(),
             interventions: vec![],
             sparsity: crate::analysis::sparsity::Method::Zero,
+            lens: true,
+            have_baseline: None,
         })
     }
 

@@ -38,6 +38,19 @@ pub struct RunPrompt {
     pub interventions: Vec<Edit>,
     /// How each layer's sparsity is measured.
     pub sparsity: Method,
+    /// Compute the logit lens with the run (its view is open); otherwise it waits for a
+    /// [`Command::Lens`].
+    pub lens: bool,
+    /// The earlier run whose complete baseline the UI holds. When this run's tokens and
+    /// sparsity method are the same, the worker answers [`Event::BaselineReused`] instead of
+    /// sending the baseline again.
+    pub have_baseline: Option<RunId>,
+}
+
+/// The logit lens of a finished run's passes (sent when its view opens).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LensRequest {
+    pub run_id: RunId,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +75,7 @@ pub enum Command {
     Run(RunPrompt),
     ProbeHeads(ProbeHeads),
     InspectNeuron(InspectNeuron),
+    Lens(LensRequest),
     /// Panics inside the worker (tests use it to check that a panic becomes an error event).
     #[doc(hidden)]
     Panic,
@@ -81,6 +95,8 @@ impl Command {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loading {
     pub path: PathBuf,
+    /// Fraction of the weights loaded (`None` before the file is read).
+    pub fraction: Option<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,6 +181,14 @@ pub struct RunFinished {
     pub duration_ms: f64,
 }
 
+/// The baseline of `from_run` stands unchanged for `run_id` (same tokens, same sparsity
+/// method): the UI keeps the one it has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineReused {
+    pub run_id: RunId,
+    pub from_run: RunId,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LensReady {
     pub run_id: RunId,
@@ -213,6 +237,7 @@ pub enum Event {
     Loading(Loading),
     ModelLoaded(ModelLoaded),
     RunStarted(RunStarted),
+    BaselineReused(BaselineReused),
     LayerReady(LayerReady),
     RunFinished(RunFinished),
     LensReady(LensReady),

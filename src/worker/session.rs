@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
-use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, top_k};
+use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::model::{
     self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
@@ -22,11 +22,30 @@ pub struct Session {
     /// the first layer a change affects.
     baseline: Option<ResidCache>,
     intervened: Option<ResidCache>,
+    /// The last baseline sent in full: the UI holds it, so an unchanged one is not resent.
+    sent_baseline: Option<SentBaseline>,
+    /// The last run's passes, kept for a logit lens asked for after the run.
+    last_run: Option<LastRun>,
     /// The baseline's logit lens and the tokens it is for (reused while they do not change).
     baseline_lens: Option<(Vec<u32>, Lens)>,
 }
 
 type Lens = Vec<Vec<Vec<TokenPrediction>>>;
+
+#[derive(Clone, Debug, PartialEq)]
+struct SentBaseline {
+    run_id: RunId,
+    ids: Vec<u32>,
+    sparsity: Method,
+}
+
+struct LastRun {
+    run_id: RunId,
+    ids: Vec<u32>,
+    baseline: Captures,
+    /// The intervened pass and the first layer its edits touch.
+    intervened: Option<(Captures, usize)>,
+}
 
 /// Tells a pass whether a newer request has superseded it.
 pub trait Cancel {
@@ -45,12 +64,17 @@ impl Default for Session {
     }
 }
 
+/// How often loading progress is reported.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Session {
     pub fn new() -> Self {
         Session {
             model: None,
             baseline: None,
             intervened: None,
+            sent_baseline: None,
+            last_run: None,
             baseline_lens: None,
         }
     }
@@ -67,6 +91,7 @@ impl Session {
             Command::Run(_) => "running the prompt".into(),
             Command::ProbeHeads(_) => "probing heads".into(),
             Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
+            Command::Lens(_) => "computing the logit lens".into(),
             Command::Panic => "a requested panic".into(),
             Command::Shutdown => return,
         };
@@ -79,6 +104,10 @@ impl Session {
             }
             Command::ProbeHeads(probe) => self.probe(probe).map(&mut *emit),
             Command::InspectNeuron(n) => self.inspect_neuron(n).map(&mut *emit),
+            Command::Lens(request) if !cancel.is_cancelled(request.run_id) => {
+                self.lens(request.run_id, emit)
+            }
+            Command::Lens(_) => Ok(()),
             Command::Panic => panic!("panic requested by a test"),
             Command::Shutdown => Ok(()),
         };
@@ -96,17 +125,42 @@ impl Session {
             .ok_or_else(|| anyhow::anyhow!("no model is open"))
     }
 
+    /// Opens the model on a loader thread while this one reports progress.
     fn load(&mut self, load: LoadModel, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
         emit(Event::Loading(Loading {
             path: load.path.clone(),
+            fraction: None,
         }));
         let started = Instant::now();
+        let progress = Arc::new(model::LoadProgress::default());
         // The old model stays open until the new one has loaded.
-        let model = model::open(&load.path)?;
+        let model = std::thread::scope(|scope| -> anyhow::Result<Model> {
+            let loader = std::thread::Builder::new()
+                .name("dendrite-loader".into())
+                .spawn_scoped(scope, || model::open_with_progress(&load.path, &progress))?;
+            let mut reported = 0.0;
+            while !loader.is_finished() {
+                std::thread::sleep(PROGRESS_INTERVAL);
+                let fraction = progress.fraction();
+                if fraction >= reported + 0.01 {
+                    reported = fraction;
+                    emit(Event::Loading(Loading {
+                        path: load.path.clone(),
+                        fraction: Some(fraction),
+                    }));
+                }
+            }
+            match loader.join() {
+                Ok(model) => Ok(model?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })?;
         let info = model.info.clone();
         self.model = Some(model);
         self.baseline = None;
         self.intervened = None;
+        self.sent_baseline = None;
+        self.last_run = None;
         self.baseline_lens = None;
         emit(Event::ModelLoaded(ModelLoaded {
             info,
@@ -136,70 +190,129 @@ impl Session {
                 .chain(["blocks.*.attn.hook_pattern".to_string()])
                 .chain(LENS_HOOKS.iter().map(|s| s.to_string())),
         );
-        // The baseline always runs first (it calibrates CATS/CHESS and is the "before").
-        let baseline = run_pass(
-            model,
-            &ids,
-            &spec,
-            &mut self.baseline,
-            None,
-            &run,
-            Variant::Baseline,
-            cancel,
-            emit,
-        )?;
-        if cancel.is_cancelled(run.run_id) {
-            return Ok(());
+        // The baseline always comes first (it calibrates CATS/CHESS and is the "before"). When
+        // the UI already holds it unchanged, only its captures are taken from the cache.
+        let sent = SentBaseline {
+            run_id: run.have_baseline.unwrap_or(0),
+            ids: ids.clone(),
+            sparsity: run.sparsity,
+        };
+        let unchanged = self.sent_baseline.as_ref() == Some(&sent)
+            && run.have_baseline.is_some()
+            && self.baseline.as_ref().is_some_and(|c| {
+                model
+                    .transformer
+                    .unchanged_captures(c, std::slice::from_ref(&ids), &spec)
+                    .is_some()
+            });
+        let baseline = match self.baseline.as_ref().filter(|_| unchanged) {
+            Some(cache) => {
+                emit(Event::BaselineReused(BaselineReused {
+                    run_id: run.run_id,
+                    from_run: sent.run_id,
+                }));
+                // The UI now files that baseline under this run.
+                self.sent_baseline = Some(SentBaseline {
+                    run_id: run.run_id,
+                    ..sent
+                });
+                cache.captures().clone()
+            }
+            None => {
+                let captures = run_pass(
+                    model,
+                    &ids,
+                    &spec,
+                    &mut self.baseline,
+                    None,
+                    &run,
+                    Variant::Baseline,
+                    cancel,
+                    emit,
+                )?;
+                self.sent_baseline = Some(SentBaseline {
+                    run_id: run.run_id,
+                    ..sent
+                });
+                captures
+            }
+        };
+        self.last_run = Some(LastRun {
+            run_id: run.run_id,
+            ids: ids.clone(),
+            baseline: baseline.clone(),
+            intervened: None,
+        });
+        if !run.interventions.is_empty() {
+            if cancel.is_cancelled(run.run_id) {
+                return Ok(());
+            }
+            spec.interventions = run
+                .interventions
+                .iter()
+                .map(|e| resolve(model, e))
+                .collect::<anyhow::Result<_>>()?;
+            let intervened = run_pass(
+                model,
+                &ids,
+                &spec,
+                &mut self.intervened,
+                Some(&baseline),
+                &run,
+                Variant::Intervened,
+                cancel,
+                emit,
+            )?;
+            // Layers before the earliest intervention equal the baseline's.
+            let first_edited = spec
+                .interventions
+                .iter()
+                .filter_map(|i| model::hooks::hook_stage(&i.hook, n))
+                .min()
+                .unwrap_or(0)
+                .clamp(0, n as isize) as usize;
+            if let Some(last) = &mut self.last_run {
+                last.intervened = Some((intervened, first_edited));
+            }
+        } else {
+            self.intervened = None;
         }
+        if run.lens && !cancel.is_cancelled(run.run_id) {
+            self.lens(run.run_id, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the logit lens of run `run_id`'s passes (nothing when a later run replaced it).
+    fn lens(&mut self, run_id: RunId, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        let model = self
+            .model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        let Some(last) = self.last_run.as_ref().filter(|r| r.run_id == run_id) else {
+            return Ok(());
+        };
         // The baseline's lens is reused while the tokens stay the same.
         let base_lens = match self.baseline_lens.take() {
-            Some((tokens, lens)) if tokens == ids => lens,
-            _ => lens(model, &baseline, 0)?,
+            Some((tokens, lens)) if tokens == last.ids => lens,
+            _ => lens(model, &last.baseline, 0)?,
         };
         emit(Event::LensReady(LensReady {
-            run_id: run.run_id,
+            run_id,
             variant: Variant::Baseline,
             lens: base_lens.clone(),
         }));
-        self.baseline_lens = Some((ids.clone(), base_lens.clone()));
-        if run.interventions.is_empty() {
-            self.intervened = None;
-            return Ok(());
+        if let Some((captures, first_edited)) = &last.intervened {
+            // Layers before the earliest edit equal the baseline's: reuse their lens.
+            let mut edited = base_lens[..*first_edited].to_vec();
+            edited.extend(lens(model, captures, *first_edited)?);
+            emit(Event::LensReady(LensReady {
+                run_id,
+                variant: Variant::Intervened,
+                lens: edited,
+            }));
         }
-        spec.interventions = run
-            .interventions
-            .iter()
-            .map(|e| resolve(model, e))
-            .collect::<anyhow::Result<_>>()?;
-        let intervened = run_pass(
-            model,
-            &ids,
-            &spec,
-            &mut self.intervened,
-            Some(&baseline),
-            &run,
-            Variant::Intervened,
-            cancel,
-            emit,
-        )?;
-        if cancel.is_cancelled(run.run_id) {
-            return Ok(());
-        }
-        // Layers before the earliest intervention equal the baseline's: reuse their lens.
-        let first = spec
-            .interventions
-            .iter()
-            .filter_map(|i| model::hooks::hook_stage(&i.hook, n))
-            .min()
-            .unwrap_or(0)
-            .clamp(0, n as isize) as usize;
-        let mut edited = base_lens[..first].to_vec();
-        edited.extend(lens(model, &intervened, first)?);
-        emit(Event::LensReady(LensReady {
-            run_id: run.run_id,
-            variant: Variant::Intervened,
-            lens: edited,
-        }));
+        self.baseline_lens = Some((last.ids.clone(), base_lens));
         Ok(())
     }
 
@@ -342,15 +455,15 @@ fn run_pass(
             summary: Arc::new(summary),
         }));
     }
-    let logits: Vec<Vec<f32>> = out.logits.get(0)?.to_vec2()?;
+    let logits = out.logits.get(0)?;
+    let vocab = logits.dim(1)?;
+    let (predictions, per_token_nll) =
+        next_tokens(&logits.flatten_all()?.to_vec1()?, vocab, ids, TOP_K);
     emit(Event::RunFinished(RunFinished {
         run_id: run.run_id,
         variant,
-        per_token_nll: out.per_token_nll(ids, 0)?,
-        predictions: logits
-            .iter()
-            .map(|l| named(model, &top_k(l, TOP_K)))
-            .collect(),
+        per_token_nll,
+        predictions: predictions.iter().map(|p| named(model, p)).collect(),
         recomputed_from: out.recomputed_from,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
     }));

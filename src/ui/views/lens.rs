@@ -10,7 +10,16 @@ use crate::ui::state::{Action, AppState};
 pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let pass = state.shown();
     let Some(lens) = &pass.lens else {
-        ui.weak("The logit lens fills in when a run finishes.");
+        ui.horizontal(|ui| {
+            if state.current_run.is_some() {
+                ui.spinner();
+                ui.weak(
+                    "Computing the logit lens (every layer × position through the unembedding)…",
+                );
+            } else {
+                ui.weak("Run a prompt: the logit lens fills in when it finishes.");
+            }
+        });
         return None;
     };
     let (rows, cols) = (lens.len(), lens.first().map_or(0, Vec::len));

@@ -48,7 +48,18 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             if let Some(path) = &state.loading {
-                ui.spinner();
+                match state.loading_fraction {
+                    Some(f) => {
+                        ui.add(
+                            egui::ProgressBar::new(f)
+                                .desired_width(140.0)
+                                .text(format!("{:.0} %", f * 100.0)),
+                        );
+                    }
+                    None => {
+                        ui.spinner();
+                    }
+                }
                 ui.label(format!("Loading {}…", path.display()));
             } else if state.is_running() {
                 let pass = state.intervened.as_ref().unwrap_or(&state.baseline);

@@ -1,0 +1,1 @@
+//! SAE evaluation metrics (being written).

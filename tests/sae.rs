@@ -1,0 +1,285 @@
+//! SAEs against the reference libraries: every architecture and format in
+//! `tests/fixtures/sae/` (made by `scripts/make_sae_fixtures.py` with sae_lens 6.54.12 and
+//! eai-sparsify 1.3.3) encodes and reconstructs as the library did; saved SAEs load back
+//! identically; SAEs that do not fit a model, and broken files, are clear errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::fixtures;
+use dendrite::sae::{self, Activation, Normalization, SaeError, SaeFormat};
+
+fn case(name: &str) -> PathBuf {
+    fixtures().join("sae").join(name)
+}
+
+fn reference(dir: &Path) -> HashMap<String, Vec<f32>> {
+    let file = if dir.is_dir() {
+        dir
+    } else {
+        dir.parent().unwrap()
+    };
+    let file = if file.join("reference.safetensors").exists() {
+        file.join("reference.safetensors")
+    } else {
+        file.parent().unwrap().join("reference.safetensors")
+    };
+    candle_core::safetensors::load(&file, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t): (String, Tensor)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+        .fold(0.0, f32::max)
+}
+
+/// Encodes the case's inputs and checks latents and reconstruction against the library's.
+fn check(path: &Path, hook: Option<&str>, suffix: &str) -> sae::Sae {
+    let sae = sae::open_with_hook(path, hook).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let r = reference(path);
+    let x = &r["x"];
+    let n = x.len() / sae.cfg.d_in;
+    let (encoded, out) = sae.forward(x, n).unwrap();
+    let features = &r[&format!("feature_acts{suffix}")];
+    let expected_out = &r[&format!("sae_out{suffix}")];
+    let (df, dout) = (
+        max_diff(&encoded.features, features),
+        max_diff(&out, expected_out),
+    );
+    assert!(
+        df < 1e-5 && dout < 1e-5,
+        "{}: latents differ by {df:e}, reconstruction by {dout:e}",
+        path.display()
+    );
+    // Which latents fire must agree exactly, not just their values.
+    let active = |f: &[f32]| f.iter().map(|v| *v > 0.0).collect::<Vec<_>>();
+    assert_eq!(
+        active(&encoded.features),
+        active(features),
+        "{}",
+        path.display()
+    );
+    sae
+}
+
+#[test]
+fn every_sae_lens_architecture_matches_sae_lens() {
+    for (name, architecture) in [
+        ("standard", "standard"),
+        ("standard_no_bdec", "standard"),
+        ("topk", "topk"),
+        ("topk_rescale_dec_norm", "topk"),
+        ("jumprelu", "jumprelu"),
+        ("gated", "gated"),
+        ("transcoder", "transcoder"),
+        ("skip_transcoder", "skip_transcoder"),
+        ("jumprelu_transcoder", "jumprelu_transcoder"),
+        ("jumprelu_skip_transcoder", "jumprelu_skip_transcoder"),
+        ("norm_constant_norm_rescale", "standard"),
+        ("norm_layer_norm", "standard"),
+    ] {
+        let sae = check(&case(name), None, "");
+        assert_eq!(sae.cfg.format, SaeFormat::SaeLens, "{name}");
+        assert_eq!(sae.cfg.architecture, architecture, "{name}");
+    }
+    let topk = sae::open(case("topk")).unwrap();
+    assert_eq!(topk.cfg.activation, Activation::TopK { k: 4 });
+    assert_eq!(topk.cfg.hook_name, "blocks.0.hook_mlp_out");
+    // Row 6 of the topk case has only 2 positive pre-activations: L0 = 2 < k.
+    let r = reference(&case("topk"));
+    let encoded = topk.encode(&r["x"], 8).unwrap();
+    assert_eq!(encoded.l0()[6], 2);
+    assert!(encoded.l0().iter().all(|&l| l <= 4));
+    let layer_norm = sae::open(case("norm_layer_norm")).unwrap();
+    assert_eq!(layer_norm.cfg.normalization, Normalization::LayerNorm);
+    let transcoder = sae::open(case("transcoder")).unwrap();
+    assert!(transcoder.cfg.transcoder);
+    assert_eq!(transcoder.cfg.hook_name, "blocks.0.ln2.hook_normalized");
+    assert_eq!(
+        transcoder.cfg.hook_name_out.as_deref(),
+        Some("blocks.0.hook_mlp_out")
+    );
+}
+
+#[test]
+fn skip_transcoders_decode_without_the_skip_term() {
+    for name in ["skip_transcoder", "jumprelu_skip_transcoder"] {
+        let sae = sae::open(case(name)).unwrap();
+        let r = reference(&case(name));
+        let encoded = sae.encode(&r["x"], 8).unwrap();
+        assert!(
+            max_diff(&sae.decode(&encoded), &r["decode_out"]) < 1e-5,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn legacy_gemma_scope_and_sparsify_formats_match_their_libraries() {
+    let legacy = check(&case("legacy_flat"), None, "");
+    assert_eq!(legacy.cfg.format, SaeFormat::SaeLensLegacy);
+    assert_eq!(legacy.cfg.hook_name, "blocks.1.hook_resid_pre");
+    assert!(
+        legacy
+            .cfg
+            .notes
+            .iter()
+            .any(|n| n.contains("scaling_factor"))
+    );
+    let v5 = check(&case("legacy_v5_topk"), None, "");
+    assert_eq!(v5.cfg.activation, Activation::TopK { k: 4 });
+
+    // Gemma Scope files do not name their hook outside the release's folder layout.
+    let npz = case("gemma_scope").join("params.npz");
+    let err = sae::open(&npz).unwrap_err();
+    assert!(err.to_string().contains("give the hook"), "{err}");
+    let gemma = check(&npz, Some("blocks.0.hook_resid_post"), "");
+    assert_eq!(gemma.cfg.format, SaeFormat::GemmaScope);
+    assert_eq!(gemma.cfg.activation, Activation::JumpRelu);
+    assert!(!gemma.cfg.apply_b_dec_to_input);
+
+    let sparsify = check(&case("sparsify/layers.0"), None, "");
+    assert_eq!(sparsify.cfg.format, SaeFormat::Sparsify);
+    assert_eq!(sparsify.cfg.hook_name, "blocks.0.hook_resid_post");
+    // The run folder holds one SAE per hookpoint: the error names them.
+    let err = sae::open(case("sparsify")).unwrap_err();
+    assert!(err.to_string().contains("layers.0"), "{err}");
+}
+
+#[test]
+fn a_training_checkpoints_scaling_factor_is_folded_in() {
+    let sae = check(&case("norm_expected_average_only_in"), None, "_folded");
+    assert!(
+        sae.cfg
+            .notes
+            .iter()
+            .any(|n| n.contains("activation_scaler.json"))
+    );
+}
+
+#[test]
+fn a_saved_sae_loads_back_identically() {
+    let out = tempfile::tempdir().unwrap();
+    for name in [
+        "standard",
+        "topk",
+        "jumprelu",
+        "gated",
+        "skip_transcoder",
+        "norm_layer_norm",
+    ] {
+        let sae = sae::open(case(name)).unwrap();
+        let dir = out.path().join(name);
+        sae::save(&sae, &dir, &sae::SaveMetadata::default()).unwrap();
+        let back = sae::open(&dir).unwrap();
+        let mut expected = sae.cfg.clone();
+        expected.path = dir.clone();
+        expected.notes.clear();
+        expected.model_name = Some(String::new());
+        assert_eq!(back.cfg, expected, "{name}");
+        let (a, b) = (sae.params(), back.params());
+        assert_eq!(
+            (a.w_enc, a.b_enc, a.w_dec, a.b_dec),
+            (b.w_enc, b.b_enc, b.w_dec, b.b_dec),
+            "{name}"
+        );
+        assert_eq!(
+            (a.threshold, a.gated, a.w_skip),
+            (b.threshold, b.gated, b.w_skip),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn saes_that_do_not_fit_the_model_are_clear_errors() {
+    let model = dendrite::model::open(fixtures().join("tiny/gpt2")).unwrap();
+    let t = &model.transformer;
+    // The fixtures read the tiny GPT-2's d_model = 32 sites.
+    sae::open(case("standard"))
+        .unwrap()
+        .check_fits(t, "tiny")
+        .unwrap();
+    sae::open(case("transcoder"))
+        .unwrap()
+        .check_fits(t, "tiny")
+        .unwrap();
+    let wrong_hook =
+        sae::open_with_hook(case("standard"), Some("blocks.7.hook_resid_post")).unwrap();
+    assert!(matches!(
+        wrong_hook.check_fits(t, "tiny"),
+        Err(SaeError::UnknownHook { .. })
+    ));
+    // An MLP site of this model is 64 wide: the message names both widths.
+    let wrong_width =
+        sae::open_with_hook(case("standard"), Some("blocks.0.mlp.hook_post")).unwrap();
+    let err = wrong_width.check_fits(t, "tiny").unwrap_err().to_string();
+    assert!(
+        err.contains("32") && err.contains("64") && err.contains("blocks.0.mlp.hook_post"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_sae_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["cfg.json", "sae_weights.safetensors"] {
+            std::fs::copy(case("standard").join(f), to.join(f)).unwrap();
+        }
+        to
+    };
+    // Truncated weights.
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("sae_weights.safetensors")).unwrap();
+    std::fs::write(
+        truncated.join("sae_weights.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let err = sae::open(&truncated).unwrap_err();
+    assert!(matches!(err, SaeError::Corrupt { .. }), "{err}");
+    // A config whose width disagrees with the weights.
+    let wrong = copy("wrong_width");
+    let cfg = std::fs::read_to_string(wrong.join("cfg.json")).unwrap();
+    std::fs::write(
+        wrong.join("cfg.json"),
+        cfg.replace("\"d_sae\": 64", "\"d_sae\": 65"),
+    )
+    .unwrap();
+    let err = sae::open(&wrong).unwrap_err();
+    assert!(matches!(err, SaeError::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("W_enc"), "{err}");
+    // Not JSON, an unknown architecture, a missing directory, a folder of something else.
+    let garbage = copy("garbage");
+    std::fs::write(garbage.join("cfg.json"), "{not json").unwrap();
+    assert!(matches!(sae::open(&garbage), Err(SaeError::Config { .. })));
+    let unknown = copy("unknown");
+    let cfg = std::fs::read_to_string(unknown.join("cfg.json")).unwrap();
+    std::fs::write(
+        unknown.join("cfg.json"),
+        cfg.replace("\"standard\"", "\"matching_pursuit\""),
+    )
+    .unwrap();
+    let err = sae::open(&unknown).unwrap_err().to_string();
+    assert!(err.contains("matching_pursuit"), "{err}");
+    assert!(matches!(
+        sae::open(dir.path().join("nope")),
+        Err(SaeError::NotFound { .. })
+    ));
+    assert!(matches!(
+        sae::open(fixtures().join("tiny/gpt2")),
+        Err(SaeError::UnknownFormat { .. })
+    ));
+}
