@@ -60,10 +60,53 @@ pub enum InterventionKind {
     Neurons { indices: Vec<usize>, op: ValueOp },
     /// Add `scale * vector` (a steering vector; length = the site's width).
     AddVector { vector: Arc<[f32]>, scale: f32 },
+    /// Edit each position's component along `direction` (normalised to unit length here).
+    Project {
+        direction: Arc<[f32]>,
+        mode: ProjectionMode,
+    },
+    /// An edit computed by code the caller supplies (e.g. an SAE latent clamp: encode, set,
+    /// decode, add back the error). Not serialisable.
+    #[serde(skip)]
+    Rows(RowEdit),
     /// Ablate one head's output on `attn.hook_z`.
     HeadAblation { head: usize, mode: AblationMode },
     /// Override one head's attention pattern on `attn.hook_pattern`.
     Pattern { head: usize, mode: PatternMode },
+}
+
+/// What [`InterventionKind::Project`] does with the component `p = x·d̂` along a unit
+/// direction `d̂`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionMode {
+    /// Orthogonal decomposition: keep `x − p d̂`, set the component to `value`:
+    /// `x' = x + (value − p) d̂`.
+    Set { value: f32 },
+    /// Projection cap: `x' = x + (min(p, max) − p) d̂` (components above `max` are cut to it).
+    Cap { max: f32 },
+}
+
+/// Rows of one hook edited by caller-supplied code: gets the selected positions' rows
+/// (`[n, width]` row-major) and edits them in place. Two edits are the same edit when their
+/// keys are equal (the incremental rerun compares interventions), so the key must name
+/// everything the function depends on.
+#[derive(Clone)]
+pub struct RowEdit {
+    pub key: String,
+    pub edit: Arc<dyn Fn(&mut [f32], usize) -> std::result::Result<(), String> + Send + Sync>,
+}
+
+impl PartialEq for RowEdit {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl std::fmt::Debug for RowEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RowEdit({})", self.key)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -327,6 +370,53 @@ fn edit_rows(
                     for (v, s) in data[start..start + width].iter_mut().zip(vector.iter()) {
                         *v += scale * s;
                     }
+                }
+            }
+        }
+        InterventionKind::Project { direction, mode } => {
+            if direction.len() != width {
+                return Err(invalid(
+                    intervention,
+                    format!(
+                        "direction has length {}, site width is {width}",
+                        direction.len()
+                    ),
+                ));
+            }
+            let norm = direction
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if norm == 0.0 {
+                return Err(invalid(intervention, "the direction is the zero vector"));
+            }
+            let unit: Vec<f64> = direction.iter().map(|v| *v as f64 / norm).collect();
+            for batch in 0..b {
+                for &pos in positions {
+                    let start = row(batch, pos);
+                    let x = &mut data[start..start + width];
+                    let p: f64 = x.iter().zip(&unit).map(|(x, u)| *x as f64 * u).sum();
+                    let target = match mode {
+                        ProjectionMode::Set { value } => *value as f64,
+                        ProjectionMode::Cap { max } => p.min(*max as f64),
+                    };
+                    for (x, u) in x.iter_mut().zip(&unit) {
+                        *x = (*x as f64 + (target - p) * u) as f32;
+                    }
+                }
+            }
+        }
+        InterventionKind::Rows(edit) => {
+            for batch in 0..b {
+                let mut rows: Vec<f32> = positions
+                    .iter()
+                    .flat_map(|&pos| data[row(batch, pos)..row(batch, pos) + width].to_vec())
+                    .collect();
+                (edit.edit)(&mut rows, width).map_err(|e| invalid(intervention, e))?;
+                for (i, &pos) in positions.iter().enumerate() {
+                    data[row(batch, pos)..row(batch, pos) + width]
+                        .copy_from_slice(&rows[i * width..(i + 1) * width]);
                 }
             }
         }

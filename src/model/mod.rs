@@ -20,7 +20,8 @@ use serde::Serialize;
 
 pub use error::{ModelError, Result};
 pub use hooks::{
-    AblationMode, Captures, HookSpec, Intervention, InterventionKind, PatternMode, ValueOp,
+    AblationMode, Captures, HookSpec, Intervention, InterventionKind, PatternMode, ProjectionMode,
+    RowEdit, ValueOp,
 };
 pub use tokenizer::Tokenizer;
 pub use transformer::{
