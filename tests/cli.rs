@@ -239,3 +239,63 @@ fn heads_on_smollm2_match_hf() {
         );
     }
 }
+
+#[test]
+fn sae_json_lists_every_active_latent_per_token() {
+    let model = fixtures().join("tiny/gpt2");
+    let sae = fixtures().join("sae/topk");
+    let out = json(&[
+        "sae",
+        model.to_str().unwrap(),
+        "--sae",
+        sae.to_str().unwrap(),
+        "--token-ids",
+        "5,9,12,5,9",
+        "--json",
+    ]);
+    assert_eq!(out["hook"], "blocks.0.hook_mlp_out");
+    assert_eq!(out["d_sae"], 64);
+    let features = out["features"].as_array().unwrap();
+    let l0 = out["l0"].as_array().unwrap();
+    assert_eq!((features.len(), l0.len()), (5, 5));
+    for (token, l0) in features.iter().zip(l0) {
+        let acts: Vec<f64> = token
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| {
+                let index = pair[0].as_u64().unwrap();
+                assert!(index < 64);
+                pair[1].as_f64().unwrap()
+            })
+            .collect();
+        assert_eq!(acts.len() as u64, l0.as_u64().unwrap());
+        assert!(!acts.is_empty() && acts.len() <= 4, "k = 4");
+        assert!(acts.iter().all(|a| *a > 0.0));
+        assert!(acts.windows(2).all(|w| w[0] >= w[1]), "highest first");
+    }
+    // MSE is the mean of the per-token squared errors.
+    let errors: Vec<f64> = out["squared_error"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_f64().unwrap())
+        .collect();
+    let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+    assert!((out["mse"].as_f64().unwrap() - mean).abs() < 1e-3 * mean.max(1.0));
+    assert!(out["fve"].is_number());
+
+    // An SAE attached where the widths differ is an error naming both.
+    let (ok, _, stderr) = dendrite(&[
+        "sae",
+        model.to_str().unwrap(),
+        "--sae",
+        sae.to_str().unwrap(),
+        "--hook",
+        "blocks.0.mlp.hook_post",
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("32") && stderr.contains("64"), "{stderr}");
+}

@@ -59,6 +59,8 @@ pub enum Command {
     Sparsity(analyses::SparsityArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
     Lens(analyses::LensArgs),
+    /// An SAE's latents per token, L0, FVE and MSE on a prompt.
+    Sae(sae::SaeArgs),
 }
 
 /// The tokens to analyse: a prompt or explicit ids.
@@ -185,6 +187,7 @@ macro_rules! outln {
 }
 
 mod analyses;
+mod sae;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -215,6 +218,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
+        Some(Command::Sae(args)) => sae::sae(&args),
     }
 }
 

@@ -8,6 +8,7 @@
 //! encoding a prompt's tokens costs one weight-stationary matmul; decoding walks only the
 //! active latents.
 
+pub mod apply;
 pub mod error;
 pub mod format;
 pub mod metrics;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub use error::{Result, SaeError};
 pub use format::{SaveMetadata, open, open_with_hook, save};
 
+use crate::model::ValueOp;
 use crate::model::packed::PackedMatrix;
 use crate::model::transformer::Transformer;
 
@@ -522,5 +524,37 @@ impl Sae {
             out.iter_mut().zip(&s).for_each(|(o, s)| *o += s);
         }
         Ok((encoded, out))
+    }
+
+    /// Edits latent `latent` of every row of `x` (`[n, d_in]`) by `op` and writes the result
+    /// back to `x` as `x + decode(f') − decode(f)`: only that latent's contribution changes and
+    /// the SAE's reconstruction error stays in (Templeton et al.'s feature clamping).
+    pub fn edit_latent(&self, x: &mut [f32], n: usize, latent: usize, op: ValueOp) -> Result<()> {
+        if self.cfg.transcoder {
+            return Err(SaeError::InvalidInput(
+                "clamping a transcoder latent needs the MLP replaced by the transcoder; only SAE latents can be clamped".into(),
+            ));
+        }
+        if latent >= self.cfg.d_sae {
+            return Err(SaeError::InvalidInput(format!(
+                "latent {latent} out of range (the SAE has {})",
+                self.cfg.d_sae
+            )));
+        }
+        let encoded = self.encode(x, n)?;
+        let mut edited = encoded.clone();
+        for row in edited.features.chunks_exact_mut(self.cfg.d_sae) {
+            let v = &mut row[latent];
+            *v = match op {
+                ValueOp::Set(a) => a,
+                ValueOp::Scale(a) => *v * a,
+                ValueOp::Add(a) => *v + a,
+            };
+        }
+        let (before, after) = (self.decode(&encoded), self.decode(&edited));
+        for ((x, a), b) in x.iter_mut().zip(&after).zip(&before) {
+            *x += a - b;
+        }
+        Ok(())
     }
 }
