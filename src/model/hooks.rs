@@ -94,8 +94,11 @@ pub enum ProjectionMode {
 #[derive(Clone)]
 pub struct RowEdit {
     pub key: String,
-    pub edit: Arc<dyn Fn(&mut [f32], usize) -> std::result::Result<(), String> + Send + Sync>,
+    pub edit: Arc<RowEditFn>,
 }
+
+/// Edits `[n, width]` rows in place (given the width); an error is a message.
+pub type RowEditFn = dyn Fn(&mut [f32], usize) -> std::result::Result<(), String> + Send + Sync;
 
 impl PartialEq for RowEdit {
     fn eq(&self, other: &Self) -> bool {
