@@ -65,6 +65,21 @@ pub fn path() -> Option<PathBuf> {
     Some(dir)
 }
 
+/// SAEs the app attaches when it opens `model`: the sample SAE for the sample model.
+pub fn default_saes(model: &std::path::Path) -> Vec<PathBuf> {
+    let is_sample = path().is_some_and(|p| p == model);
+    let sae = crate::sample::sae_path();
+    match (is_sample, sae) {
+        (true, Some(sae)) => vec![sae],
+        _ => Vec::new(),
+    }
+}
+
+/// The sample SAE (not shipped yet).
+pub fn sae_path() -> Option<PathBuf> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

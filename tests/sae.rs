@@ -283,3 +283,45 @@ fn broken_sae_files_are_clear_errors() {
         Err(SaeError::UnknownFormat { .. })
     ));
 }
+
+#[test]
+fn clamping_a_latent_changes_only_its_contribution() {
+    use dendrite::model::ValueOp;
+    // x' − x = (v − f_j) · W_dec[j] for a plain SAE, × σ under layer-norm normalisation.
+    for name in ["standard", "norm_layer_norm", "topk"] {
+        let sae = sae::open(case(name)).unwrap();
+        let r = reference(&case(name));
+        let x = r["x"][..2 * 32].to_vec();
+        let encoded = sae.encode(&x, 2).unwrap();
+        let j = encoded.active(0)[0].0;
+        let mut edited = x.clone();
+        sae.edit_latent(&mut edited, 2, j, ValueOp::Set(7.5))
+            .unwrap();
+        let dir = sae.decoder_direction(j).unwrap();
+        for t in 0..2 {
+            let f = encoded.row(t)[j];
+            let row = &x[t * 32..(t + 1) * 32];
+            let sigma = if name == "norm_layer_norm" {
+                let mu = row.iter().sum::<f32>() / 32.0;
+                (row.iter().map(|v| (v - mu).powi(2)).sum::<f32>() / 31.0).sqrt()
+            } else {
+                1.0
+            };
+            for k in 0..32 {
+                let expected = row[k] + (7.5 - f) * dir[k] * sigma;
+                let got = edited[t * 32 + k];
+                assert!(
+                    (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                    "{name} t{t} k{k}: {got} vs {expected}"
+                );
+            }
+        }
+    }
+    let transcoder = sae::open(case("transcoder")).unwrap();
+    let mut x = vec![0.5f32; 32];
+    assert!(
+        transcoder
+            .edit_latent(&mut x, 1, 0, ValueOp::Set(1.0))
+            .is_err()
+    );
+}

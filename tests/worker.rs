@@ -310,3 +310,123 @@ fn probe_scores_every_head_and_dropping_the_handle_joins() {
     w.send(run(5, "a longer prompt to keep the worker busy", vec![]));
     drop(w);
 }
+
+#[test]
+fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
+    let mut session = Session::new();
+    let go = |session: &mut Session, command: Command| {
+        let mut events = Vec::new();
+        session.handle(command, &|_| false, &mut |e| events.push(e));
+        events
+    };
+    go(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let sae_dir = common::fixtures().join("sae/standard");
+    // A width that does not fit is an error naming both widths; the session keeps serving.
+    let bad = go(
+        &mut session,
+        Command::AttachSae(AttachSae {
+            path: sae_dir.clone(),
+            hook: Some("blocks.0.mlp.hook_post".into()),
+        }),
+    );
+    assert!(
+        matches!(&bad[0], Event::Error(e) if e.message.contains("width 32") && e.message.contains("width 64")),
+        "{bad:?}"
+    );
+    let attached = go(
+        &mut session,
+        Command::AttachSae(AttachSae {
+            path: sae_dir,
+            hook: None,
+        }),
+    );
+    let Event::SaeAttached(a) = &attached[0] else {
+        panic!("{attached:?}")
+    };
+    assert_eq!(a.cfg.hook_name, "blocks.0.hook_resid_post");
+    let sae_id = a.sae_id;
+    let run = |id: RunId, edits: Vec<Edit>| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabc".into(),
+            interventions: edits,
+            sparsity: Method::Zero,
+            lens: false,
+            have_baseline: None,
+        })
+    };
+    let events = go(&mut session, run(1, vec![]));
+    // The feature map comes right after its layer (0), before layer 1.
+    let order: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LayerReady(l) => Some(format!("L{}", l.summary.layer)),
+            Event::SaeReady(_) => Some("sae".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec!["L0", "sae", "L1"]);
+    let sae_of = |events: &[Event], variant: Variant| {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::SaeReady(r) if r.variant == variant && r.sae_id == sae_id => {
+                    Some(r.summary.clone())
+                }
+                _ => None,
+            })
+            .expect("a feature map")
+    };
+    let base = sae_of(&events, Variant::Baseline);
+    assert_eq!(base.n_tokens, 6);
+    assert_eq!(base.l0.len(), 6);
+    let latent = base.features[2][0].0;
+    // Clamping a latent downstream of the SAE changes the loss; steering along it too.
+    let clamped = go(
+        &mut session,
+        run(
+            2,
+            vec![Edit::SaeLatent {
+                sae_id,
+                latent: latent as usize,
+                op: ValueOp::Set(40.0),
+                positions: None,
+            }],
+        ),
+    );
+    let before = finished(&events, Variant::Baseline).per_token_nll.clone();
+    let after = finished(&clamped, Variant::Intervened)
+        .per_token_nll
+        .clone();
+    assert_ne!(before, after);
+    let steered = go(
+        &mut session,
+        run(
+            3,
+            vec![Edit::SteerLatent {
+                sae_id,
+                latent: latent as usize,
+                mode: SteerMode::SetProjection { value: 5.0 },
+                positions: Some(vec![1]),
+            }],
+        ),
+    );
+    assert_ne!(
+        finished(&steered, Variant::Intervened).per_token_nll,
+        before
+    );
+    // The decoder direction through the unembedding, then detaching.
+    let info = go(
+        &mut session,
+        Command::InspectLatent(InspectLatent {
+            sae_id,
+            latent: latent as usize,
+            k: 3,
+        }),
+    );
+    assert!(matches!(&info[0], Event::LatentInfo(l) if l.top.len() == 3 && l.decoder_norm > 0.0));
+    let detached = go(&mut session, Command::DetachSae(DetachSae { sae_id }));
+    assert!(matches!(&detached[0], Event::SaeDetached(d) if d.sae_id == sae_id));
+    let events = go(&mut session, run(4, vec![]));
+    assert!(!events.iter().any(|e| matches!(e, Event::SaeReady(_))));
+}

@@ -23,12 +23,27 @@ pub struct Cli {
     pub command: Option<Command>,
     /// A model to open in the app (GGUF file or HF folder); default: the sample model.
     pub model: Option<PathBuf>,
+    /// SAEs to attach once the model has loaded (SAELens folder, Gemma Scope params.npz,
+    /// sparsify folder); repeatable.
+    #[arg(long = "sae")]
+    pub saes: Vec<PathBuf>,
+    /// The prompt to run first (default: the last one).
+    #[arg(long)]
+    pub prompt: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Open the app on a model (GGUF file or HF folder).
-    Open { model: PathBuf },
+    Open {
+        model: PathBuf,
+        /// SAEs to attach once it has loaded; repeatable.
+        #[arg(long = "sae")]
+        saes: Vec<PathBuf>,
+        /// The prompt to run first (default: the last one).
+        #[arg(long)]
+        prompt: Option<String>,
+    },
     /// Architecture and sizes of a model (HF directory or GGUF file).
     Info {
         model: PathBuf,
@@ -191,8 +206,12 @@ mod sae;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::ui::run_app(cli.model.or_else(crate::sample::path)),
-        Some(Command::Open { model }) => crate::ui::run_app(Some(model)),
+        None => crate::ui::run_app(cli.model.or_else(crate::sample::path), cli.saes, cli.prompt),
+        Some(Command::Open {
+            model,
+            saes,
+            prompt,
+        }) => crate::ui::run_app(Some(model), saes, prompt),
         Some(Command::Info { model, json }) => info(&model, json),
         Some(Command::Tokenize {
             model,

@@ -654,4 +654,58 @@ mod tests {
             Err(ModelError::InvalidInput(_))
         ));
     }
+
+    #[test]
+    fn projection_set_and_cap_move_only_the_component_along_the_direction() {
+        use candle_core::{Device, Tensor};
+        // One position, x = (3, 4), direction (2, 0) → unit (1, 0), component p = 3.
+        let x = Tensor::from_vec(vec![3f32, 4.0], (1, 1, 2), &Device::Cpu).unwrap();
+        let run = |mode: ProjectionMode| -> Vec<f32> {
+            let i = Intervention {
+                hook: "blocks.0.hook_resid_post".into(),
+                positions: None,
+                kind: InterventionKind::Project {
+                    direction: vec![2.0f32, 0.0].into(),
+                    mode,
+                },
+            };
+            apply(&i, &x, &[vec![0]])
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(run(ProjectionMode::Set { value: -1.0 }), vec![-1.0, 4.0]);
+        assert_eq!(run(ProjectionMode::Cap { max: 2.0 }), vec![2.0, 4.0]);
+        // Below the cap nothing changes.
+        assert_eq!(run(ProjectionMode::Cap { max: 5.0 }), vec![3.0, 4.0]);
+    }
+
+    #[test]
+    fn row_edits_see_only_the_selected_positions() {
+        use candle_core::{Device, Tensor};
+        let x =
+            Tensor::from_vec(vec![1f32, 2.0, 3.0, 4.0, 5.0, 6.0], (1, 3, 2), &Device::Cpu).unwrap();
+        let edit = RowEdit {
+            key: "double".into(),
+            edit: Arc::new(|rows: &mut [f32], width: usize| {
+                assert_eq!((rows.len(), width), (4, 2));
+                rows.iter_mut().for_each(|v| *v *= 2.0);
+                Ok(())
+            }),
+        };
+        let i = Intervention {
+            hook: "blocks.0.hook_resid_post".into(),
+            positions: Some(vec![0, 2]),
+            kind: InterventionKind::Rows(edit),
+        };
+        let out: Vec<f32> = apply(&i, &x, &[vec![0, 0, 0]])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(out, vec![2.0, 4.0, 3.0, 4.0, 10.0, 12.0]);
+    }
 }

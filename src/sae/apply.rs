@@ -29,6 +29,42 @@ pub struct SaeSummary {
     pub mse: Option<f64>,
 }
 
+impl SaeSummary {
+    /// Latent `latent`'s activation at every token (0 where it does not fire).
+    pub fn latent_activations(&self, latent: u32) -> Vec<f32> {
+        self.features
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .find(|(j, _)| *j == latent)
+                    .map_or(0.0, |(_, a)| *a)
+            })
+            .collect()
+    }
+
+    /// The latents that fire anywhere on the prompt, by peak activation (highest first, ties
+    /// by index), at most `max`.
+    pub fn strongest_latents(&self, max: usize) -> Vec<u32> {
+        let mut peak: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+        for (j, a) in self.features.iter().flatten() {
+            let p = peak.entry(*j).or_insert(0.0);
+            *p = p.max(*a);
+        }
+        let mut latents: Vec<(u32, f32)> = peak.into_iter().collect();
+        latents.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        latents.into_iter().take(max).map(|(j, _)| j).collect()
+    }
+
+    /// `‖y − ŷ‖² / ‖y‖²` per token (`None` where `y = 0`).
+    pub fn relative_error(&self) -> Vec<Option<f32>> {
+        self.squared_error
+            .iter()
+            .zip(&self.squared_norm)
+            .map(|(e, n)| (*n > 0.0).then(|| e / n))
+            .collect()
+    }
+}
+
 /// Rows of batch row `row` of a captured hook, `[t, width]` row-major.
 fn rows(captures: &Captures, hook: &str, row: usize) -> Result<(Vec<f32>, usize)> {
     let t: &Tensor = captures
@@ -98,4 +134,33 @@ pub fn summarize_rows(sae: &Sae, x: &[f32], target: &[f32], n: usize) -> Result<
         fve: metrics::fve(target, &reconstruction, d_out),
         mse: metrics::mse_per_token_sum(target, &reconstruction, d_out),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> SaeSummary {
+        SaeSummary {
+            hook: "h".into(),
+            n_tokens: 3,
+            d_sae: 8,
+            features: vec![vec![(5, 2.0), (1, 0.5)], vec![], vec![(1, 3.0), (7, 2.0)]],
+            l0: vec![2, 0, 2],
+            squared_error: vec![1.0, 0.0, 2.0],
+            squared_norm: vec![4.0, 0.0, 8.0],
+            fve: None,
+            mse: None,
+        }
+    }
+
+    #[test]
+    fn columns_and_per_token_views() {
+        let s = summary();
+        assert_eq!(s.latent_activations(1), vec![0.5, 0.0, 3.0]);
+        // Peaks: 1 → 3.0, 5 → 2.0, 7 → 2.0 (tie: lower index first).
+        assert_eq!(s.strongest_latents(10), vec![1, 5, 7]);
+        assert_eq!(s.strongest_latents(2), vec![1, 5]);
+        assert_eq!(s.relative_error(), vec![Some(0.25), None, Some(0.25)]);
+    }
 }

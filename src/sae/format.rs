@@ -22,6 +22,20 @@ use serde_json::{Value, json};
 
 use super::{Activation, Normalization, Result, Sae, SaeConfig, SaeError, SaeFormat, SaeParams};
 
+/// Whether `path` looks like an SAE (rather than a model): what drag-and-drop decides by.
+pub fn looks_like_sae(path: &Path) -> bool {
+    if path.is_dir() {
+        path.join("sae_weights.safetensors").exists()
+            || path.join("sae.safetensors").exists()
+            || path.join("params.npz").exists()
+    } else {
+        path.extension().is_some_and(|e| e == "npz")
+            || path
+                .file_name()
+                .is_some_and(|n| n == "sae_weights.safetensors" || n == "sae.safetensors")
+    }
+}
+
 /// Opens an SAE directory or file; its hook comes from its own files.
 pub fn open(path: impl AsRef<Path>) -> Result<Sae> {
     open_with_hook(path, None)

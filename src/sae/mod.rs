@@ -16,7 +16,7 @@ pub mod metrics;
 use std::path::PathBuf;
 
 pub use error::{Result, SaeError};
-pub use format::{SaveMetadata, open, open_with_hook, save};
+pub use format::{SaveMetadata, looks_like_sae, open, open_with_hook, save};
 
 use crate::model::ValueOp;
 use crate::model::packed::PackedMatrix;

@@ -35,6 +35,8 @@ pub struct DendriteApp {
     ctx: egui::Context,
     /// Where exports are written.
     pub export_dir: PathBuf,
+    /// SAEs to attach when the next model has loaded (given on the command line).
+    pub attach_on_load: Vec<PathBuf>,
 }
 
 /// What survives a restart.
@@ -81,6 +83,7 @@ impl DendriteApp {
             export_results: crossbeam_channel::bounded(16),
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
+            attach_on_load: Vec::new(),
         })
     }
 
@@ -145,12 +148,27 @@ impl DendriteApp {
     pub fn drain_events(&mut self, ctx: &egui::Context) {
         let started = Instant::now();
         while let Some(event) = self.worker.try_recv() {
-            let loaded = matches!(event, Event::ModelLoaded(_));
+            let loaded = match &event {
+                Event::ModelLoaded(m) => Some(m.info.path.clone()),
+                _ => None,
+            };
+            let saes_changed = matches!(event, Event::SaeAttached(_) | Event::SaeDetached(_));
             self.state.apply(event);
-            if loaded {
-                // A freshly opened model runs the prompt and the head probe at once.
+            if let Some(model) = loaded {
+                // A freshly opened model gets its default SAEs, then runs the prompt and the
+                // head probe at once (the worker takes commands in order).
+                let requested = std::mem::take(&mut self.attach_on_load);
+                for sae in crate::sample::default_saes(&model)
+                    .into_iter()
+                    .chain(requested)
+                {
+                    self.act(Action::AttachSae(sae));
+                }
                 self.act(Action::Run);
                 self.act(Action::ProbeHeads);
+            } else if saes_changed {
+                // Feature maps of a new SAE (an unchanged baseline is not recomputed).
+                self.act(Action::Run);
             }
             if started.elapsed() > DRAIN_BUDGET {
                 ctx.request_repaint();
@@ -189,8 +207,14 @@ impl DendriteApp {
                 .map(|f| f.path().to_path_buf())
                 .collect()
         });
-        if let Some(path) = dropped.into_iter().next() {
-            self.act(Action::Open(path));
+        for path in dropped {
+            // An SAE attaches to the open model; anything else opens as a model.
+            if crate::sae::looks_like_sae(&path) {
+                self.act(Action::AttachSae(path));
+            } else {
+                self.act(Action::Open(path));
+                break;
+            }
         }
     }
 
@@ -242,6 +266,7 @@ impl DendriteApp {
                     (Tab::Heads, "Heads"),
                     (Tab::Histograms, "Histograms"),
                     (Tab::Lens, "Logit lens"),
+                    (Tab::Features, "SAE features"),
                 ] {
                     if ui.selectable_label(state.tab == tab, name).clicked() {
                         action = Some(Action::SetTab(tab));
@@ -263,6 +288,7 @@ impl DendriteApp {
                 Tab::Heads => views::heads::heads_ui(ui, state),
                 Tab::Histograms => views::histograms::histograms_ui(ui, state),
                 Tab::Lens => views::lens::lens_ui(ui, state),
+                Tab::Features => views::features::features_ui(ui, state),
             };
             action = action.take().or(a);
         });

@@ -21,6 +21,7 @@ impl View {
             View::Tab(Tab::Heads) => "heads",
             View::Tab(Tab::Histograms) => "histogram",
             View::Tab(Tab::Lens) => "logit-lens",
+            View::Tab(Tab::Features) => "sae-features",
         }
     }
 }
@@ -70,6 +71,33 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
     let pass = state.shown();
     let l = state.selection.layer;
     match view {
+        View::Tab(Tab::Features) => {
+            let summary = pass.sae(state.selected_sae?)?;
+            let mut t = Table::new([
+                "position",
+                "token",
+                "l0",
+                "squared_error",
+                "squared_norm",
+                "features",
+            ]);
+            for p in 0..summary.n_tokens {
+                t.push([
+                    p.to_string(),
+                    pass.tokens.get(p).cloned().unwrap_or_default(),
+                    summary.l0[p].to_string(),
+                    summary.squared_error[p].to_string(),
+                    summary.squared_norm[p].to_string(),
+                    // Every active latent as index:activation, highest first.
+                    summary.features[p]
+                        .iter()
+                        .map(|(j, a)| format!("{j}:{a}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ]);
+            }
+            Some(t)
+        }
         View::Layers => {
             let mut t = Table::new([
                 "layer",

@@ -11,8 +11,13 @@ use std::path::PathBuf;
 
 pub use app::DendriteApp;
 
-/// Opens the window on `model` (or on nothing: the top bar then says how to open one).
-pub fn run_app(model: Option<PathBuf>) -> anyhow::Result<()> {
+/// Opens the window on `model` (or on nothing: the top bar then says how to open one), with
+/// `saes` attached once it has loaded and `prompt` (when given) as the first prompt.
+pub fn run_app(
+    model: Option<PathBuf>,
+    saes: Vec<PathBuf>,
+    prompt: Option<String>,
+) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Dendrite")
@@ -24,7 +29,11 @@ pub fn run_app(model: Option<PathBuf>) -> anyhow::Result<()> {
         "Dendrite",
         options,
         Box::new(move |cc| {
-            let app = DendriteApp::new(&cc.egui_ctx, cc.storage, model)?;
+            let mut app = DendriteApp::new(&cc.egui_ctx, cc.storage, model)?;
+            app.attach_on_load = saes;
+            if let Some(p) = prompt {
+                app.state.prompt = p;
+            }
             Ok(Box::new(app))
         }),
     )

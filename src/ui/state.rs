@@ -2,6 +2,7 @@
 //! [`AppState::act`] (user actions). Both are pure: no egui, no I/O, no threads, so they are
 //! unit tested directly.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,9 +10,12 @@ use crate::analysis::heads::HeadScores;
 use crate::analysis::histogram::{Bins, Histogram};
 use crate::analysis::sparsity::Method;
 use crate::model::{AblationMode, Intervention, ModelInfo, PatternMode, ValueOp};
+use crate::sae::SaeConfig;
+use crate::sae::apply::SaeSummary;
 use crate::worker::{
-    Command, Edit, ErrorEvent, Event, InspectNeuron, LayerSummary, LensRequest, LoadModel,
-    NeuronInfo, ProbeHeads, RunFinished, RunId, RunPrompt, TokenPrediction, Variant,
+    AttachSae, Command, DetachSae, Edit, ErrorEvent, Event, InspectLatent, InspectNeuron,
+    LatentInfo, LayerSummary, LensRequest, LoadModel, NeuronInfo, ProbeHeads, RunFinished, RunId,
+    RunPrompt, SaeId, SteerMode, TokenPrediction, Variant,
 };
 
 /// The main view's tabs.
@@ -21,6 +25,8 @@ pub enum Tab {
     Heads,
     Histograms,
     Lens,
+    /// The selected SAE's feature map.
+    Features,
 }
 
 /// Which pass a view draws when interventions are active.
@@ -37,6 +43,8 @@ pub enum Show {
 pub enum TokenColour {
     Loss,
     SelectedNeuron,
+    /// The selected SAE latent's activation.
+    SelectedLatent,
     Sparsity,
 }
 
@@ -50,6 +58,8 @@ pub struct PassView {
     pub layers: Vec<Option<Arc<LayerSummary>>>,
     pub finished: Option<RunFinished>,
     pub lens: Option<Vec<Vec<Vec<TokenPrediction>>>>,
+    /// Each attached SAE's view of this pass, as it streams in.
+    pub saes: BTreeMap<SaeId, Arc<SaeSummary>>,
 }
 
 impl PassView {
@@ -59,6 +69,27 @@ impl PassView {
 
     pub fn layer(&self, l: usize) -> Option<&LayerSummary> {
         self.layers.get(l)?.as_deref()
+    }
+
+    pub fn sae(&self, id: SaeId) -> Option<&SaeSummary> {
+        self.saes.get(&id).map(|s| s.as_ref())
+    }
+}
+
+/// An attached SAE.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaeEntry {
+    pub id: SaeId,
+    pub cfg: SaeConfig,
+}
+
+impl SaeEntry {
+    /// Short name: "topk 16384 @ blocks.6.hook_resid_post".
+    pub fn label(&self) -> String {
+        format!(
+            "#{} {} {} @ {}",
+            self.id, self.cfg.architecture, self.cfg.d_sae, self.cfg.hook_name
+        )
     }
 }
 
@@ -90,6 +121,58 @@ pub enum InterventionKind {
         neuron: usize,
         scale: f32,
     },
+    /// Set (or scale) one SAE latent at every position, keeping the SAE's error.
+    Latent {
+        sae_id: SaeId,
+        latent: usize,
+        value: f32,
+        scale: bool,
+    },
+    /// Steer along an SAE latent's decoder direction.
+    SteerLatent {
+        sae_id: SaeId,
+        latent: usize,
+        mode: SteerMode,
+    },
+}
+
+impl InterventionKind {
+    /// The value a slider edits, and the same kind with another value.
+    pub fn value(&self) -> Option<f32> {
+        match *self {
+            InterventionKind::Neuron { value, .. } | InterventionKind::Latent { value, .. } => {
+                Some(value)
+            }
+            InterventionKind::PatternClamp { strength, .. } => Some(strength),
+            InterventionKind::Steer { scale, .. } => Some(scale),
+            InterventionKind::SteerLatent { mode, .. } => Some(match mode {
+                SteerMode::Add { scale } => scale,
+                SteerMode::SetProjection { value } => value,
+                SteerMode::CapProjection { max } => max,
+            }),
+            InterventionKind::HeadAblation { .. } => None,
+        }
+    }
+
+    pub fn with_value(&self, v: f32) -> Self {
+        let mut k = self.clone();
+        match &mut k {
+            InterventionKind::Neuron { value, .. } | InterventionKind::Latent { value, .. } => {
+                *value = v
+            }
+            InterventionKind::PatternClamp { strength, .. } => *strength = v,
+            InterventionKind::Steer { scale, .. } => *scale = v,
+            InterventionKind::SteerLatent { mode, .. } => {
+                *mode = match *mode {
+                    SteerMode::Add { .. } => SteerMode::Add { scale: v },
+                    SteerMode::SetProjection { .. } => SteerMode::SetProjection { value: v },
+                    SteerMode::CapProjection { .. } => SteerMode::CapProjection { max: v },
+                }
+            }
+            InterventionKind::HeadAblation { .. } => {}
+        }
+        k
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -137,6 +220,33 @@ impl InterventionItem {
                 neuron,
                 scale,
             } => format!("steer L{layer} N{neuron} direction × {scale:.1}"),
+            InterventionKind::Latent {
+                sae_id,
+                latent,
+                value,
+                scale,
+            } => {
+                if *scale {
+                    format!("SAE#{sae_id} F{latent} × {value:.2}")
+                } else {
+                    format!("SAE#{sae_id} F{latent} = {value:.2}")
+                }
+            }
+            InterventionKind::SteerLatent {
+                sae_id,
+                latent,
+                mode,
+            } => match mode {
+                SteerMode::Add { scale } => {
+                    format!("steer SAE#{sae_id} F{latent} + {scale:.1}·d")
+                }
+                SteerMode::SetProjection { value } => {
+                    format!("SAE#{sae_id} F{latent} projection = {value:.1}")
+                }
+                SteerMode::CapProjection { max } => {
+                    format!("SAE#{sae_id} F{latent} projection ≤ {max:.1}")
+                }
+            },
         }
     }
 
@@ -191,6 +301,40 @@ impl InterventionItem {
                 neuron,
                 scale,
             },
+            InterventionKind::Latent {
+                sae_id,
+                latent,
+                value,
+                scale,
+            } => Edit::SaeLatent {
+                sae_id,
+                latent,
+                op: if scale {
+                    ValueOp::Scale(value)
+                } else {
+                    ValueOp::Set(value)
+                },
+                positions: None,
+            },
+            InterventionKind::SteerLatent {
+                sae_id,
+                latent,
+                mode,
+            } => Edit::SteerLatent {
+                sae_id,
+                latent,
+                mode,
+                positions: None,
+            },
+        }
+    }
+
+    /// The SAE this item needs, if any.
+    pub fn sae_id(&self) -> Option<SaeId> {
+        match self.kind {
+            InterventionKind::Latent { sae_id, .. }
+            | InterventionKind::SteerLatent { sae_id, .. } => Some(sae_id),
+            _ => None,
         }
     }
 }
@@ -210,6 +354,14 @@ pub enum Action {
     SelectHead {
         layer: usize,
         head: usize,
+    },
+    /// Attach an SAE directory or file (at its own hook).
+    AttachSae(PathBuf),
+    DetachSae(SaeId),
+    SelectSae(SaeId),
+    SelectLatent {
+        sae_id: SaeId,
+        latent: usize,
     },
     ClearSelection,
     SetTab(Tab),
@@ -234,6 +386,8 @@ pub struct Selection {
     pub layer: usize,
     pub neuron: Option<usize>,
     pub head: Option<usize>,
+    /// An SAE latent: `(sae, latent)`.
+    pub latent: Option<(SaeId, usize)>,
 }
 
 /// Histogram bins per layer, fixed by the first baseline that reached the layer so that later
@@ -261,6 +415,10 @@ pub struct AppState {
     pub probe_running: bool,
     pub selection: Selection,
     pub neuron_info: Option<NeuronInfo>,
+    pub latent_info: Option<LatentInfo>,
+    /// Attached SAEs, in attach order, and the one the Features view shows.
+    pub saes: Vec<SaeEntry>,
+    pub selected_sae: Option<SaeId>,
     pub errors: Vec<ErrorEvent>,
     pub tab: Tab,
     pub show: Show,
@@ -294,6 +452,9 @@ impl Default for AppState {
             probe_running: false,
             selection: Selection::default(),
             neuron_info: None,
+            latent_info: None,
+            saes: Vec::new(),
+            selected_sae: None,
             errors: Vec::new(),
             tab: Tab::Neurons,
             show: Show::Intervened,
@@ -314,7 +475,10 @@ impl AppState {
             return false;
         };
         let done = |p: &PassView| {
-            p.run_id == run && p.finished.is_some() && p.layers_done() == p.layers.len()
+            p.run_id == run
+                && p.finished.is_some()
+                && p.layers_done() == p.layers.len()
+                && self.saes.iter().all(|s| p.saes.contains_key(&s.id))
         };
         done(&self.baseline)
             && match &self.intervened {
@@ -421,6 +585,7 @@ impl AppState {
                     layer,
                     neuron: Some(neuron),
                     head: self.selection.head,
+                    latent: self.selection.latent,
                 };
                 self.neuron_info = None;
                 self.token_colour = TokenColour::SelectedNeuron;
@@ -435,10 +600,42 @@ impl AppState {
                 self.selection.head = Some(head);
                 None
             }
+            Action::AttachSae(path) => Some(Command::AttachSae(AttachSae { path, hook: None })),
+            Action::DetachSae(sae_id) => {
+                // Edits that need the SAE go with it (undoable).
+                if self
+                    .interventions
+                    .iter()
+                    .any(|i| i.sae_id() == Some(sae_id))
+                {
+                    self.checkpoint();
+                    self.interventions.retain(|i| i.sae_id() != Some(sae_id));
+                }
+                Some(Command::DetachSae(DetachSae { sae_id }))
+            }
+            Action::SelectSae(sae_id) => {
+                self.selected_sae = Some(sae_id);
+                None
+            }
+            Action::SelectLatent { sae_id, latent } => {
+                self.selection.latent = Some((sae_id, latent));
+                self.selected_sae = Some(sae_id);
+                self.latent_info = None;
+                self.token_colour = TokenColour::SelectedLatent;
+                Some(Command::InspectLatent(InspectLatent {
+                    sae_id,
+                    latent,
+                    k: 10,
+                }))
+            }
             Action::ClearSelection => {
                 self.selection.neuron = None;
                 self.selection.head = None;
-                if self.token_colour == TokenColour::SelectedNeuron {
+                self.selection.latent = None;
+                if matches!(
+                    self.token_colour,
+                    TokenColour::SelectedNeuron | TokenColour::SelectedLatent
+                ) {
                     self.token_colour = TokenColour::Loss;
                 }
                 None
@@ -553,6 +750,9 @@ impl AppState {
                 self.intervened = None;
                 self.probe = None;
                 self.neuron_info = None;
+                self.latent_info = None;
+                self.saes.clear();
+                self.selected_sae = None;
                 self.selection = Selection::default();
                 self.interventions.clear();
                 self.undo.clear();
@@ -570,6 +770,7 @@ impl AppState {
                     layers: vec![None; s.n_layers],
                     finished: None,
                     lens: None,
+                    saes: BTreeMap::new(),
                 };
                 match s.variant {
                     Variant::Baseline => {
@@ -596,6 +797,37 @@ impl AppState {
                     && let Some(slot) = pass.layers.get_mut(layer)
                 {
                     *slot = Some(l.summary);
+                }
+            }
+            Event::SaeAttached(a) => {
+                self.selected_sae.get_or_insert(a.sae_id);
+                self.saes.push(SaeEntry {
+                    id: a.sae_id,
+                    cfg: a.cfg,
+                });
+            }
+            Event::SaeDetached(d) => {
+                self.saes.retain(|s| s.id != d.sae_id);
+                if self.selected_sae == Some(d.sae_id) {
+                    self.selected_sae = self.saes.first().map(|s| s.id);
+                }
+                if self.selection.latent.is_some_and(|(id, _)| id == d.sae_id) {
+                    self.selection.latent = None;
+                    self.latent_info = None;
+                }
+                self.baseline.saes.remove(&d.sae_id);
+                if let Some(p) = &mut self.intervened {
+                    p.saes.remove(&d.sae_id);
+                }
+            }
+            Event::SaeReady(r) => {
+                if let Some(pass) = self.pass_mut(r.variant, r.run_id) {
+                    pass.saes.insert(r.sae_id, r.summary);
+                }
+            }
+            Event::LatentInfo(l) => {
+                if self.selection.latent == Some((l.sae_id, l.latent)) {
+                    self.latent_info = Some(l);
                 }
             }
             Event::BaselineReused(r) => {
@@ -636,6 +868,10 @@ impl AppState {
                 }
                 if e.context.starts_with("probing") {
                     self.probe_running = false;
+                }
+                // A failed run is over: no progress bar waits for it.
+                if e.context.starts_with("running") {
+                    self.current_run = None;
                 }
                 self.errors.push(e);
             }
@@ -1030,5 +1266,126 @@ mod tests {
         };
         assert!(r2.lens);
         assert_eq!(s.act(Action::SetTab(Tab::Lens)), None);
+    }
+
+    fn sae_cfg() -> SaeConfig {
+        SaeConfig {
+            architecture: "topk".into(),
+            activation: crate::sae::Activation::TopK { k: 2 },
+            transcoder: false,
+            hook_name: "blocks.0.hook_resid_post".into(),
+            hook_name_out: None,
+            d_in: 4,
+            d_sae: 8,
+            d_out: 4,
+            apply_b_dec_to_input: true,
+            normalization: crate::sae::Normalization::None,
+            rescale_acts_by_decoder_norm: false,
+            format: crate::sae::SaeFormat::SaeLens,
+            path: "/sae".into(),
+            model_name: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_is_complete_only_with_every_attached_saes_feature_map() {
+        let mut s = loaded();
+        s.apply(Event::SaeAttached(crate::worker::SaeAttached {
+            sae_id: 7,
+            cfg: sae_cfg(),
+        }));
+        assert_eq!(s.selected_sae, Some(7));
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) = s.act(Action::Run) else {
+            panic!()
+        };
+        complete_baseline(&mut s, r.run_id);
+        assert!(!s.is_complete(), "the SAE's map is missing");
+        let summary = SaeSummary {
+            hook: "blocks.0.hook_resid_post".into(),
+            n_tokens: 2,
+            d_sae: 8,
+            features: vec![vec![(3, 1.5)], vec![]],
+            l0: vec![1, 0],
+            squared_error: vec![0.1, 0.2],
+            squared_norm: vec![1.0, 1.0],
+            fve: Some(0.8),
+            mse: Some(0.15),
+        };
+        s.apply(Event::SaeReady(crate::worker::SaeReady {
+            run_id: r.run_id,
+            variant: Variant::Baseline,
+            sae_id: 7,
+            summary: Arc::new(summary),
+        }));
+        assert!(s.is_complete());
+        assert_eq!(
+            s.baseline.sae(7).unwrap().latent_activations(3),
+            vec![1.5, 0.0]
+        );
+        // Selecting a latent asks the worker about it and colours tokens by it.
+        assert_eq!(
+            s.act(Action::SelectLatent {
+                sae_id: 7,
+                latent: 3
+            }),
+            Some(Command::InspectLatent(InspectLatent {
+                sae_id: 7,
+                latent: 3,
+                k: 10
+            }))
+        );
+        assert_eq!(s.token_colour, TokenColour::SelectedLatent);
+    }
+
+    #[test]
+    fn detaching_an_sae_takes_its_edits_along_undoably() {
+        let mut s = loaded();
+        s.apply(Event::SaeAttached(crate::worker::SaeAttached {
+            sae_id: 2,
+            cfg: sae_cfg(),
+        }));
+        s.act(Action::SetPrompt("ab".into()));
+        let clamp = InterventionKind::Latent {
+            sae_id: 2,
+            latent: 5,
+            value: 3.0,
+            scale: false,
+        };
+        s.act(Action::AddIntervention(clamp.clone()));
+        assert!(matches!(
+            s.active_edits()[0],
+            Edit::SaeLatent {
+                sae_id: 2,
+                latent: 5,
+                op: ValueOp::Set(3.0),
+                ..
+            }
+        ));
+        assert_eq!(
+            s.act(Action::DetachSae(2)),
+            Some(Command::DetachSae(DetachSae { sae_id: 2 }))
+        );
+        assert!(s.interventions.is_empty());
+        s.apply(Event::SaeDetached(crate::worker::SaeDetached { sae_id: 2 }));
+        assert!(s.saes.is_empty() && s.selected_sae.is_none());
+        s.act(Action::Undo);
+        assert_eq!(s.interventions[0].kind, clamp);
+        // The slider edits each kind's one value.
+        let steer = InterventionKind::SteerLatent {
+            sae_id: 2,
+            latent: 5,
+            mode: SteerMode::CapProjection { max: 1.0 },
+        };
+        assert_eq!(steer.value(), Some(1.0));
+        assert_eq!(
+            steer.with_value(4.0),
+            InterventionKind::SteerLatent {
+                sae_id: 2,
+                latent: 5,
+                mode: SteerMode::CapProjection { max: 4.0 }
+            }
+        );
     }
 }

@@ -6,10 +6,26 @@ use std::sync::Arc;
 
 use crate::analysis::heads::HeadScores;
 use crate::analysis::sparsity::{LayerSparsity, Method};
-use crate::model::{Intervention, ModelInfo};
+use crate::model::{Intervention, ModelInfo, ValueOp};
+use crate::sae::SaeConfig;
+use crate::sae::apply::SaeSummary;
 
 /// Identifies one request; a newer id cancels older passes (latest wins).
 pub type RunId = u64;
+
+/// Identifies an attached SAE for as long as the model stays open.
+pub type SaeId = u64;
+
+/// How a steering edit changes the component along a direction `d` (an SAE latent's decoder
+/// row): `Add` adds `scale · d`; `SetProjection` is the orthogonal decomposition (keep
+/// everything orthogonal to `d̂`, set the component along it to `value`); `CapProjection` cuts
+/// components along `d̂` above `max` down to it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SteerMode {
+    Add { scale: f32 },
+    SetProjection { value: f32 },
+    CapProjection { max: f32 },
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadModel {
@@ -27,6 +43,21 @@ pub enum Edit {
         layer: usize,
         neuron: usize,
         scale: f32,
+    },
+    /// Set/scale one latent of an attached SAE (encode, edit, decode, add back the SAE's
+    /// error), at `positions` (all when `None`).
+    SaeLatent {
+        sae_id: SaeId,
+        latent: usize,
+        op: ValueOp,
+        positions: Option<Vec<usize>>,
+    },
+    /// Steer along an SAE latent's decoder direction at the SAE's (output) hook.
+    SteerLatent {
+        sae_id: SaeId,
+        latent: usize,
+        mode: SteerMode,
+        positions: Option<Vec<usize>>,
     },
 }
 
@@ -69,9 +100,32 @@ pub struct InspectNeuron {
     pub k: usize,
 }
 
+/// Attach an SAE (directory or file) to the open model, at `hook` when given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachSae {
+    pub path: PathBuf,
+    pub hook: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetachSae {
+    pub sae_id: SaeId,
+}
+
+/// A latent's decoder direction read through the unembedding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InspectLatent {
+    pub sae_id: SaeId,
+    pub latent: usize,
+    pub k: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     LoadModel(LoadModel),
+    AttachSae(AttachSae),
+    DetachSae(DetachSae),
+    InspectLatent(InspectLatent),
     Run(RunPrompt),
     ProbeHeads(ProbeHeads),
     InspectNeuron(InspectNeuron),
@@ -198,6 +252,39 @@ pub struct LensReady {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+pub struct SaeAttached {
+    pub sae_id: SaeId,
+    pub cfg: SaeConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaeDetached {
+    pub sae_id: SaeId,
+}
+
+/// An attached SAE's view of one pass, sent as soon as the layer of its hook is done.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaeReady {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub sae_id: SaeId,
+    pub summary: Arc<SaeSummary>,
+}
+
+/// What a latent writes, read through the unembedding (`W_dec[j] · W_U`, through `W_out` first
+/// for SAEs on MLP neurons); empty lists where the hook is not in the residual basis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentInfo {
+    pub sae_id: SaeId,
+    pub latent: usize,
+    pub decoder_norm: f32,
+    pub top: Vec<LogitEffect>,
+    pub bottom: Vec<LogitEffect>,
+    /// Why the lists are empty, if they are.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProbeFinished {
     pub run_id: RunId,
     pub scores: HeadScores,
@@ -241,6 +328,10 @@ pub enum Event {
     LayerReady(LayerReady),
     RunFinished(RunFinished),
     LensReady(LensReady),
+    SaeAttached(SaeAttached),
+    SaeDetached(SaeDetached),
+    SaeReady(SaeReady),
+    LatentInfo(LatentInfo),
     ProbeFinished(ProbeFinished),
     NeuronInfo(NeuronInfo),
     Cancelled(Cancelled),

@@ -10,8 +10,11 @@ use crate::analysis::heads::{repeated_random_tokens, score_heads};
 use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::model::{
-    self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
+    self, Captures, HookSpec, InterventionKind, LayerDone, LayerObserver, Model, ModelError,
+    ProjectionMode, ResidCache,
 };
+use crate::sae::Sae;
+use crate::sae::apply as sae_apply;
 
 /// Predictions kept per position.
 const TOP_K: usize = 5;
@@ -28,6 +31,9 @@ pub struct Session {
     last_run: Option<LastRun>,
     /// The baseline's logit lens and the tokens it is for (reused while they do not change).
     baseline_lens: Option<(Vec<u32>, Lens)>,
+    /// Attached SAEs, in the order they were attached.
+    saes: Vec<(SaeId, Arc<Sae>)>,
+    next_sae_id: SaeId,
 }
 
 type Lens = Vec<Vec<Vec<TokenPrediction>>>;
@@ -37,6 +43,8 @@ struct SentBaseline {
     run_id: RunId,
     ids: Vec<u32>,
     sparsity: Method,
+    /// The SAEs whose feature maps were sent with it.
+    saes: Vec<SaeId>,
 }
 
 struct LastRun {
@@ -76,6 +84,8 @@ impl Session {
             sent_baseline: None,
             last_run: None,
             baseline_lens: None,
+            saes: Vec::new(),
+            next_sae_id: 1,
         }
     }
 
@@ -92,6 +102,9 @@ impl Session {
             Command::ProbeHeads(_) => "probing heads".into(),
             Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
             Command::Lens(_) => "computing the logit lens".into(),
+            Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
+            Command::DetachSae(_) => "detaching an SAE".into(),
+            Command::InspectLatent(l) => format!("inspecting SAE latent {}", l.latent),
             Command::Panic => "a requested panic".into(),
             Command::Shutdown => return,
         };
@@ -108,6 +121,13 @@ impl Session {
                 self.lens(request.run_id, emit)
             }
             Command::Lens(_) => Ok(()),
+            Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
+            Command::DetachSae(d) => {
+                self.saes.retain(|(id, _)| *id != d.sae_id);
+                emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
+                Ok(())
+            }
+            Command::InspectLatent(l) => self.inspect_latent(l).map(&mut *emit),
             Command::Panic => panic!("panic requested by a test"),
             Command::Shutdown => Ok(()),
         };
@@ -162,6 +182,8 @@ impl Session {
         self.sent_baseline = None;
         self.last_run = None;
         self.baseline_lens = None;
+        // SAEs belong to the model they were attached to.
+        self.saes.clear();
         emit(Event::ModelLoaded(ModelLoaded {
             info,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -188,14 +210,17 @@ impl Session {
             (0..n)
                 .flat_map(|l| mlp_hooks(&model.transformer, l))
                 .chain(["blocks.*.attn.hook_pattern".to_string()])
-                .chain(LENS_HOOKS.iter().map(|s| s.to_string())),
+                .chain(LENS_HOOKS.iter().map(|s| s.to_string()))
+                .chain(self.saes.iter().flat_map(|(_, sae)| sae_apply::hooks(sae))),
         );
+        let saes = &self.saes;
         // The baseline always comes first (it calibrates CATS/CHESS and is the "before"). When
         // the UI already holds it unchanged, only its captures are taken from the cache.
         let sent = SentBaseline {
             run_id: run.have_baseline.unwrap_or(0),
             ids: ids.clone(),
             sparsity: run.sparsity,
+            saes: saes.iter().map(|(id, _)| *id).collect(),
         };
         let unchanged = self.sent_baseline.as_ref() == Some(&sent)
             && run.have_baseline.is_some()
@@ -221,6 +246,7 @@ impl Session {
             None => {
                 let captures = run_pass(
                     model,
+                    saes,
                     &ids,
                     &spec,
                     &mut self.baseline,
@@ -250,10 +276,11 @@ impl Session {
             spec.interventions = run
                 .interventions
                 .iter()
-                .map(|e| resolve(model, e))
+                .map(|e| resolve(model, saes, e))
                 .collect::<anyhow::Result<_>>()?;
             let intervened = run_pass(
                 model,
+                saes,
                 &ids,
                 &spec,
                 &mut self.intervened,
@@ -332,61 +359,220 @@ impl Session {
 
     fn inspect_neuron(&self, n: InspectNeuron) -> anyhow::Result<Event> {
         let model = self.model_or_err()?;
-        let t = &model.transformer;
-        let block = t
-            .blocks
-            .get(n.layer)
-            .ok_or_else(|| anyhow::anyhow!("no layer {}", n.layer))?;
-        let down = &block.mlp.down.weight;
-        if n.neuron >= down.cols() {
-            anyhow::bail!("layer {} has {} neurons", n.layer, down.cols());
-        }
-        // W_out[:, i]: what neuron i writes to the residual stream.
-        let column: Vec<f32> = (0..down.rows()).map(|r| down.row(r)[n.neuron]).collect();
-        let x = candle_core::Tensor::from_vec(column, (1, down.rows()), &candle_core::Device::Cpu)?;
-        let effects: Vec<f32> = t.unembed.forward(&x)?.flatten_all()?.to_vec1()?;
-        let mut order: Vec<usize> = (0..effects.len()).collect();
-        order.sort_by(|&a, &b| effects[b].total_cmp(&effects[a]));
-        let entry = |i: usize| LogitEffect {
-            id: i as u32,
-            token: model.tokenizer.token_text(i as u32),
-            effect: effects[i],
-        };
+        let column = neuron_direction(model, n.layer, n.neuron)?;
+        let (top, bottom) = logit_effects(model, &column, n.k)?;
         Ok(Event::NeuronInfo(NeuronInfo {
             layer: n.layer,
             neuron: n.neuron,
-            top: order.iter().take(n.k).map(|&i| entry(i)).collect(),
-            bottom: order.iter().rev().take(n.k).map(|&i| entry(i)).collect(),
+            top,
+            bottom,
+        }))
+    }
+
+    fn attach_sae(&mut self, attach: AttachSae) -> anyhow::Result<Event> {
+        let model = self.model_or_err()?;
+        let sae = crate::sae::open_with_hook(&attach.path, attach.hook.as_deref())?;
+        sae.check_fits(&model.transformer, &model.info.name)?;
+        if let Some((id, _)) = self
+            .saes
+            .iter()
+            .find(|(_, s)| s.cfg.path == sae.cfg.path && s.cfg.hook_name == sae.cfg.hook_name)
+        {
+            anyhow::bail!("this SAE is already attached (#{id})");
+        }
+        let sae_id = self.next_sae_id;
+        self.next_sae_id += 1;
+        let cfg = sae.cfg.clone();
+        self.saes.push((sae_id, Arc::new(sae)));
+        Ok(Event::SaeAttached(SaeAttached { sae_id, cfg }))
+    }
+
+    fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {
+        let model = self.model_or_err()?;
+        let sae = find_sae(&self.saes, l.sae_id)?;
+        let direction = sae
+            .decoder_direction(l.latent)
+            .ok_or_else(|| anyhow::anyhow!("the SAE has {} latents", sae.cfg.d_sae))?;
+        let decoder_norm = direction.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let hook = sae.cfg.hook_name_out.as_ref().unwrap_or(&sae.cfg.hook_name);
+        let n = model.transformer.n_layers();
+        let layer = model::hooks::hook_stage(hook, n).unwrap_or(-1);
+        // In the residual basis the direction reads straight through W_U (like W_out · W_U);
+        // on MLP neurons it goes through W_out first.
+        let residual = if hook.ends_with("mlp.hook_post") && layer >= 0 {
+            let block = &model.transformer.blocks[layer as usize];
+            let x = candle_core::Tensor::from_vec(
+                direction.to_vec(),
+                (1, direction.len()),
+                &candle_core::Device::Cpu,
+            )?;
+            Some(
+                block
+                    .mlp
+                    .down
+                    .forward(&x)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            )
+        } else if model.transformer.hook_width(hook) == Some(model.info.dims.d_model)
+            && !hook.contains("ln")
+        {
+            Some(direction.to_vec())
+        } else {
+            None
+        };
+        let (top, bottom, note) = match residual {
+            Some(d) => {
+                let (top, bottom) = logit_effects(model, &d, l.k)?;
+                (top, bottom, None)
+            }
+            None => (
+                Vec::new(),
+                Vec::new(),
+                Some(format!(
+                    "{hook} is not in the residual-stream basis: no direct logit effects"
+                )),
+            ),
+        };
+        Ok(Event::LatentInfo(LatentInfo {
+            sae_id: l.sae_id,
+            latent: l.latent,
+            decoder_norm,
+            top,
+            bottom,
+            note,
         }))
     }
 }
 
+fn find_sae(saes: &[(SaeId, Arc<Sae>)], sae_id: SaeId) -> anyhow::Result<&Arc<Sae>> {
+    saes.iter()
+        .find(|(id, _)| *id == sae_id)
+        .map(|(_, s)| s)
+        .ok_or_else(|| anyhow::anyhow!("no SAE #{sae_id} is attached"))
+}
+
+/// `W_out[:, neuron]` of layer `layer`: what the neuron writes to the residual stream.
+fn neuron_direction(model: &Model, layer: usize, neuron: usize) -> anyhow::Result<Vec<f32>> {
+    let down = &model
+        .transformer
+        .blocks
+        .get(layer)
+        .ok_or_else(|| anyhow::anyhow!("no layer {layer}"))?
+        .mlp
+        .down
+        .weight;
+    if neuron >= down.cols() {
+        anyhow::bail!("layer {layer} has {} neurons", down.cols());
+    }
+    Ok((0..down.rows()).map(|r| down.row(r)[neuron]).collect())
+}
+
+/// The `k` tokens whose logits a residual-stream direction raises most and lowers most
+/// (`direction · W_U`, no final norm: the direct effect per unit).
+fn logit_effects(
+    model: &Model,
+    direction: &[f32],
+    k: usize,
+) -> anyhow::Result<(Vec<LogitEffect>, Vec<LogitEffect>)> {
+    let x = candle_core::Tensor::from_vec(
+        direction.to_vec(),
+        (1, direction.len()),
+        &candle_core::Device::Cpu,
+    )?;
+    let effects: Vec<f32> = model
+        .transformer
+        .unembed
+        .forward(&x)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut order: Vec<usize> = (0..effects.len()).collect();
+    order.sort_by(|&a, &b| effects[b].total_cmp(&effects[a]));
+    let entry = |i: usize| LogitEffect {
+        id: i as u32,
+        token: model.tokenizer.token_text(i as u32),
+        effect: effects[i],
+    };
+    Ok((
+        order.iter().take(k).map(|&i| entry(i)).collect(),
+        order.iter().rev().take(k).map(|&i| entry(i)).collect(),
+    ))
+}
+
 /// The engine intervention an edit stands for.
-fn resolve(model: &Model, edit: &Edit) -> anyhow::Result<model::Intervention> {
+fn resolve(
+    model: &Model,
+    saes: &[(SaeId, Arc<Sae>)],
+    edit: &Edit,
+) -> anyhow::Result<model::Intervention> {
     match edit {
         Edit::Hook(i) => Ok(i.clone()),
         &Edit::SteerNeuron {
             layer,
             neuron,
             scale,
+        } => Ok(model::Intervention::steer(
+            format!("blocks.{layer}.hook_resid_post"),
+            neuron_direction(model, layer, neuron)?.into(),
+            scale,
+        )),
+        Edit::SaeLatent {
+            sae_id,
+            latent,
+            op,
+            positions,
         } => {
-            let down = &model
-                .transformer
-                .blocks
-                .get(layer)
-                .ok_or_else(|| anyhow::anyhow!("no layer {layer}"))?
-                .mlp
-                .down
-                .weight;
-            if neuron >= down.cols() {
-                anyhow::bail!("layer {layer} has {} neurons", down.cols());
-            }
-            let direction: Vec<f32> = (0..down.rows()).map(|r| down.row(r)[neuron]).collect();
-            Ok(model::Intervention::steer(
-                format!("blocks.{layer}.hook_resid_post"),
-                direction.into(),
-                scale,
-            ))
+            let sae = find_sae(saes, *sae_id)?.clone();
+            let (latent, op) = (*latent, *op);
+            let edit = model::RowEdit {
+                // Everything the edit depends on, so an unchanged clamp is not rerun.
+                key: format!("sae#{sae_id}:{latent}:{op:?}"),
+                edit: Arc::new(move |rows: &mut [f32], width: usize| {
+                    sae.edit_latent(rows, rows.len() / width.max(1), latent, op)
+                        .map_err(|e| e.to_string())
+                }),
+            };
+            let hook = find_sae(saes, *sae_id)?.cfg.hook_name.clone();
+            Ok(model::Intervention {
+                hook,
+                positions: positions.clone(),
+                kind: InterventionKind::Rows(edit),
+            })
+        }
+        Edit::SteerLatent {
+            sae_id,
+            latent,
+            mode,
+            positions,
+        } => {
+            let sae = find_sae(saes, *sae_id)?;
+            let direction: Arc<[f32]> = sae
+                .decoder_direction(*latent)
+                .ok_or_else(|| anyhow::anyhow!("the SAE has {} latents", sae.cfg.d_sae))?
+                .into();
+            let kind = match *mode {
+                SteerMode::Add { scale } => InterventionKind::AddVector {
+                    vector: direction,
+                    scale,
+                },
+                SteerMode::SetProjection { value } => InterventionKind::Project {
+                    direction,
+                    mode: ProjectionMode::Set { value },
+                },
+                SteerMode::CapProjection { max } => InterventionKind::Project {
+                    direction,
+                    mode: ProjectionMode::Cap { max },
+                },
+            };
+            Ok(model::Intervention {
+                hook: sae
+                    .cfg
+                    .hook_name_out
+                    .clone()
+                    .unwrap_or_else(|| sae.cfg.hook_name.clone()),
+                positions: positions.clone(),
+                kind,
+            })
         }
     }
 }
@@ -407,6 +593,7 @@ fn cancelled(run_id: RunId, e: anyhow::Error, emit: &mut dyn FnMut(Event)) -> an
 #[allow(clippy::too_many_arguments)]
 fn run_pass(
     model: &Model,
+    saes: &[(SaeId, Arc<Sae>)],
     ids: &[u32],
     spec: &HookSpec,
     cache: &mut Option<ResidCache>,
@@ -430,6 +617,8 @@ fn run_pass(
     }));
     let mut observer = Streamer {
         model,
+        saes,
+        sae_sent: vec![false; saes.len()],
         run,
         variant,
         calibration,
@@ -440,20 +629,16 @@ fn run_pass(
     };
     let batch = [ids.to_vec()];
     let result = t.forward_cached(&batch, spec, cache, &mut observer);
-    let next_layer = observer.next_layer;
     // A failed summary stops the pass (as a cancellation): report the failure itself.
     if let Some(e) = observer.error.take() {
         return Err(e);
     }
     let out = result?;
-    // With every layer reused from the cache, none streamed: report them now.
-    for layer in next_layer..t.n_layers() {
-        let summary = summarize(model, layer, &out.captures, calibration, run.sparsity)?;
-        emit(Event::LayerReady(LayerReady {
-            run_id: run.run_id,
-            variant,
-            summary: Arc::new(summary),
-        }));
+    // With every layer reused from the cache, none streamed: report them now (and SAEs on
+    // hooks after the last layer).
+    observer.report_through(t.n_layers(), &out.captures, true);
+    if let Some(e) = observer.error.take() {
+        return Err(e);
     }
     let logits = out.logits.get(0)?;
     let vocab = logits.dim(1)?;
@@ -526,6 +711,9 @@ fn summarize(
 /// newer request arrives.
 struct Streamer<'a> {
     model: &'a Model,
+    saes: &'a [(SaeId, Arc<Sae>)],
+    /// Which SAEs' feature maps have been sent.
+    sae_sent: Vec<bool>,
     run: &'a RunPrompt,
     variant: Variant,
     calibration: Option<&'a Captures>,
@@ -537,14 +725,17 @@ struct Streamer<'a> {
     next_layer: usize,
 }
 
-impl LayerObserver for Streamer<'_> {
-    fn layer_done(&mut self, done: &LayerDone<'_>) {
-        while self.error.is_none() && self.next_layer <= done.layer {
+impl Streamer<'_> {
+    /// Reports every layer below `end` not reported yet, and each SAE whose hooks are then
+    /// complete, in order.
+    fn report_through(&mut self, end: usize, captures: &Captures, pass_done: bool) {
+        let n = self.model.transformer.n_layers();
+        while self.error.is_none() && self.next_layer < end {
             let layer = self.next_layer;
             match summarize(
                 self.model,
                 layer,
-                done.captures,
+                captures,
                 self.calibration,
                 self.run.sparsity,
             ) {
@@ -557,6 +748,34 @@ impl LayerObserver for Streamer<'_> {
             }
             self.next_layer += 1;
         }
+        for (i, (sae_id, sae)) in self.saes.iter().enumerate() {
+            // The stage of its last hook (embeddings count as before layer 0).
+            let stage = sae_apply::hooks(sae)
+                .iter()
+                .filter_map(|h| model::hooks::hook_stage(h, n))
+                .max()
+                .unwrap_or(n as isize);
+            let ready = pass_done || stage < self.next_layer as isize;
+            if self.sae_sent[i] || self.error.is_some() || !ready {
+                continue;
+            }
+            self.sae_sent[i] = true;
+            match sae_apply::summarize(sae, captures, 0) {
+                Ok(summary) => (self.emit)(Event::SaeReady(SaeReady {
+                    run_id: self.run.run_id,
+                    variant: self.variant,
+                    sae_id: *sae_id,
+                    summary: Arc::new(summary),
+                })),
+                Err(e) => self.error = Some(e.into()),
+            }
+        }
+    }
+}
+
+impl LayerObserver for Streamer<'_> {
+    fn layer_done(&mut self, done: &LayerDone<'_>) {
+        self.report_through(done.layer + 1, done.captures, false);
     }
 
     fn is_cancelled(&self) -> bool {

@@ -8,19 +8,29 @@ use egui_plot::{Bar, BarChart, Plot};
 use super::visible;
 use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
 use crate::ui::state::{Action, AppState, InterventionKind};
+use crate::worker::SteerMode;
 
 pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     ui.heading("Inspector");
     let mut action = None;
-    if state.selection.neuron.is_none() && state.selection.head.is_none() {
-        ui.weak("Click a neuron in the Neurons view or a head in the Heads view to inspect it. Escape clears the selection.");
+    if state.selection.neuron.is_none()
+        && state.selection.head.is_none()
+        && state.selection.latent.is_none()
+    {
+        ui.weak("Click a neuron in the Neurons view, a head in the Heads view or a latent in the Features view to inspect it. Escape clears the selection.");
         return None;
     }
     egui::ScrollArea::vertical()
         .id_salt("inspector")
         .show(ui, |ui| {
+            if let Some((sae_id, latent)) = state.selection.latent {
+                action = latent_ui(ui, state, sae_id, latent);
+                ui.separator();
+            }
             if let Some(n) = state.selection.neuron {
-                action = neuron_ui(ui, state, state.selection.layer, n);
+                action = action
+                    .take()
+                    .or(neuron_ui(ui, state, state.selection.layer, n));
                 ui.separator();
             }
             if let Some(h) = state.selection.head {
@@ -32,24 +42,17 @@ pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     action
 }
 
-fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Option<Action> {
-    let mut action = None;
-    ui.strong(format!("Layer {layer} · neuron {neuron}"));
-    let base = state.baseline.layer(layer).map(|l| l.neuron_column(neuron));
-    let edited = state
-        .intervened
-        .as_ref()
-        .and_then(|p| p.layer(layer))
-        .map(|l| l.neuron_column(neuron));
-    let Some(base) = base else {
-        ui.weak("Run a prompt to see this neuron's activations.");
-        return None;
-    };
-    ui.label("activation per token (mlp.hook_post)");
-    let tokens = &state.baseline.tokens;
+/// Baseline (blue) and intervened (orange) bars per token.
+fn per_token_bars(
+    ui: &mut Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    tokens: &[String],
+    base: &[f32],
+    edited: Option<&[f32]>,
+) {
     let blue = egui::Color32::from_rgb(0, 114, 178);
     let orange = egui::Color32::from_rgb(213, 94, 0);
-    Plot::new(("neuron_acts", layer, neuron))
+    Plot::new(id)
         .height(140.0)
         .allow_drag(false)
         .allow_scroll(false)
@@ -76,11 +79,142 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
                     .map(|(i, &a)| Bar::new(i as f64 + o, a as f64).width(width))
                     .collect()
             };
-            plot.bar_chart(BarChart::new("baseline", bars(&base, off)).color(blue));
-            if let Some(e) = &edited {
+            plot.bar_chart(BarChart::new("baseline", bars(base, off)).color(blue));
+            if let Some(e) = edited {
                 plot.bar_chart(BarChart::new("intervened", bars(e, 0.2)).color(orange));
             }
         });
+}
+
+/// Top and bottom logit effects in two columns.
+fn logit_effects_ui(
+    ui: &mut Ui,
+    top: &[crate::worker::LogitEffect],
+    bottom: &[crate::worker::LogitEffect],
+) {
+    ui.columns(2, |cols| {
+        cols[0].label("raises");
+        for e in top {
+            cols[0].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
+        }
+        cols[1].label("lowers");
+        for e in bottom {
+            cols[1].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
+        }
+    });
+}
+
+fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Option<Action> {
+    let mut action = None;
+    let sae = state.saes.iter().find(|s| s.id == sae_id)?;
+    ui.strong(format!("SAE #{sae_id} · latent {latent}"));
+    ui.weak(format!(
+        "{} {} at {}",
+        sae.cfg.architecture, sae.cfg.d_sae, sae.cfg.hook_name
+    ));
+    let Some(base) = state
+        .baseline
+        .sae(sae_id)
+        .map(|s| s.latent_activations(latent as u32))
+    else {
+        ui.weak("Run a prompt to see this latent's activations.");
+        return None;
+    };
+    let edited = state
+        .intervened
+        .as_ref()
+        .and_then(|p| p.sae(sae_id))
+        .map(|s| s.latent_activations(latent as u32));
+    let active = base.iter().filter(|a| **a > 0.0).count();
+    ui.label(format!(
+        "activation per token · fires on {active} of {} tokens (density {:.3} on this prompt)",
+        base.len(),
+        active as f64 / base.len().max(1) as f64
+    ));
+    per_token_bars(
+        ui,
+        ("latent_acts", sae_id, latent),
+        &state.baseline.tokens,
+        &base,
+        edited.as_deref(),
+    );
+
+    match &state.latent_info {
+        Some(info) if info.sae_id == sae_id && info.latent == latent => {
+            ui.label(format!(
+                "decoder direction W_dec[{latent}] · W_U (|W_dec[{latent}]| = {:.3})",
+                info.decoder_norm
+            ));
+            match &info.note {
+                Some(note) => {
+                    ui.weak(note);
+                }
+                None => logit_effects_ui(ui, &info.top, &info.bottom),
+            }
+        }
+        _ => {
+            ui.spinner();
+        }
+    }
+
+    let peak = base.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let id = Id::unique(("latent_value", sae_id, latent));
+    let mut value: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(peak * 3.0);
+    ui.add(egui::Slider::new(&mut value, -10.0 * peak..=10.0 * peak).text("value"));
+    ui.data_mut(|d| d.insert_temp(id, value));
+    let latent_kind = |scale: bool| InterventionKind::Latent {
+        sae_id,
+        latent,
+        value,
+        scale,
+    };
+    let steer = |mode: SteerMode| InterventionKind::SteerLatent {
+        sae_id,
+        latent,
+        mode,
+    };
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Clamp to value").on_hover_text("Encode, set this latent, decode, and add back the SAE's error: only this latent's contribution changes").clicked() {
+            action = Some(Action::AddIntervention(latent_kind(false)));
+        }
+        if ui.button("Scale by value").clicked() {
+            action = Some(Action::AddIntervention(latent_kind(true)));
+        }
+        if ui.button("Steer: add").on_hover_text("Add value × W_dec[j] at every position").clicked() {
+            action = Some(Action::AddIntervention(steer(SteerMode::Add { scale: value })));
+        }
+        if ui.button("Steer: set projection").on_hover_text("Orthogonal decomposition: keep the part orthogonal to W_dec[j], set the component along its unit direction to value").clicked() {
+            action = Some(Action::AddIntervention(steer(SteerMode::SetProjection { value })));
+        }
+        if ui.button("Steer: cap projection").on_hover_text("Cut the component along W_dec[j]'s unit direction down to value where it is larger").clicked() {
+            action = Some(Action::AddIntervention(steer(SteerMode::CapProjection { max: value })));
+        }
+    });
+    action
+}
+
+fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Option<Action> {
+    let mut action = None;
+    ui.strong(format!("Layer {layer} · neuron {neuron}"));
+    let base = state.baseline.layer(layer).map(|l| l.neuron_column(neuron));
+    let edited = state
+        .intervened
+        .as_ref()
+        .and_then(|p| p.layer(layer))
+        .map(|l| l.neuron_column(neuron));
+    let Some(base) = base else {
+        ui.weak("Run a prompt to see this neuron's activations.");
+        return None;
+    };
+    ui.label("activation per token (mlp.hook_post)");
+    per_token_bars(
+        ui,
+        ("neuron_acts", layer, neuron),
+        &state.baseline.tokens,
+        &base,
+        edited.as_deref(),
+    );
+    let blue = egui::Color32::from_rgb(0, 114, 178);
 
     // This neuron's values on the layer's fixed bins.
     if let Some(bins) = state.histogram_bins.get(layer).copied().flatten() {
@@ -109,16 +243,7 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
     ui.label("direct logit effect W_out[:, i] · W_U");
     match &state.neuron_info {
         Some(info) if info.layer == layer && info.neuron == neuron => {
-            ui.columns(2, |cols| {
-                cols[0].label("raises");
-                for e in &info.top {
-                    cols[0].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
-                }
-                cols[1].label("lowers");
-                for e in &info.bottom {
-                    cols[1].monospace(format!("{:+.3} {}", e.effect, visible(&e.token)));
-                }
-            });
+            logit_effects_ui(ui, &info.top, &info.bottom);
         }
         _ => {
             ui.spinner();

@@ -21,22 +21,23 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 }
                 // A value slider for the kinds that have one.
                 let mut kind = item.kind.clone();
-                let changed = match &mut kind {
-                    InterventionKind::Neuron { value, .. } => {
-                        let r = 10f32.max(value.abs() * 2.0);
-                        ui.add(egui::Slider::new(value, -r..=r).show_value(false))
-                            .changed()
+                let mut changed = false;
+                if let Some(mut value) = item.kind.value() {
+                    let range = match item.kind {
+                        InterventionKind::PatternClamp { .. } => 0.0..=1.0,
+                        _ => {
+                            let r = 10f32.max(value.abs() * 2.0);
+                            -r..=r
+                        }
+                    };
+                    if ui
+                        .add(egui::Slider::new(&mut value, range).show_value(false))
+                        .changed()
+                    {
+                        kind = item.kind.with_value(value);
+                        changed = true;
                     }
-                    InterventionKind::Steer { scale, .. } => {
-                        let r = 10f32.max(scale.abs() * 2.0);
-                        ui.add(egui::Slider::new(scale, -r..=r).show_value(false))
-                            .changed()
-                    }
-                    InterventionKind::PatternClamp { strength, .. } => ui
-                        .add(egui::Slider::new(strength, 0.0..=1.0).show_value(false))
-                        .changed(),
-                    InterventionKind::HeadAblation { .. } => false,
-                };
+                }
                 if changed {
                     action = Some(Action::EditIntervention(i, kind));
                 }

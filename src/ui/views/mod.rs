@@ -1,6 +1,7 @@
 //! One file per view. Each is `fn x_ui(ui, &AppState) -> Option<Action>`: it draws from the
 //! state and reports what the user did; the app applies the action.
 
+pub mod features;
 pub mod heads;
 pub mod histograms;
 pub mod inspector;

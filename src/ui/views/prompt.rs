@@ -73,6 +73,27 @@ fn quantity(state: &AppState) -> (Vec<Option<f32>>, Colormap, String) {
                 ),
             }
         }
+        TokenColour::SelectedLatent => {
+            let column = state
+                .selection
+                .latent
+                .and_then(|(id, j)| Some((j, pass.sae(id)?.latent_activations(j as u32))));
+            match column {
+                Some((j, c)) => {
+                    let max = c.iter().fold(1e-6f32, |m, v| m.max(*v));
+                    (
+                        c.into_iter().map(Some).collect(),
+                        Colormap::Sequential { min: 0.0, max },
+                        format!("latent {j} activation"),
+                    )
+                }
+                None => (
+                    vec![None; n],
+                    Colormap::Sequential { min: 0.0, max: 1.0 },
+                    "select an SAE latent".into(),
+                ),
+            }
+        }
         TokenColour::Sparsity => {
             let v = match pass.layer(state.selection.layer) {
                 Some(l) => l
@@ -102,6 +123,7 @@ fn token_strip_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         for (c, name) in [
             (TokenColour::Loss, "loss"),
             (TokenColour::SelectedNeuron, "selected neuron"),
+            (TokenColour::SelectedLatent, "selected SAE latent"),
             (TokenColour::Sparsity, "sparsity"),
         ] {
             if ui.selectable_label(state.token_colour == c, name).clicked() {
