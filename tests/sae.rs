@@ -325,3 +325,72 @@ fn clamping_a_latent_changes_only_its_contribution() {
             .is_err()
     );
 }
+
+#[test]
+fn corpus_evaluation_is_consistent_with_direct_measurements() {
+    use dendrite::sae::eval::{EvalOptions, evaluate};
+    use std::ops::ControlFlow;
+    use std::sync::Arc;
+    let model = dendrite::model::open(fixtures().join("tiny/gpt2")).unwrap();
+    let sae = Arc::new(sae::open(case("topk")).unwrap());
+    let sequences: Vec<Vec<u32>> = vec![(1..20).collect(), (30..50).rev().collect()];
+    let mut seen = Vec::new();
+    let report = evaluate(
+        &model,
+        &sae,
+        &sequences,
+        &EvalOptions {
+            dark_matter_tokens: 100,
+        },
+        &mut |p| {
+            seen.push((p.pass, p.sequences_done));
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.first(), Some(&(1, 0)));
+    assert_eq!(seen.last(), Some(&(2, 2)));
+    assert_eq!(report.tokens, 39);
+    // The clean loss is the model's own mean next-token loss.
+    let mut nll = Vec::new();
+    for ids in &sequences {
+        let out = model
+            .transformer
+            .forward(
+                std::slice::from_ref(ids),
+                &dendrite::model::HookSpec::capture(Vec::<String>::new()),
+                &mut dendrite::model::NoObserver,
+            )
+            .unwrap();
+        nll.extend(out.per_token_nll(ids, 0).unwrap());
+    }
+    let clean = nll.iter().map(|v| *v as f64).sum::<f64>() / nll.len() as f64;
+    let d = report.downstream.as_ref().unwrap();
+    assert_eq!(d.n_predictions, 37);
+    assert!(
+        (d.ce_clean - clean).abs() < 1e-4,
+        "{} vs {clean}",
+        d.ce_clean
+    );
+    // Ablations and the splice change the loss; KL is non-negative.
+    assert!(d.ce_sae != d.ce_clean && d.ce_zero_ablation != d.ce_clean);
+    assert!(d.kl_sae >= 0.0 && d.kl_zero_ablation > 0.0 && d.kl_mean_ablation > 0.0);
+    let recovered = (d.ce_zero_ablation - d.ce_sae) / (d.ce_zero_ablation - d.ce_clean);
+    assert!((d.ce_loss_recovered_zero.unwrap() - recovered).abs() < 1e-12);
+    // Reconstruction metrics over every token: k = 4 bounds L0; the window is every token.
+    let r = report.reconstruction.as_ref().unwrap();
+    assert_eq!(r.n_tokens, 39);
+    assert!(r.l0.unwrap() <= 4.0 && r.l0.unwrap() > 0.0);
+    let firing = report.firing.as_ref().unwrap();
+    assert_eq!(firing.n_tokens, 39);
+    assert!(report.dark_matter.is_some());
+    // Cancelling stops it.
+    let err = evaluate(
+        &model,
+        &sae,
+        &sequences,
+        &EvalOptions::default(),
+        &mut |_| ControlFlow::Break(()),
+    );
+    assert!(err.is_err());
+}

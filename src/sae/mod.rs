@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod eval;
 pub mod format;
 pub mod metrics;
 
