@@ -1,7 +1,9 @@
 //! The sample model embedded in the binary: a 2-layer ReLU GPT-2 trained on Shakespeare by
 //! `dendrite train-sample` (see `sample_models/shakespeare-gpt2-relu/README.md`). The app opens
 //! it when no other model is given; its files are written once to the cache directory so it
-//! opens through the ordinary HF-directory path.
+//! opens through the ordinary HF-directory path. The sample SAE (a TopK SAE on its residual
+//! stream, `sample_models/shakespeare-gpt2-relu-sae`) is embedded the same way and attached by
+//! default.
 
 use std::path::PathBuf;
 
@@ -23,17 +25,52 @@ const FILES: [(&str, &[u8]); 3] = [
     ),
 ];
 
-/// A short fingerprint of the embedded files, so a new build never reuses old files.
-fn fingerprint() -> String {
+/// The sample SAE's folder name under `sample_models/`.
+pub const SAE_NAME: &str = "shakespeare-gpt2-relu-sae";
+
+const SAE_FILES: [(&str, &[u8]); 2] = [
+    (
+        "cfg.json",
+        include_bytes!("../sample_models/shakespeare-gpt2-relu-sae/cfg.json"),
+    ),
+    (
+        "sae_weights.safetensors",
+        include_bytes!("../sample_models/shakespeare-gpt2-relu-sae/sae_weights.safetensors"),
+    ),
+];
+
+/// A short fingerprint of embedded files, so a new build never reuses old files.
+fn fingerprint(files: &[(&str, &[u8])]) -> String {
     // FNV-1a over every byte: fast enough for a few MB once per launch.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (_, bytes) in FILES {
-        for &b in bytes {
+    for (_, bytes) in files {
+        for &b in bytes.iter() {
             h ^= b as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
     format!("{h:016x}")
+}
+
+/// `files` written once under the cache directory as `<prefix>-<fingerprint>/<name>/`.
+fn materialize(prefix: &str, name: &str, files: &[(&str, &[u8])]) -> Option<PathBuf> {
+    // A folder per build's files, holding one named after the model (the app shows the name).
+    let dir = cache_root()
+        .join(format!("{prefix}-{}", fingerprint(files)))
+        .join(name);
+    let complete = files.iter().all(|(name, bytes)| {
+        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == bytes.len() as u64)
+    });
+    if !complete {
+        std::fs::create_dir_all(&dir).ok()?;
+        for (name, bytes) in files {
+            // Write then rename, so a crash never leaves a truncated file behind.
+            let tmp = dir.join(format!("{name}.partial"));
+            std::fs::write(&tmp, bytes).ok()?;
+            std::fs::rename(&tmp, dir.join(name)).ok()?;
+        }
+    }
+    Some(dir)
 }
 
 fn cache_root() -> PathBuf {
@@ -46,38 +83,21 @@ fn cache_root() -> PathBuf {
 
 /// The embedded sample model as a folder on disk (written on first use).
 pub fn path() -> Option<PathBuf> {
-    // A folder per build's files, holding one named after the model (the app shows the name).
-    let dir = cache_root()
-        .join(format!("sample-{}", fingerprint()))
-        .join(NAME);
-    let complete = FILES.iter().all(|(name, bytes)| {
-        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == bytes.len() as u64)
-    });
-    if !complete {
-        std::fs::create_dir_all(&dir).ok()?;
-        for (name, bytes) in FILES {
-            // Write then rename, so a crash never leaves a truncated file behind.
-            let tmp = dir.join(format!("{name}.partial"));
-            std::fs::write(&tmp, bytes).ok()?;
-            std::fs::rename(&tmp, dir.join(name)).ok()?;
-        }
-    }
-    Some(dir)
+    materialize("sample", NAME, &FILES)
+}
+
+/// The embedded sample SAE as a SAELens folder on disk (written on first use).
+pub fn sae_path() -> Option<PathBuf> {
+    materialize("sample-sae", SAE_NAME, &SAE_FILES)
 }
 
 /// SAEs the app attaches when it opens `model`: the sample SAE for the sample model.
 pub fn default_saes(model: &std::path::Path) -> Vec<PathBuf> {
     let is_sample = path().is_some_and(|p| p == model);
-    let sae = crate::sample::sae_path();
-    match (is_sample, sae) {
+    match (is_sample, sae_path()) {
         (true, Some(sae)) => vec![sae],
         _ => Vec::new(),
     }
-}
-
-/// The sample SAE (not shipped yet).
-pub fn sae_path() -> Option<PathBuf> {
-    None
 }
 
 #[cfg(test)]
@@ -88,5 +108,15 @@ mod tests {
         let model = crate::model::open(&dir).unwrap();
         assert_eq!(model.info.architecture, "gpt2");
         assert_eq!(super::path().unwrap(), dir);
+    }
+
+    #[test]
+    fn the_embedded_sae_fits_the_sample_model_and_is_attached_by_default() {
+        let model = crate::model::open(super::path().unwrap()).unwrap();
+        let sae_dir = super::sae_path().unwrap();
+        let sae = crate::sae::open(&sae_dir).unwrap();
+        sae.check_fits(&model.transformer, "sample").unwrap();
+        assert_eq!(super::default_saes(&super::path().unwrap()), vec![sae_dir]);
+        assert!(super::default_saes(std::path::Path::new("/elsewhere")).is_empty());
     }
 }

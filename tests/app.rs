@@ -168,3 +168,67 @@ fn a_worker_panic_shows_an_error_and_the_app_keeps_working() {
     step_until(&mut h, "the open error", |s| !s.errors.is_empty());
     assert!(h.state().state.model.is_some());
 }
+
+#[test]
+fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_prediction() {
+    // Only the embedded sample model comes with an SAE.
+    let Some(sample) = dendrite::sample::path() else {
+        return;
+    };
+    assert_eq!(model_path(), sample);
+    let mut h = harness();
+    step_until(&mut h, "the model, its SAE and the feature map", |s| {
+        s.model.is_some() && !s.saes.is_empty() && finished(s)
+    });
+    let s = &h.state().state;
+    let sae_id = s.saes[0].id;
+    assert_eq!(s.saes[0].cfg.hook_name, "blocks.0.hook_resid_post");
+    let summary = s.baseline.sae(sae_id).expect("the feature map streamed");
+    assert_eq!(summary.n_tokens, s.baseline.tokens.len());
+    assert!(summary.l0.iter().all(|&l| l > 0 && l <= 16), "TopK k = 16");
+    assert!(summary.fve.unwrap() > 0.5, "fve {:?}", summary.fve);
+    let before = top_prediction(s);
+    let latent = summary.features.last().unwrap()[0].0 as usize;
+
+    // The Features tab shows the map; select the strongest latent at the last token.
+    h.state_mut()
+        .act(Action::SetTab(dendrite::ui::state::Tab::Features));
+    h.step();
+    h.state_mut().act(Action::SelectLatent { sae_id, latent });
+    step_until(&mut h, "the latent's logit effects", |s| {
+        s.latent_info.is_some()
+    });
+    h.get_by_label("Clamp to value").click();
+    step_until(&mut h, "the clamped run", |s| {
+        s.intervened.is_some() && finished(s)
+    });
+    let mut changed = top_prediction(&h.state().state) != before;
+    for value in [0.0, 200.0, -200.0, 1000.0] {
+        if changed {
+            break;
+        }
+        let kind = dendrite::ui::state::InterventionKind::Latent {
+            sae_id,
+            latent,
+            value,
+            scale: false,
+        };
+        h.state_mut().act(Action::EditIntervention(0, kind));
+        step_until(&mut h, "the edited latent clamp", finished);
+        changed = top_prediction(&h.state().state) != before;
+    }
+    assert!(
+        changed,
+        "clamping the latent did not change the top prediction"
+    );
+    // The intervened pass has its own feature map.
+    assert!(
+        h.state()
+            .state
+            .intervened
+            .as_ref()
+            .unwrap()
+            .sae(sae_id)
+            .is_some()
+    );
+}

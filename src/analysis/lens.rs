@@ -33,21 +33,12 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
 /// allocation beyond the k kept (this runs for every position of every pass and lens layer).
 pub fn next_token(logits: &[f32], target: Option<u32>, k: usize) -> (Vec<Prediction>, Option<f32>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut z = 0.0f64;
-    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        z += (l - max).exp() as f64;
-        if k > 0 && (best.len() < k || l > best[best.len() - 1].0) {
-            // Insert after every kept logit ≥ l, so equal logits keep the lower id first.
-            let at = best.partition_point(|&(b, _)| b >= l);
-            best.insert(at, (l, i));
-            best.truncate(k);
-        }
-    }
+    let z: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
+    let best = super::top_k_by_value(logits, k);
     let max = max as f64;
     let top = best
         .into_iter()
-        .map(|(l, i)| Prediction {
+        .map(|(i, l)| Prediction {
             id: i as u32,
             logit: l,
             prob: (l as f64 - max).exp() / z,

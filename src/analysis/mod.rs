@@ -6,6 +6,40 @@ pub mod histogram;
 pub mod lens;
 pub mod sparsity;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_k_keeps_the_largest_with_lower_indices_on_ties() {
+        let v = [1.0, 5.0, 3.0, 5.0, -2.0, 4.0];
+        assert_eq!(
+            super::top_k_by_value(&v, 3),
+            vec![(1, 5.0), (3, 5.0), (5, 4.0)]
+        );
+        assert_eq!(super::top_k_by_value(&v, 0), vec![]);
+        assert_eq!(super::top_k_by_value(&v, 9).len(), 6);
+    }
+}
+
+/// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass
+/// with a sorted buffer of the best `k` so far: for `k ≪ n` almost every value is rejected by
+/// one comparison with the current k-th best (a vocabulary for the logit lens, an SAE's
+/// latents for TopK).
+pub fn top_k_by_value(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &v) in values.iter().enumerate() {
+        if best.len() < k || v > best[best.len() - 1].1 {
+            // After every kept value ≥ v, so equal values keep the lower index first.
+            let at = best.partition_point(|&(_, b)| b >= v);
+            best.insert(at, (i, v));
+            best.truncate(k);
+        }
+    }
+    best
+}
+
 /// `f(0..n)` on scoped threads (one chunk of indices per core), in order: for row-wise work
 /// on data the caller already holds, where candle's own threading does not reach.
 pub(crate) fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {

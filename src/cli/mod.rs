@@ -76,6 +76,8 @@ pub enum Command {
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
     Sae(sae::SaeArgs),
+    /// Train a TopK sparse autoencoder on a model's activations at one hook (SAELens format).
+    TrainSae(sae_train::TrainSaeArgs),
 }
 
 /// The tokens to analyse: a prompt or explicit ids.
@@ -203,6 +205,7 @@ macro_rules! outln {
 
 mod analyses;
 mod sae;
+mod sae_train;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -238,6 +241,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
+        Some(Command::TrainSae(args)) => sae_train::train_sae(&args),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod format;
 pub mod metrics;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -438,24 +439,18 @@ impl Sae {
                 }
             }
             Activation::TopK { k } => {
-                let mut order: Vec<usize> = Vec::with_capacity(d_sae);
-                for row in features.chunks_exact_mut(d_sae) {
-                    if let Some(norms) = &self.decoder_norms {
+                use rayon::prelude::*;
+                let norms = self.decoder_norms.as_deref();
+                features.par_chunks_mut(d_sae).for_each(|row| {
+                    if let Some(norms) = norms {
                         row.iter_mut().zip(norms).for_each(|(v, n)| *v *= n);
                     }
-                    order.clear();
-                    order.extend(0..d_sae);
-                    let by_value =
-                        |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
-                    if k < d_sae {
-                        order.select_nth_unstable_by(k - 1, by_value);
+                    let kept = crate::analysis::top_k_by_value(row, k);
+                    row.fill(0.0);
+                    for (j, v) in kept {
+                        row[j] = v.max(0.0);
                     }
-                    let mut kept = vec![0f32; d_sae];
-                    for &j in &order[..k] {
-                        kept[j] = row[j].max(0.0);
-                    }
-                    row.copy_from_slice(&kept);
-                }
+                });
             }
         }
         Ok(Encoded {

@@ -81,7 +81,7 @@ pub struct Report {
 }
 
 /// Every `.txt` under `dir`, sorted by name: every 20th document is held out for validation.
-fn read_corpus(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+pub(crate) fn read_corpus(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| {
             format!(
