@@ -16,13 +16,13 @@ const BATCH: usize = 1024;
 /// Activations `[T, 576]`: the SAELens script's file, or our engine on the same kind of text.
 fn activations() -> Vec<f32> {
     let file = std::path::Path::new(".cache/smollm2_l15_resid.safetensors");
-    if let Ok(t) = candle_core::safetensors::load(file, &candle_core::Device::Cpu) {
-        if let Some(x) = t.get("x") {
-            return x
-                .flatten_all()
-                .and_then(|x| x.to_vec1())
-                .expect("f32 activations");
-        }
+    if let Ok(t) = candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+        && let Some(x) = t.get("x")
+    {
+        return x
+            .flatten_all()
+            .and_then(|x| x.to_vec1())
+            .expect("f32 activations");
     }
     let m = model::open(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .expect("run scripts/fetch_models.sh first");

@@ -6,19 +6,6 @@ pub mod histogram;
 pub mod lens;
 pub mod sparsity;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn top_k_keeps_the_largest_with_lower_indices_on_ties() {
-        let v = [1.0, 5.0, 3.0, 5.0, -2.0, 4.0];
-        assert_eq!(
-            super::top_k_by_value(&v, 3),
-            vec![(1, 5.0), (3, 5.0), (5, 4.0)]
-        );
-        assert_eq!(super::top_k_by_value(&v, 0), vec![]);
-        assert_eq!(super::top_k_by_value(&v, 9).len(), 6);
-    }
-}
 
 /// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass
 /// with a sorted buffer of the best `k` so far: for `k ≪ n` almost every value is rejected by
@@ -69,4 +56,18 @@ pub(crate) fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_k_keeps_the_largest_with_lower_indices_on_ties() {
+        let v = [1.0, 5.0, 3.0, 5.0, -2.0, 4.0];
+        assert_eq!(
+            super::top_k_by_value(&v, 3),
+            vec![(1, 5.0), (3, 5.0), (5, 4.0)]
+        );
+        assert_eq!(super::top_k_by_value(&v, 0), vec![]);
+        assert_eq!(super::top_k_by_value(&v, 9).len(), 6);
+    }
 }
