@@ -299,3 +299,32 @@ fn sae_json_lists_every_active_latent_per_token() {
     assert!(!ok);
     assert!(stderr.contains("32") && stderr.contains("64"), "{stderr}");
 }
+
+#[test]
+fn sae_eval_reports_every_metric_for_the_sample_sae() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_models/shakespeare-gpt2-relu");
+    let sae = model.with_file_name("shakespeare-gpt2-relu-sae");
+    let text = fixtures().join("text/cymbeline_heldout.txt");
+    let out = json(&[
+        "sae-eval",
+        model.to_str().unwrap(),
+        "--sae",
+        sae.to_str().unwrap(),
+        "--corpus",
+        text.to_str().unwrap(),
+        "--tokens",
+        "400",
+        "--json",
+    ]);
+    let r = &out["reconstruction"];
+    assert!(r["fve"].as_f64().unwrap() > 0.8, "{r}");
+    assert!((r["l0"].as_f64().unwrap() - 16.0).abs() < 1e-9);
+    let d = &out["downstream"];
+    let recovered = d["ce_loss_recovered_zero"].as_f64().unwrap();
+    assert!(recovered > 0.5 && recovered <= 1.05, "{d}");
+    assert!(d["kl_score_mean"].is_number());
+    assert!(d["ce_zero_ablation"].as_f64().unwrap() > d["ce_clean"].as_f64().unwrap());
+    assert_eq!(out["firing"]["n_tokens"], out["tokens"]);
+    assert!(out["dark_matter"]["r2_norm"].is_number());
+}

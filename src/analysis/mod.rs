@@ -6,7 +6,6 @@ pub mod histogram;
 pub mod lens;
 pub mod sparsity;
 
-
 /// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass
 /// with a sorted buffer of the best `k` so far: for `k ≪ n` almost every value is rejected by
 /// one comparison with the current k-th best (a vocabulary for the logit lens, an SAE's

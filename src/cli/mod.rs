@@ -76,6 +76,9 @@ pub enum Command {
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
     Sae(sae::SaeArgs),
+    /// An SAE over held-out text: L0, MSE, FVE, cosine, CE loss recovered (zero and mean
+    /// ablation), KL score, dead/dense fractions, dark-matter R².
+    SaeEval(sae::SaeEvalArgs),
     /// Train a TopK sparse autoencoder on a model's activations at one hook (SAELens format).
     TrainSae(sae_train::TrainSaeArgs),
 }
@@ -241,6 +244,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
+        Some(Command::SaeEval(args)) => sae::sae_eval(&args),
         Some(Command::TrainSae(args)) => sae_train::train_sae(&args),
     }
 }

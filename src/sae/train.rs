@@ -393,6 +393,28 @@ pub fn check_hook(model: &Model, hook: &str) -> Result<usize> {
     }
 }
 
+/// Token sequences of `context` tokens from `texts`, in order, until `max_tokens` (for
+/// evaluations over held-out text).
+pub fn token_sequences(
+    model: &Model,
+    texts: &[String],
+    context: usize,
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut seqs = Sequences::new(model, texts, context, None)?;
+    let (mut out, mut tokens) = (Vec::new(), 0);
+    while tokens < max_tokens {
+        match seqs.next()? {
+            Some(s) => {
+                tokens += s.len();
+                out.push(s);
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 /// The hook's activations at the non-special tokens of `texts`, in order, up to `max_rows`
 /// rows: `([n, d] row-major, n)`.
 pub fn hook_activations(
