@@ -8,6 +8,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dendrite::model::{self, HookSpec, NoObserver};
 use dendrite::sae::{Activation, Normalization, Sae, SaeConfig, SaeFormat, SaeParams};
 
+// The allocator the app runs with (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const D_IN: usize = 576;
 const D_SAE: usize = 16384;
 const K: usize = 64;

@@ -430,3 +430,106 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
     let events = go(&mut session, run(4, vec![]));
     assert!(!events.iter().any(|e| matches!(e, Event::SaeReady(_))));
 }
+
+#[test]
+fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
+    struct CancelJob(JobId);
+    impl dendrite::worker::session::Cancel for CancelJob {
+        fn is_cancelled(&self, _: RunId) -> bool {
+            false
+        }
+        fn is_job_cancelled(&self, job: JobId) -> bool {
+            job == self.0
+        }
+    }
+    let mut session = Session::new();
+    let go = |session: &mut Session,
+              command: Command,
+              cancel: &dyn dendrite::worker::session::Cancel| {
+        let mut events = Vec::new();
+        session.handle(command, cancel, &mut |e| events.push(e));
+        events
+    };
+    let never = |_: RunId| false;
+    go(
+        &mut session,
+        Command::LoadModel(LoadModel { path: tiny() }),
+        &never,
+    );
+    let out = tempfile::tempdir().unwrap();
+    let opts = dendrite::sae::train::TrainOptions {
+        hook: "blocks.0.hook_resid_post".into(),
+        corpus: common::fixtures().join("text/cymbeline_heldout.txt"),
+        out: out.path().join("sae"),
+        k: 4,
+        width: 64,
+        steps: 12,
+        batch: 64,
+        context: Some(32),
+        eval_tokens: 256,
+        ..Default::default()
+    };
+    let events = go(
+        &mut session,
+        Command::TrainSae(TrainSaeJob {
+            job_id: 5,
+            opts: opts.clone(),
+        }),
+        &never,
+    );
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, Event::JobProgress(p) if p.job_id == 5 && p.train.is_some()))
+        .count();
+    assert_eq!(progress, 12, "one progress event per step");
+    let finished = events.iter().position(
+        |e| matches!(e, Event::JobFinished(f) if matches!(f.outcome, JobOutcome::Trained { .. })),
+    );
+    let attached = events
+        .iter()
+        .position(|e| matches!(e, Event::SaeAttached(_)));
+    assert!(finished.is_some() && attached > finished, "{events:?}");
+    let Some(Event::SaeAttached(a)) = attached.map(|i| &events[i]) else {
+        unreachable!()
+    };
+    assert!(out.path().join("sae/cfg.json").exists());
+
+    // Evaluate it over the held-out text.
+    let events = go(
+        &mut session,
+        Command::EvaluateSae(EvaluateSaeJob {
+            job_id: 6,
+            sae_id: a.sae_id,
+            corpus: opts.corpus.clone(),
+            tokens: 128,
+        }),
+        &never,
+    );
+    let Some(Event::JobFinished(JobFinished {
+        outcome: JobOutcome::Evaluated { report, .. },
+        ..
+    })) = events.last()
+    else {
+        panic!("{:?}", events.last())
+    };
+    assert!(report.reconstruction.as_ref().unwrap().l0.unwrap() <= 4.0);
+    assert!(report.downstream.is_some());
+
+    // A cancelled job stops and says so; nothing new is attached.
+    let events = go(
+        &mut session,
+        Command::TrainSae(TrainSaeJob {
+            job_id: 7,
+            opts: dendrite::sae::train::TrainOptions {
+                out: out.path().join("cancelled"),
+                ..opts
+            },
+        }),
+        &CancelJob(7),
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::JobFinished(f)) if f.outcome == JobOutcome::Cancelled
+    ));
+    assert!(!out.path().join("cancelled/cfg.json").exists());
+}

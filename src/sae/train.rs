@@ -44,7 +44,7 @@ use crate::model::{HookSpec, LayerDone, LayerObserver, Model, ModelError};
 use crate::train::Rng;
 
 /// Everything a training run needs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainOptions {
     /// The hook whose activations are encoded (e.g. `blocks.0.hook_resid_post`).
     pub hook: String,

@@ -93,6 +93,12 @@ impl DendriteApp {
             self.export(view);
             return;
         }
+        if action == Action::CancelJob {
+            if let Some(job) = self.state.job.as_ref().filter(|j| j.outcome.is_none()) {
+                self.worker.cancel_job(job.id);
+            }
+            return;
+        }
         if let Some(cmd) = self.state.act(action) {
             self.send(cmd);
         }

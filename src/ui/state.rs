@@ -13,9 +13,10 @@ use crate::model::{AblationMode, Intervention, ModelInfo, PatternMode, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
 use crate::worker::{
-    AttachSae, Command, DetachSae, Edit, ErrorEvent, Event, InspectLatent, InspectNeuron,
-    LatentInfo, LayerSummary, LensRequest, LoadModel, NeuronInfo, ProbeHeads, RunFinished, RunId,
-    RunPrompt, SaeId, SteerMode, TokenPrediction, Variant,
+    AttachSae, Command, DetachSae, Edit, ErrorEvent, EvaluateSaeJob, Event, InspectLatent,
+    InspectNeuron, JobId, JobOutcome, LatentInfo, LayerSummary, LensRequest, LoadModel, NeuronInfo,
+    ProbeHeads, RunFinished, RunId, RunPrompt, SaeId, SteerMode, TokenPrediction, TrainSaeJob,
+    Variant,
 };
 
 /// The main view's tabs.
@@ -357,6 +358,15 @@ pub enum Action {
     },
     /// Attach an SAE directory or file (at its own hook).
     AttachSae(PathBuf),
+    /// Train a TopK SAE on the open model (a job; the result is attached).
+    TrainSae(Box<crate::sae::train::TrainOptions>),
+    /// Evaluate the selected SAE over held-out text (a job).
+    EvaluateSae {
+        corpus: PathBuf,
+        tokens: usize,
+    },
+    /// Cancel the running job (the app tells the worker directly).
+    CancelJob,
     DetachSae(SaeId),
     SelectSae(SaeId),
     SelectLatent {
@@ -390,6 +400,21 @@ pub struct Selection {
     pub latent: Option<(SaeId, usize)>,
 }
 
+/// A long job (training, evaluation) as the UI shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub id: JobId,
+    pub title: String,
+    pub fraction: f32,
+    pub message: String,
+    /// Training curves: (step, loss, L0, FVE, dead fraction), at most [`MAX_CURVE_POINTS`].
+    pub curve: Vec<[f64; 5]>,
+    pub outcome: Option<JobOutcome>,
+}
+
+/// Curve points kept for a job's live plot (every other point is dropped when full).
+pub const MAX_CURVE_POINTS: usize = 1000;
+
 /// Histogram bins per layer, fixed by the first baseline that reached the layer so that later
 /// passes (and the intervened pass) bin identically and overlay bar for bar.
 pub const HISTOGRAM_BINS: usize = 60;
@@ -419,6 +444,10 @@ pub struct AppState {
     /// Attached SAEs, in attach order, and the one the Features view shows.
     pub saes: Vec<SaeEntry>,
     pub selected_sae: Option<SaeId>,
+    /// The current or last job.
+    pub job: Option<JobView>,
+    /// The last corpus evaluation of each SAE.
+    pub evaluations: BTreeMap<SaeId, crate::sae::eval::EvalReport>,
     pub errors: Vec<ErrorEvent>,
     pub tab: Tab,
     pub show: Show,
@@ -455,6 +484,8 @@ impl Default for AppState {
             latent_info: None,
             saes: Vec::new(),
             selected_sae: None,
+            job: None,
+            evaluations: BTreeMap::new(),
             errors: Vec::new(),
             tab: Tab::Neurons,
             show: Show::Intervened,
@@ -554,6 +585,25 @@ impl AppState {
         })
     }
 
+    /// Whether a job is running (one at a time: the worker runs it).
+    pub fn job_running(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.outcome.is_none())
+    }
+
+    fn new_job(&mut self, title: String) -> JobId {
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        self.job = Some(JobView {
+            id,
+            title,
+            fraction: 0.0,
+            message: "starting…".into(),
+            curve: Vec::new(),
+            outcome: None,
+        });
+        id
+    }
+
     fn checkpoint(&mut self) {
         self.undo.push(self.interventions.clone());
         self.redo.clear();
@@ -601,6 +651,35 @@ impl AppState {
                 None
             }
             Action::AttachSae(path) => Some(Command::AttachSae(AttachSae { path, hook: None })),
+            Action::TrainSae(opts) => {
+                self.model.as_ref()?;
+                if self.job_running() {
+                    return None;
+                }
+                let job_id = self.new_job(format!(
+                    "Training a TopK SAE (k {}, {} latents) at {}",
+                    opts.k, opts.width, opts.hook
+                ));
+                Some(Command::TrainSae(TrainSaeJob {
+                    job_id,
+                    opts: *opts,
+                }))
+            }
+            Action::EvaluateSae { corpus, tokens } => {
+                let sae_id = self.selected_sae?;
+                if self.job_running() {
+                    return None;
+                }
+                let job_id =
+                    self.new_job(format!("Evaluating SAE #{sae_id} on {}", corpus.display()));
+                Some(Command::EvaluateSae(EvaluateSaeJob {
+                    job_id,
+                    sae_id,
+                    corpus,
+                    tokens,
+                }))
+            }
+            Action::CancelJob => None,
             Action::DetachSae(sae_id) => {
                 // Edits that need the SAE go with it (undoable).
                 if self
@@ -825,6 +904,29 @@ impl AppState {
                     pass.saes.insert(r.sae_id, r.summary);
                 }
             }
+            Event::JobProgress(p) => {
+                if let Some(job) = self.job.as_mut().filter(|j| j.id == p.job_id) {
+                    job.fraction = p.fraction;
+                    job.message = p.message;
+                    if let Some(t) = p.train {
+                        if job.curve.len() >= MAX_CURVE_POINTS {
+                            // Halve the resolution: keep every other point.
+                            job.curve = job.curve.iter().step_by(2).copied().collect();
+                        }
+                        job.curve
+                            .push([t.step as f64, t.loss, t.l0, t.fve, t.dead_frac]);
+                    }
+                }
+            }
+            Event::JobFinished(f) => {
+                if let JobOutcome::Evaluated { sae_id, report } = &f.outcome {
+                    self.evaluations.insert(*sae_id, (**report).clone());
+                }
+                if let Some(job) = self.job.as_mut().filter(|j| j.id == f.job_id) {
+                    job.fraction = 1.0;
+                    job.outcome = Some(f.outcome);
+                }
+            }
             Event::LatentInfo(l) => {
                 if self.selection.latent == Some((l.sae_id, l.latent)) {
                     self.latent_info = Some(l);
@@ -868,6 +970,14 @@ impl AppState {
                 }
                 if e.context.starts_with("probing") {
                     self.probe_running = false;
+                }
+                // A failed job is over too.
+                if (e.context.starts_with("training") || e.context.starts_with("evaluating"))
+                    && let Some(job) = self.job.as_mut()
+                    && job.outcome.is_none()
+                {
+                    job.outcome = Some(JobOutcome::Cancelled);
+                    job.message = format!("failed: {}", e.message);
                 }
                 // A failed run is over: no progress bar waits for it.
                 if e.context.starts_with("running") {

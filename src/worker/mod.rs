@@ -37,6 +37,8 @@ pub struct WorkerHandle {
     events: Option<Receiver<Event>>,
     /// The newest cancellable request; passes for older ids stop between layers.
     latest_run: Arc<AtomicU64>,
+    /// The job the user cancelled (checked between training steps / evaluated sequences).
+    cancelled_job: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -46,14 +48,19 @@ impl WorkerHandle {
         let (command_tx, command_rx) = bounded::<Command>(COMMAND_CAPACITY);
         let (event_tx, event_rx) = bounded::<Event>(EVENT_CAPACITY);
         let latest_run = Arc::new(AtomicU64::new(0));
-        let latest = latest_run.clone();
+        let cancelled_job = Arc::new(AtomicU64::new(0));
+        let cancellation = Cancellation {
+            latest_run: latest_run.clone(),
+            cancelled_job: cancelled_job.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("dendrite-worker".into())
-            .spawn(move || serve(command_rx, event_tx, latest, wake))?;
+            .spawn(move || serve(command_rx, event_tx, cancellation, wake))?;
         Ok(WorkerHandle {
             commands: command_tx,
             events: Some(event_rx),
             latest_run,
+            cancelled_job,
             thread: Some(thread),
         })
     }
@@ -65,6 +72,11 @@ impl WorkerHandle {
             self.latest_run.fetch_max(id, Ordering::SeqCst);
         }
         self.commands.send(command).is_ok()
+    }
+
+    /// Cancels a running job (it stops at its next step and reports `JobOutcome::Cancelled`).
+    pub fn cancel_job(&self, job: JobId) {
+        self.cancelled_job.store(job, Ordering::SeqCst);
     }
 
     /// The next event, if one is waiting.
@@ -82,6 +94,7 @@ impl Drop for WorkerHandle {
     fn drop(&mut self) {
         // Cancel whatever runs, stop the loop, and unblock a worker waiting to send.
         self.latest_run.store(u64::MAX, Ordering::SeqCst);
+        self.cancelled_job.store(u64::MAX, Ordering::SeqCst);
         let _ = self.commands.try_send(Command::Shutdown);
         self.events.take();
         if let Some(thread) = self.thread.take() {
@@ -103,14 +116,30 @@ fn coalesce(mut pending: Vec<Command>) -> Vec<Command> {
     pending
 }
 
+/// What the UI has superseded or cancelled, shared with the worker thread.
+struct Cancellation {
+    latest_run: Arc<AtomicU64>,
+    cancelled_job: Arc<AtomicU64>,
+}
+
+impl session::Cancel for Cancellation {
+    fn is_cancelled(&self, run_id: RunId) -> bool {
+        self.latest_run.load(Ordering::SeqCst) > run_id
+    }
+
+    fn is_job_cancelled(&self, job: JobId) -> bool {
+        let c = self.cancelled_job.load(Ordering::SeqCst);
+        c == job || c == u64::MAX
+    }
+}
+
 fn serve(
     commands: Receiver<Command>,
     events: Sender<Event>,
-    latest: Arc<AtomicU64>,
+    cancel: Cancellation,
     wake: impl Wake,
 ) {
     let mut session = Session::new();
-    let cancel = |id: RunId| latest.load(Ordering::SeqCst) > id;
     loop {
         let Ok(first) = commands.recv() else { return };
         let mut pending = vec![first];

@@ -120,9 +120,37 @@ pub struct InspectLatent {
     pub k: usize,
 }
 
+/// Identifies a long job (training, corpus evaluation); cancelled by id.
+pub type JobId = u64;
+
+/// Train a TopK SAE on the open model; the result is saved to `opts.out` and attached.
+#[derive(Clone, Debug)]
+pub struct TrainSaeJob {
+    pub job_id: JobId,
+    pub opts: crate::sae::train::TrainOptions,
+}
+
+impl PartialEq for TrainSaeJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.job_id == other.job_id
+    }
+}
+
+/// Evaluate an attached SAE over held-out text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvaluateSaeJob {
+    pub job_id: JobId,
+    pub sae_id: SaeId,
+    /// A .txt file (its last 5% is used) or a directory of .txt files (every 20th).
+    pub corpus: PathBuf,
+    pub tokens: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     LoadModel(LoadModel),
+    TrainSae(TrainSaeJob),
+    EvaluateSae(EvaluateSaeJob),
     AttachSae(AttachSae),
     DetachSae(DetachSae),
     InspectLatent(InspectLatent),
@@ -284,6 +312,46 @@ pub struct LatentInfo {
     pub note: Option<String>,
 }
 
+/// How far a job has got (training reports every step).
+#[derive(Clone, Debug)]
+pub struct JobProgress {
+    pub job_id: JobId,
+    /// In [0, 1].
+    pub fraction: f32,
+    pub message: String,
+    pub train: Option<crate::sae::train::TrainProgress>,
+}
+
+impl PartialEq for JobProgress {
+    fn eq(&self, other: &Self) -> bool {
+        self.job_id == other.job_id
+            && self.fraction == other.fraction
+            && self.message == other.message
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    /// Saved to this folder (and attached).
+    Trained {
+        out: PathBuf,
+        fve: f64,
+        l0: f64,
+        tokens_per_s: f64,
+    },
+    Evaluated {
+        sae_id: SaeId,
+        report: Box<crate::sae::eval::EvalReport>,
+    },
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobFinished {
+    pub job_id: JobId,
+    pub outcome: JobOutcome,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeFinished {
     pub run_id: RunId,
@@ -332,6 +400,8 @@ pub enum Event {
     SaeDetached(SaeDetached),
     SaeReady(SaeReady),
     LatentInfo(LatentInfo),
+    JobProgress(JobProgress),
+    JobFinished(JobFinished),
     ProbeFinished(ProbeFinished),
     NeuronInfo(NeuronInfo),
     Cancelled(Cancelled),

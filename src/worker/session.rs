@@ -2,6 +2,7 @@
 //! Plain code with no threads, so it can be tested directly; [`super::WorkerHandle`] runs it on
 //! its own thread.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,6 +59,11 @@ struct LastRun {
 /// Tells a pass whether a newer request has superseded it.
 pub trait Cancel {
     fn is_cancelled(&self, run_id: RunId) -> bool;
+
+    /// Whether the user cancelled job `job` (plain closures never cancel jobs).
+    fn is_job_cancelled(&self, _job: JobId) -> bool {
+        false
+    }
 }
 
 impl<F: Fn(RunId) -> bool> Cancel for F {
@@ -103,6 +109,8 @@ impl Session {
             Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
             Command::Lens(_) => "computing the logit lens".into(),
             Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
+            Command::TrainSae(_) => "training an SAE".into(),
+            Command::EvaluateSae(_) => "evaluating an SAE".into(),
             Command::DetachSae(_) => "detaching an SAE".into(),
             Command::InspectLatent(l) => format!("inspecting SAE latent {}", l.latent),
             Command::Panic => "a requested panic".into(),
@@ -122,6 +130,8 @@ impl Session {
             }
             Command::Lens(_) => Ok(()),
             Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
+            Command::TrainSae(job) => self.train_sae(job, cancel, emit),
+            Command::EvaluateSae(job) => self.evaluate_sae(job, cancel, emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -385,6 +395,119 @@ impl Session {
         let cfg = sae.cfg.clone();
         self.saes.push((sae_id, Arc::new(sae)));
         Ok(Event::SaeAttached(SaeAttached { sae_id, cfg }))
+    }
+
+    /// Trains a TopK SAE on the open model, saves it and attaches it. Blocks the worker (runs
+    /// wait) until it finishes or is cancelled.
+    fn train_sae(
+        &mut self,
+        job: TrainSaeJob,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self.model_or_err()?;
+        let id = job.job_id;
+        let result = crate::sae::train::train_with_model(model, &job.opts, &mut |p| {
+            emit(Event::JobProgress(JobProgress {
+                job_id: id,
+                fraction: p.step as f32 / p.steps.max(1) as f32,
+                message: format!(
+                    "step {}/{} · loss {:.4} · L0 {:.1} · FVE {:.3} · dead {:.3} · {:.0} tok/s",
+                    p.step, p.steps, p.loss, p.l0, p.fve, p.dead_frac, p.tokens_per_s
+                ),
+                train: Some(p.clone()),
+            }));
+            if cancel.is_job_cancelled(id) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        let report = match result {
+            Ok((_, report)) => report,
+            Err(e) if e.downcast_ref::<crate::sae::train::Cancelled>().is_some() => {
+                emit(Event::JobFinished(JobFinished {
+                    job_id: id,
+                    outcome: JobOutcome::Cancelled,
+                }));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        emit(Event::JobFinished(JobFinished {
+            job_id: id,
+            outcome: JobOutcome::Trained {
+                out: job.opts.out.clone(),
+                fve: report.eval.fve,
+                l0: report.eval.l0,
+                tokens_per_s: report.tokens_per_s,
+            },
+        }));
+        let attached = self.attach_sae(AttachSae {
+            path: job.opts.out,
+            hook: None,
+        })?;
+        emit(attached);
+        Ok(())
+    }
+
+    /// Evaluates an attached SAE over held-out text (`sae::eval`).
+    fn evaluate_sae(
+        &mut self,
+        job: EvaluateSaeJob,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self.model_or_err()?;
+        let sae = find_sae(&self.saes, job.sae_id)?.clone();
+        let corpus = crate::sae::train::read_corpus(&job.corpus)?;
+        let context = crate::sae::train::context_for(model, None)?;
+        let sequences =
+            crate::sae::train::token_sequences(model, &corpus.validation, context, job.tokens)?;
+        if sequences.is_empty() {
+            anyhow::bail!(
+                "the held-out part of {} has no sequence of {context} tokens",
+                job.corpus.display()
+            );
+        }
+        let id = job.job_id;
+        let opts = crate::sae::eval::EvalOptions::default();
+        let result = crate::sae::eval::evaluate(model, &sae, &sequences, &opts, &mut |p| {
+            let done = (p.pass as usize - 1) * p.sequences + p.sequences_done;
+            emit(Event::JobProgress(JobProgress {
+                job_id: id,
+                fraction: done as f32 / (2 * p.sequences).max(1) as f32,
+                message: format!(
+                    "{} · sequence {}/{}",
+                    if p.pass == 1 {
+                        "mean activation"
+                    } else {
+                        "metrics"
+                    },
+                    p.sequences_done,
+                    p.sequences
+                ),
+                train: None,
+            }));
+            if cancel.is_job_cancelled(id) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        let outcome = match result {
+            Ok(report) => JobOutcome::Evaluated {
+                sae_id: job.sae_id,
+                report: Box::new(report),
+            },
+            Err(_) if cancel.is_job_cancelled(id) => JobOutcome::Cancelled,
+            Err(e) => return Err(e.into()),
+        };
+        emit(Event::JobFinished(JobFinished {
+            job_id: id,
+            outcome,
+        }));
+        Ok(())
     }
 
     fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {

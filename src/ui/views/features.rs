@@ -16,6 +16,22 @@ const HISTOGRAM_BINS: usize = 40;
 
 pub fn features_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
+    let jobs = egui::CollapsingHeader::new(match &state.job {
+        Some(j) if j.outcome.is_none() => format!(
+            "Train or evaluate an SAE · {:.0}% {}",
+            100.0 * j.fraction,
+            j.title
+        ),
+        _ => "Train or evaluate an SAE".into(),
+    })
+    .id_salt("sae_jobs")
+    .show(ui, |ui| super::sae_jobs::sae_jobs_ui(ui, state));
+    action = action.or(jobs.body_returned.flatten());
+    action.or(feature_map_ui(ui, state))
+}
+
+fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
+    let mut action = None;
     ui.horizontal_wrapped(|ui| {
         ui.label("SAE");
         for sae in &state.saes {

@@ -10,6 +10,7 @@ pub mod layers;
 pub mod lens;
 pub mod neurons;
 pub mod prompt;
+pub mod sae_jobs;
 pub mod top_bar;
 
 /// Token text with visible whitespace (`·` for a space, `\n` for a newline, `\t` for a tab).

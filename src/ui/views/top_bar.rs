@@ -69,6 +69,13 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                         .desired_width(140.0)
                         .text(format!("layer {}/{}", pass.layers_done(), n)),
                 );
+            } else if let Some(job) = state.job.as_ref().filter(|j| j.outcome.is_none()) {
+                ui.add(
+                    egui::ProgressBar::new(job.fraction)
+                        .desired_width(140.0)
+                        .text(format!("{:.0} %", 100.0 * job.fraction)),
+                );
+                ui.label(&job.title);
             } else if state.probe_running {
                 ui.spinner();
                 ui.label("Probing heads…");
