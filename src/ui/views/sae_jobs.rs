@@ -40,7 +40,7 @@ impl Default for JobForm {
 
 pub fn sae_jobs_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
-    let id = egui::Id::new("sae_job_form");
+    let id = egui::Id::unique("sae_job_form");
     let mut form: JobForm = ui.data_mut(|d| d.get_temp_mut_or_default::<JobForm>(id).clone());
     let busy = state.job_running();
     ui.horizontal(|ui| {
