@@ -20,12 +20,16 @@ fn loaded() -> Harness<'static, DendriteApp> {
                 DendriteApp::new(&cc.egui_ctx, None, Some(fixtures().join("tiny/gpt2"))).unwrap();
             app.state.prompt = "one two three, one two three".into();
             app.state.show_timings = false;
+            app.attach_on_load = vec![fixtures().join("sae/topk")];
             app
         });
     h.ctx
         .set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
     let started = Instant::now();
-    while !(h.state().state.is_complete() && h.state().state.probe.is_some()) {
+    while !(h.state().state.is_complete()
+        && h.state().state.probe.is_some()
+        && !h.state().state.saes.is_empty())
+    {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the run did not finish"
@@ -55,6 +59,7 @@ fn every_tab_renders() {
         (Tab::Heads, "heads"),
         (Tab::Histograms, "histograms"),
         (Tab::Lens, "lens"),
+        (Tab::Features, "features"),
     ] {
         h.state_mut().act(Action::SetTab(tab));
         // The lens is computed when its tab opens.

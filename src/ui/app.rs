@@ -266,7 +266,8 @@ impl DendriteApp {
                 action = action.take().or(views::inspector::inspector_ui(ui, state));
             });
         let central = egui::CentralPanel::default().show(ui, |ui| {
-            ui.horizontal(|ui| {
+            // Wraps on narrow windows rather than widening the panel under the inspector.
+            ui.horizontal_wrapped(|ui| {
                 for (tab, name) in [
                     (Tab::Neurons, "Neurons"),
                     (Tab::Heads, "Heads"),

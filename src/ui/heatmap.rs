@@ -59,20 +59,31 @@ impl Colormap {
 
     /// A diverging map clipped at the 99.5th percentile of `|values|` (robust to outliers).
     pub fn robust_diverging(values: &[f32]) -> Colormap {
-        let mut abs: Vec<f32> = values
-            .iter()
-            .filter(|v| v.is_finite())
-            .map(|v| v.abs())
-            .collect();
-        if abs.is_empty() {
-            return Colormap::Diverging { max: 1.0 };
-        }
-        let k = ((abs.len() as f64 * 0.995) as usize).min(abs.len() - 1);
-        let (_, v, _) = abs.select_nth_unstable_by(k, f32::total_cmp);
         Colormap::Diverging {
-            max: if *v > 0.0 { *v } else { 1.0 },
+            max: robust_max(values.iter().map(|v| v.abs()), 0.995),
         }
     }
+
+    /// 0 to the 97th percentile of the nonzero values: sparse codes have few nonzeros, and
+    /// one outlier token (e.g. the first position's huge residual norm) would otherwise darken
+    /// everything else.
+    pub fn robust_sequential(values: &[f32]) -> Colormap {
+        Colormap::Sequential {
+            min: 0.0,
+            max: robust_max(values.iter().copied().filter(|v| *v != 0.0), 0.97),
+        }
+    }
+}
+
+/// The `q` quantile of finite `values` (1 when there are none or it is not positive).
+fn robust_max(values: impl Iterator<Item = f32>, q: f64) -> f32 {
+    let mut v: Vec<f32> = values.filter(|v| v.is_finite()).collect();
+    if v.is_empty() {
+        return 1.0;
+    }
+    let k = ((v.len() as f64 * q) as usize).min(v.len() - 1);
+    let (_, x, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+    if *x > 0.0 { *x } else { 1.0 }
 }
 
 /// A `rows × cols` grid of values.

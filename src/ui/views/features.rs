@@ -78,7 +78,7 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     };
     let mean_l0 =
         summary.l0.iter().map(|&l| l as f64).sum::<f64>() / summary.l0.len().max(1) as f64;
-    ui.label(format!(
+    ui.add(egui::Label::new(format!(
         "{} at {}: {} latents · FVE {} · MSE {} · mean L0 {mean_l0:.1} over {} tokens",
         state.saes.iter().find(|s| s.id == sae_id).map_or("", |s| s.cfg.architecture.as_str()),
         summary.hook,
@@ -86,7 +86,7 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         summary.fve.map_or("n/a".into(), |f| format!("{f:.3}")),
         summary.mse.map_or("n/a".into(), |m| format!("{m:.4}")),
         summary.n_tokens
-    ))
+    )).wrap())
     .on_hover_text("FVE = 1 − Σ|x − x_hat|² / Σ|x − mean x|² over the prompt's tokens; MSE = mean over tokens of |x − x_hat|² (summed over dimensions)");
 
     let difference = state.show == Show::Difference && state.intervened.is_some();
@@ -119,10 +119,7 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let cmap = if difference {
         Colormap::robust_diverging(&values)
     } else {
-        Colormap::Sequential {
-            min: 0.0,
-            max: values.iter().fold(1e-6f32, |m, v| m.max(*v)),
-        }
+        Colormap::robust_sequential(&values)
     };
     let key = fingerprint(&[
         pass.run_id,
@@ -160,7 +157,7 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui,
         cmap,
         &format!(
-            "latent activation ({c} strongest of {} on this prompt, by peak; rows = tokens)",
+            "activation (≤ 97th pct.) · {c} of {} latents",
             summary.d_sae
         ),
     );
@@ -186,7 +183,9 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                     .collect();
                 plot.bar_chart(BarChart::new("L0", l0).color(blue));
             });
-        cols[1].label("relative squared error |x − x_hat|² / |x|²");
+        cols[1]
+            .label("relative error")
+            .on_hover_text("|x − x_hat|² / |x|² per token");
         small_plot(("sae_err", sae_id))
             .x_axis_label("token")
             .show(&mut cols[1], |plot| {
@@ -199,10 +198,9 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 plot.line(Line::new("relative error", points).color(orange));
             });
         let nonzero: Vec<f32> = summary.features.iter().flatten().map(|(_, a)| *a).collect();
-        cols[2].label(format!(
-            "{} nonzero activations, log10(1 + count)",
-            nonzero.len()
-        ));
+        cols[2]
+            .label(format!("{} activations", nonzero.len()))
+            .on_hover_text("histogram of the nonzero latent activations, log10(1 + count)");
         if !nonzero.is_empty() {
             let bins = Bins::covering(&nonzero, HISTOGRAM_BINS);
             let h = Histogram::new(bins, &nonzero);
