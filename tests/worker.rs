@@ -45,6 +45,21 @@ fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
     })
 }
 
+/// Runs one command on a session; returns its events.
+fn handle_with(
+    session: &mut Session,
+    command: Command,
+    cancel: &dyn dendrite::worker::session::Cancel,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    session.handle(command, cancel, &mut |e| events.push(e));
+    events
+}
+
+fn handle(session: &mut Session, command: Command) -> Vec<Event> {
+    handle_with(session, command, &|_: RunId| false)
+}
+
 fn loaded(w: &WorkerHandle) {
     assert!(w.send(Command::LoadModel(LoadModel { path: tiny() })));
     let events = until(w, |e| matches!(e, Event::ModelLoaded(_) | Event::Error(_)));
@@ -186,18 +201,13 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
             have_baseline: have,
         })
     };
-    let go = |session: &mut Session, command: Command| {
-        let mut events = Vec::new();
-        session.handle(command, &|_| false, &mut |e| events.push(e));
-        events
-    };
-    let first = go(&mut session, lazy(1, None, 5.0));
+    let first = handle(&mut session, lazy(1, None, 5.0));
     let n = layers_of(&first, Variant::Baseline).len();
     assert!(n > 0);
     assert_eq!(layers_of(&first, Variant::Intervened).len(), n);
     assert!(!first.iter().any(|e| matches!(e, Event::LensReady(_))));
     // The UI holds run 1's baseline: run 2 sends only the intervened pass.
-    let second = go(&mut session, lazy(2, Some(1), -5.0));
+    let second = handle(&mut session, lazy(2, Some(1), -5.0));
     assert!(
         matches!(&second[0], Event::BaselineReused(r) if r.run_id == 2 && r.from_run == 1),
         "{:?}",
@@ -206,10 +216,10 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
     assert!(layers_of(&second, Variant::Baseline).is_empty());
     assert_eq!(layers_of(&second, Variant::Intervened).len(), n);
     // Not holding it (or a different run's) gets it in full.
-    let third = go(&mut session, lazy(3, Some(1), 5.0));
+    let third = handle(&mut session, lazy(3, Some(1), 5.0));
     assert_eq!(layers_of(&third, Variant::Baseline).len(), n);
     // The lens of the latest run, when asked: both passes.
-    let lens = go(&mut session, Command::Lens(LensRequest { run_id: 3 }));
+    let lens = handle(&mut session, Command::Lens(LensRequest { run_id: 3 }));
     let variants: Vec<Variant> = lens
         .iter()
         .filter_map(|e| match e {
@@ -219,7 +229,7 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
         .collect();
     assert_eq!(variants, vec![Variant::Baseline, Variant::Intervened]);
     // A superseded run's lens is not computed.
-    assert!(go(&mut session, Command::Lens(LensRequest { run_id: 2 })).is_empty());
+    assert!(handle(&mut session, Command::Lens(LensRequest { run_id: 2 })).is_empty());
 }
 
 #[test]
@@ -314,15 +324,10 @@ fn probe_scores_every_head_and_dropping_the_handle_joins() {
 #[test]
 fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
     let mut session = Session::new();
-    let go = |session: &mut Session, command: Command| {
-        let mut events = Vec::new();
-        session.handle(command, &|_| false, &mut |e| events.push(e));
-        events
-    };
-    go(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
     let sae_dir = common::fixtures().join("sae/standard");
     // A width that does not fit is an error naming both widths; the session keeps serving.
-    let bad = go(
+    let bad = handle(
         &mut session,
         Command::AttachSae(AttachSae {
             path: sae_dir.clone(),
@@ -333,7 +338,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         matches!(&bad[0], Event::Error(e) if e.message.contains("width 32") && e.message.contains("width 64")),
         "{bad:?}"
     );
-    let attached = go(
+    let attached = handle(
         &mut session,
         Command::AttachSae(AttachSae {
             path: sae_dir,
@@ -355,7 +360,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
             have_baseline: None,
         })
     };
-    let events = go(&mut session, run(1, vec![]));
+    let events = handle(&mut session, run(1, vec![]));
     // The feature map comes right after its layer (0), before layer 1.
     let order: Vec<String> = events
         .iter()
@@ -382,7 +387,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
     assert_eq!(base.l0.len(), 6);
     let latent = base.features[2][0].0;
     // Clamping a latent downstream of the SAE changes the loss; steering along it too.
-    let clamped = go(
+    let clamped = handle(
         &mut session,
         run(
             2,
@@ -399,7 +404,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         .per_token_nll
         .clone();
     assert_ne!(before, after);
-    let steered = go(
+    let steered = handle(
         &mut session,
         run(
             3,
@@ -416,7 +421,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         before
     );
     // The decoder direction through the unembedding, then detaching.
-    let info = go(
+    let info = handle(
         &mut session,
         Command::InspectLatent(InspectLatent {
             sae_id,
@@ -425,9 +430,9 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         }),
     );
     assert!(matches!(&info[0], Event::LatentInfo(l) if l.top.len() == 3 && l.decoder_norm > 0.0));
-    let detached = go(&mut session, Command::DetachSae(DetachSae { sae_id }));
+    let detached = handle(&mut session, Command::DetachSae(DetachSae { sae_id }));
     assert!(matches!(&detached[0], Event::SaeDetached(d) if d.sae_id == sae_id));
-    let events = go(&mut session, run(4, vec![]));
+    let events = handle(&mut session, run(4, vec![]));
     assert!(!events.iter().any(|e| matches!(e, Event::SaeReady(_))));
 }
 
@@ -443,19 +448,7 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
         }
     }
     let mut session = Session::new();
-    let go = |session: &mut Session,
-              command: Command,
-              cancel: &dyn dendrite::worker::session::Cancel| {
-        let mut events = Vec::new();
-        session.handle(command, cancel, &mut |e| events.push(e));
-        events
-    };
-    let never = |_: RunId| false;
-    go(
-        &mut session,
-        Command::LoadModel(LoadModel { path: tiny() }),
-        &never,
-    );
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
     let out = tempfile::tempdir().unwrap();
     let opts = dendrite::sae::train::TrainOptions {
         hook: "blocks.0.hook_resid_post".into(),
@@ -469,13 +462,12 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
         eval_tokens: 256,
         ..Default::default()
     };
-    let events = go(
+    let events = handle(
         &mut session,
         Command::TrainSae(TrainSaeJob {
             job_id: 5,
             opts: opts.clone(),
         }),
-        &never,
     );
     let progress = events
         .iter()
@@ -495,7 +487,7 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
     assert!(out.path().join("sae/cfg.json").exists());
 
     // Evaluate it over the held-out text.
-    let events = go(
+    let events = handle(
         &mut session,
         Command::EvaluateSae(EvaluateSaeJob {
             job_id: 6,
@@ -503,7 +495,6 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
             corpus: opts.corpus.clone(),
             tokens: 128,
         }),
-        &never,
     );
     let Some(Event::JobFinished(JobFinished {
         outcome: JobOutcome::Evaluated { report, .. },
@@ -516,7 +507,7 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
     assert!(report.downstream.is_some());
 
     // A cancelled job stops and says so; nothing new is attached.
-    let events = go(
+    let events = handle_with(
         &mut session,
         Command::TrainSae(TrainSaeJob {
             job_id: 7,

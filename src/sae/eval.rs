@@ -124,16 +124,20 @@ pub fn evaluate(
     let mut sum = vec![0f64; d_out];
     let mut count = 0usize;
     let spec = HookSpec::capture([target_hook.clone()]);
-    for (i, ids) in sequences.iter().enumerate() {
-        if progress(EvalProgress {
-            pass: 1,
-            sequences_done: i,
+    // Reports progress; a break from the caller cancels.
+    let mut report = |pass: u8, sequences_done: usize| -> Result<()> {
+        let p = EvalProgress {
+            pass,
+            sequences_done,
             sequences: n,
-        })
-        .is_break()
-        {
+        };
+        if progress(p).is_break() {
             return Err(cancelled());
         }
+        Ok(())
+    };
+    for (i, ids) in sequences.iter().enumerate() {
+        report(1, i)?;
         let out = t
             .forward(std::slice::from_ref(ids), &spec, &mut NoObserver)
             .map_err(model_error)?;
@@ -160,15 +164,7 @@ pub fn evaluate(
     let (mut n_predictions, mut tokens, mut special_tokens) = (0usize, 0usize, 0usize);
     let hooks: Vec<String> = super::apply::hooks(sae);
     for (i, ids) in sequences.iter().enumerate() {
-        if progress(EvalProgress {
-            pass: 2,
-            sequences_done: i,
-            sequences: n,
-        })
-        .is_break()
-        {
-            return Err(cancelled());
-        }
+        report(2, i)?;
         tokens += ids.len();
         let keep: Vec<usize> = (0..ids.len()).filter(|&p| !special(ids[p])).collect();
         special_tokens += ids.len() - keep.len();
@@ -312,11 +308,8 @@ pub fn evaluate(
         }
         n_predictions += n_pred;
     }
-    let _ = progress(EvalProgress {
-        pass: 2,
-        sequences_done: n,
-        sequences: n,
-    });
+    // Finished: a late cancel changes nothing.
+    let _ = report(2, n);
     let per = |s: f64| s / n_predictions.max(1) as f64;
     let downstream = (n_predictions > 0).then(|| {
         let (ce_clean, ce_sae, ce_zero, ce_mean) = (per(ce[0]), per(ce[1]), per(ce[2]), per(ce[3]));

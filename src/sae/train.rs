@@ -452,40 +452,26 @@ pub fn evaluate(sae: &Sae, x: &[f32], n: usize) -> Result<EvalMetrics> {
     if n == 0 {
         bail!("no held-out tokens to evaluate on");
     }
-    let (mut err, mut sq, mut l0) = (0f64, 0f64, 0f64);
-    let mut sum = vec![0f64; d];
-    let mut fired = vec![false; sae.cfg.d_sae];
+    let mut stats = super::metrics::ReconstructionStats::new();
+    let mut firing = super::metrics::FiringCounter::new(sae.cfg.d_sae);
     for (chunk, rows) in x.chunks(4096 * d).zip((0..n).step_by(4096)) {
         let m = (n - rows).min(4096);
         let (enc, out) = sae.forward(chunk, m)?;
-        for (xr, yr) in chunk.chunks_exact(d).zip(out.chunks_exact(d)) {
-            for ((a, b), s) in xr.iter().zip(yr).zip(sum.iter_mut()) {
-                let (a, b) = (*a as f64, *b as f64);
-                err += (a - b) * (a - b);
-                sq += a * a;
-                *s += a;
-            }
-        }
-        for t in 0..m {
-            for (j, v) in enc.row(t).iter().enumerate() {
-                if *v > 0.0 {
-                    l0 += 1.0;
-                    fired[j] = true;
-                }
-            }
-        }
+        stats.add(chunk, &out, d);
+        stats.add_features(&enc.features, sae.cfg.d_sae);
+        firing.add(&enc.features);
     }
-    let nf = n as f64;
-    let mean_sq: f64 = sum.iter().map(|s| (s / nf).powi(2)).sum();
-    let total_variance = sq / nf - mean_sq;
+    let (Some(r), Some(f)) = (stats.finish(), firing.summary()) else {
+        bail!("no held-out tokens to evaluate on");
+    };
     Ok(EvalMetrics {
         tokens: n,
-        fve: 1.0 - (err / nf) / total_variance,
-        l0: l0 / nf,
-        mse: err / nf,
-        mse_per_dim: err / nf / d as f64,
-        total_variance,
-        frac_latents_silent: fired.iter().filter(|f| !**f).count() as f64 / fired.len() as f64,
+        fve: r.fve.unwrap_or(f64::NAN),
+        l0: r.l0.unwrap_or(0.0),
+        mse: r.mse_per_token_sum,
+        mse_per_dim: r.mse_per_element,
+        total_variance: r.variance_x,
+        frac_latents_silent: f.frac_dead,
     })
 }
 

@@ -86,6 +86,16 @@ fn per_token_bars(
         });
 }
 
+/// The clamp/steer value: a slider over ±10× the unit's peak |activation| on the prompt
+/// (starting at 3× the peak), kept in egui memory as widget state.
+fn value_slider(ui: &mut Ui, id: Id, activations: &[f32]) -> f32 {
+    let peak = activations.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let mut value: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(peak * 3.0);
+    ui.add(egui::Slider::new(&mut value, -10.0 * peak..=10.0 * peak).text("value"));
+    ui.data_mut(|d| d.insert_temp(id, value));
+    value
+}
+
 /// Top and bottom logit effects in two columns.
 fn logit_effects_ui(
     ui: &mut Ui,
@@ -157,11 +167,7 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
         }
     }
 
-    let peak = base.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let id = Id::unique(("latent_value", sae_id, latent));
-    let mut value: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(peak * 3.0);
-    ui.add(egui::Slider::new(&mut value, -10.0 * peak..=10.0 * peak).text("value"));
-    ui.data_mut(|d| d.insert_temp(id, value));
+    let value = value_slider(ui, Id::unique(("latent_value", sae_id, latent)), &base);
     let latent_kind = |scale: bool| InterventionKind::Latent {
         sae_id,
         latent,
@@ -250,12 +256,8 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
         }
     }
 
-    // Clamp and steer controls; the slider value is widget state kept in egui memory.
-    let peak = base.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let id = Id::unique(("clamp_value", layer, neuron));
-    let mut value: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(peak * 3.0);
-    ui.add(egui::Slider::new(&mut value, -10.0 * peak..=10.0 * peak).text("value"));
-    ui.data_mut(|d| d.insert_temp(id, value));
+    // Clamp and steer controls.
+    let value = value_slider(ui, Id::unique(("clamp_value", layer, neuron)), &base);
     ui.horizontal(|ui| {
         if ui.button("Clamp to value").on_hover_text("Set this neuron to the value at every position").clicked() {
             action = Some(Action::AddIntervention(InterventionKind::Neuron { layer, neuron, value, scale: false }));
