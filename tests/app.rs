@@ -212,6 +212,7 @@ fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_predi
             latent,
             value,
             scale: false,
+            positions: None,
         };
         h.state_mut().act(Action::EditIntervention(0, kind));
         step_until(&mut h, "the edited latent clamp", finished);

@@ -122,19 +122,68 @@ pub enum InterventionKind {
         neuron: usize,
         scale: f32,
     },
-    /// Set (or scale) one SAE latent at every position, keeping the SAE's error.
+    /// Set (or scale) one SAE latent, keeping the SAE's error, at `positions` (all: `None`).
     Latent {
         sae_id: SaeId,
         latent: usize,
         value: f32,
         scale: bool,
+        positions: Option<Vec<usize>>,
     },
-    /// Steer along an SAE latent's decoder direction.
+    /// Steer along an SAE latent's decoder direction at `positions` (all: `None`).
     SteerLatent {
         sae_id: SaeId,
         latent: usize,
         mode: SteerMode,
+        positions: Option<Vec<usize>>,
     },
+}
+
+/// Token positions typed by the user: empty or "all" = every position (`None`); otherwise a
+/// list of positions and ranges, "3, 5-7". Positions must be below `n_tokens`.
+pub fn parse_positions(text: &str, n_tokens: usize) -> Result<Option<Vec<usize>>, String> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let number = |s: &str| -> Result<usize, String> {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("\"{s}\" is not a position"))
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if a > b {
+            return Err(format!("{part}: the range runs backwards"));
+        }
+        if b >= n_tokens {
+            return Err(format!(
+                "position {b} is past the prompt's {n_tokens} tokens"
+            ));
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(Some(out))
+}
+
+/// " @ 3,5,6" for an intervention restricted to positions.
+fn at_positions(positions: &Option<Vec<usize>>) -> String {
+    match positions {
+        Some(p) => format!(
+            " @ {}",
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    }
 }
 
 impl InterventionKind {
@@ -226,34 +275,36 @@ impl InterventionItem {
                 latent,
                 value,
                 scale,
+                positions,
             } => {
-                if *scale {
-                    format!("SAE#{sae_id} F{latent} × {value:.2}")
-                } else {
-                    format!("SAE#{sae_id} F{latent} = {value:.2}")
-                }
+                let op = if *scale { "×" } else { "=" };
+                format!(
+                    "SAE#{sae_id} F{latent} {op} {value:.2}{}",
+                    at_positions(positions)
+                )
             }
             InterventionKind::SteerLatent {
                 sae_id,
                 latent,
                 mode,
-            } => match mode {
-                SteerMode::Add { scale } => {
-                    format!("steer SAE#{sae_id} F{latent} + {scale:.1}·d")
-                }
-                SteerMode::SetProjection { value } => {
-                    format!("SAE#{sae_id} F{latent} projection = {value:.1}")
-                }
-                SteerMode::CapProjection { max } => {
-                    format!("SAE#{sae_id} F{latent} projection ≤ {max:.1}")
-                }
-            },
+                positions,
+            } => {
+                let what = match mode {
+                    SteerMode::Add { scale } => format!("+ {scale:.1}·d"),
+                    SteerMode::SetProjection { value } => format!("projection = {value:.1}"),
+                    SteerMode::CapProjection { max } => format!("projection ≤ {max:.1}"),
+                };
+                format!(
+                    "steer SAE#{sae_id} F{latent} {what}{}",
+                    at_positions(positions)
+                )
+            }
         }
     }
 
     /// What the worker runs for this item.
     pub fn edit(&self) -> Edit {
-        match self.kind {
+        match self.kind.clone() {
             InterventionKind::Neuron {
                 layer,
                 neuron,
@@ -307,6 +358,7 @@ impl InterventionItem {
                 latent,
                 value,
                 scale,
+                positions,
             } => Edit::SaeLatent {
                 sae_id,
                 latent,
@@ -315,17 +367,18 @@ impl InterventionItem {
                 } else {
                     ValueOp::Set(value)
                 },
-                positions: None,
+                positions,
             },
             InterventionKind::SteerLatent {
                 sae_id,
                 latent,
                 mode,
+                positions,
             } => Edit::SteerLatent {
                 sae_id,
                 latent,
                 mode,
-                positions: None,
+                positions,
             },
         }
     }
@@ -1462,6 +1515,7 @@ mod tests {
             latent: 5,
             value: 3.0,
             scale: false,
+            positions: Some(vec![1]),
         };
         s.act(Action::AddIntervention(clamp.clone()));
         assert!(matches!(
@@ -1487,6 +1541,7 @@ mod tests {
             sae_id: 2,
             latent: 5,
             mode: SteerMode::CapProjection { max: 1.0 },
+            positions: None,
         };
         assert_eq!(steer.value(), Some(1.0));
         assert_eq!(
@@ -1494,8 +1549,19 @@ mod tests {
             InterventionKind::SteerLatent {
                 sae_id: 2,
                 latent: 5,
-                mode: SteerMode::CapProjection { max: 4.0 }
+                mode: SteerMode::CapProjection { max: 4.0 },
+                positions: None,
             }
         );
+    }
+
+    #[test]
+    fn positions_parse_lists_and_ranges_and_reject_the_impossible() {
+        assert_eq!(parse_positions("", 5), Ok(None));
+        assert_eq!(parse_positions(" all ", 5), Ok(None));
+        assert_eq!(parse_positions("3, 0-1,1", 5), Ok(Some(vec![0, 1, 3])));
+        assert!(parse_positions("5", 5).unwrap_err().contains("past"));
+        assert!(parse_positions("3-1", 5).unwrap_err().contains("backwards"));
+        assert!(parse_positions("x", 5).is_err());
     }
 }

@@ -7,7 +7,7 @@ use egui_plot::{Bar, BarChart, Plot};
 
 use super::visible;
 use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
-use crate::ui::state::{Action, AppState, InterventionKind};
+use crate::ui::state::{Action, AppState, InterventionKind, parse_positions};
 use crate::worker::SteerMode;
 
 pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
@@ -168,16 +168,40 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
     }
 
     let value = value_slider(ui, Id::unique(("latent_value", sae_id, latent)), &base);
+    // Where the edit applies: every position, or the ones typed (e.g. "3, 5-7").
+    let pos_id = Id::unique(("latent_positions", sae_id, latent));
+    let mut text: String = ui.data(|d| d.get_temp(pos_id)).unwrap_or_default();
+    let parsed = ui
+        .horizontal(|ui| {
+            ui.label("at positions");
+            ui.add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("all, or e.g. 3, 5-7")
+                    .desired_width(140.0),
+            );
+            let parsed = parse_positions(&text, base.len());
+            if let Err(e) = &parsed {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            parsed
+        })
+        .inner;
+    ui.data_mut(|d| d.insert_temp(pos_id, text));
+    let Ok(positions) = parsed else {
+        return action;
+    };
     let latent_kind = |scale: bool| InterventionKind::Latent {
         sae_id,
         latent,
         value,
         scale,
+        positions: positions.clone(),
     };
     let steer = |mode: SteerMode| InterventionKind::SteerLatent {
         sae_id,
         latent,
         mode,
+        positions: positions.clone(),
     };
     ui.horizontal_wrapped(|ui| {
         if ui.button("Clamp to value").on_hover_text("Encode, set this latent, decode, and add back the SAE's error: only this latent's contribution changes").clicked() {
