@@ -524,3 +524,43 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
     ));
     assert!(!out.path().join("cancelled/cfg.json").exists());
 }
+
+#[test]
+fn resample_ablation_takes_the_heads_output_from_another_prompt() {
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let run = |id: RunId, source: &str| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabc".into(),
+            interventions: vec![Edit::ResampleHead {
+                layer: 1,
+                head: 2,
+                source: source.into(),
+            }],
+            sparsity: Method::Zero,
+            lens: false,
+            have_baseline: None,
+        })
+    };
+    let events = handle(&mut session, run(1, "xyzxyzxyz"));
+    let (base, edited) = (
+        finished(&events, Variant::Baseline),
+        finished(&events, Variant::Intervened),
+    );
+    assert_ne!(base.per_token_nll, edited.per_token_nll);
+    // Its own prompt as the source changes nothing.
+    let events = handle(&mut session, run(2, "abcabc"));
+    let same = finished(&events, Variant::Intervened);
+    for (a, b) in same.per_token_nll.iter().zip(&base.per_token_nll) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    // A shorter source is a clear error.
+    let events = handle(&mut session, run(3, "ab"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(e) if e.message.contains("resample source has 2 positions"))),
+        "{events:?}"
+    );
+}

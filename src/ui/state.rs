@@ -109,6 +109,12 @@ pub enum InterventionKind {
         head: usize,
         mean: bool,
     },
+    /// Resample ablation: the head's output replaced by its output on another prompt.
+    ResampleHead {
+        layer: usize,
+        head: usize,
+        source: String,
+    },
     /// Previous-token (`induction = false`) or induction pattern clamp with strength s.
     PatternClamp {
         layer: usize,
@@ -200,7 +206,7 @@ impl InterventionKind {
                 SteerMode::SetProjection { value } => value,
                 SteerMode::CapProjection { max } => max,
             }),
-            InterventionKind::HeadAblation { .. } => None,
+            InterventionKind::HeadAblation { .. } | InterventionKind::ResampleHead { .. } => None,
         }
     }
 
@@ -219,7 +225,7 @@ impl InterventionKind {
                     SteerMode::CapProjection { .. } => SteerMode::CapProjection { max: v },
                 }
             }
-            InterventionKind::HeadAblation { .. } => {}
+            InterventionKind::HeadAblation { .. } | InterventionKind::ResampleHead { .. } => {}
         }
         k
     }
@@ -251,6 +257,19 @@ impl InterventionItem {
                     "L{layer} H{head} {}-ablated",
                     if *mean { "mean" } else { "zero" }
                 )
+            }
+            InterventionKind::ResampleHead {
+                layer,
+                head,
+                source,
+            } => {
+                let short: String = source.chars().take(24).collect();
+                let more = if source.chars().count() > 24 {
+                    "…"
+                } else {
+                    ""
+                };
+                format!("L{layer} H{head} resampled from \"{short}{more}\"")
             }
             InterventionKind::PatternClamp {
                 layer,
@@ -330,6 +349,15 @@ impl InterventionItem {
                     },
                 ))
             }
+            InterventionKind::ResampleHead {
+                layer,
+                head,
+                source,
+            } => Edit::ResampleHead {
+                layer,
+                head,
+                source,
+            },
             InterventionKind::PatternClamp {
                 layer,
                 head,

@@ -44,6 +44,13 @@ pub enum Edit {
         neuron: usize,
         scale: f32,
     },
+    /// Resample ablation: head `head` of layer `layer` takes its `attn.hook_z` from a run of
+    /// `source` (which needs at least as many tokens as the prompt).
+    ResampleHead {
+        layer: usize,
+        head: usize,
+        source: String,
+    },
     /// Set/scale one latent of an attached SAE (encode, edit, decode, add back the SAE's
     /// error), at `positions` (all when `None`).
     SaeLatent {

@@ -639,6 +639,40 @@ fn resolve(
             neuron_direction(model, layer, neuron)?.into(),
             scale,
         )),
+        Edit::ResampleHead {
+            layer,
+            head,
+            source,
+        } => {
+            let t = &model.transformer;
+            if *layer >= t.n_layers() || *head >= t.dims.n_heads {
+                anyhow::bail!("no head L{layer}.H{head} in this model");
+            }
+            let ids = model.encode(source, false)?;
+            if ids.is_empty() {
+                anyhow::bail!("the resample source prompt is empty");
+            }
+            let hook = format!("blocks.{layer}.attn.hook_z");
+            let out = t.forward(
+                std::slice::from_ref(&ids),
+                &HookSpec::capture([hook.clone()]),
+                &mut model::NoObserver,
+            )?;
+            // `[1, t, heads, d_head]` → this head's `[t, d_head]`.
+            let z = out
+                .captures
+                .get(&hook)
+                .ok_or_else(|| anyhow::anyhow!("{hook} was not captured"))?
+                .get(0)?
+                .narrow(1, *head, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(model::Intervention::ablate_head(
+                *layer,
+                *head,
+                model::AblationMode::Resample { values: z.into() },
+            ))
+        }
         Edit::SaeLatent {
             sae_id,
             latent,

@@ -363,6 +363,17 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
             ui.weak("Run a prompt to see this head's pattern.");
         }
     }
+    let source_id = Id::unique(("resample_source", layer, head));
+    let mut source: String = ui.data(|d| d.get_temp(source_id)).unwrap_or_default();
+    ui.horizontal(|ui| {
+        ui.label("resample source");
+        ui.add(
+            egui::TextEdit::singleline(&mut source)
+                .hint_text("another prompt, as long or longer")
+                .desired_width(200.0),
+        );
+    });
+    ui.data_mut(|d| d.insert_temp(source_id, source));
     let id = Id::unique(("pattern_strength", layer, head));
     let mut strength: f32 = ui.data(|d| d.get_temp(id)).unwrap_or(1.0);
     ui.add(egui::Slider::new(&mut strength, 0.0..=1.0).text("clamp strength s"));
@@ -380,6 +391,20 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
                 layer,
                 head,
                 mean: true,
+            }));
+        }
+        if ui
+            .button("Resample-ablate")
+            .on_hover_text("Replace this head's output by its output on the source prompt below (at least as many tokens as this prompt)")
+            .clicked()
+        {
+            let source: String = ui
+                .data(|d| d.get_temp(Id::unique(("resample_source", layer, head))))
+                .unwrap_or_default();
+            action = Some(Action::AddIntervention(InterventionKind::ResampleHead {
+                layer,
+                head,
+                source,
             }));
         }
         if ui.button("Clamp previous-token").clicked() {
