@@ -233,3 +233,40 @@ fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_predi
             .is_some()
     );
 }
+
+#[test]
+fn an_sae_trained_from_the_app_reports_curves_and_is_attached() {
+    let mut h = harness();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    let attached_before = h.state().state.saes.len();
+    let out = tempfile::tempdir().unwrap();
+    let opts = dendrite::sae::train::TrainOptions {
+        hook: "blocks.0.hook_resid_post".into(),
+        corpus: fixtures().join("text/cymbeline_heldout.txt"),
+        out: out.path().join("sae"),
+        k: 4,
+        width: 64,
+        steps: 8,
+        batch: 64,
+        context: Some(32),
+        eval_tokens: 128,
+        ..Default::default()
+    };
+    h.state_mut().act(Action::TrainSae(Box::new(opts)));
+    assert!(h.state().state.job_running());
+    step_until(
+        &mut h,
+        "the trained SAE attached and its feature map",
+        |s| s.saes.len() == attached_before + 1 && !s.job_running() && finished(s),
+    );
+    let s = &h.state().state;
+    let job = s.job.as_ref().unwrap();
+    assert_eq!(job.fraction, 1.0);
+    assert_eq!(job.curve.len(), 8, "one curve point per step");
+    assert!(matches!(
+        job.outcome,
+        Some(dendrite::worker::JobOutcome::Trained { .. })
+    ));
+    let new = s.saes.last().unwrap();
+    assert!(s.baseline.sae(new.id).is_some());
+}

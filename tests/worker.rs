@@ -430,10 +430,35 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         }),
     );
     assert!(matches!(&info[0], Event::LatentInfo(l) if l.top.len() == 3 && l.decoder_norm > 0.0));
+    // A second SAE at another hook streams beside the first.
+    let second = handle(
+        &mut session,
+        Command::AttachSae(AttachSae {
+            path: common::fixtures().join("sae/topk"),
+            hook: None,
+        }),
+    );
+    assert!(
+        matches!(&second[0], Event::SaeAttached(a) if a.cfg.hook_name == "blocks.0.hook_mlp_out")
+    );
+    let both = handle(&mut session, run(5, vec![]));
+    assert_eq!(
+        both.iter()
+            .filter(|e| matches!(e, Event::SaeReady(r) if r.variant == Variant::Baseline))
+            .count(),
+        2
+    );
     let detached = handle(&mut session, Command::DetachSae(DetachSae { sae_id }));
     assert!(matches!(&detached[0], Event::SaeDetached(d) if d.sae_id == sae_id));
-    let events = handle(&mut session, run(4, vec![]));
-    assert!(!events.iter().any(|e| matches!(e, Event::SaeReady(_))));
+    let events = handle(&mut session, run(6, vec![]));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::SaeReady(_)))
+            .count(),
+        1,
+        "only the second SAE is left"
+    );
 }
 
 #[test]
