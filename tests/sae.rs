@@ -394,3 +394,43 @@ fn corpus_evaluation_is_consistent_with_direct_measurements() {
     );
     assert!(err.is_err());
 }
+
+/// Where the project venv has sae_lens (`scripts/make_sae_fixtures.py` installs it), SAEs we
+/// save load in SAELens itself and reproduce the library's own outputs. Without it (CI has no
+/// torch) this test says so and checks nothing else.
+#[test]
+fn saved_saes_load_in_sae_lens_when_it_is_installed() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let has_sae_lens = std::process::Command::new(&python)
+        .args(["-c", "import sae_lens"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sae_lens {
+        eprintln!("sae_lens is not installed in .cache/venv: skipping the SAELens round trip");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    for name in [
+        "topk",
+        "gated",
+        "jumprelu_skip_transcoder",
+        "norm_layer_norm",
+    ] {
+        let sae = sae::open(case(name)).unwrap();
+        let dir = out.path().join(name);
+        sae::save(&sae, &dir, &sae::SaveMetadata::default()).unwrap();
+        let check = std::process::Command::new(&python)
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sae_lens_check.py"))
+            .arg(&dir)
+            .args(["--hook", &sae.cfg.hook_name, "--inputs"])
+            .arg(case(name).join("reference.safetensors"))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
