@@ -589,3 +589,40 @@ fn resample_ablation_takes_the_heads_output_from_another_prompt() {
         "{events:?}"
     );
 }
+
+#[test]
+fn prompt_runs_go_on_while_a_job_trains_and_a_cancelled_job_stops() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    let out = tempfile::tempdir().unwrap();
+    let opts = dendrite::sae::train::TrainOptions {
+        hook: "blocks.0.hook_resid_post".into(),
+        corpus: common::fixtures().join("text/cymbeline_heldout.txt"),
+        out: out.path().join("sae"),
+        k: 4,
+        width: 64,
+        // Long enough to still be running when the prompt has finished.
+        steps: 1_000_000,
+        batch: 64,
+        context: Some(32),
+        ..Default::default()
+    };
+    w.send(Command::TrainSae(TrainSaeJob { job_id: 40, opts }));
+    until(&w, |e| matches!(e, Event::JobProgress(p) if p.job_id == 40));
+    w.send(run(41, "hello world", vec![]));
+    let events = until(&w, |e| matches!(e, Event::LensReady(_) | Event::Error(_)));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RunFinished(f) if f.run_id == 41)),
+        "the run finished while the job trains"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::JobFinished(_))));
+    w.cancel_job(40);
+    let events = until(&w, |e| matches!(e, Event::JobFinished(_) | Event::Error(_)));
+    assert!(matches!(
+        events.last(),
+        Some(Event::JobFinished(f)) if f.job_id == 40 && f.outcome == JobOutcome::Cancelled
+    ));
+    assert!(!out.path().join("sae/cfg.json").exists());
+}

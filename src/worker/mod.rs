@@ -17,11 +17,11 @@ pub use protocol::*;
 pub use session::Session;
 
 /// How the worker wakes the UI after sending events (the app passes egui's repaint request).
-pub trait Wake: Send + 'static {
+pub trait Wake: Send + Sync + 'static {
     fn wake(&self);
 }
 
-impl<F: Fn() + Send + 'static> Wake for F {
+impl<F: Fn() + Send + Sync + 'static> Wake for F {
     fn wake(&self) {
         self()
     }
@@ -53,9 +53,16 @@ impl WorkerHandle {
             latest_run: latest_run.clone(),
             cancelled_job: cancelled_job.clone(),
         };
+        // Long jobs run on their own threads and hand results back through the channels.
+        let background = session::Background {
+            events: event_tx.clone(),
+            commands: command_tx.clone(),
+            wake: Arc::new(move || wake.wake()),
+            cancelled_job: cancelled_job.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("dendrite-worker".into())
-            .spawn(move || serve(command_rx, event_tx, cancellation, wake))?;
+            .spawn(move || serve(command_rx, event_tx, cancellation, background))?;
         Ok(WorkerHandle {
             commands: command_tx,
             events: Some(event_rx),
@@ -137,9 +144,10 @@ fn serve(
     commands: Receiver<Command>,
     events: Sender<Event>,
     cancel: Cancellation,
-    wake: impl Wake,
+    background: session::Background,
 ) {
-    let mut session = Session::new();
+    let wake = background.wake.clone();
+    let mut session = Session::with_background(background);
     loop {
         let Ok(first) = commands.recv() else { return };
         let mut pending = vec![first];
@@ -159,7 +167,7 @@ fn serve(
                 if events.send(e).is_err() {
                     disconnected = true;
                 }
-                wake.wake();
+                wake();
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 session.handle(command, &cancel, &mut emit)

@@ -21,7 +21,7 @@ use crate::sae::apply as sae_apply;
 const TOP_K: usize = 5;
 
 pub struct Session {
-    model: Option<Model>,
+    model: Option<Arc<Model>>,
     /// The last pass without interventions, and the last one with them: each reruns only from
     /// the first layer a change affects.
     baseline: Option<ResidCache>,
@@ -35,6 +35,18 @@ pub struct Session {
     /// Attached SAEs, in the order they were attached.
     saes: Vec<(SaeId, Arc<Sae>)>,
     next_sae_id: SaeId,
+    /// Where long jobs report from their own threads (`None`: they run on the caller's).
+    background: Option<Background>,
+    jobs: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Job threads stop at their next step once the handle has cancelled everything.
+        for job in self.jobs.drain(..) {
+            let _ = job.join();
+        }
+    }
 }
 
 type Lens = Vec<Vec<Vec<TokenPrediction>>>;
@@ -54,6 +66,48 @@ struct LastRun {
     baseline: Captures,
     /// The intervened pass and the first layer its edits touch.
     intervened: Option<(Captures, usize)>,
+}
+
+/// What job threads need to report and to hand results back to the worker: its event and
+/// command channels, the UI's wake-up, and the cancelled job id.
+#[derive(Clone)]
+pub struct Background {
+    pub events: crossbeam_channel::Sender<Event>,
+    pub commands: crossbeam_channel::Sender<Command>,
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+    pub cancelled_job: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Background {
+    /// Runs a job body with an emitter and a cancel check; its error or panic becomes an
+    /// [`Event::Error`] with `context`. Returns the body's value when it succeeded.
+    fn run_job<T>(
+        &self,
+        job_id: JobId,
+        context: &str,
+        body: impl FnOnce(&mut dyn FnMut(Event), &dyn Fn() -> bool) -> anyhow::Result<T>,
+    ) -> Option<T> {
+        let mut emit = |e: Event| {
+            let _ = self.events.send(e);
+            (self.wake)();
+        };
+        let cancelled = || {
+            let c = self.cancelled_job.load(std::sync::atomic::Ordering::SeqCst);
+            c == job_id || c == u64::MAX
+        };
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut emit, &cancelled)));
+        let message = match outcome {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "internal error in the job (the worker recovered)".into(),
+        };
+        emit(Event::Error(ErrorEvent {
+            context: context.into(),
+            message,
+        }));
+        None
+    }
 }
 
 /// Tells a pass whether a newer request has superseded it.
@@ -92,11 +146,21 @@ impl Session {
             baseline_lens: None,
             saes: Vec::new(),
             next_sae_id: 1,
+            background: None,
+            jobs: Vec::new(),
         }
     }
 
+    /// A session whose long jobs (training, corpus evaluation) run on their own threads and
+    /// report through `background`.
+    pub fn with_background(background: Background) -> Self {
+        let mut session = Self::new();
+        session.background = Some(background);
+        session
+    }
+
     pub fn model(&self) -> Option<&Model> {
-        self.model.as_ref()
+        self.model.as_deref()
     }
 
     /// Runs one command, reporting through `emit`. Errors become [`Event::Error`]; the session
@@ -151,7 +215,7 @@ impl Session {
 
     fn model_or_err(&self) -> anyhow::Result<&Model> {
         self.model
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| anyhow::anyhow!("no model is open"))
     }
 
@@ -186,7 +250,7 @@ impl Session {
             }
         })?;
         let info = model.info.clone();
-        self.model = Some(model);
+        self.model = Some(Arc::new(model));
         self.baseline = None;
         self.intervened = None;
         self.sent_baseline = None;
@@ -397,117 +461,75 @@ impl Session {
         Ok(Event::SaeAttached(SaeAttached { sae_id, cfg }))
     }
 
-    /// Trains a TopK SAE on the open model, saves it and attaches it. Blocks the worker (runs
-    /// wait) until it finishes or is cancelled.
+    /// Trains a TopK SAE on the open model, saves it and attaches it: on a job thread when
+    /// the session has a [`Background`] (prompt runs go on meanwhile), else here.
     fn train_sae(
         &mut self,
         job: TrainSaeJob,
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self.model_or_err()?;
+        let model = self
+            .model
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        if let Some(bg) = &self.background {
+            let bg = bg.clone();
+            let handle = std::thread::Builder::new()
+                .name("dendrite-job".into())
+                .spawn(move || {
+                    let trained = bg.run_job(job.job_id, "training an SAE", |emit, cancelled| {
+                        train_job(&model, &job, cancelled, emit)
+                    });
+                    // The worker attaches it (it owns the attached SAEs).
+                    if trained == Some(true) {
+                        let _ = bg.commands.send(Command::AttachSae(AttachSae {
+                            path: job.opts.out,
+                            hook: None,
+                        }));
+                    }
+                })?;
+            self.jobs.push(handle);
+            return Ok(());
+        }
         let id = job.job_id;
-        let result = crate::sae::train::train_with_model(model, &job.opts, &mut |p| {
-            emit(Event::JobProgress(JobProgress {
-                job_id: id,
-                fraction: p.step as f32 / p.steps.max(1) as f32,
-                message: format!(
-                    "step {}/{} · loss {:.4} · L0 {:.1} · FVE {:.3} · dead {:.3} · {:.0} tok/s",
-                    p.step, p.steps, p.loss, p.l0, p.fve, p.dead_frac, p.tokens_per_s
-                ),
-                train: Some(p.clone()),
-            }));
-            if cancel.is_job_cancelled(id) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        let report = match result {
-            Ok((_, report)) => report,
-            Err(e) if e.downcast_ref::<crate::sae::train::Cancelled>().is_some() => {
-                emit(Event::JobFinished(JobFinished {
-                    job_id: id,
-                    outcome: JobOutcome::Cancelled,
-                }));
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        emit(Event::JobFinished(JobFinished {
-            job_id: id,
-            outcome: JobOutcome::Trained {
-                out: job.opts.out.clone(),
-                fve: report.eval.fve,
-                l0: report.eval.l0,
-                tokens_per_s: report.tokens_per_s,
-            },
-        }));
-        let attached = self.attach_sae(AttachSae {
-            path: job.opts.out,
-            hook: None,
-        })?;
-        emit(attached);
+        if train_job(&model, &job, &|| cancel.is_job_cancelled(id), emit)? {
+            let attached = self.attach_sae(AttachSae {
+                path: job.opts.out,
+                hook: None,
+            })?;
+            emit(attached);
+        }
         Ok(())
     }
 
-    /// Evaluates an attached SAE over held-out text (`sae::eval`).
+    /// Evaluates an attached SAE over held-out text (`sae::eval`), on a job thread when the
+    /// session has a [`Background`].
     fn evaluate_sae(
         &mut self,
         job: EvaluateSaeJob,
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self.model_or_err()?;
+        let model = self
+            .model
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
         let sae = find_sae(&self.saes, job.sae_id)?.clone();
-        let corpus = crate::sae::train::read_corpus(&job.corpus)?;
-        let context = crate::sae::train::context_for(model, None)?;
-        let sequences =
-            crate::sae::train::token_sequences(model, &corpus.validation, context, job.tokens)?;
-        if sequences.is_empty() {
-            anyhow::bail!(
-                "the held-out part of {} has no sequence of {context} tokens",
-                job.corpus.display()
-            );
+        if let Some(bg) = &self.background {
+            let bg = bg.clone();
+            let handle = std::thread::Builder::new()
+                .name("dendrite-job".into())
+                .spawn(move || {
+                    bg.run_job(job.job_id, "evaluating an SAE", |emit, cancelled| {
+                        evaluate_job(&model, &sae, &job, cancelled, emit)
+                    });
+                })?;
+            self.jobs.push(handle);
+            return Ok(());
         }
         let id = job.job_id;
-        let opts = crate::sae::eval::EvalOptions::default();
-        let result = crate::sae::eval::evaluate(model, &sae, &sequences, &opts, &mut |p| {
-            let done = (p.pass as usize - 1) * p.sequences + p.sequences_done;
-            emit(Event::JobProgress(JobProgress {
-                job_id: id,
-                fraction: done as f32 / (2 * p.sequences).max(1) as f32,
-                message: format!(
-                    "{} · sequence {}/{}",
-                    if p.pass == 1 {
-                        "mean activation"
-                    } else {
-                        "metrics"
-                    },
-                    p.sequences_done,
-                    p.sequences
-                ),
-                train: None,
-            }));
-            if cancel.is_job_cancelled(id) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        let outcome = match result {
-            Ok(report) => JobOutcome::Evaluated {
-                sae_id: job.sae_id,
-                report: Box::new(report),
-            },
-            Err(_) if cancel.is_job_cancelled(id) => JobOutcome::Cancelled,
-            Err(e) => return Err(e.into()),
-        };
-        emit(Event::JobFinished(JobFinished {
-            job_id: id,
-            outcome,
-        }));
-        Ok(())
+        evaluate_job(&model, &sae, &job, &|| cancel.is_job_cancelled(id), emit)
     }
 
     fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {
@@ -566,6 +588,109 @@ impl Session {
             note,
         }))
     }
+}
+
+/// Trains and saves (`sae::train`), reporting every step; `Ok(true)` when it finished and
+/// saved, `Ok(false)` when cancelled.
+fn train_job(
+    model: &Model,
+    job: &TrainSaeJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<bool> {
+    let id = job.job_id;
+    let result = crate::sae::train::train_with_model(model, &job.opts, &mut |p| {
+        emit(Event::JobProgress(JobProgress {
+            job_id: id,
+            fraction: p.step as f32 / p.steps.max(1) as f32,
+            message: format!(
+                "step {}/{} · loss {:.4} · L0 {:.1} · FVE {:.3} · dead {:.3} · {:.0} tok/s",
+                p.step, p.steps, p.loss, p.l0, p.fve, p.dead_frac, p.tokens_per_s
+            ),
+            train: Some(p.clone()),
+        }));
+        if cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let outcome = match result {
+        Ok((_, report)) => JobOutcome::Trained {
+            out: job.opts.out.clone(),
+            fve: report.eval.fve,
+            l0: report.eval.l0,
+            tokens_per_s: report.tokens_per_s,
+        },
+        Err(e) if e.downcast_ref::<crate::sae::train::Cancelled>().is_some() => {
+            JobOutcome::Cancelled
+        }
+        Err(e) => return Err(e),
+    };
+    let trained = matches!(outcome, JobOutcome::Trained { .. });
+    emit(Event::JobFinished(JobFinished {
+        job_id: id,
+        outcome,
+    }));
+    Ok(trained)
+}
+
+/// Evaluates `sae` over the held-out part of the job's corpus, reporting every sequence.
+fn evaluate_job(
+    model: &Model,
+    sae: &Arc<Sae>,
+    job: &EvaluateSaeJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    let corpus = crate::sae::train::read_corpus(&job.corpus)?;
+    let context = crate::sae::train::context_for(model, None)?;
+    let sequences =
+        crate::sae::train::token_sequences(model, &corpus.validation, context, job.tokens)?;
+    if sequences.is_empty() {
+        anyhow::bail!(
+            "the held-out part of {} has no sequence of {context} tokens",
+            job.corpus.display()
+        );
+    }
+    let id = job.job_id;
+    let opts = crate::sae::eval::EvalOptions::default();
+    let result = crate::sae::eval::evaluate(model, sae, &sequences, &opts, &mut |p| {
+        let done = (p.pass as usize - 1) * p.sequences + p.sequences_done;
+        emit(Event::JobProgress(JobProgress {
+            job_id: id,
+            fraction: done as f32 / (2 * p.sequences).max(1) as f32,
+            message: format!(
+                "{} · sequence {}/{}",
+                if p.pass == 1 {
+                    "mean activation"
+                } else {
+                    "metrics"
+                },
+                p.sequences_done,
+                p.sequences
+            ),
+            train: None,
+        }));
+        if cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let outcome = match result {
+        Ok(report) => JobOutcome::Evaluated {
+            sae_id: job.sae_id,
+            report: Box::new(report),
+        },
+        Err(_) if cancelled() => JobOutcome::Cancelled,
+        Err(e) => return Err(e.into()),
+    };
+    emit(Event::JobFinished(JobFinished {
+        job_id: id,
+        outcome,
+    }));
+    Ok(())
 }
 
 fn find_sae(saes: &[(SaeId, Arc<Sae>)], sae_id: SaeId) -> anyhow::Result<&Arc<Sae>> {

@@ -107,7 +107,7 @@ pub fn sae_jobs_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         let can = !busy && state.model.is_some() && !form.corpus.is_empty();
         if ui
             .add_enabled(can, egui::Button::new("Train"))
-            .on_hover_text("Trains on the open model (runs wait meanwhile), saves a SAELens folder with training.json and curves, and attaches it")
+            .on_hover_text("Trains on the open model on a job thread (prompts keep running), saves a SAELens folder with training.json and curves, and attaches it")
             .clicked()
         {
             let out = if form.out.is_empty() { default_out } else { form.out.clone() };
