@@ -213,6 +213,13 @@ impl Session {
         }
     }
 
+    /// The open model, shared with a job thread.
+    fn shared_model(&self) -> anyhow::Result<Arc<Model>> {
+        self.model
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))
+    }
+
     fn model_or_err(&self) -> anyhow::Result<&Model> {
         self.model
             .as_deref()
@@ -469,10 +476,7 @@ impl Session {
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self
-            .model
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        let model = self.shared_model()?;
         if let Some(bg) = &self.background {
             let bg = bg.clone();
             let handle = std::thread::Builder::new()
@@ -511,10 +515,7 @@ impl Session {
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self
-            .model
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        let model = self.shared_model()?;
         let sae = find_sae(&self.saes, job.sae_id)?.clone();
         if let Some(bg) = &self.background {
             let bg = bg.clone();
