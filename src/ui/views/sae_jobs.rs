@@ -93,8 +93,9 @@ pub fn sae_jobs_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     });
     ui.horizontal(|ui| {
         ui.label("save to");
+        // Beside the exports (`dendrite-exports/`), named by what was trained.
         let default_out = format!(
-            "saes/{}_k{}_w{}",
+            "dendrite-saes/{}_k{}_w{}",
             form.hook.replace('.', "-"),
             form.k,
             form.width
