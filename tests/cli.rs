@@ -328,3 +328,53 @@ fn sae_eval_reports_every_metric_for_the_sample_sae() {
     assert_eq!(out["firing"]["n_tokens"], out["tokens"]);
     assert!(out["dark_matter"]["r2_norm"].is_number());
 }
+
+#[test]
+fn sae_commands_fail_cleanly_on_bad_input() {
+    let model = fixtures().join("tiny/gpt2");
+    let m = model.to_str().unwrap();
+    let standard = fixtures().join("sae/standard");
+    let text = fixtures().join("text/cymbeline_heldout.txt");
+    let (standard, text) = (standard.to_str().unwrap(), text.to_str().unwrap());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["sae", m, "--sae", "/nonexistent/sae", "--prompt", "hi"],
+            "no such file",
+        ),
+        (&["sae", m, "--sae", m, "--prompt", "hi"], "not an SAE"),
+        (
+            &[
+                "sae-eval",
+                m,
+                "--sae",
+                standard,
+                "--corpus",
+                "/nonexistent/corpus",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "train-sae",
+                m,
+                "--hook",
+                "blocks.9.hook_resid_post",
+                "--corpus",
+                text,
+                "--k",
+                "4",
+                "--width",
+                "64",
+                "--out",
+                "/tmp/never",
+            ],
+            "blocks.9.hook_resid_post",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, _, stderr) = dendrite(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
