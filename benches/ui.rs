@@ -6,6 +6,7 @@
 //!
 //! Run: `cargo bench --bench ui` (needs scripts/fetch_models.sh). See BENCHMARKS.md.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dendrite::ui::DendriteApp;
@@ -31,17 +32,39 @@ fn harness(prompt: String) -> Harness<'static, DendriteApp> {
     h
 }
 
+/// When the app next wants a frame: repaint requests (the worker's wake-ups, egui's own) are
+/// scheduled as eframe schedules them, so the bench draws the frames a window would.
+fn frame_schedule(h: &Harness<'_, DendriteApp>) -> Arc<Mutex<Option<Instant>>> {
+    let due = Arc::new(Mutex::new(Some(Instant::now())));
+    let d = due.clone();
+    h.ctx.set_request_repaint_callback(move |info| {
+        let at = Instant::now() + info.delay;
+        if let Ok(mut due) = d.lock() {
+            *due = Some(due.map_or(at, |t| t.min(at)));
+        }
+    });
+    due
+}
+
+/// Draws frames when the app asks for them until `done`; returns each frame's duration (ms).
 fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -> Vec<f64> {
+    let due = frame_schedule(h);
     let mut frames = Vec::new();
     let started = Instant::now();
     while !done(h.state()) {
         assert!(started.elapsed() < Duration::from_secs(120), "timed out");
-        let t = Instant::now();
-        h.step();
-        frames.push(t.elapsed().as_secs_f64() * 1e3);
-        // A real window sleeps until the worker wakes it; spinning here would take a core
-        // from the worker's matmuls and time the bench's own loop.
-        std::thread::sleep(Duration::from_millis(1));
+        let now = Instant::now();
+        let frame_due = due
+            .lock()
+            .map(|mut d| d.take_if(|t| *t <= now).is_some())
+            .unwrap_or(true);
+        if frame_due {
+            h.step();
+            frames.push(now.elapsed().as_secs_f64() * 1e3);
+        } else {
+            // A window sleeps until the next repaint is due.
+            std::thread::sleep(Duration::from_micros(300));
+        }
     }
     frames
 }
