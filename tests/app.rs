@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fixtures;
+use common::{fixtures, tiny_sae_training};
 use dendrite::ui::DendriteApp;
 use dendrite::ui::state::{Action, AppState};
 use dendrite::worker::Command;
@@ -240,18 +240,7 @@ fn an_sae_trained_from_the_app_reports_curves_and_is_attached() {
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
     let attached_before = h.state().state.saes.len();
     let out = tempfile::tempdir().unwrap();
-    let opts = dendrite::sae::train::TrainOptions {
-        hook: "blocks.0.hook_resid_post".into(),
-        corpus: fixtures().join("text/cymbeline_heldout.txt"),
-        out: out.path().join("sae"),
-        k: 4,
-        width: 64,
-        steps: 8,
-        batch: 64,
-        context: Some(32),
-        eval_tokens: 128,
-        ..Default::default()
-    };
+    let opts = tiny_sae_training(out.path().join("sae"), 8);
     h.state_mut().act(Action::TrainSae(Box::new(opts)));
     assert!(h.state().state.job_running());
     step_until(

@@ -475,18 +475,7 @@ fn training_and_evaluation_jobs_report_progress_attach_and_cancel() {
     let mut session = Session::new();
     handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
     let out = tempfile::tempdir().unwrap();
-    let opts = dendrite::sae::train::TrainOptions {
-        hook: "blocks.0.hook_resid_post".into(),
-        corpus: common::fixtures().join("text/cymbeline_heldout.txt"),
-        out: out.path().join("sae"),
-        k: 4,
-        width: 64,
-        steps: 12,
-        batch: 64,
-        context: Some(32),
-        eval_tokens: 256,
-        ..Default::default()
-    };
+    let opts = common::tiny_sae_training(out.path().join("sae"), 12);
     let events = handle(
         &mut session,
         Command::TrainSae(TrainSaeJob {
@@ -595,18 +584,8 @@ fn prompt_runs_go_on_while_a_job_trains_and_a_cancelled_job_stops() {
     let w = WorkerHandle::spawn(|| {}).unwrap();
     loaded(&w);
     let out = tempfile::tempdir().unwrap();
-    let opts = dendrite::sae::train::TrainOptions {
-        hook: "blocks.0.hook_resid_post".into(),
-        corpus: common::fixtures().join("text/cymbeline_heldout.txt"),
-        out: out.path().join("sae"),
-        k: 4,
-        width: 64,
-        // Long enough to still be running when the prompt has finished.
-        steps: 1_000_000,
-        batch: 64,
-        context: Some(32),
-        ..Default::default()
-    };
+    // Long enough to still be running when the prompt has finished.
+    let opts = common::tiny_sae_training(out.path().join("sae"), 1_000_000);
     w.send(Command::TrainSae(TrainSaeJob { job_id: 40, opts }));
     until(&w, |e| matches!(e, Event::JobProgress(p) if p.job_id == 40));
     w.send(run(41, "hello world", vec![]));

@@ -54,3 +54,20 @@ pub fn clamp_spec(clamp: &serde_json::Value) -> dendrite::model::HookSpec {
         ValueOp::Set(clamp["value"].as_f64().unwrap() as f32),
     ))
 }
+
+/// A few-second TopK training run at `blocks.0.hook_resid_post` of a small model, on the
+/// committed held-out Shakespeare text, saved to `out`.
+pub fn tiny_sae_training(out: PathBuf, steps: usize) -> dendrite::sae::train::TrainOptions {
+    dendrite::sae::train::TrainOptions {
+        hook: "blocks.0.hook_resid_post".into(),
+        corpus: fixtures().join("text/cymbeline_heldout.txt"),
+        out,
+        k: 4,
+        width: 64,
+        steps,
+        batch: 64,
+        context: Some(32),
+        eval_tokens: 128,
+        ..Default::default()
+    }
+}
