@@ -65,8 +65,8 @@ impl SaeSummary {
     }
 }
 
-/// Rows of batch row `row` of a captured hook, `[t, width]` row-major.
-fn rows(captures: &Captures, hook: &str, row: usize) -> Result<(Vec<f32>, usize)> {
+/// Rows of batch row `row` of a captured hook, `[t, width]` row-major, and `t`.
+pub(crate) fn hook_rows(captures: &Captures, hook: &str, row: usize) -> Result<(Vec<f32>, usize)> {
     let t: &Tensor = captures
         .get(hook)
         .ok_or_else(|| SaeError::InvalidInput(format!("{hook} was not captured")))?;
@@ -93,9 +93,9 @@ pub fn hooks(sae: &Sae) -> Vec<String> {
 
 /// Runs `sae` on batch row `row` of a pass's captures.
 pub fn summarize(sae: &Sae, captures: &Captures, row: usize) -> Result<SaeSummary> {
-    let (x, n) = rows(captures, &sae.cfg.hook_name, row)?;
+    let (x, n) = hook_rows(captures, &sae.cfg.hook_name, row)?;
     let target = match &sae.cfg.hook_name_out {
-        Some(out) => rows(captures, out, row)?.0,
+        Some(out) => hook_rows(captures, out, row)?.0,
         None => x.clone(),
     };
     summarize_rows(sae, &x, &target, n)

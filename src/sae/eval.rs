@@ -20,8 +20,7 @@ use super::metrics::{
 };
 use super::{Result, Sae, SaeError};
 use crate::model::{
-    Captures, HookSpec, Intervention, InterventionKind, Model, NoObserver, ResidCache, RowEdit,
-    ValueOp,
+    HookSpec, Intervention, InterventionKind, Model, NoObserver, ResidCache, RowEdit, ValueOp,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,17 +83,6 @@ pub struct EvalReport {
     pub dark_matter: Option<DarkMatter>,
 }
 
-/// `[t, width]` rows of batch row 0 of a captured hook.
-fn hook_rows(captures: &Captures, hook: &str) -> Result<Vec<f32>> {
-    let t = captures
-        .get(hook)
-        .ok_or_else(|| SaeError::InvalidInput(format!("{hook} was not captured")))?;
-    t.get(0)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| SaeError::InvalidInput(format!("{hook}: {e}")))
-}
-
 fn model_error(e: impl std::fmt::Display) -> SaeError {
     SaeError::InvalidInput(e.to_string())
 }
@@ -123,7 +111,6 @@ pub fn evaluate(
     // Pass 1: the mean of what the splice replaces, over non-special tokens.
     let mut sum = vec![0f64; d_out];
     let mut count = 0usize;
-    let spec = HookSpec::capture([target_hook.clone()]);
     // Reports progress; a break from the caller cancels.
     let mut report = |pass: u8, sequences_done: usize| -> Result<()> {
         let p = EvalProgress {
@@ -138,15 +125,12 @@ pub fn evaluate(
     };
     for (i, ids) in sequences.iter().enumerate() {
         report(1, i)?;
-        let out = t
-            .forward(std::slice::from_ref(ids), &spec, &mut NoObserver)
+        // Stops after the hook's layer; special tokens are left out.
+        let mut y = Vec::new();
+        count += super::train::run_hook(model, &target_hook, std::slice::from_ref(ids), &mut y)
             .map_err(model_error)?;
-        let y = hook_rows(&out.captures, &target_hook)?;
-        for (row, &id) in y.chunks_exact(d_out).zip(ids) {
-            if !special(id) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                count += 1;
-            }
+        for row in y.chunks_exact(d_out) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
         }
     }
     let mean: Arc<[f32]> = sum
@@ -177,9 +161,9 @@ pub fn evaluate(
                 &mut NoObserver,
             )
             .map_err(model_error)?;
-        let x = hook_rows(&clean.captures, &cfg.hook_name)?;
+        let x = super::apply::hook_rows(&clean.captures, &cfg.hook_name, 0)?.0;
         let y = if cfg.hook_name_out.is_some() {
-            hook_rows(&clean.captures, &target_hook)?
+            super::apply::hook_rows(&clean.captures, &target_hook, 0)?.0
         } else {
             x.clone()
         };
@@ -207,48 +191,28 @@ pub fn evaluate(
         }
 
         // The downstream passes rerun from the SAE's layer on, over the clean residuals.
-        let splice = {
-            let sae = sae.clone();
-            RowEdit {
-                key: "sae-splice".into(),
-                edit: Arc::new(move |rows: &mut [f32], width: usize| {
-                    let n = rows.len() / width.max(1);
-                    let (_, out) = sae.forward(rows, n).map_err(|e| e.to_string())?;
-                    rows.copy_from_slice(&out);
-                    Ok(())
-                }),
-            }
-        };
+        // The rerun from the SAE's layer sees the clean input at the SAE's hook (nothing
+        // upstream changes), so the reconstruction spliced in is the one computed above: at
+        // the hook for an SAE, at its output hook for a transcoder.
+        let reconstruction: Arc<[f32]> = y_hat.clone().into();
         let on_target = |kind: InterventionKind, positions: Option<Vec<usize>>| Intervention {
             hook: target_hook.clone(),
             positions,
             kind,
         };
-        // A transcoder's reconstruction replaces its output hook from its input: splice at
-        // the output with the input's rows read off the clean pass.
-        let sae_edit = if cfg.hook_name_out.is_some() {
-            let (sae, x) = (sae.clone(), x.clone());
-            let positions = keep.clone();
-            on_target(
-                InterventionKind::Rows(RowEdit {
-                    key: "transcoder-splice".into(),
-                    edit: Arc::new(move |rows: &mut [f32], _width: usize| {
-                        let xs: Vec<f32> = positions
-                            .iter()
-                            .flat_map(|&p| x[p * d_in..(p + 1) * d_in].to_vec())
-                            .collect();
-                        let (_, out) = sae
-                            .forward(&xs, positions.len())
-                            .map_err(|e| e.to_string())?;
-                        rows.copy_from_slice(&out);
-                        Ok(())
-                    }),
+        let sae_edit = on_target(
+            InterventionKind::Rows(RowEdit {
+                key: "sae-splice".into(),
+                edit: Arc::new(move |rows: &mut [f32], _width: usize| {
+                    if rows.len() != reconstruction.len() {
+                        return Err("the splice's rows do not match the reconstruction".into());
+                    }
+                    rows.copy_from_slice(&reconstruction);
+                    Ok(())
                 }),
-                Some(keep.clone()),
-            )
-        } else {
-            on_target(InterventionKind::Rows(splice), Some(keep.clone()))
-        };
+            }),
+            Some(keep.clone()),
+        );
         let variants = [
             sae_edit,
             on_target(

@@ -330,8 +330,14 @@ impl LayerObserver for StopAfter<'_> {
     }
 }
 
-/// Appends the hook's rows at non-special positions of `seqs` (equal lengths) to `rows`.
-fn run_hook(model: &Model, hook: &str, seqs: &[Vec<u32>], rows: &mut Vec<f32>) -> Result<usize> {
+/// Appends the hook's rows at non-special positions of `seqs` (equal lengths) to `rows`;
+/// returns how many. The pass stops after the hook's layer.
+pub(crate) fn run_hook(
+    model: &Model,
+    hook: &str,
+    seqs: &[Vec<u32>],
+    rows: &mut Vec<f32>,
+) -> Result<usize> {
     let spec = HookSpec::capture([hook]);
     let mut stop = StopAfter { hook, got: None };
     let result = model.transformer.forward(seqs, &spec, &mut stop);
@@ -343,7 +349,8 @@ fn run_hook(model: &Model, hook: &str, seqs: &[Vec<u32>], rows: &mut Vec<f32>) -
         (Err(ModelError::Cancelled), Some(t)) => t,
         (Err(e), _) => return Err(e.into()),
     };
-    let (b, t, d) = acts.dims3()?;
+    // Per-head sites (`attn.hook_z`, …) count as one vector per position.
+    let (b, t, d) = acts.flatten_from(2)?.dims3()?;
     let values: Vec<f32> = acts.flatten_all()?.to_vec1()?;
     let mut n = 0;
     for (i, seq) in seqs.iter().enumerate().take(b) {
