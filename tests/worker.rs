@@ -181,12 +181,7 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
 #[test]
 fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
     let mut session = Session::new();
-    let mut events = Vec::new();
-    session.handle(
-        Command::LoadModel(LoadModel { path: tiny() }),
-        &|_| false,
-        &mut |e| events.push(e),
-    );
+    let events = handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
     // Loading reports progress up to every weight loaded.
     assert!(matches!(&events[0], Event::Loading(l) if l.fraction.is_none()));
     assert!(matches!(events.last(), Some(Event::ModelLoaded(_))));
@@ -276,12 +271,7 @@ fn errors_and_panics_leave_the_worker_serving_with_its_model() {
 #[test]
 fn a_superseded_pass_is_cancelled_between_layers() {
     let mut session = Session::new();
-    let mut events = Vec::new();
-    session.handle(
-        Command::LoadModel(LoadModel { path: tiny() }),
-        &|_| false,
-        &mut |e| events.push(e),
-    );
+    let mut events = handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
     events.clear();
     // A newer request exists from the start: the pass stops before its first layer.
     session.handle(run(1, "hello", vec![]), &|id| id < 2, &mut |e| {

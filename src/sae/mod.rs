@@ -162,9 +162,7 @@ impl Encoded {
 
     /// Number of latents above zero, per token.
     pub fn l0(&self) -> Vec<usize> {
-        (0..self.n_tokens)
-            .map(|t| self.row(t).iter().filter(|a| **a > 0.0).count())
-            .collect()
+        metrics::l0_per_token(&self.features, self.d_sae)
     }
 }
 

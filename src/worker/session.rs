@@ -560,9 +560,7 @@ impl Session {
                     .flatten_all()?
                     .to_vec1::<f32>()?,
             )
-        } else if model.transformer.hook_width(hook) == Some(model.info.dims.d_model)
-            && !hook.contains("ln")
-        {
+        } else if RESIDUAL_BASIS_SITES.iter().any(|site| hook.ends_with(site)) {
             Some(direction.to_vec())
         } else {
             None
@@ -701,6 +699,17 @@ fn find_sae(saes: &[(SaeId, Arc<Sae>)], sae_id: SaeId) -> anyhow::Result<&Arc<Sa
         .ok_or_else(|| anyhow::anyhow!("no SAE #{sae_id} is attached"))
 }
 
+/// Hook sites whose vectors live in the residual stream's basis (what `W_U` reads). Judged by
+/// name, not width: per-head sites (`attn.hook_z`, …) can have the residual width too.
+const RESIDUAL_BASIS_SITES: [&str; 6] = [
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_embed",
+];
+
 /// `W_out[:, neuron]` of layer `layer`: what the neuron writes to the residual stream.
 fn neuron_direction(model: &Model, layer: usize, neuron: usize) -> anyhow::Result<Vec<f32>> {
     let down = &model
@@ -806,6 +815,7 @@ fn resolve(
             positions,
         } => {
             let sae = find_sae(saes, *sae_id)?.clone();
+            let hook = sae.cfg.hook_name.clone();
             let (latent, op) = (*latent, *op);
             let edit = model::RowEdit {
                 // Everything the edit depends on, so an unchanged clamp is not rerun.
@@ -815,7 +825,6 @@ fn resolve(
                         .map_err(|e| e.to_string())
                 }),
             };
-            let hook = find_sae(saes, *sae_id)?.cfg.hook_name.clone();
             Ok(model::Intervention {
                 hook,
                 positions: positions.clone(),

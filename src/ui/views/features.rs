@@ -93,18 +93,22 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let baseline = state.baseline.sae(sae_id);
     let columns = summary.strongest_latents(MAX_COLUMNS);
     let (t, c) = (summary.n_tokens, columns.len());
+    // One pass over each token's active latents (this runs every frame).
+    let column_of: std::collections::HashMap<u32, usize> =
+        columns.iter().enumerate().map(|(k, &j)| (j, k)).collect();
     let mut values = vec![0f32; t * c];
-    for (k, &j) in columns.iter().enumerate() {
-        let acts = summary.latent_activations(j);
-        let base = baseline
-            .filter(|_| difference)
-            .map(|b| b.latent_activations(j));
-        for p in 0..t {
-            values[p * c + k] = acts[p]
-                - base
-                    .as_ref()
-                    .map_or(0.0, |b| b.get(p).copied().unwrap_or(0.0));
+    let mut add = |s: &crate::sae::apply::SaeSummary, sign: f32| {
+        for (p, active) in s.features.iter().enumerate().take(t) {
+            for (j, a) in active {
+                if let Some(&k) = column_of.get(j) {
+                    values[p * c + k] += sign * a;
+                }
+            }
         }
+    };
+    add(summary, 1.0);
+    if let Some(b) = baseline.filter(|_| difference) {
+        add(b, -1.0);
     }
     if c == 0 {
         ui.weak("No latent fires on this prompt.");
