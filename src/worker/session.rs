@@ -10,6 +10,7 @@ use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
 use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
+use crate::analysis::top_k_by_value;
 use crate::model::{
     self, Captures, HookSpec, InterventionKind, LayerDone, LayerObserver, Model, ModelError,
     ProjectionMode, ResidCache,
@@ -744,16 +745,21 @@ fn logit_effects(
         .forward(&x)?
         .flatten_all()?
         .to_vec1()?;
-    let mut order: Vec<usize> = (0..effects.len()).collect();
-    order.sort_by(|&a, &b| effects[b].total_cmp(&effects[a]));
     let entry = |i: usize| LogitEffect {
         id: i as u32,
         token: model.tokenizer.token_text(i as u32),
         effect: effects[i],
     };
+    let negated: Vec<f32> = effects.iter().map(|e| -e).collect();
     Ok((
-        order.iter().take(k).map(|&i| entry(i)).collect(),
-        order.iter().rev().take(k).map(|&i| entry(i)).collect(),
+        top_k_by_value(&effects, k)
+            .into_iter()
+            .map(|(i, _)| entry(i))
+            .collect(),
+        top_k_by_value(&negated, k)
+            .into_iter()
+            .map(|(i, _)| entry(i))
+            .collect(),
     ))
 }
 
