@@ -37,6 +37,9 @@ pub struct DendriteApp {
     pub export_dir: PathBuf,
     /// SAEs to attach when the next model has loaded (given on the command line).
     pub attach_on_load: Vec<PathBuf>,
+    /// Attach requests not answered yet: the prompt reruns once they all are, so that one
+    /// run brings every new feature map (not one run per SAE, nor one before them).
+    attaches_pending: usize,
 }
 
 /// What survives a restart.
@@ -84,6 +87,7 @@ impl DendriteApp {
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
             attach_on_load: Vec::new(),
+            attaches_pending: 0,
         })
     }
 
@@ -100,6 +104,9 @@ impl DendriteApp {
             return;
         }
         if let Some(cmd) = self.state.act(action) {
+            if matches!(cmd, Command::AttachSae(_)) {
+                self.attaches_pending += 1;
+            }
             self.send(cmd);
         }
     }
@@ -158,11 +165,17 @@ impl DendriteApp {
                 Event::ModelLoaded(m) => Some(m.info.path.clone()),
                 _ => None,
             };
-            let saes_changed = matches!(event, Event::SaeAttached(_) | Event::SaeDetached(_));
+            // An answer to an attach (or the worker attaching a trained SAE), or a detach.
+            let sae_answer = match &event {
+                Event::SaeAttached(_) | Event::SaeDetached(_) => true,
+                Event::Error(e) => e.context.starts_with("attaching"),
+                _ => false,
+            };
             self.state.apply(event);
             if let Some(model) = loaded {
-                // A freshly opened model gets its default SAEs, then runs the prompt and the
-                // head probe at once (the worker takes commands in order).
+                // A freshly opened model gets its default SAEs, then runs the prompt (once
+                // they are attached) and the head probe.
+                self.attaches_pending = 0;
                 let requested = std::mem::take(&mut self.attach_on_load);
                 for sae in crate::sample::default_saes(&model)
                     .into_iter()
@@ -170,11 +183,16 @@ impl DendriteApp {
                 {
                     self.act(Action::AttachSae(sae));
                 }
-                self.act(Action::Run);
+                if self.attaches_pending == 0 {
+                    self.act(Action::Run);
+                }
                 self.act(Action::ProbeHeads);
-            } else if saes_changed {
-                // Feature maps of a new SAE (an unchanged baseline is not recomputed).
-                self.act(Action::Run);
+            } else if sae_answer {
+                self.attaches_pending = self.attaches_pending.saturating_sub(1);
+                if self.attaches_pending == 0 {
+                    // Feature maps of the new SAEs (an unchanged baseline is not recomputed).
+                    self.act(Action::Run);
+                }
             }
             if started.elapsed() > DRAIN_BUDGET {
                 ctx.request_repaint();
