@@ -125,6 +125,9 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     let dir = tempfile::tempdir().unwrap();
     h.state_mut().export_dir = dir.path().to_path_buf();
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    let view = dendrite::ui::export::View::Tab(dendrite::ui::state::Tab::Neurons);
+    // Where the view is as the key is pressed (the notice then takes a line).
+    let rect = h.state().placement(view).unwrap().rect;
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
     h.run_steps(2);
     let files: Vec<String> = std::fs::read_dir(dir.path())
@@ -140,14 +143,34 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     let mut lines = text.lines();
     assert!(lines.next().unwrap().starts_with("position,token,n0,n1"));
     assert_eq!(lines.count(), h.state().state.baseline.tokens.len());
-    assert!(
-        h.state()
-            .state
-            .notice
-            .as_deref()
-            .unwrap_or("")
-            .contains("Exported")
+    // The PNG is the view drawn again at 2 pixels per point (this harness has no renderer at
+    // all: the figure does not come from the screen).
+    let started = Instant::now();
+    while !h
+        .state()
+        .state
+        .notice
+        .as_deref()
+        .unwrap_or("")
+        .contains(".png")
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "no PNG");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let notice = h.state().state.notice.clone().unwrap_or_default();
+    assert!(notice.starts_with("Exported"), "{notice}");
+    let png = csv.replace(".csv", ".png");
+    let image = image::open(dir.path().join(&png)).unwrap().to_rgba8();
+    assert_eq!(
+        image.dimensions(),
+        (
+            ((rect.width() + 16.0) * 2.0).round() as u32,
+            ((rect.height() + 16.0) * 2.0).round() as u32
+        )
     );
+    let colours: std::collections::HashSet<[u8; 4]> = image.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 50, "a drawn view, not a blank image");
 }
 
 #[test]

@@ -75,3 +75,84 @@ fn every_tab_renders() {
         results.add(h.try_snapshot(name));
     }
 }
+
+/// Exported figures are rasterized on the CPU at 2 pixels per point; here they are held to what
+/// wgpu draws from the same view at the same density.
+#[test]
+fn exported_figures_match_the_gpu_rendering_at_two_pixels_per_point() {
+    use dendrite::ui::app::draw_view;
+    use dendrite::ui::export::{FIGURE_PIXELS_PER_POINT, Placement, View, draw_offscreen};
+    let h = loaded();
+    let state = &h.state().state;
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (view, name) in [
+        (View::Layers, "layers"),
+        (View::Tab(Tab::Histograms), "histograms"),
+        (View::Tab(Tab::Heads), "heads"),
+    ] {
+        let content = egui::vec2(400.0, 300.0);
+        // kittest draws the ui inside an 8-point margin, as figures have.
+        let mut reference = Harness::builder()
+            .with_size(content + egui::Vec2::splat(16.0))
+            .with_pixels_per_point(FIGURE_PIXELS_PER_POINT)
+            .wgpu()
+            .build_ui(|ui| {
+                let _ = draw_view(ui, state, view);
+            });
+        reference
+            .ctx
+            .set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+        reference.run_steps(2);
+        let gpu = reference.render().unwrap();
+        let figure = draw_offscreen(
+            &egui::Context::default(),
+            Placement {
+                scope_id: egui::Id::unique(name),
+                rect: egui::Rect::from_min_size(egui::Pos2::ZERO, content),
+            },
+            FIGURE_PIXELS_PER_POINT,
+            |ui| {
+                let _ = draw_view(ui, state, view);
+            },
+        );
+        let [w, h_px] = figure.size_px();
+        assert_eq!((w as u32, h_px as u32), gpu.dimensions());
+        let cpu = figure.render();
+        figure
+            .write_png(&out_dir.join(format!("figure_{name}.png")))
+            .unwrap();
+        gpu.save(out_dir.join(format!("figure_{name}_gpu.png")))
+            .unwrap();
+        // Inside the margin, where kittest's frame is (around it, kittest leaves the image
+        // transparent).
+        let (mut sum, mut n, mut large) = (0.0f64, 0usize, 0usize);
+        for y in 16..h_px - 16 {
+            for x in 16..w - 16 {
+                let a = cpu.pixels[y * w + x].to_srgba_unmultiplied();
+                let b = gpu.get_pixel(x as u32, y as u32).0;
+                if b[3] == 0 {
+                    continue;
+                }
+                let d = (0..3)
+                    .map(|c| (a[c] as f64 - b[c] as f64).abs())
+                    .fold(0.0, f64::max);
+                sum += d;
+                n += 1;
+                if d > 64.0 {
+                    large += 1;
+                }
+            }
+        }
+        assert!(
+            n > (w - 32) * (h_px - 32) / 3,
+            "{name}: the reference drew little"
+        );
+        let mean = sum / n as f64;
+        eprintln!("{name}: mean |Δ| {mean:.3}, {large} of {n} pixels differ by > 64");
+        assert!(mean < 0.5, "{name}: mean |Δ| {mean}");
+        assert!(
+            (large as f64) < 0.0005 * n as f64,
+            "{name}: {large} pixels differ by > 64"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use egui::{Key, KeyboardShortcut, Modifiers};
 
-use super::export::View;
+use super::export::{Placement, View};
 use super::state::{Action, AppState, Tab};
 use super::views;
 use crate::worker::{Command, Event, WorkerHandle};
@@ -25,9 +25,9 @@ pub struct DendriteApp {
     /// Frame times (ms) of the last frames, for the performance readout and benchmarks.
     pub frame_times_ms: Vec<f32>,
     last_frame: Option<Instant>,
-    /// Where each exportable view was drawn last frame (points).
-    view_rects: Vec<(View, egui::Rect)>,
-    /// Results of PNG exports, reported by the screenshot callback.
+    /// Where each exportable view was drawn last frame.
+    placements: Vec<(View, Placement)>,
+    /// Results of PNG exports, reported by the thread that rasterizes them.
     export_results: (
         crossbeam_channel::Sender<String>,
         crossbeam_channel::Receiver<String>,
@@ -82,7 +82,7 @@ impl DendriteApp {
             worker,
             frame_times_ms: Vec::new(),
             last_frame: None,
-            view_rects: Vec::new(),
+            placements: Vec::new(),
             export_results: crossbeam_channel::bounded(16),
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
@@ -111,7 +111,8 @@ impl DendriteApp {
         }
     }
 
-    /// Writes the view's data as CSV now and its screen area as PNG from the next frame.
+    /// Writes the view's data as CSV, and draws it again offscreen at 2× for the PNG (which a
+    /// thread rasterizes and writes; the result arrives as a notice).
     pub fn export(&mut self, view: View) {
         let dir = self.export_dir.clone();
         let name = super::export::default_name(&self.state, view, std::time::SystemTime::now());
@@ -125,26 +126,42 @@ impl DendriteApp {
             return;
         }
         self.state.notice = Some(format!("Exported {}", csv.display()));
-        let Some(rect) = self
-            .view_rects
-            .iter()
-            .find(|(v, _)| *v == view)
-            .map(|(_, r)| *r)
-        else {
+        let Some(placement) = self.placement(view) else {
             return;
         };
+        let state = &self.state;
+        let figure = super::export::draw_offscreen(
+            &self.ctx,
+            placement,
+            super::export::FIGURE_PIXELS_PER_POINT,
+            |ui| {
+                let _ = draw_view(ui, state, view);
+            },
+        );
         let png = dir.join(format!("{name}.png"));
-        let ppp = self.ctx.pixels_per_point();
         let results = self.export_results.0.clone();
         let repaint = self.ctx.clone();
-        self.ctx.request_screenshot(move |image| {
-            let message = match super::export::write_png(&image, rect, ppp, &png) {
-                Ok(()) => format!("Exported {} and its data (.csv)", png.display()),
-                Err(e) => format!("PNG export failed: {e:#}"),
-            };
-            let _ = results.try_send(message);
-            repaint.request_repaint();
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dendrite-export".into())
+            .spawn(move || {
+                let message = match figure.write_png(&png) {
+                    Ok(()) => format!("Exported {} and its data (.csv)", png.display()),
+                    Err(e) => format!("PNG export failed: {e:#}"),
+                };
+                let _ = results.try_send(message);
+                repaint.request_repaint();
+            });
+        if let Err(e) = spawned {
+            self.state.notice = Some(format!("PNG export failed: {e}"));
+        }
+    }
+
+    /// Where `view` was drawn last frame (none if it was not on screen).
+    pub fn placement(&self, view: View) -> Option<Placement> {
+        self.placements
+            .iter()
+            .find(|(v, _)| *v == view)
+            .map(|(_, p)| *p)
     }
 
     /// Sends a raw worker command (tests use it to inject failures).
@@ -269,21 +286,21 @@ impl DendriteApp {
                 .take()
                 .or(views::interventions::interventions_ui(ui, state));
         });
-        let mut rects = Vec::new();
-        let layers = egui::Panel::left("layers")
+        let mut placements = Vec::new();
+        egui::Panel::left("layers")
             .resizable(true)
             .default_size(260.0)
             .show(ui, |ui| {
-                action = action.take().or(views::layers::layers_ui(ui, state));
+                placements.push((View::Layers, placement(ui)));
+                action = action.take().or(draw_view(ui, state, View::Layers));
             });
-        rects.push((View::Layers, layers.response.rect));
         egui::Panel::right("inspector")
             .resizable(true)
             .default_size(330.0)
             .show(ui, |ui| {
                 action = action.take().or(views::inspector::inspector_ui(ui, state));
             });
-        let central = egui::CentralPanel::default().show(ui, |ui| {
+        egui::CentralPanel::default().show(ui, |ui| {
             // Wraps on narrow windows rather than widening the panel under the inspector.
             ui.horizontal_wrapped(|ui| {
                 for (tab, name) in [
@@ -308,20 +325,34 @@ impl DendriteApp {
                 }
             });
             ui.separator();
-            let a = match state.tab {
-                Tab::Neurons => views::neurons::neurons_ui(ui, state),
-                Tab::Heads => views::heads::heads_ui(ui, state),
-                Tab::Histograms => views::histograms::histograms_ui(ui, state),
-                Tab::Lens => views::lens::lens_ui(ui, state),
-                Tab::Features => views::features::features_ui(ui, state),
-            };
-            action = action.take().or(a);
+            let view = View::Tab(state.tab);
+            placements.push((view, placement(ui)));
+            action = action.take().or(draw_view(ui, state, view));
         });
-        rects.push((View::Tab(state.tab), central.response.rect));
-        self.view_rects = rects;
+        self.placements = placements;
         if let Some(a) = action {
             self.act(a);
         }
+    }
+}
+
+/// Where the view about to be drawn in `ui` goes.
+fn placement(ui: &egui::Ui) -> Placement {
+    Placement {
+        scope_id: ui.scope_id(),
+        rect: ui.available_rect_before_wrap(),
+    }
+}
+
+/// Draws an exportable view (on screen, or offscreen for its figure).
+pub fn draw_view(ui: &mut egui::Ui, state: &AppState, view: View) -> Option<Action> {
+    match view {
+        View::Layers => views::layers::layers_ui(ui, state),
+        View::Tab(Tab::Neurons) => views::neurons::neurons_ui(ui, state),
+        View::Tab(Tab::Heads) => views::heads::heads_ui(ui, state),
+        View::Tab(Tab::Histograms) => views::histograms::histograms_ui(ui, state),
+        View::Tab(Tab::Lens) => views::lens::lens_ui(ui, state),
+        View::Tab(Tab::Features) => views::features::features_ui(ui, state),
     }
 }
 

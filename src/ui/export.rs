@@ -1,5 +1,5 @@
-//! Exporting a view: its data as CSV (written at once) and its screen area as PNG at 2× pixels
-//! (from the next frame's screenshot), with descriptive default names.
+//! Exporting a view: its data as CSV and a PNG of what it shows, drawn again offscreen at
+//! 2 pixels per point (not a screenshot scaled up), with descriptive default names.
 
 use std::path::{Path, PathBuf};
 
@@ -221,56 +221,122 @@ pub fn export_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("dendrite-exports"))
 }
 
-/// Crops `image` (the whole window, `pixels_per_point` pixels per point) to `rect` (points),
-/// scales it to 2 pixels per point and writes it as PNG.
-pub fn write_png(
-    image: &egui::ColorImage,
-    rect: egui::Rect,
+/// Pixels per point of exported figures (whatever the screen's density).
+pub const FIGURE_PIXELS_PER_POINT: f32 = 2.0;
+
+/// Space around an exported view (points).
+const FIGURE_MARGIN: f32 = 8.0;
+
+/// Where a view was drawn this frame: its content area (points) and the id its widgets keep
+/// their state under (zoom, pan, scroll, selected kinds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placement {
+    pub scope_id: egui::Id,
+    pub rect: egui::Rect,
+}
+
+/// A view drawn offscreen and tessellated, ready to be rasterized on any thread.
+pub struct Figure {
+    primitives: Vec<egui::ClippedPrimitive>,
+    rasterizer: super::raster::Rasterizer,
     pixels_per_point: f32,
-    path: &Path,
-) -> anyhow::Result<()> {
-    let [w, h] = image.size;
-    let px = |v: f32, max: usize| ((v * pixels_per_point).round().max(0.0) as usize).min(max);
-    let (x0, y0, x1, y1) = (
-        px(rect.left(), w),
-        px(rect.top(), h),
-        px(rect.right(), w),
-        px(rect.bottom(), h),
+    size_px: [usize; 2],
+    background: egui::Color32,
+}
+
+/// Draws a view again in an offscreen egui context at `pixels_per_point`, at the size it has on
+/// screen and with the app's widget memory, so the figure shows what the user sees (the same
+/// zoom, pan and scroll) with every line and glyph laid out at the figure's density.
+pub fn draw_offscreen(
+    app: &egui::Context,
+    placement: Placement,
+    pixels_per_point: f32,
+    mut draw: impl FnMut(&mut egui::Ui),
+) -> Figure {
+    let offscreen = egui::Context::default();
+    let mut memory = app.memory(|m| m.clone());
+    memory.options.zoom_factor = 1.0;
+    // Textures cached in memory belong to the app's renderer; the views build their own here.
+    super::heatmap::forget_textures(&mut memory.data);
+    offscreen.memory_mut(|m| *m = memory);
+    offscreen.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+
+    let size = placement.rect.size() + egui::Vec2::splat(2.0 * FIGURE_MARGIN);
+    let content = egui::Rect::from_min_size(
+        egui::pos2(FIGURE_MARGIN, FIGURE_MARGIN),
+        placement.rect.size(),
     );
-    if x1 <= x0 || y1 <= y0 {
-        anyhow::bail!("the view is not on screen");
-    }
-    let mut crop = image::RgbaImage::new((x1 - x0) as u32, (y1 - y0) as u32);
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let c = image.pixels[y * w + x];
-            crop.put_pixel(
-                (x - x0) as u32,
-                (y - y0) as u32,
-                image::Rgba([c.r(), c.g(), c.b(), c.a()]),
-            );
-        }
-    }
-    let scale = 2.0 / pixels_per_point;
-    let out = if (scale - 1.0).abs() > 1e-3 {
-        let (tw, th) = (
-            (crop.width() as f32 * scale).round() as u32,
-            (crop.height() as f32 * scale).round() as u32,
-        );
-        image::imageops::resize(
-            &crop,
-            tw.max(1),
-            th.max(1),
-            image::imageops::FilterType::Lanczos3,
-        )
-    } else {
-        crop
+    let mut raw = egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(egui::Pos2::ZERO, size)),
+        system_theme: app.input(|i| i.raw.system_theme),
+        ..Default::default()
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    raw.viewports
+        .entry(egui::ViewportId::ROOT)
+        .or_default()
+        .native_pixels_per_point = Some(pixels_per_point);
+    let mut rasterizer = super::raster::Rasterizer::default();
+    let mut shapes = Vec::new();
+    // The second frame lays out with what the first measured (grids, wrapped rows).
+    for _ in 0..2 {
+        let output = offscreen.run_ui(raw.clone(), |root| {
+            let mut ui = root.new_child(
+                egui::UiBuilder::new()
+                    .scope_id(placement.scope_id)
+                    .max_rect(content),
+            );
+            ui.set_clip_rect(content);
+            draw(&mut ui);
+        });
+        rasterizer.update_textures(output.textures_delta);
+        shapes = output.shapes;
     }
-    out.save(path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    let primitives = offscreen.tessellate(shapes, pixels_per_point);
+    let size_px = [
+        (size.x * pixels_per_point).round() as usize,
+        (size.y * pixels_per_point).round() as usize,
+    ];
+    Figure {
+        primitives,
+        rasterizer,
+        pixels_per_point,
+        size_px,
+        background: app.global_style().visuals.panel_fill,
+    }
+}
+
+impl Figure {
+    /// Width and height in pixels.
+    pub fn size_px(&self) -> [usize; 2] {
+        self.size_px
+    }
+
+    pub fn render(&self) -> egui::ColorImage {
+        self.rasterizer.render(
+            &self.primitives,
+            self.pixels_per_point,
+            self.size_px,
+            self.background,
+        )
+    }
+
+    /// Rasterizes and writes the figure as PNG.
+    pub fn write_png(&self, path: &Path) -> anyhow::Result<()> {
+        let image = self.render();
+        let [w, h] = image.size;
+        let rgba: Vec<u8> = image
+            .pixels
+            .iter()
+            .flat_map(|c| c.to_srgba_unmultiplied())
+            .collect();
+        let out = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+            .ok_or_else(|| anyhow::anyhow!("the figure is empty"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        out.save(path)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
 }
 
 #[cfg(test)]
@@ -285,20 +351,42 @@ mod tests {
     }
 
     #[test]
-    fn png_is_the_cropped_area_at_two_pixels_per_point() {
-        let mut img = egui::ColorImage::filled([10, 8], egui::Color32::WHITE);
-        img.pixels[3 * 10 + 2] = egui::Color32::RED;
+    fn figures_are_drawn_again_at_two_pixels_per_point_with_the_views_memory() {
+        let app = egui::Context::default();
+        let scope_id = egui::Id::unique("some view");
+        // Widget state the on-screen view left in memory (a zoom, say): the figure sees it.
+        app.data_mut(|d| d.insert_temp(scope_id.with("width"), 10.0f32));
+        let placement = Placement {
+            scope_id,
+            rect: egui::Rect::from_min_size(egui::pos2(300.0, 40.0), egui::vec2(30.0, 20.0)),
+        };
+        let figure = draw_offscreen(&app, placement, FIGURE_PIXELS_PER_POINT, |ui| {
+            let width: f32 = ui
+                .data(|d| d.get_temp(ui.make_persistent_id("width")))
+                .unwrap_or(1.0);
+            let at = ui.max_rect().min;
+            ui.painter().rect_filled(
+                egui::Rect::from_min_size(at, egui::vec2(width, 5.0)),
+                0.0,
+                egui::Color32::RED,
+            );
+        });
+        // (30 + 2·8) × (20 + 2·8) points at 2 px each.
+        assert_eq!(figure.size_px(), [92, 72]);
+        let image = figure.render();
+        let at = |x: usize, y: usize| image.pixels[y * 92 + x];
+        // The margin is 16 px; the rectangle 20 × 10 px from there.
+        assert_eq!(at(16, 16), egui::Color32::RED);
+        assert_eq!(at(35, 25), egui::Color32::RED);
+        assert_ne!(at(36, 16), egui::Color32::RED);
+        assert_ne!(at(16, 26), egui::Color32::RED);
+        assert_ne!(at(15, 16), egui::Color32::RED);
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/view.png");
-        let rect = egui::Rect::from_min_max(egui::pos2(2.0, 3.0), egui::pos2(6.0, 5.0));
-        write_png(&img, rect, 1.0, &path).unwrap();
-        let out = image::open(&path).unwrap().to_rgba8();
-        assert_eq!(out.dimensions(), (8, 4));
-        assert!(
-            out.get_pixel(0, 0)[1] < 128,
-            "the red pixel is at the crop's corner"
-        );
-        let off = egui::Rect::from_min_max(egui::pos2(20.0, 20.0), egui::pos2(30.0, 30.0));
-        assert!(write_png(&img, off, 1.0, &path).is_err());
+        figure.write_png(&path).unwrap();
+        let png = image::open(&path).unwrap().to_rgba8();
+        assert_eq!(png.dimensions(), (92, 72));
+        assert_eq!(png.get_pixel(20, 20).0, [255, 0, 0, 255]);
     }
 }

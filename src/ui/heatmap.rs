@@ -114,6 +114,12 @@ struct Cached {
     texture: TextureHandle,
 }
 
+/// Drops the cached heatmap textures from a copy of egui memory (they belong to the renderer
+/// of the context they were made in; an offscreen copy makes its own).
+pub fn forget_textures(data: &mut egui::util::IdTypeMap) {
+    data.remove_by_type::<Cached>();
+}
+
 /// Draws `grid` filling `size`. `key` identifies the content: the texture is rebuilt only when
 /// it changes. Scroll (or pinch) zooms columns around the pointer, drag pans.
 pub fn heatmap_ui(

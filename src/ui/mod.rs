@@ -4,6 +4,7 @@
 pub mod app;
 pub mod export;
 pub mod heatmap;
+mod raster;
 pub mod state;
 pub mod views;
 
