@@ -32,8 +32,9 @@ fn harness(prompt: String) -> Harness<'static, DendriteApp> {
     h
 }
 
-/// When the app next wants a frame: repaint requests (the worker's wake-ups, egui's own) are
-/// scheduled as eframe schedules them, so the bench draws the frames a window would.
+/// When the app next wants a frame: repaint requests (the worker's wake-ups, egui's own, a
+/// spinner's) are scheduled as eframe schedules them, so the bench draws the frames a window
+/// would.
 fn frame_schedule(h: &Harness<'_, DendriteApp>) -> Arc<Mutex<Option<Instant>>> {
     let due = Arc::new(Mutex::new(Some(Instant::now())));
     let d = due.clone();
@@ -46,19 +47,27 @@ fn frame_schedule(h: &Harness<'_, DendriteApp>) -> Arc<Mutex<Option<Instant>>> {
     due
 }
 
-/// Draws frames when the app asks for them until `done`; returns each frame's duration (ms).
+/// A window with vsync (eframe's default) draws at most one frame per display refresh.
+const REFRESH: Duration = Duration::from_micros(16_667);
+
+/// Draws frames when the app asks for them (at most one per [`REFRESH`]) until `done`; returns
+/// each frame's duration (ms).
 fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -> Vec<f64> {
     let due = frame_schedule(h);
     let mut frames = Vec::new();
     let started = Instant::now();
+    let mut last_frame: Option<Instant> = None;
     while !done(h.state()) {
         assert!(started.elapsed() < Duration::from_secs(120), "timed out");
         let now = Instant::now();
-        let frame_due = due
-            .lock()
-            .map(|mut d| d.take_if(|t| *t <= now).is_some())
-            .unwrap_or(true);
+        let refreshed = last_frame.is_none_or(|t| now - t >= REFRESH);
+        let frame_due = refreshed
+            && due
+                .lock()
+                .map(|mut d| d.take_if(|t| *t <= now).is_some())
+                .unwrap_or(true);
         if frame_due {
+            last_frame = Some(now);
             h.step();
             frames.push(now.elapsed().as_secs_f64() * 1e3);
         } else {
@@ -150,23 +159,27 @@ fn main() {
                 a.state.is_complete() && (!lens_tab || lens_updated(a))
             });
             let mut latencies = Vec::new();
+            let mut frames = Vec::new();
             for i in 0..10 {
                 let started = Instant::now();
                 h.state_mut().act(Action::EditIntervention(
                     0,
                     clamp(if i % 2 == 0 { -10.0 } else { 10.0 }),
                 ));
-                wait(&mut h, |a| {
+                frames.extend(wait(&mut h, |a| {
                     a.state.is_complete() && (!lens_tab || lens_updated(a))
-                });
+                }));
                 latencies.push(started.elapsed().as_secs_f64() * 1e3);
             }
             println!(
-                "clamp change at L{layer} → all views updated ({tokens} tokens, lens tab {}): median {:.1} ms (min {:.1}, max {:.1})",
+                "clamp change at L{layer} → all views updated ({tokens} tokens, lens tab {}): median {:.1} ms (min {:.1}, max {:.1}); {:.1} frames per change, p50 {:.2} ms, max {:.2} ms",
                 if lens_tab { "open" } else { "closed" },
                 percentile(&mut latencies.clone(), 0.5),
                 latencies.iter().copied().fold(f64::MAX, f64::min),
-                latencies.iter().copied().fold(0.0, f64::max)
+                latencies.iter().copied().fold(0.0, f64::max),
+                frames.len() as f64 / latencies.len() as f64,
+                percentile(&mut frames, 0.5),
+                frames.iter().copied().fold(0.0, f64::max),
             );
             h.state_mut().act(Action::RemoveIntervention(0));
             wait(&mut h, |a| a.state.is_complete());
