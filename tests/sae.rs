@@ -201,6 +201,51 @@ fn a_saved_sae_loads_back_identically() {
 }
 
 #[test]
+fn training_densities_in_sparsity_safetensors_are_read_written_and_checked() {
+    let out = tempfile::tempdir().unwrap();
+    let sae = sae::open(case("topk")).unwrap();
+    let d_sae = sae.cfg.d_sae;
+    assert!(sae.log10_density().is_none());
+    let density: Vec<f32> = (0..d_sae).map(|j| -1.0 - j as f32 / d_sae as f32).collect();
+    let file = out.path().join("x/sparsity.safetensors");
+    let sae = sae.with_log10_density(density.clone(), &file).unwrap();
+    let dir = out.path().join("with");
+    sae::save(&sae, &dir, &sae::SaveMetadata::default()).unwrap();
+    // SAELens' layout: one tensor "sparsity" of d_sae values.
+    let raw =
+        candle_core::safetensors::load(dir.join("sparsity.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(raw["sparsity"].dims(), [d_sae]);
+    assert_eq!(sae::open(&dir).unwrap().log10_density(), Some(&density[..]));
+
+    // Saving an SAE without densities over that folder removes the stale file.
+    let plain = sae::open(case("topk")).unwrap();
+    sae::save(&plain, &dir, &sae::SaveMetadata::default()).unwrap();
+    assert!(!dir.join("sparsity.safetensors").exists());
+    assert!(sae::open(&dir).unwrap().log10_density().is_none());
+
+    // A file for another width, or values that are no log10 frequency, are clear errors.
+    let write = |values: Vec<f32>| {
+        let n = values.len();
+        let t = Tensor::from_vec(values, n, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("sparsity".to_string(), t)]),
+            dir.join("sparsity.safetensors"),
+        )
+        .unwrap();
+    };
+    write(vec![-2.0; d_sae + 1]);
+    let e = sae::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("sparsity.safetensors") && e.contains("sparsity"),
+        "{e}"
+    );
+    assert!(e.contains(&format!("[{}]", d_sae + 1)), "{e}");
+    write(vec![3.0; d_sae]);
+    let e = sae::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("not a log10 frequency"), "{e}");
+}
+
+#[test]
 fn saes_that_do_not_fit_the_model_are_clear_errors() {
     let model = dendrite::model::open(fixtures().join("tiny/gpt2")).unwrap();
     let t = &model.transformer;

@@ -117,9 +117,22 @@ fn tiny_topk_sae_learns_and_saves_what_it_trained() {
     let e = evaluate(&loaded, &x, n).unwrap();
     assert!(e.l0 <= 4.0 && e.fve.is_finite());
 
+    // Training densities as SAELens writes them: per latent log10(frequency + 1e-10) over the
+    // last window; the frequencies sum to the mean number of latents firing per token, at
+    // most k.
+    let density = loaded.log10_density().expect("sparsity.safetensors");
+    assert_eq!(density, trained.log10_density().unwrap());
+    assert_eq!(density.len(), 128);
+    let firing_per_token: f64 = density.iter().map(|&d| 10f64.powf(d as f64)).sum();
+    assert!(
+        (2.0..=4.0 + 1e-3).contains(&firing_per_token),
+        "{firing_per_token}"
+    );
+
     for file in [
         "cfg.json",
         "sae_weights.safetensors",
+        "sparsity.safetensors",
         "training.json",
         "training_curves.png",
     ] {

@@ -2,8 +2,8 @@
 //!
 //! - **SAELens 6**: `cfg.json` (`metadata.hook_name`, `architecture`, `k`, …) +
 //!   `sae_weights.safetensors` (`W_enc`, `b_enc`, `W_dec`, `b_dec`, `threshold`, `b_gate`,
-//!   `r_mag`, `b_mag`, `W_skip`). `sparsity.safetensors` (training log-densities) is optional
-//!   and not needed to encode.
+//!   `r_mag`, `b_mag`, `W_skip`). `sparsity.safetensors` (`sparsity`: `log10` of each latent's
+//!   firing frequency during training) is optional; read and written when present.
 //! - **SAELens before 6**: flat keys (`hook_point`, `activation_fn_str`,
 //!   `activation_fn_kwargs.k`, boolean `normalize_activations`), read the way sae_lens 6 upgrades
 //!   them.
@@ -416,8 +416,17 @@ fn open_sae_lens(dir: &Path) -> Result<Sae> {
         model_name: cfg.str("model_name").map(str::to_string),
         notes,
     };
-    Sae::new(config, params)
+    let sae = Sae::new(config, params)?;
+    let sparsity_path = dir.join(SPARSITY_FILE);
+    if !sparsity_path.exists() {
+        return Ok(sae);
+    }
+    let values = TensorFile::safetensors(&sparsity_path)?.get("sparsity", &[d_sae])?;
+    sae.with_log10_density(values, &sparsity_path)
 }
+
+/// SAELens' file of per-latent training densities.
+const SPARSITY_FILE: &str = "sparsity.safetensors";
 
 /// The hook a Gemma Scope release path names: `…-res/layer_12/…` → `blocks.12.hook_resid_post`.
 fn gemma_scope_hook(path: &Path) -> Option<String> {
@@ -711,9 +720,33 @@ pub fn save(sae: &Sae, dir: &Path, meta: &SaveMetadata) -> Result<()> {
             path: weights_path.clone(),
             reason: e.to_string(),
         })?;
-    candle_core::safetensors::save(&map, &weights_path).map_err(|e| SaeError::Corrupt {
-        path: weights_path.clone(),
-        reason: format!("writing: {e}"),
-    })?;
+    write_safetensors(&map, &weights_path)?;
+    let sparsity_path = dir.join(SPARSITY_FILE);
+    match sae.log10_density() {
+        Some(density) => {
+            let t = Tensor::from_slice(density, density.len(), &Device::Cpu).map_err(|e| {
+                SaeError::Corrupt {
+                    path: sparsity_path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            write_safetensors(
+                &HashMap::from([("sparsity".to_string(), t)]),
+                &sparsity_path,
+            )?;
+        }
+        // A stale file from an earlier save would describe other latents.
+        None if sparsity_path.exists() => {
+            std::fs::remove_file(&sparsity_path).map_err(io(&sparsity_path))?
+        }
+        None => {}
+    }
     Ok(())
+}
+
+fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| SaeError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("writing: {e}"),
+    })
 }

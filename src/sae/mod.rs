@@ -15,7 +15,7 @@ pub mod format;
 pub mod metrics;
 pub mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use error::{Result, SaeError};
 pub use format::{SaveMetadata, looks_like_sae, open, open_with_hook, save};
@@ -119,6 +119,9 @@ pub struct Sae {
     w_skip: Option<PackedMatrix>,
     /// `‖W_dec[j]‖` when the activation is rescaled by it.
     decoder_norms: Option<Vec<f32>>,
+    /// `log10(firing frequency + 1e-10)` per latent during training, from SAELens'
+    /// `sparsity.safetensors` (or our own training).
+    log10_density: Option<Vec<f32>>,
 }
 
 /// Per-token statistics of the input normalisation, needed to invert it on the output.
@@ -293,7 +296,35 @@ impl Sae {
             gated,
             w_skip,
             decoder_norms,
+            log10_density: None,
         })
+    }
+
+    /// Attaches per-latent training densities (`log10(frequency + 1e-10)`, SAELens'
+    /// `sparsity.safetensors`); `source` names their file in errors.
+    pub fn with_log10_density(mut self, values: Vec<f32>, source: &Path) -> Result<Self> {
+        if values.len() != self.cfg.d_sae {
+            return Err(SaeError::Shape {
+                path: source.to_path_buf(),
+                name: "sparsity".into(),
+                expected: vec![self.cfg.d_sae],
+                found: vec![values.len()],
+            });
+        }
+        // A frequency is at most 1: log10 ≤ 0 (rounding aside).
+        if let Some(bad) = values.iter().position(|v| !v.is_finite() || *v > 1e-3) {
+            return Err(SaeError::Corrupt {
+                path: source.to_path_buf(),
+                reason: format!("sparsity[{bad}] = {} is not a log10 frequency", values[bad]),
+            });
+        }
+        self.log10_density = Some(values);
+        Ok(self)
+    }
+
+    /// Per-latent `log10` training densities, when the SAE came with them.
+    pub fn log10_density(&self) -> Option<&[f32]> {
+        self.log10_density.as_deref()
     }
 
     /// The parameters back in the SAELens layout (for saving).

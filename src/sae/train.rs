@@ -702,6 +702,10 @@ pub fn train_with_model(
 
     let mut rng = Rng::new(opts.seed.wrapping_add(2));
     let mut since_fired = vec![0usize; m];
+    // Firing frequencies for `sparsity.safetensors`, over windows of `dead_window` tokens
+    // (SAELens: its feature-sampling window); the file gets the last full window and the
+    // partial one after it.
+    let mut density = DensityWindows::new(m, dead_window);
     let mut curves = Vec::new();
     let mut window = [0f64; 4];
     let mut window_n = 0usize;
@@ -745,6 +749,7 @@ pub fn train_with_model(
                 if *mk > 0.0 && *v > 0.0 {
                     active += 1;
                     fired[j] = true;
+                    density.fire(j);
                 } else {
                     *mk = 0.0;
                 }
@@ -791,6 +796,7 @@ pub fn train_with_model(
         for (s, f) in since_fired.iter_mut().zip(&fired) {
             *s = if *f { 0 } else { *s + b };
         }
+        density.tokens(b);
         tokens_seen += b;
         let loss_v = loss.to_scalar::<f32>()? as f64;
         if !loss_v.is_finite() {
@@ -866,7 +872,8 @@ pub fn train_with_model(
             b_dec: to_vec(&b_dec)?,
             ..SaeParams::default()
         },
-    )?;
+    )?
+    .with_log10_density(density.log10(), &opts.out.join("sparsity.safetensors"))?;
 
     let (xv, nv) = hook_activations(
         model,
@@ -917,6 +924,52 @@ pub fn train_with_model(
     Ok((sae, report))
 }
 
+/// Per-latent firing counts over consecutive windows of tokens.
+struct DensityWindows {
+    window_tokens: usize,
+    current: Vec<u64>,
+    current_tokens: usize,
+    previous: Vec<u64>,
+    previous_tokens: usize,
+}
+
+impl DensityWindows {
+    fn new(latents: usize, window_tokens: usize) -> Self {
+        DensityWindows {
+            window_tokens: window_tokens.max(1),
+            current: vec![0; latents],
+            current_tokens: 0,
+            previous: vec![0; latents],
+            previous_tokens: 0,
+        }
+    }
+
+    fn fire(&mut self, latent: usize) {
+        self.current[latent] += 1;
+    }
+
+    /// `n` more tokens were seen; starts a new window once this one is full.
+    fn tokens(&mut self, n: usize) {
+        self.current_tokens += n;
+        if self.current_tokens >= self.window_tokens {
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.previous_tokens = self.current_tokens;
+            self.current.iter_mut().for_each(|c| *c = 0);
+            self.current_tokens = 0;
+        }
+    }
+
+    /// `log10(frequency + 1e-10)` per latent (SAELens' `_log_feature_sparsity`).
+    fn log10(&self) -> Vec<f32> {
+        let tokens = (self.previous_tokens + self.current_tokens).max(1) as f64;
+        self.previous
+            .iter()
+            .zip(&self.current)
+            .map(|(p, c)| ((p + c) as f64 / tokens + 1e-10).log10() as f32)
+            .collect()
+    }
+}
+
 /// Draws loss, L0 / k, FVE and dead fraction (all in [0, 1]) over steps.
 pub fn plot(curves: &[CurvePoint], k: usize, path: &Path) -> Result<()> {
     use crate::export::plot::{PALETTE, Series, line_plot};
@@ -957,4 +1010,28 @@ pub fn plot(curves: &[CurvePoint], k: usize, path: &Path) -> Result<()> {
         ],
         (900, 500),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DensityWindows;
+
+    #[test]
+    fn densities_cover_the_last_full_window_and_the_partial_one_after_it() {
+        let mut d = DensityWindows::new(3, 10);
+        // A first window, then forgotten.
+        (0..9).for_each(|_| d.fire(2));
+        d.tokens(10);
+        // The last full window: latent 0 fires 5 times in 10 tokens.
+        (0..5).for_each(|_| d.fire(0));
+        d.tokens(10);
+        // The partial window after it: latent 1 fires twice in 4 tokens.
+        (0..2).for_each(|_| d.fire(1));
+        d.tokens(4);
+        let got = d.log10();
+        let want = [(5.0f64 / 14.0).log10(), (2.0f64 / 14.0).log10(), -10.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{got:?}");
+        }
+    }
 }

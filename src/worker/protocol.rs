@@ -317,6 +317,9 @@ pub struct LatentInfo {
     pub bottom: Vec<LogitEffect>,
     /// Why the lists are empty, if they are.
     pub note: Option<String>,
+    /// `log10` of its firing frequency during training, when the SAE came with
+    /// `sparsity.safetensors`.
+    pub training_log10_density: Option<f32>,
 }
 
 /// How far a job has got (training reports every step).

@@ -586,6 +586,7 @@ impl Session {
             top,
             bottom,
             note,
+            training_log10_density: sae.log10_density().map(|d| d[l.latent]),
         }))
     }
 }

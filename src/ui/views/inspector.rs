@@ -96,6 +96,18 @@ fn value_slider(ui: &mut Ui, id: Id, activations: &[f32]) -> f32 {
     value
 }
 
+/// A latent's training density (`log10` frequency, with SAELens' 1e-10 floor) in words.
+fn training_density(log10: f32) -> String {
+    if log10 <= -9.9 {
+        return "never fired in the training window".into();
+    }
+    let frequency = 10f64.powf(log10 as f64);
+    format!(
+        "training density 10^{log10:.2} (about 1 in {:.0} tokens)",
+        (1.0 / frequency).max(1.0)
+    )
+}
+
 /// Top and bottom logit effects in two columns.
 fn logit_effects_ui(
     ui: &mut Ui,
@@ -151,6 +163,10 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
 
     match &state.latent_info {
         Some(info) if info.sae_id == sae_id && info.latent == latent => {
+            if let Some(log10) = info.training_log10_density {
+                ui.label(training_density(log10))
+                    .on_hover_text("from the SAE's sparsity.safetensors (SAELens)");
+            }
             ui.label(format!(
                 "decoder direction W_dec[{latent}] · W_U (|W_dec[{latent}]| = {:.3})",
                 info.decoder_norm
@@ -425,4 +441,19 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
         }
     });
     action
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn training_densities_read_as_frequencies() {
+        assert_eq!(
+            super::training_density(-2.0),
+            "training density 10^-2.00 (about 1 in 100 tokens)"
+        );
+        assert_eq!(
+            super::training_density(-10.0),
+            "never fired in the training window"
+        );
+    }
 }
