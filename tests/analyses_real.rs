@@ -4,29 +4,20 @@
 
 mod common;
 
-use common::{fixtures, real_model};
+use common::{json_ids, real_model, real_reference};
 use dendrite::analysis::lens::{LENS_HOOKS, logit_lens};
 use dendrite::analysis::sparsity::{Method, measure};
 use dendrite::model::{self, HookSpec, NoObserver};
 
 fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("real/smollm2_sparsity.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    real_reference("smollm2_sparsity")
 }
 
 #[test]
 fn sparsity_matches_hf_for_every_method() {
     let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     let r = reference();
-    let tokens = ids(&r["token_ids"]);
+    let tokens = json_ids(&r["token_ids"]);
     assert_eq!(
         m.encode(r["prompt"].as_str().unwrap(), false).unwrap(),
         tokens
@@ -68,7 +59,7 @@ fn sparsity_matches_hf_for_every_method() {
 fn logit_lens_matches_hf() {
     let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     let r = reference();
-    let tokens = ids(&r["token_ids"]);
+    let tokens = json_ids(&r["token_ids"]);
     let out = m
         .transformer
         .forward(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{clamp_spec, fixtures, load_reference, real_model, top_k};
+use common::{clamp_spec, fixtures, json_ids, load_reference, real_model, real_reference, top_k};
 use dendrite::model::{self, HookSpec, NoObserver};
 
 struct Case {
@@ -22,33 +22,24 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn reference_json(name: &str) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(fixtures().join("real").join(format!("{name}.json"))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn tokenizers_match_hf() {
     for case in CASES {
         let tokenizer = model::open_tokenizer(real_model(case.file)).unwrap();
-        let reference = reference_json(case.name);
+        let reference = real_reference(case.name);
         for entry in reference["texts"].as_array().unwrap() {
             let text = entry["text"].as_str().unwrap();
             let ours = tokenizer.encode(text, false).unwrap();
-            assert_eq!(ours, ids(&entry["token_ids"]), "{}: {text:?}", case.name);
+            assert_eq!(
+                ours,
+                json_ids(&entry["token_ids"]),
+                "{}: {text:?}",
+                case.name
+            );
         }
         assert_eq!(
             tokenizer.encode("Hi", true).unwrap(),
-            ids(&reference["with_special"]),
+            json_ids(&reference["with_special"]),
             "{}",
             case.name
         );
@@ -74,13 +65,13 @@ fn check_logits(name: &str, ours: &[f32], expected: &[f32], expected_top10: &[u3
 fn logits_match_hf_with_and_without_clamp() {
     for case in CASES {
         let model = model::open(real_model(case.file)).unwrap();
-        let reference = reference_json(case.name);
+        let reference = real_reference(case.name);
         let tensors = load_reference(
             &fixtures()
                 .join("real")
                 .join(format!("{}.safetensors", case.name)),
         );
-        let prompt = ids(&reference["prompt_ids"]);
+        let prompt = json_ids(&reference["prompt_ids"]);
         assert_eq!(
             model
                 .encode(reference["prompt"].as_str().unwrap(), false)
@@ -98,7 +89,7 @@ fn logits_match_hf_with_and_without_clamp() {
             case.name,
             &out.logits_last(0).unwrap(),
             &expected,
-            &ids(&reference["top10"]),
+            &json_ids(&reference["top10"]),
         );
 
         let clamp = &reference["clamp"];
@@ -112,7 +103,7 @@ fn logits_match_hf_with_and_without_clamp() {
             &format!("{} clamped", case.name),
             &out.logits_last(0).unwrap(),
             &expected,
-            &ids(&reference["clamp_top10"]),
+            &json_ids(&reference["clamp_top10"]),
         );
     }
 }

@@ -3,39 +3,10 @@
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
-use serde::Serialize;
 
 use super::Rng;
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Config {
-    pub vocab_size: usize,
-    pub n_positions: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_inner: usize,
-    pub activation_function: String,
-    pub layer_norm_epsilon: f64,
-}
-
-impl Config {
-    /// HF `config.json` for this model.
-    pub fn hf_json(&self, bos_eos: u32) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("model_type".into(), "gpt2".into());
-            o.insert(
-                "architectures".into(),
-                serde_json::json!(["GPT2LMHeadModel"]),
-            );
-            o.insert("bos_token_id".into(), bos_eos.into());
-            o.insert("eos_token_id".into(), bos_eos.into());
-            o.insert("tie_word_embeddings".into(), true.into());
-        }
-        v
-    }
-}
+pub use crate::model::arch::gpt2::Config;
 
 pub struct Gpt2 {
     pub cfg: Config,
@@ -127,8 +98,8 @@ impl Gpt2 {
                 c_attn: pair(&mut rng, "attn.c_attn", [d, 3 * d], 0.02)?,
                 c_proj: pair(&mut rng, "attn.c_proj", [d, d], proj_std)?,
                 ln_2: ln("ln_2")?,
-                c_fc: pair(&mut rng, "mlp.c_fc", [d, cfg.n_inner], 0.02)?,
-                mlp_proj: pair(&mut rng, "mlp.c_proj", [cfg.n_inner, d], proj_std)?,
+                c_fc: pair(&mut rng, "mlp.c_fc", [d, cfg.d_mlp()], 0.02)?,
+                mlp_proj: pair(&mut rng, "mlp.c_proj", [cfg.d_mlp(), d], proj_std)?,
             });
         }
         let ln_f = (
@@ -173,7 +144,7 @@ impl Gpt2 {
         let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
         let scale = (dh as f64).powf(-0.5);
         for block in &self.blocks {
-            let h = layer_norm(&x, &block.ln_1, self.cfg.layer_norm_epsilon)?;
+            let h = layer_norm(&x, &block.ln_1, self.cfg.layer_norm_epsilon as f64)?;
             let qkv = conv1d(&h, &block.c_attn)?;
             let heads = |i: usize| -> Result<Tensor> {
                 qkv.narrow(D::Minus1, i * d, d)?
@@ -189,11 +160,11 @@ impl Gpt2 {
             }
             let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
             x = (x + conv1d(&z, &block.c_proj)?)?;
-            let h = layer_norm(&x, &block.ln_2, self.cfg.layer_norm_epsilon)?;
+            let h = layer_norm(&x, &block.ln_2, self.cfg.layer_norm_epsilon as f64)?;
             let h = conv1d(&h, &block.c_fc)?.relu()?;
             x = (x + conv1d(&h, &block.mlp_proj)?)?;
         }
-        let x = layer_norm(&x, &self.ln_f, self.cfg.layer_norm_epsilon)?;
+        let x = layer_norm(&x, &self.ln_f, self.cfg.layer_norm_epsilon as f64)?;
         x.reshape((b * t, d))?
             .matmul(&self.wte.t()?)?
             .reshape((b, t, self.cfg.vocab_size))
@@ -248,16 +219,7 @@ mod tests {
     /// so MLP weights are left out.)
     #[test]
     fn gradients_match_finite_differences() -> anyhow::Result<()> {
-        let cfg = Config {
-            vocab_size: 50,
-            n_positions: 8,
-            n_embd: 16,
-            n_layer: 2,
-            n_head: 2,
-            n_inner: 32,
-            activation_function: "relu".into(),
-            layer_norm_epsilon: 1e-5,
-        };
+        let cfg = Config::new(50, 8, 16, 2, 2, 32, "relu");
         let model = Gpt2::new(cfg, 3, false)?;
         let ids = Tensor::new(&[[1u32, 7, 3, 1, 7, 3, 9, 2]], &Device::Cpu)?;
         let targets = Tensor::new(&[7u32, 3, 1, 7, 3, 9, 2, 4], &Device::Cpu)?;
@@ -317,16 +279,7 @@ mod tests {
     /// checkpoint, through the ordinary HF-directory loader.
     #[test]
     fn saved_checkpoint_runs_identically_in_the_engine() -> anyhow::Result<()> {
-        let cfg = Config {
-            vocab_size: 256,
-            n_positions: 16,
-            n_embd: 24,
-            n_layer: 2,
-            n_head: 3,
-            n_inner: 48,
-            activation_function: "relu".into(),
-            layer_norm_epsilon: 1e-5,
-        };
+        let cfg = Config::new(256, 16, 24, 2, 3, 48, "relu");
         let model = Gpt2::new(cfg.clone(), 7, true)?;
         let dir = tempfile::tempdir()?;
         model.varmap.save(dir.path().join("model.safetensors"))?;

@@ -249,16 +249,15 @@ pub fn train(
         bail!("corpus too small for sequences of {} tokens", opts.seq_len);
     }
 
-    let cfg = Config {
-        vocab_size: vocab,
-        n_positions: 2 * opts.seq_len,
-        n_embd: opts.n_embd,
-        n_layer: opts.n_layer,
-        n_head: opts.n_head,
-        n_inner: 4 * opts.n_embd,
-        activation_function: "relu".into(),
-        layer_norm_epsilon: 1e-5,
-    };
+    let cfg = Config::new(
+        vocab,
+        2 * opts.seq_len,
+        opts.n_embd,
+        opts.n_layer,
+        opts.n_head,
+        4 * opts.n_embd,
+        "relu",
+    );
     let model = Gpt2::new(cfg.clone(), opts.seed, opts.sinusoidal_positions)?;
     let mut optimizer = AdamW::new(
         model.varmap.all_vars(),

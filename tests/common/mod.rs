@@ -24,6 +24,22 @@ pub fn real_model(file: &str) -> PathBuf {
     path
 }
 
+/// A committed HF reference in `tests/fixtures/real/{name}.json`.
+pub fn real_reference(name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(fixtures().join("real").join(format!("{name}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 pub fn load_reference(path: &PathBuf) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).expect("reference file is committed")
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use candle_core::Tensor;
 
@@ -14,7 +14,8 @@ use crate::model::transformer::{
 };
 use crate::model::weights::Weights;
 
-#[derive(Clone, Debug, Deserialize)]
+/// HF's `GPT2Config` (the keys Dendrite reads; training writes the same).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Config {
     pub vocab_size: usize,
     pub n_positions: usize,
@@ -32,6 +33,53 @@ pub struct Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default = "tied")]
     pub tie_word_embeddings: bool,
+}
+
+impl Config {
+    /// A GPT-2 of these sizes with HF's defaults for the rest (what training builds).
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+        n_inner: usize,
+        activation_function: &str,
+    ) -> Self {
+        Config {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: Some(n_inner),
+            activation_function: activation_function.into(),
+            layer_norm_epsilon: default_eps(),
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            tie_word_embeddings: true,
+        }
+    }
+
+    /// The MLP's hidden width (HF: `n_inner`, else 4 × `n_embd`).
+    pub fn d_mlp(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// HF `config.json` for this model.
+    pub fn hf_json(&self, bos_eos: u32) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("model_type".into(), "gpt2".into());
+            o.insert(
+                "architectures".into(),
+                serde_json::json!(["GPT2LMHeadModel"]),
+            );
+            o.insert("bos_token_id".into(), bos_eos.into());
+            o.insert("eos_token_id".into(), bos_eos.into());
+        }
+        v
+    }
 }
 
 fn default_act() -> String {
@@ -80,7 +128,7 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         ));
     }
     let dh = d / nh;
-    let d_mlp = cfg.n_inner.unwrap_or(4 * d);
+    let d_mlp = cfg.d_mlp();
     let act = super::activation(&cfg.activation_function, config_path)?;
     // GPT2LMHeadModel checkpoints prefix everything with `transformer.`; GPT2Model ones do not.
     let base = if w.contains("transformer.wte.weight") {
