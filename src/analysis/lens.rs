@@ -32,8 +32,7 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
 /// loss `−log p(target)`, sharing one softmax normaliser: two passes over the vocabulary and no
 /// allocation beyond the k kept (this runs for every position of every pass and lens layer).
 pub fn next_token(logits: &[f32], target: Option<u32>, k: usize) -> (Vec<Prediction>, Option<f32>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let z: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
+    let (max, z) = crate::model::attention::softmax_normalizer(logits);
     let best = super::top_k_by_value(logits, k);
     let max = max as f64;
     let top = best

@@ -15,13 +15,32 @@ pub fn top_k_by_value(values: &[f32], k: usize) -> Vec<(usize, f32)> {
     if k == 0 {
         return best;
     }
-    for (i, &v) in values.iter().enumerate() {
+    let consider = |best: &mut Vec<(usize, f32)>, i: usize, v: f32| {
         if best.len() < k || v > best[best.len() - 1].1 {
             // After every kept value ≥ v, so equal values keep the lower index first.
             let at = best.partition_point(|&(_, b)| b >= v);
             best.insert(at, (i, v));
             best.truncate(k);
         }
+    };
+    // Once k are kept, most blocks hold nothing above the k-th: one vectorised comparison
+    // skips them (over a vocabulary this is most of the time of a top-k).
+    const BLOCK: usize = 16;
+    let mut blocks = values.chunks_exact(BLOCK);
+    for (b, block) in (&mut blocks).enumerate() {
+        if best.len() == k {
+            let kth = best[k - 1].1;
+            if !block.iter().fold(false, |any, &v| any | (v > kth)) {
+                continue;
+            }
+        }
+        for (l, &v) in block.iter().enumerate() {
+            consider(&mut best, b * BLOCK + l, v);
+        }
+    }
+    let start = values.len() - blocks.remainder().len();
+    for (l, &v) in blocks.remainder().iter().enumerate() {
+        consider(&mut best, start + l, v);
     }
     best
 }

@@ -128,10 +128,12 @@ pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     z
 }
 
+/// Lanes of the lane-wise reductions (one AVX-512 vector of f32).
+const LANES: usize = 16;
+
+/// The largest value, reduced lane-wise so it vectorises.
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
-    const LANES: usize = 16;
-    // Lane-wise max and sum so both reductions vectorise.
+fn lane_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
@@ -139,10 +141,59 @@ fn softmax_row(row: &mut [f32]) {
             lanes[l] = lanes[l].max(c[l]);
         }
     }
-    let max = chunks.remainder().iter().fold(
+    chunks.remainder().iter().fold(
         lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
         |m, &x| m.max(x),
-    );
+    )
+}
+
+/// A softmax's normaliser: `(max, Σ e^(x − max))`, the sum accumulated in f64 (over a
+/// vocabulary of 10⁵ logits f32 partial sums would lose digits of the loss).
+pub fn softmax_normalizer(row: &[f32]) -> (f32, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if super::packed::has_avx512() {
+        // Safety: AVX-512F was detected at runtime.
+        return unsafe { softmax_normalizer_avx512(row) };
+    }
+    softmax_normalizer_lanes(row)
+}
+
+#[inline(always)]
+fn softmax_normalizer_lanes(row: &[f32]) -> (f32, f64) {
+    let max = lane_max(row);
+    if max == f32::NEG_INFINITY {
+        return (max, 0.0);
+    }
+    // f32 lanes over blocks of 1 024 values (vectorised), each block's sum added in f64.
+    let mut total = 0f64;
+    let mut blocks = row.chunks_exact(1024);
+    for block in &mut blocks {
+        let mut sums = [0f32; LANES];
+        for c in block.chunks_exact(LANES) {
+            for l in 0..LANES {
+                sums[l] += exp(c[l] - max);
+            }
+        }
+        total += sums.iter().map(|&s| s as f64).sum::<f64>();
+    }
+    let tail: f64 = blocks
+        .remainder()
+        .iter()
+        .map(|&x| exp(x - max) as f64)
+        .sum();
+    (max, total + tail)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_normalizer_avx512(row: &[f32]) -> (f32, f64) {
+    softmax_normalizer_lanes(row)
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    // Lane-wise max and sum so both reductions vectorise.
+    let max = lane_max(row);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
@@ -181,7 +232,11 @@ fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let poly = p * r * r + r + 1.0;
-    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ from the bits of n + 127 (an integer in [1, 127] here): adding 2²³ puts it in the low
+    // mantissa bits, and the shift moves those into the exponent. A float-to-int cast would
+    // not vectorise (Rust's saturating cast is scalar code).
+    let biased = (n + 127.0 + 8_388_608.0).to_bits();
+    poly * f32::from_bits(biased << 23)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -193,6 +248,23 @@ unsafe fn softmax_row_avx512(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_normalizer_matches_the_naive_sum_in_f64() {
+        let mut rng = 12345u64;
+        let row: Vec<f32> = (0..49_157)
+            .map(|_| {
+                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                ((rng >> 40) as f32 / (1u64 << 24) as f32) * 30.0 - 20.0
+            })
+            .collect();
+        let (max, z) = softmax_normalizer(&row);
+        let naive_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let naive: f64 = row.iter().map(|&x| ((x - naive_max) as f64).exp()).sum();
+        assert_eq!(max, naive_max);
+        assert!((z - naive).abs() <= 1e-6 * naive, "{z} vs {naive}");
+        assert_eq!(softmax_normalizer(&[f32::NEG_INFINITY; 3]).1, 0.0);
+    }
 
     #[test]
     fn fast_exp_is_within_two_ulp() {
