@@ -224,6 +224,10 @@ pub fn export_dir() -> PathBuf {
 /// Pixels per point of exported figures (whatever the screen's density).
 pub const FIGURE_PIXELS_PER_POINT: f32 = 2.0;
 
+/// The largest figure drawn: twice a 4K screen's area at 2× (~0.8 GB while drawing and
+/// encoding); beyond that the export says so instead of exhausting memory.
+const MAX_FIGURE_PIXELS: usize = 67_000_000;
+
 /// Space around an exported view (points).
 const FIGURE_MARGIN: f32 = 8.0;
 
@@ -322,6 +326,16 @@ impl Figure {
 
     /// Rasterizes and writes the figure as PNG.
     pub fn write_png(&self, path: &Path) -> anyhow::Result<()> {
+        let [w, h] = self.size_px;
+        if w == 0 || h == 0 {
+            anyhow::bail!("the view is not on screen");
+        }
+        if w * h > MAX_FIGURE_PIXELS {
+            anyhow::bail!(
+                "a {w} × {h}-pixel figure is larger than the {} Mpx this export draws",
+                MAX_FIGURE_PIXELS / 1_000_000
+            );
+        }
         let image = self.render();
         let [w, h] = image.size;
         let rgba: Vec<u8> = image
@@ -385,6 +399,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/view.png");
         figure.write_png(&path).unwrap();
+        // A view with no area (a collapsed panel) is an error, not an empty file.
+        let collapsed = Placement {
+            scope_id,
+            rect: egui::Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(-16.0, 10.0)),
+        };
+        let e = draw_offscreen(&app, collapsed, 2.0, |_| {})
+            .write_png(&dir.path().join("b.png"))
+            .unwrap_err();
+        assert!(e.to_string().contains("not on screen"), "{e}");
         let png = image::open(&path).unwrap().to_rgba8();
         assert_eq!(png.dimensions(), (92, 72));
         assert_eq!(png.get_pixel(20, 20).0, [255, 0, 0, 255]);

@@ -122,7 +122,7 @@ impl Rasterizer {
         let mut canvas = Canvas {
             width: size[0],
             height: size[1],
-            pixels: vec![background.to_array().map(f32::from); size[0] * size[1]],
+            pixels: vec![background.to_array(); size[0] * size[1]],
         };
         for p in primitives {
             let Primitive::Mesh(mesh) = &p.primitive else {
@@ -152,10 +152,7 @@ impl Rasterizer {
             canvas
                 .pixels
                 .iter()
-                .map(|p| {
-                    let [r, g, b, a] = p.map(|v| v.round().clamp(0.0, 255.0) as u8);
-                    Color32::from_rgba_premultiplied(r, g, b, a)
-                })
+                .map(|&[r, g, b, a]| Color32::from_rgba_premultiplied(r, g, b, a))
                 .collect(),
         )
     }
@@ -164,8 +161,9 @@ impl Rasterizer {
 struct Canvas {
     width: usize,
     height: usize,
-    /// Premultiplied gamma-space RGBA, 0–255.
-    pixels: Vec<[f32; 4]>,
+    /// Premultiplied gamma-space RGBA, 8 bits a channel as in a GPU's framebuffer (each
+    /// blend rounds, as there).
+    pixels: Vec<[u8; 4]>,
 }
 
 /// Twice the signed area of (a, b, p): positive when p is left of a→b (y down).
@@ -246,7 +244,7 @@ impl Canvas {
                     std::array::from_fn(|c| mix(&|i| colour[i][c]) * texel[c] / 255.0);
                 let keep = 1.0 - src[3] / 255.0;
                 for c in 0..4 {
-                    dst[c] = src[c] + dst[c] * keep;
+                    dst[c] = (src[c] + dst[c] as f32 * keep).round().clamp(0.0, 255.0) as u8;
                 }
             }
         }
