@@ -80,6 +80,23 @@ fn layers_of(events: &[Event], variant: Variant) -> Vec<usize> {
         .collect()
 }
 
+/// The intervened pass's layers as the UI gets them: those before the first edit from the
+/// baseline (one `LayersFromBaseline`), the rest as they are recomputed.
+fn intervened_layers(events: &[Event]) -> Vec<usize> {
+    let from_baseline = events.iter().find_map(|e| match e {
+        Event::LayersFromBaseline(r) => Some(r.through),
+        _ => None,
+    });
+    let sent = layers_of(events, Variant::Intervened);
+    if let (Some(through), Some(first)) = (from_baseline, sent.first()) {
+        assert_eq!(
+            *first, through,
+            "recomputed layers start where the copied ones end"
+        );
+    }
+    (0..from_baseline.unwrap_or(0)).chain(sent).collect()
+}
+
 fn finished(events: &[Event], variant: Variant) -> &RunFinished {
     events
         .iter()
@@ -132,7 +149,9 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
         |e| matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened),
     );
     let n = layers_of(&first, Variant::Baseline).len();
-    assert_eq!(layers_of(&first, Variant::Intervened).len(), n);
+    // Layer 0 comes before the clamp: the UI takes the baseline's; layers 1.. are recomputed.
+    assert_eq!(intervened_layers(&first), (0..n).collect::<Vec<_>>());
+    assert_eq!(layers_of(&first, Variant::Intervened)[0], 1);
     let (base, edited) = (
         finished(&first, Variant::Baseline),
         finished(&first, Variant::Intervened),
@@ -156,16 +175,13 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
         vec![50.0; 6]
     );
 
-    // Changing only the clamp value reruns from layer 1; every layer is still reported.
+    // Changing only the clamp value reruns from layer 1; every layer is still accounted for.
     w.send(run(2, "abcabc", vec![clamp(-5.0)]));
     let second = until(
         &w,
         |e| matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened),
     );
-    assert_eq!(
-        layers_of(&second, Variant::Intervened),
-        (0..n).collect::<Vec<_>>()
-    );
+    assert_eq!(intervened_layers(&second), (0..n).collect::<Vec<_>>());
     assert!(finished(&second, Variant::Intervened).recomputed_from >= 1);
     // The baseline was cached entirely.
     assert_eq!(
@@ -199,7 +215,7 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
     let first = handle(&mut session, lazy(1, None, 5.0));
     let n = layers_of(&first, Variant::Baseline).len();
     assert!(n > 0);
-    assert_eq!(layers_of(&first, Variant::Intervened).len(), n);
+    assert_eq!(intervened_layers(&first).len(), n);
     assert!(!first.iter().any(|e| matches!(e, Event::LensReady(_))));
     // The UI holds run 1's baseline: run 2 sends only the intervened pass.
     let second = handle(&mut session, lazy(2, Some(1), -5.0));
@@ -209,7 +225,7 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
         second[0]
     );
     assert!(layers_of(&second, Variant::Baseline).is_empty());
-    assert_eq!(layers_of(&second, Variant::Intervened).len(), n);
+    assert_eq!(intervened_layers(&second).len(), n);
     // Not holding it (or a different run's) gets it in full.
     let third = handle(&mut session, lazy(3, Some(1), 5.0));
     assert_eq!(layers_of(&third, Variant::Baseline).len(), n);

@@ -959,6 +959,15 @@ impl AppState {
                     *slot = Some(l.summary);
                 }
             }
+            Event::LayersFromBaseline(r) => {
+                let through = r.through.min(self.baseline.layers.len());
+                let copied = self.baseline.layers[..through].to_vec();
+                if let Some(pass) = self.pass_mut(Variant::Intervened, r.run_id) {
+                    for (slot, layer) in pass.layers.iter_mut().zip(copied) {
+                        *slot = layer;
+                    }
+                }
+            }
             Event::SaeAttached(a) => {
                 self.selected_sae.get_or_insert(a.sae_id);
                 self.saes.push(SaeEntry {
@@ -1231,6 +1240,39 @@ mod tests {
                 n: HISTOGRAM_BINS
             })
         );
+    }
+
+    #[test]
+    fn an_intervened_pass_takes_the_layers_before_its_first_edit_from_the_baseline() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) = s.act(Action::Run) else {
+            panic!()
+        };
+        s.apply(started(r.run_id, Variant::Baseline));
+        s.apply(layer(r.run_id, Variant::Baseline, 0, [0.0, 1.0, 2.0, 3.0]));
+        s.apply(layer(r.run_id, Variant::Baseline, 1, [4.0, 5.0, 6.0, 7.0]));
+        s.apply(started(r.run_id, Variant::Intervened));
+        s.apply(Event::LayersFromBaseline(
+            crate::worker::LayersFromBaseline {
+                run_id: r.run_id,
+                through: 1,
+            },
+        ));
+        let edited = s.intervened.as_ref().unwrap();
+        assert!(std::ptr::eq(
+            edited.layer(0).unwrap(),
+            s.baseline.layer(0).unwrap()
+        ));
+        assert!(edited.layer(1).is_none(), "layer 1 comes from the worker");
+        // A superseded run's copy changes nothing.
+        s.apply(Event::LayersFromBaseline(
+            crate::worker::LayersFromBaseline {
+                run_id: r.run_id + 1,
+                through: 2,
+            },
+        ));
+        assert!(s.intervened.as_ref().unwrap().layer(1).is_none());
     }
 
     #[test]

@@ -278,6 +278,14 @@ pub struct BaselineReused {
     pub from_run: RunId,
 }
 
+/// Layers `0..through` of run `run_id`'s intervened pass come before every edit, so they
+/// equal the baseline's: the UI takes those summaries instead of the worker sending them again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayersFromBaseline {
+    pub run_id: RunId,
+    pub through: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LensReady {
     pub run_id: RunId,
@@ -404,6 +412,7 @@ pub enum Event {
     RunStarted(RunStarted),
     BaselineReused(BaselineReused),
     LayerReady(LayerReady),
+    LayersFromBaseline(LayersFromBaseline),
     RunFinished(RunFinished),
     LensReady(LensReady),
     SaeAttached(SaeAttached),

@@ -360,18 +360,6 @@ impl Session {
                 .iter()
                 .map(|e| resolve(model, saes, e))
                 .collect::<anyhow::Result<_>>()?;
-            let intervened = run_pass(
-                model,
-                saes,
-                &ids,
-                &spec,
-                &mut self.intervened,
-                Some(&baseline),
-                &run,
-                Variant::Intervened,
-                cancel,
-                emit,
-            )?;
             // Layers before the earliest intervention equal the baseline's.
             let first_edited = spec
                 .interventions
@@ -380,6 +368,18 @@ impl Session {
                 .min()
                 .unwrap_or(0)
                 .clamp(0, n as isize) as usize;
+            let intervened = run_pass(
+                model,
+                saes,
+                &ids,
+                &spec,
+                &mut self.intervened,
+                Some((&baseline, first_edited)),
+                &run,
+                Variant::Intervened,
+                cancel,
+                emit,
+            )?;
             if let Some(last) = &mut self.last_run {
                 last.intervened = Some((intervened, first_edited));
             }
@@ -896,7 +896,7 @@ fn run_pass(
     ids: &[u32],
     spec: &HookSpec,
     cache: &mut Option<ResidCache>,
-    calibration: Option<&Captures>,
+    baseline: Option<(&Captures, usize)>,
     run: &RunPrompt,
     variant: Variant,
     cancel: &dyn Cancel,
@@ -914,17 +914,26 @@ fn run_pass(
             .collect(),
         n_layers: t.n_layers(),
     }));
+    // An intervened pass's layers before its first edit are the baseline's: the UI copies
+    // their summaries rather than the worker recomputing and resending them.
+    let same_as_baseline = baseline.map_or(0, |(_, first_edited)| first_edited);
+    if same_as_baseline > 0 {
+        emit(Event::LayersFromBaseline(LayersFromBaseline {
+            run_id: run.run_id,
+            through: same_as_baseline,
+        }));
+    }
     let mut observer = Streamer {
         model,
         saes,
         sae_sent: vec![false; saes.len()],
         run,
         variant,
-        calibration,
+        calibration: baseline.map(|(captures, _)| captures),
         cancel,
         emit: &mut *emit,
         error: None,
-        next_layer: 0,
+        next_layer: same_as_baseline,
     };
     let batch = [ids.to_vec()];
     let result = t.forward_cached(&batch, spec, cache, &mut observer);
