@@ -84,7 +84,7 @@ fn lens_updated(a: &DendriteApp) -> bool {
         && a.state
             .intervened
             .as_ref()
-            .is_some_and(|p| p.lens.is_some())
+            .is_some_and(|p| p.lens_complete())
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {

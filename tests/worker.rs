@@ -239,6 +239,59 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
         })
         .collect();
     assert_eq!(variants, vec![Variant::Baseline, Variant::Intervened]);
+    // Rows stream in order before each whole lens: the baseline's one layer at a time, the
+    // intervened pass's first the layers before its clamp (the baseline's), then the rest.
+    let rows = |variant: Variant| -> Vec<(usize, usize)> {
+        lens.iter()
+            .filter_map(|e| match e {
+                Event::LensRows(r) if r.variant == variant => Some((r.first_layer, r.rows.len())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(Variant::Baseline),
+        (0..n).map(|l| (l, 1)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rows(Variant::Intervened),
+        [(0, 1)]
+            .into_iter()
+            .chain((1..n).map(|l| (l, 1)))
+            .collect::<Vec<_>>()
+    );
+    for variant in [Variant::Baseline, Variant::Intervened] {
+        let streamed: Vec<_> = lens
+            .iter()
+            .filter_map(|e| match e {
+                Event::LensRows(r) if r.variant == variant => Some(r.rows.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let whole = lens.iter().find_map(|e| match e {
+            Event::LensReady(l) if l.variant == variant => Some(l.lens.clone()),
+            _ => None,
+        });
+        assert_eq!(Some(streamed), whole, "{variant:?}");
+    }
+    // A newer run stops a lens between layers: here before the intervened pass's layer 1
+    // (the first check is the request's own; the baseline's lens is cached by now).
+    let checks = std::sync::atomic::AtomicUsize::new(0);
+    let after_one = |_: RunId| checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+    let stopped = handle_with(
+        &mut session,
+        Command::Lens(LensRequest { run_id: 3 }),
+        &after_one,
+    );
+    assert!(matches!(&stopped[0], Event::LensReady(l) if l.variant == Variant::Baseline));
+    assert!(
+        !stopped.iter().any(
+            |e| matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened)
+                || matches!(e, Event::LensRows(r) if r.first_layer >= 1)
+        ),
+        "{stopped:?}"
+    );
     // A superseded run's lens is not computed.
     assert!(handle(&mut session, Command::Lens(LensRequest { run_id: 2 })).is_empty());
 }

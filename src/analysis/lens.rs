@@ -91,27 +91,24 @@ pub fn logit_lens(
     row: usize,
     k: usize,
 ) -> Result<Vec<Vec<Vec<Prediction>>>> {
-    logit_lens_from(model, captures, row, k, 0)
+    (0..model.n_layers())
+        .map(|l| logit_lens_layer(model, captures, row, k, l))
+        .collect()
 }
 
-/// [`logit_lens`] of layers `first_layer..` only (the rest can be reused from a pass that
-/// agrees with this one up to there).
-pub fn logit_lens_from(
+/// Layer `layer`'s row of [`logit_lens`]: `[position]` → top `k` predictions.
+pub fn logit_lens_layer(
     model: &Transformer,
     captures: &Captures,
     row: usize,
     k: usize,
-    first_layer: usize,
-) -> Result<Vec<Vec<Vec<Prediction>>>> {
-    (first_layer..model.n_layers())
-        .map(|l| {
-            let resid = capture(captures, &format!("blocks.{l}.hook_resid_post"))?.get(row)?;
-            let logits = model.unembed_residual(&resid)?;
-            let vocab = logits.dim(1)?;
-            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-            Ok(next_tokens(&logits, vocab, &[], k).0)
-        })
-        .collect()
+    layer: usize,
+) -> Result<Vec<Vec<Prediction>>> {
+    let resid = capture(captures, &format!("blocks.{layer}.hook_resid_post"))?.get(row)?;
+    let logits = model.unembed_residual(&resid)?;
+    let vocab = logits.dim(1)?;
+    let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    Ok(next_tokens(&logits, vocab, &[], k).0)
 }
 
 /// Each component's direct contribution to one logit.

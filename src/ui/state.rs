@@ -64,6 +64,13 @@ pub struct PassView {
 }
 
 impl PassView {
+    /// Whether the logit lens has a row for every layer (it streams in layer by layer).
+    pub fn lens_complete(&self) -> bool {
+        self.lens
+            .as_ref()
+            .is_some_and(|l| !self.layers.is_empty() && l.len() == self.layers.len())
+    }
+
     pub fn layers_done(&self) -> usize {
         self.layers.iter().filter(|l| l.is_some()).count()
     }
@@ -1039,6 +1046,15 @@ impl AppState {
                     pass.finished = Some(f);
                 }
             }
+            Event::LensRows(r) => {
+                if let Some(pass) = self.pass_mut(r.variant, r.run_id) {
+                    let lens = pass.lens.get_or_insert_with(Vec::new);
+                    // Rows come in order; anything else belongs to a lens already replaced.
+                    if r.first_layer == lens.len() {
+                        lens.extend(r.rows);
+                    }
+                }
+            }
             Event::LensReady(l) => {
                 if let Some(pass) = self.pass_mut(l.variant, l.run_id) {
                     pass.lens = Some(l.lens);
@@ -1273,6 +1289,41 @@ mod tests {
             },
         ));
         assert!(s.intervened.as_ref().unwrap().layer(1).is_none());
+    }
+
+    #[test]
+    fn the_lens_fills_row_by_row_and_is_complete_with_every_layer() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) = s.act(Action::Run) else {
+            panic!()
+        };
+        s.apply(started(r.run_id, Variant::Baseline));
+        let row = |token: &str| {
+            vec![vec![TokenPrediction {
+                id: 1,
+                token: token.into(),
+                prob: 0.5,
+            }]]
+        };
+        let rows = |first_layer: usize, token: &str| {
+            Event::LensRows(crate::worker::LensRows {
+                run_id: r.run_id,
+                variant: Variant::Baseline,
+                first_layer,
+                rows: vec![row(token)],
+            })
+        };
+        s.apply(rows(0, "a"));
+        assert_eq!(s.baseline.lens.as_ref().map(Vec::len), Some(1));
+        assert!(!s.baseline.lens_complete());
+        // Out of order (a stale stream): ignored.
+        s.apply(rows(0, "stale"));
+        s.apply(rows(5, "far"));
+        assert_eq!(s.baseline.lens.as_ref().unwrap()[0], row("a"));
+        s.apply(rows(1, "b"));
+        assert_eq!(s.baseline.lens.as_ref().map(Vec::len), Some(2));
+        assert!(s.baseline.lens_complete(), "two layers, two rows");
     }
 
     #[test]

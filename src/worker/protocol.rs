@@ -286,6 +286,17 @@ pub struct LayersFromBaseline {
     pub through: usize,
 }
 
+/// Rows `first_layer..` of a pass's logit lens, sent as they are computed so the lens view
+/// fills layer by layer; [`LensReady`] follows with the whole lens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LensRows {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub first_layer: usize,
+    /// `[layer][position]` → top predictions.
+    pub rows: Vec<Vec<Vec<TokenPrediction>>>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LensReady {
     pub run_id: RunId,
@@ -414,6 +425,7 @@ pub enum Event {
     LayerReady(LayerReady),
     LayersFromBaseline(LayersFromBaseline),
     RunFinished(RunFinished),
+    LensRows(LensRows),
     LensReady(LensReady),
     SaeAttached(SaeAttached),
     SaeDetached(SaeDetached),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
-use crate::analysis::lens::{LENS_HOOKS, logit_lens_from, next_tokens};
+use crate::analysis::lens::{LENS_HOOKS, logit_lens_layer, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::analysis::top_k_by_value;
 use crate::model::{
@@ -191,7 +191,7 @@ impl Session {
             Command::ProbeHeads(probe) => self.probe(probe).map(&mut *emit),
             Command::InspectNeuron(n) => self.inspect_neuron(n).map(&mut *emit),
             Command::Lens(request) if !cancel.is_cancelled(request.run_id) => {
-                self.lens(request.run_id, emit)
+                self.lens(request.run_id, cancel, emit)
             }
             Command::Lens(_) => Ok(()),
             Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
@@ -387,13 +387,18 @@ impl Session {
             self.intervened = None;
         }
         if run.lens && !cancel.is_cancelled(run.run_id) {
-            self.lens(run.run_id, emit)?;
+            self.lens(run.run_id, cancel, emit)?;
         }
         Ok(())
     }
 
     /// Sends the logit lens of run `run_id`'s passes (nothing when a later run replaced it).
-    fn lens(&mut self, run_id: RunId, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+    fn lens(
+        &mut self,
+        run_id: RunId,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
         let model = self
             .model
             .as_ref()
@@ -401,10 +406,18 @@ impl Session {
         let Some(last) = self.last_run.as_ref().filter(|r| r.run_id == run_id) else {
             return Ok(());
         };
+        let stream = LensStream {
+            model,
+            run_id,
+            cancel,
+        };
         // The baseline's lens is reused while the tokens stay the same.
         let base_lens = match self.baseline_lens.take() {
             Some((tokens, lens)) if tokens == last.ids => lens,
-            _ => lens(model, &last.baseline, 0)?,
+            _ => match stream.rows(Variant::Baseline, &last.baseline, Vec::new(), emit)? {
+                Some(lens) => lens,
+                None => return Ok(()),
+            },
         };
         emit(Event::LensReady(LensReady {
             run_id,
@@ -413,13 +426,14 @@ impl Session {
         }));
         if let Some((captures, first_edited)) = &last.intervened {
             // Layers before the earliest edit equal the baseline's: reuse their lens.
-            let mut edited = base_lens[..*first_edited].to_vec();
-            edited.extend(lens(model, captures, *first_edited)?);
-            emit(Event::LensReady(LensReady {
-                run_id,
-                variant: Variant::Intervened,
-                lens: edited,
-            }));
+            let prefix = base_lens[..*first_edited].to_vec();
+            if let Some(edited) = stream.rows(Variant::Intervened, captures, prefix, emit)? {
+                emit(Event::LensReady(LensReady {
+                    run_id,
+                    variant: Variant::Intervened,
+                    lens: edited,
+                }));
+            }
         }
         self.baseline_lens = Some((last.ids.clone(), base_lens));
         Ok(())
@@ -963,14 +977,49 @@ fn run_pass(
     Ok(out.captures)
 }
 
-/// The logit lens of layers `first..` of a pass, with token texts.
-fn lens(model: &Model, captures: &Captures, first: usize) -> anyhow::Result<Lens> {
-    Ok(
-        logit_lens_from(&model.transformer, captures, 0, TOP_K, first)?
-            .iter()
-            .map(|layer| layer.iter().map(|p| named(model, p)).collect())
-            .collect(),
-    )
+/// Computes a pass's logit lens layer by layer, sending each row as it is done.
+struct LensStream<'a> {
+    model: &'a Model,
+    run_id: RunId,
+    cancel: &'a dyn Cancel,
+}
+
+impl LensStream<'_> {
+    /// The lens of a pass whose first rows (`known`, e.g. the layers before an edit) are
+    /// already computed; `None` when a newer run cancels it between layers.
+    fn rows(
+        &self,
+        variant: Variant,
+        captures: &Captures,
+        known: Lens,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<Option<Lens>> {
+        let mut lens = known;
+        let send = |emit: &mut dyn FnMut(Event), first_layer: usize, rows: Lens| {
+            emit(Event::LensRows(LensRows {
+                run_id: self.run_id,
+                variant,
+                first_layer,
+                rows,
+            }))
+        };
+        if !lens.is_empty() {
+            send(emit, 0, lens.clone());
+        }
+        for layer in lens.len()..self.model.transformer.n_layers() {
+            if self.cancel.is_cancelled(self.run_id) {
+                return Ok(None);
+            }
+            let row: Vec<Vec<TokenPrediction>> =
+                logit_lens_layer(&self.model.transformer, captures, 0, TOP_K, layer)?
+                    .iter()
+                    .map(|p| named(self.model, p))
+                    .collect();
+            send(emit, layer, vec![row.clone()]);
+            lens.push(row);
+        }
+        Ok(Some(lens))
+    }
 }
 
 fn named(model: &Model, predictions: &[crate::analysis::lens::Prediction]) -> Vec<TokenPrediction> {

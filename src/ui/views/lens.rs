@@ -22,8 +22,18 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         });
         return None;
     };
-    let (rows, cols) = (lens.len(), lens.first().map_or(0, Vec::len));
-    ui.label("top-1 probability of unembed(ln_final(resid_post)) per layer (rows) and position (columns)");
+    // Rows arrive layer by layer: the grid has every layer's row from the start.
+    let rows = pass.layers.len().max(lens.len());
+    let cols = lens.first().map_or(0, Vec::len);
+    ui.horizontal(|ui| {
+        ui.label(
+            "top-1 probability of unembed(ln_final(resid_post)) per layer (rows) and position (columns)",
+        );
+        if lens.len() < rows {
+            ui.spinner();
+            ui.weak(format!("layer {} of {rows}", lens.len() + 1));
+        }
+    });
     let value = |r: usize, c: usize| Some(lens.get(r)?.get(c)?.first()?.prob as f32);
     let grid = Grid {
         rows,
@@ -31,7 +41,7 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         value: &value,
     };
     let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
-    let key = fingerprint(&[pass.run_id, state.show as u64, rows as u64]);
+    let key = fingerprint(&[pass.run_id, state.show as u64, lens.len() as u64]);
     let size = egui::vec2(
         ui.available_width(),
         (ui.available_height() - 40.0).max(80.0),
@@ -67,8 +77,11 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             }
         }
     }
-    if let Some((l, p)) = r.hovered {
-        let text: String = lens[l][p]
+    // Rows not computed yet have nothing to show.
+    if let Some((l, p)) = r.hovered
+        && let Some(top) = lens.get(l).and_then(|row| row.get(p))
+    {
+        let text: String = top
             .iter()
             .map(|t| format!("{:>6.2}%  {}\n", t.prob * 100.0, visible(&t.token)))
             .collect();
