@@ -237,11 +237,11 @@ impl Canvas {
                     continue;
                 }
                 let b = w.map(|w| w / area);
-                let mix = |f: &dyn Fn(usize) -> f32| b[0] * f(0) + b[1] * f(1) + b[2] * f(2);
-                let texel = texture.sample(mix(&|i| uv[i][0]), mix(&|i| uv[i][1]), filter);
+                let mix = |v: [f32; 3]| b[0] * v[0] + b[1] * v[1] + b[2] * v[2];
+                let texel = texture.sample(mix(uv.map(|t| t[0])), mix(uv.map(|t| t[1])), filter);
                 let dst = &mut self.pixels[y * self.width + x];
                 let src: [f32; 4] =
-                    std::array::from_fn(|c| mix(&|i| colour[i][c]) * texel[c] / 255.0);
+                    std::array::from_fn(|c| mix(colour.map(|k| k[c])) * texel[c] / 255.0);
                 let keep = 1.0 - src[3] / 255.0;
                 for c in 0..4 {
                     dst[c] = (src[c] + dst[c] as f32 * keep).round().clamp(0.0, 255.0) as u8;

@@ -483,6 +483,20 @@ impl Session {
         Ok(Event::SaeAttached(SaeAttached { sae_id, cfg }))
     }
 
+    /// Runs `body` on a named job thread with the session's [`Background`] (the callers check
+    /// that it has one); the worker joins it when it stops.
+    fn spawn_job(&mut self, body: impl FnOnce(Background) + Send + 'static) -> anyhow::Result<()> {
+        let bg = self
+            .background
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("this session runs jobs in place"))?;
+        let handle = std::thread::Builder::new()
+            .name("dendrite-job".into())
+            .spawn(move || body(bg))?;
+        self.jobs.push(handle);
+        Ok(())
+    }
+
     /// Trains a TopK SAE on the open model, saves it and attaches it: on a job thread when
     /// the session has a [`Background`] (prompt runs go on meanwhile), else here.
     fn train_sae(
@@ -492,24 +506,19 @@ impl Session {
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
         let model = self.shared_model()?;
-        if let Some(bg) = &self.background {
-            let bg = bg.clone();
-            let handle = std::thread::Builder::new()
-                .name("dendrite-job".into())
-                .spawn(move || {
-                    let trained = bg.run_job(job.job_id, "training an SAE", |emit, cancelled| {
-                        train_job(&model, &job, cancelled, emit)
-                    });
-                    // The worker attaches it (it owns the attached SAEs).
-                    if trained == Some(true) {
-                        let _ = bg.commands.send(Command::AttachSae(AttachSae {
-                            path: job.opts.out,
-                            hook: None,
-                        }));
-                    }
-                })?;
-            self.jobs.push(handle);
-            return Ok(());
+        if self.background.is_some() {
+            return self.spawn_job(move |bg| {
+                let trained = bg.run_job(job.job_id, "training an SAE", |emit, cancelled| {
+                    train_job(&model, &job, cancelled, emit)
+                });
+                // The worker attaches it (it owns the attached SAEs).
+                if trained == Some(true) {
+                    let _ = bg.commands.send(Command::AttachSae(AttachSae {
+                        path: job.opts.out,
+                        hook: None,
+                    }));
+                }
+            });
         }
         let id = job.job_id;
         if train_job(&model, &job, &|| cancel.is_job_cancelled(id), emit)? {
@@ -532,17 +541,12 @@ impl Session {
     ) -> anyhow::Result<()> {
         let model = self.shared_model()?;
         let sae = find_sae(&self.saes, job.sae_id)?.clone();
-        if let Some(bg) = &self.background {
-            let bg = bg.clone();
-            let handle = std::thread::Builder::new()
-                .name("dendrite-job".into())
-                .spawn(move || {
-                    bg.run_job(job.job_id, "evaluating an SAE", |emit, cancelled| {
-                        evaluate_job(&model, &sae, &job, cancelled, emit)
-                    });
-                })?;
-            self.jobs.push(handle);
-            return Ok(());
+        if self.background.is_some() {
+            return self.spawn_job(move |bg| {
+                bg.run_job(job.job_id, "evaluating an SAE", |emit, cancelled| {
+                    evaluate_job(&model, &sae, &job, cancelled, emit)
+                });
+            });
         }
         let id = job.job_id;
         evaluate_job(&model, &sae, &job, &|| cancel.is_job_cancelled(id), emit)
