@@ -39,6 +39,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::metrics::FiringCounter;
 use super::{Activation, Normalization, Sae, SaeConfig, SaeFormat, SaeParams, SaveMetadata};
 use crate::model::{HookSpec, LayerDone, LayerObserver, Model, ModelError};
 use crate::train::Rng;
@@ -460,7 +461,7 @@ pub fn evaluate(sae: &Sae, x: &[f32], n: usize) -> Result<EvalMetrics> {
         bail!("no held-out tokens to evaluate on");
     }
     let mut stats = super::metrics::ReconstructionStats::new();
-    let mut firing = super::metrics::FiringCounter::new(sae.cfg.d_sae);
+    let mut firing = FiringCounter::new(sae.cfg.d_sae);
     for (chunk, rows) in x.chunks(4096 * d).zip((0..n).step_by(4096)) {
         let m = (n - rows).min(4096);
         let (enc, out) = sae.forward(chunk, m)?;
@@ -927,10 +928,12 @@ pub fn train_with_model(
 /// Per-latent firing counts over consecutive windows of tokens.
 struct DensityWindows {
     window_tokens: usize,
+    /// The window being filled (counted here: training knows which latents fired, not their
+    /// values as [`FiringCounter::add`] takes them).
     current: Vec<u64>,
     current_tokens: usize,
-    previous: Vec<u64>,
-    previous_tokens: usize,
+    /// The last full window.
+    previous: FiringCounter,
 }
 
 impl DensityWindows {
@@ -939,8 +942,7 @@ impl DensityWindows {
             window_tokens: window_tokens.max(1),
             current: vec![0; latents],
             current_tokens: 0,
-            previous: vec![0; latents],
-            previous_tokens: 0,
+            previous: FiringCounter::new(latents),
         }
     }
 
@@ -948,24 +950,29 @@ impl DensityWindows {
         self.current[latent] += 1;
     }
 
+    fn current(&self) -> FiringCounter {
+        FiringCounter::from_counts(self.current.clone(), self.current_tokens as u64)
+    }
+
     /// `n` more tokens were seen; starts a new window once this one is full.
     fn tokens(&mut self, n: usize) {
         self.current_tokens += n;
         if self.current_tokens >= self.window_tokens {
-            std::mem::swap(&mut self.previous, &mut self.current);
-            self.previous_tokens = self.current_tokens;
+            self.previous = self.current();
             self.current.iter_mut().for_each(|c| *c = 0);
             self.current_tokens = 0;
         }
     }
 
-    /// `log10(frequency + 1e-10)` per latent (SAELens' `_log_feature_sparsity`).
+    /// `log10(frequency + 1e-10)` per latent over the last full window and the partial one
+    /// after it (SAELens' `_log_feature_sparsity`).
     fn log10(&self) -> Vec<f32> {
-        let tokens = (self.previous_tokens + self.current_tokens).max(1) as f64;
-        self.previous
+        let mut seen = self.previous.clone();
+        seen.merge(&self.current());
+        seen.frequencies()
+            .unwrap_or_else(|| vec![0.0; seen.n_latents()])
             .iter()
-            .zip(&self.current)
-            .map(|(p, c)| ((p + c) as f64 / tokens + 1e-10).log10() as f32)
+            .map(|p| (p + 1e-10).log10() as f32)
             .collect()
     }
 }
