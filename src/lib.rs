@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod describe;
 pub mod export;
 pub mod model;
 pub mod sae;

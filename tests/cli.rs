@@ -46,26 +46,52 @@ fn info_json() {
 }
 
 #[test]
-fn tokenize_json_adds_no_special_tokens_unless_asked() {
+fn tokenize_json_adds_the_bos_exactly_as_hf_does() {
     let gemma = real_model("gemma-3-270m-q4_k_m.gguf");
+    let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let ids = |model: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "tokenize",
+            model.to_str().unwrap(),
+            "--text",
+            "Hello world",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&args)["token_ids"].clone()
+    };
+    // Gemma's tokenizer adds its BOS (add_bos_token), SmolLM2's does not.
+    assert_eq!(ids(&gemma, &[]), serde_json::json!([2, 9259, 1902]));
+    assert_eq!(
+        ids(&gemma, &["--bos", "no"]),
+        serde_json::json!([9259, 1902])
+    );
+    assert_eq!(
+        ids(&gemma, &["--add-special"]),
+        serde_json::json!([2, 9259, 1902])
+    );
     let plain = json(&[
         "tokenize",
         gemma.to_str().unwrap(),
         "--text",
         "Hello world",
+        "--bos",
+        "no",
         "--json",
     ]);
-    assert_eq!(plain["token_ids"], serde_json::json!([9259, 1902]));
     assert_eq!(plain["tokens"], serde_json::json!(["Hello", "▁world"]));
-    let special = json(&[
+    assert_eq!(ids(&smol, &[]), ids(&smol, &["--bos", "no"]));
+    let forced = ids(&smol, &["--bos", "yes"]);
+    assert_eq!(forced[0], 1, "SmolLM2's BOS is id 1: {forced}");
+    let (ok, _, stderr) = dendrite(&[
         "tokenize",
         gemma.to_str().unwrap(),
         "--text",
-        "Hello world",
-        "--add-special",
-        "--json",
+        "x",
+        "--bos",
+        "maybe",
     ]);
-    assert_eq!(special["token_ids"], serde_json::json!([2, 9259, 1902]));
+    assert!(!ok && stderr.contains("auto, yes or no"), "{stderr}");
 }
 
 #[test]

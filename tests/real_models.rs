@@ -46,6 +46,48 @@ fn tokenizers_match_hf() {
     }
 }
 
+/// Prompts get the BOS exactly when HF's tokenizer adds it (`tokenizer(text)`), with and
+/// without special tokens, on both real models (`scripts/make_scan_fixtures.py`).
+#[test]
+fn prompts_get_the_bos_exactly_as_hf_tokenizers_add_it() {
+    use dendrite::model::BosMode;
+    let reference = real_reference("tokens_with_special");
+    for case in CASES {
+        let tokenizer = model::open_tokenizer(real_model(case.file)).unwrap();
+        let r = &reference[case.name];
+        let bos = r["bos_token_id"].as_u64().map(|b| b as u32);
+        assert_eq!(tokenizer.bos_id(), bos, "{}", case.name);
+        for entry in r["texts"].as_array().unwrap() {
+            let text = entry["text"].as_str().unwrap();
+            let with = json_ids(&entry["with_special"]);
+            let without = json_ids(&entry["without_special"]);
+            let label = format!("{}: {text:?}", case.name);
+            assert_eq!(
+                tokenizer.encode_prompt(text, BosMode::Auto).unwrap(),
+                with,
+                "{label}"
+            );
+            assert_eq!(tokenizer.encode(text, true).unwrap(), with, "{label}");
+            assert_eq!(
+                tokenizer.encode_prompt(text, BosMode::No).unwrap(),
+                without,
+                "{label}"
+            );
+            let mut forced = vec![bos.unwrap()];
+            forced.extend(&without);
+            assert_eq!(
+                tokenizer.encode_prompt(text, BosMode::Yes).unwrap(),
+                forced,
+                "{label}"
+            );
+        }
+    }
+    let gemma = model::open_tokenizer(real_model("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    assert!(gemma.adds_bos());
+    let smol = model::open_tokenizer(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    assert!(!smol.adds_bos());
+}
+
 fn check_logits(name: &str, ours: &[f32], expected: &[f32], expected_top10: &[u32]) {
     let max_logit = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
     let diff = ours

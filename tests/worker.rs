@@ -38,6 +38,7 @@ fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
     Command::Run(RunPrompt {
         run_id: id,
         text: text.into(),
+        bos: dendrite::model::BosMode::Auto,
         interventions: interventions.into_iter().map(Edit::Hook).collect(),
         sparsity: Method::Zero,
         lens: true,
@@ -206,6 +207,7 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
         Command::Run(RunPrompt {
             run_id: id,
             text: "abcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
             interventions: vec![Edit::Hook(clamp(v))],
             sparsity: Method::Zero,
             lens: false,
@@ -413,6 +415,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
         Command::Run(RunPrompt {
             run_id: id,
             text: "abcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
             interventions: edits,
             sparsity: Method::Zero,
             lens: false,
@@ -606,6 +609,7 @@ fn resample_ablation_takes_the_heads_output_from_another_prompt() {
         Command::Run(RunPrompt {
             run_id: id,
             text: "abcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
             interventions: vec![Edit::ResampleHead {
                 layer: 1,
                 head: 2,

@@ -66,9 +66,13 @@ fn calibration(model: &Model, args: &SparsityArgs, ids: &[u32]) -> Result<(Vec<V
     if all.is_empty() {
         bail!("calibration file {} has no tokens", path.display());
     }
-    let chunk = model.info.dims.n_ctx.clamp(1, 512);
+    // Each chunk starts as a prompt does: with the BOS the prompt got.
+    let bos = model.tokenizer.bos_prefix(args.prompt.bos)?;
+    let chunk = model.info.dims.n_ctx.clamp(bos.len() + 1, 512) - bos.len();
     Ok((
-        all.chunks(chunk).map(<[u32]>::to_vec).collect(),
+        all.chunks(chunk)
+            .map(|c| bos.iter().chain(c).copied().collect())
+            .collect(),
         path.display().to_string(),
     ))
 }

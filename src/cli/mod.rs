@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::analysis::lens::top_k;
-use crate::model::{self, AblationMode, HookSpec, Intervention, Model, NoObserver, ValueOp};
+use crate::model::{
+    self, AblationMode, BosMode, HookSpec, Intervention, Model, NoObserver, ValueOp,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,12 +52,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Token ids of a text. Raw text only: no BOS or special tokens unless --add-special.
+    /// Token ids of a text, with the BOS exactly when HF's tokenizer adds one (--bos).
     Tokenize {
         model: PathBuf,
         #[arg(long)]
         text: String,
-        #[arg(long)]
+        /// Put the model's BOS first: auto (when HF's tokenizer does: Gemma yes, GPT-2 and
+        /// SmolLM2 no), yes or no.
+        #[arg(long, default_value_t = BosMode::Auto)]
+        bos: BosMode,
+        /// Add every special token the tokenizer's post-processor adds (HF
+        /// `add_special_tokens=True`).
+        #[arg(long, conflicts_with = "bos")]
         add_special: bool,
         #[arg(long)]
         json: bool,
@@ -81,29 +89,48 @@ pub enum Command {
     SaeEval(sae::SaeEvalArgs),
     /// Train a TopK sparse autoencoder on a model's activations at one hook (SAELens format).
     TrainSae(sae_train::TrainSaeArgs),
+    /// Scan a corpus: each unit's top-activating windows, quantile samples, density and
+    /// histogram, into an SQLite store (resumable, shardable).
+    Scan(describe::ScanArgs),
+    /// Combine shard stores (`scan --shard I/N`) into the store one scan would have written.
+    Merge(describe::MergeArgs),
+    /// A unit's examples, statistics and explanations from a store.
+    Examples(describe::ExamplesArgs),
+    /// Import Neuronpedia or OpenAI explanations into a store's source.
+    ImportExplanations(describe::ImportArgs),
+    /// Write your own description of a unit into a store.
+    Describe(describe::DescribeArgs),
+    /// Search a store's explanations (full text), or units by the token they peak on.
+    Search(describe::SearchArgs),
 }
 
 /// The tokens to analyse: a prompt or explicit ids.
 #[derive(Args, Debug)]
 pub struct PromptArgs {
-    /// Prompt text (tokenized like `tokenize`: no BOS unless --add-special).
+    /// Prompt text (tokenized like `tokenize`: the BOS as --bos says).
     #[arg(
         long,
         conflicts_with = "token_ids",
         required_unless_present = "token_ids"
     )]
     pub prompt: Option<String>,
-    /// Comma-separated token ids, e.g. 1,2,3.
+    /// Comma-separated token ids, e.g. 1,2,3 (used as given: no BOS is added).
     #[arg(long, value_delimiter = ',')]
     pub token_ids: Option<Vec<u32>>,
-    #[arg(long)]
+    /// Put the model's BOS before the prompt: auto (when HF's tokenizer does), yes or no.
+    #[arg(long, default_value_t = BosMode::Auto)]
+    pub bos: BosMode,
+    /// Add every special token the tokenizer's post-processor adds (HF
+    /// `add_special_tokens=True`).
+    #[arg(long, conflicts_with = "bos")]
     pub add_special: bool,
 }
 
 impl PromptArgs {
     pub fn ids(&self, model: &Model) -> Result<Vec<u32>> {
         let ids = match (&self.prompt, &self.token_ids) {
-            (Some(text), _) => model.encode(text, self.add_special)?,
+            (Some(text), _) if self.add_special => model.encode(text, true)?,
+            (Some(text), _) => model.encode_prompt(text, self.bos)?,
             (None, Some(ids)) => ids.clone(),
             (None, None) => bail!("give --prompt or --token-ids"),
         };
@@ -207,6 +234,7 @@ macro_rules! outln {
 }
 
 mod analyses;
+mod describe;
 mod sae;
 mod sae_train;
 
@@ -222,9 +250,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Tokenize {
             model,
             text,
+            bos,
             add_special,
             json,
-        }) => tokenize(&model, &text, add_special, json),
+        }) => tokenize(&model, &text, bos, add_special, json),
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::TrainSample(args)) => train_sample(&args),
         Some(Command::Heads(args)) => heads(&args),
@@ -246,6 +275,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sae(args)) => sae::sae(&args),
         Some(Command::SaeEval(args)) => sae::sae_eval(&args),
         Some(Command::TrainSae(args)) => sae_train::train_sae(&args),
+        Some(Command::Scan(args)) => describe::scan(&args),
+        Some(Command::Merge(args)) => describe::merge(&args),
+        Some(Command::Examples(args)) => describe::examples(&args),
+        Some(Command::ImportExplanations(args)) => describe::import(&args),
+        Some(Command::Describe(args)) => describe::describe(&args),
+        Some(Command::Search(args)) => describe::search(&args),
     }
 }
 
@@ -430,9 +465,19 @@ fn info(path: &PathBuf, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn tokenize(path: &PathBuf, text: &str, add_special: bool, as_json: bool) -> Result<()> {
+fn tokenize(
+    path: &PathBuf,
+    text: &str,
+    bos: BosMode,
+    add_special: bool,
+    as_json: bool,
+) -> Result<()> {
     let tokenizer = model::open_tokenizer(path)?;
-    let ids = tokenizer.encode(text, add_special)?;
+    let ids = if add_special {
+        tokenizer.encode(text, true)?
+    } else {
+        tokenizer.encode_prompt(text, bos)?
+    };
     let tokens = tokenizer.token_strings(&ids);
     if as_json {
         outln!("{}", json!({"token_ids": ids, "tokens": tokens}));

@@ -23,7 +23,7 @@ pub use hooks::{
     AblationMode, Captures, HookSpec, Intervention, InterventionKind, PatternMode, ProjectionMode,
     RowEdit, ValueOp,
 };
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{BosMode, Tokenizer};
 pub use transformer::{
     ForwardOutput, LayerDone, LayerObserver, NoObserver, ResidCache, Transformer,
 };
@@ -45,6 +45,9 @@ pub struct ModelInfo {
     pub format: String,
     /// Stored tensor types, e.g. "F32" or "Q4_1×210, F32×61, Q8_0×1" (computation is f32).
     pub source_dtype: String,
+    /// The tokenizer's BOS token, and whether HF's tokenizer adds it to plain text.
+    pub bos_token_id: Option<u32>,
+    pub adds_bos: bool,
 }
 
 pub struct Model {
@@ -189,6 +192,7 @@ fn open_hf_dir(dir: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         .to_string();
     let info = model_info(
         &transformer,
+        &tokenizer,
         name,
         dir,
         architecture,
@@ -229,7 +233,15 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
     let source = GgufSource::new(gguf, n_heads, n_kv);
     let weights = Weights::with_progress(Arc::new(source), progress.clone());
     let transformer = arch::load(&config, path, &weights)?;
-    let info = model_info(&transformer, name, path, architecture, "gguf", source_dtype);
+    let info = model_info(
+        &transformer,
+        &tokenizer,
+        name,
+        path,
+        architecture,
+        "gguf",
+        source_dtype,
+    );
     Ok(Model {
         transformer,
         tokenizer,
@@ -239,6 +251,7 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
 
 fn model_info(
     t: &Transformer,
+    tokenizer: &Tokenizer,
     name: String,
     path: &Path,
     architecture: String,
@@ -253,11 +266,18 @@ fn model_info(
         n_params: t.n_params(),
         format: format.to_string(),
         source_dtype,
+        bos_token_id: tokenizer.bos_id(),
+        adds_bos: tokenizer.adds_bos(),
     }
 }
 
 impl Model {
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, add_special)
+    }
+
+    /// A prompt's token ids, with the BOS `bos` asks for (see [`Tokenizer::encode_prompt`]).
+    pub fn encode_prompt(&self, text: &str, bos: BosMode) -> Result<Vec<u32>> {
+        self.tokenizer.encode_prompt(text, bos)
     }
 }

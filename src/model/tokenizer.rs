@@ -25,6 +25,46 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special_ids: HashSet<u32>,
     path: PathBuf,
+    /// The model's beginning-of-sequence token, when it has one.
+    bos_id: Option<u32>,
+    /// Whether HF's tokenizer puts the BOS before plain text (`add_bos_token`): Gemma yes,
+    /// GPT-2 and SmolLM2 no.
+    adds_bos: bool,
+}
+
+/// Whether text gets the model's BOS token before it (`--bos`, the prompt bar's toggle).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BosMode {
+    /// Exactly when HF's tokenizer adds one (`add_bos_token`).
+    #[default]
+    Auto,
+    Yes,
+    No,
+}
+
+impl std::str::FromStr for BosMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(BosMode::Auto),
+            "yes" => Ok(BosMode::Yes),
+            "no" => Ok(BosMode::No),
+            other => Err(format!("\"{other}\": expected auto, yes or no")),
+        }
+    }
+}
+
+impl std::fmt::Display for BosMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BosMode::Auto => "auto",
+            BosMode::Yes => "yes",
+            BosMode::No => "no",
+        })
+    }
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -45,7 +85,52 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::new(inner, path))
+        let mut tokenizer = Self::new(inner, path);
+        // A BOS the post-processor puts before plain text is the model's BOS.
+        if let Ok(prefix) = tokenizer.inner.encode("", true) {
+            let first = prefix.get_ids().first().copied();
+            if let Some(id) = first.filter(|id| tokenizer.special_ids.contains(id)) {
+                tokenizer.bos_id = Some(id);
+                tokenizer.adds_bos = true;
+            }
+        }
+        if let Some(dir) = path.parent() {
+            tokenizer.apply_hf_config(&dir.join("tokenizer_config.json"))?;
+        }
+        Ok(tokenizer)
+    }
+
+    /// `tokenizer_config.json`'s `bos_token` and `add_bos_token`, which transformers applies
+    /// over `tokenizer.json` when it loads the tokenizer.
+    fn apply_hf_config(&mut self, path: &Path) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
+        let bos_text = match config.get("bos_token") {
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(v) => v.get("content").and_then(|c| c.as_str()),
+            None => None,
+        };
+        if let Some(id) = bos_text.and_then(|t| self.inner.token_to_id(t)) {
+            self.bos_id = Some(id);
+        }
+        if let Some(add) = config.get("add_bos_token").and_then(|v| v.as_bool()) {
+            if add && self.bos_id.is_none() {
+                return Err(ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: "add_bos_token is true but there is no bos_token in the vocabulary"
+                        .into(),
+                });
+            }
+            self.adds_bos = add;
+        }
+        Ok(())
     }
 
     fn new(inner: tokenizers::Tokenizer, path: &Path) -> Self {
@@ -59,6 +144,8 @@ impl Tokenizer {
             inner,
             special_ids,
             path: path.to_path_buf(),
+            bos_id: None,
+            adds_bos: false,
         }
     }
 
@@ -145,8 +232,16 @@ impl Tokenizer {
             .map_err(err)?;
             inner.with_pre_tokenizer(Some(pre));
         }
-        if let Some(bos) = special_name("tokenizer.ggml.bos_token_id").filter(|_| add_bos) {
-            let bos_id = inner.token_to_id(&bos).unwrap_or_default();
+        let bos_name = special_name("tokenizer.ggml.bos_token_id");
+        let bos_id = bos_name.as_ref().and_then(|b| inner.token_to_id(b));
+        if add_bos && bos_id.is_none() {
+            return Err(err(
+                "tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id names no token \
+                 of the vocabulary"
+                    .into(),
+            ));
+        }
+        if let Some((bos, bos_id)) = bos_name.zip(bos_id).filter(|_| add_bos) {
             let post = json_component::<PostProcessorWrapper>(serde_json::json!({
                     "type": "TemplateProcessing",
                     "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -157,7 +252,49 @@ impl Tokenizer {
                 .map_err(err)?;
             inner.with_post_processor(Some(post));
         }
-        Ok(Self::new(inner, path))
+        let mut tokenizer = Self::new(inner, path);
+        tokenizer.bos_id = bos_id;
+        tokenizer.adds_bos = add_bos;
+        Ok(tokenizer)
+    }
+
+    /// The model's BOS token id, if it has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// Whether HF's tokenizer adds the BOS to plain text.
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos
+    }
+
+    /// Whether `mode` puts a BOS before text for this tokenizer; `Yes` for a vocabulary without
+    /// one is an error.
+    pub fn wants_bos(&self, mode: BosMode) -> Result<bool> {
+        match mode {
+            BosMode::Auto => Ok(self.adds_bos),
+            BosMode::No => Ok(false),
+            BosMode::Yes if self.bos_id.is_some() => Ok(true),
+            BosMode::Yes => Err(ModelError::InvalidInput(
+                "this model's tokenizer has no BOS token (use --bos auto or no)".into(),
+            )),
+        }
+    }
+
+    /// What goes before every text under `mode`: `[bos]` or nothing.
+    pub fn bos_prefix(&self, mode: BosMode) -> Result<Vec<u32>> {
+        Ok(match (self.wants_bos(mode)?, self.bos_id) {
+            (true, Some(bos)) => vec![bos],
+            _ => Vec::new(),
+        })
+    }
+
+    /// A prompt's token ids: the text without special tokens, after the BOS `mode` asks for.
+    /// `BosMode::Auto` gives exactly HF's `tokenizer(text)["input_ids"]` for these tokenizers.
+    pub fn encode_prompt(&self, text: &str, mode: BosMode) -> Result<Vec<u32>> {
+        let mut ids = self.bos_prefix(mode)?;
+        ids.extend(self.encode(text, false)?);
+        Ok(ids)
     }
 
     /// Token ids of `text`; special tokens (e.g. BOS) are added only when `add_special` is set.

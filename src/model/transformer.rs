@@ -603,6 +603,48 @@ impl Transformer {
         })
     }
 
+    /// A pass that stops as soon as every hook `spec` captures has been recorded: layers after
+    /// the last captured one, and the unembedding, are not run (corpus scans, SAE inputs).
+    pub fn forward_captures(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<Captures> {
+        self.check_tokens(tokens)?;
+        self.validate(spec)?;
+        let n = self.n_layers();
+        let last = self
+            .hook_names()
+            .iter()
+            .filter(|name| {
+                spec.capture
+                    .iter()
+                    .any(|p| super::hooks::glob_matches(p, name))
+            })
+            .filter_map(|name| hook_stage(name, n))
+            .max()
+            .unwrap_or(-1);
+        let mut hooks = HookState::new(spec, tokens);
+        let mut x = self.embed_forward(tokens, &mut hooks)?;
+        let mut tables = PassTables::new(tokens[0].len());
+        for l in 0..n.min((last + 1).max(0) as usize) {
+            if observer.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
+            observer.layer_done(&LayerDone {
+                layer: l,
+                n_layers: n,
+                captures: &hooks.captures,
+            });
+        }
+        if last >= n as isize {
+            hooks.site("ln_final.hook_normalized", self.ln_final.forward(&x)?)?;
+        }
+        Ok(hooks.captures)
+    }
+
     /// The cached pass's captures when `spec` on `tokens` would recompute no layer (only the
     /// logits, which come from the last layer's output).
     pub fn unchanged_captures<'c>(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::analysis::heads::HeadScores;
 use crate::analysis::histogram::{Bins, Histogram};
 use crate::analysis::sparsity::Method;
-use crate::model::{AblationMode, Intervention, ModelInfo, PatternMode, ValueOp};
+use crate::model::{AblationMode, BosMode, Intervention, ModelInfo, PatternMode, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
 use crate::worker::{
@@ -433,6 +433,8 @@ impl InterventionItem {
 pub enum Action {
     Open(PathBuf),
     SetPrompt(String),
+    /// Whether prompts get the model's BOS; reruns.
+    SetBos(BosMode),
     Run,
     SetSparsity(Method),
     SelectLayer(usize),
@@ -515,6 +517,8 @@ pub struct AppState {
     /// The run whose logit lens has been asked for (with the run or afterwards).
     lens_requested: Option<RunId>,
     pub prompt: String,
+    /// Whether prompts get the model's BOS (auto: as HF's tokenizer does).
+    pub bos: BosMode,
     pub sparsity: Method,
     pub interventions: Vec<InterventionItem>,
     undo: Vec<Vec<InterventionItem>>,
@@ -557,6 +561,7 @@ impl Default for AppState {
             loading_fraction: None,
             lens_requested: None,
             prompt: String::new(),
+            bos: BosMode::Auto,
             sparsity: Method::Zero,
             interventions: Vec::new(),
             undo: Vec::new(),
@@ -649,6 +654,7 @@ impl AppState {
         Some(Command::Run(RunPrompt {
             run_id,
             text: self.prompt.clone(),
+            bos: self.bos,
             interventions: self.active_edits(),
             sparsity: self.sparsity,
             lens: self.lens_requested == Some(run_id),
@@ -710,6 +716,10 @@ impl AppState {
                 None
             }
             Action::Run => self.new_run(),
+            Action::SetBos(bos) => {
+                self.bos = bos;
+                self.new_run()
+            }
             Action::SetSparsity(m) => {
                 self.sparsity = m;
                 self.new_run()
@@ -1178,6 +1188,8 @@ mod tests {
             n_params: 0,
             format: "safetensors".into(),
             source_dtype: "F32".into(),
+            bos_token_id: None,
+            adds_bos: false,
         }
     }
 

@@ -198,6 +198,7 @@ mod tests {
         Command::Run(RunPrompt {
             run_id: id,
             text: String::new(),
+            bos: crate::model::BosMode::Auto,
             interventions: vec![],
             sparsity: crate::analysis::sparsity::Method::Zero,
             lens: true,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::analysis::heads::HeadScores;
 use crate::analysis::sparsity::{LayerSparsity, Method};
-use crate::model::{Intervention, ModelInfo, ValueOp};
+use crate::model::{BosMode, Intervention, ModelInfo, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
 
@@ -72,6 +72,8 @@ pub enum Edit {
 pub struct RunPrompt {
     pub run_id: RunId,
     pub text: String,
+    /// Whether the prompt (and a resample source) gets the model's BOS.
+    pub bos: BosMode,
     /// The enabled edits, in order. Empty = the baseline only.
     pub interventions: Vec<Edit>,
     /// How each layer's sparsity is measured.

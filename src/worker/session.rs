@@ -283,7 +283,7 @@ impl Session {
             .model
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
-        let ids = model.encode(&run.text, false)?;
+        let ids = model.encode_prompt(&run.text, run.bos)?;
         if ids.is_empty() {
             anyhow::bail!("the prompt is empty");
         }
@@ -358,7 +358,7 @@ impl Session {
             spec.interventions = run
                 .interventions
                 .iter()
-                .map(|e| resolve(model, saes, e))
+                .map(|e| resolve(model, saes, e, run.bos))
                 .collect::<anyhow::Result<_>>()?;
             // Layers before the earliest intervention equal the baseline's.
             let first_edited = spec
@@ -443,9 +443,20 @@ impl Session {
         let model = self.model_or_err()?;
         let started = Instant::now();
         let vocab = model.info.dims.d_vocab as u32;
-        let tokens =
+        let mut tokens =
             repeated_random_tokens(probe.repeat_len, probe.batch.max(1), probe.seed, 1, vocab);
-        let scores = score_heads(&model.transformer, &tokens, probe.repeat_len, false)?;
+        // A model trained with a BOS attention sink gets one (TL and ARENA prepend it); the
+        // scores then use the BOS-shifted stripe.
+        let bos = model.tokenizer.bos_prefix(model::BosMode::Auto)?;
+        for seq in &mut tokens {
+            seq.splice(0..0, bos.iter().copied());
+        }
+        let scores = score_heads(
+            &model.transformer,
+            &tokens,
+            probe.repeat_len,
+            !bos.is_empty(),
+        )?;
         Ok(Event::ProbeFinished(ProbeFinished {
             run_id: probe.run_id,
             scores,
@@ -787,6 +798,7 @@ fn resolve(
     model: &Model,
     saes: &[(SaeId, Arc<Sae>)],
     edit: &Edit,
+    bos: model::BosMode,
 ) -> anyhow::Result<model::Intervention> {
     match edit {
         Edit::Hook(i) => Ok(i.clone()),
@@ -808,7 +820,7 @@ fn resolve(
             if *layer >= t.n_layers() || *head >= t.dims.n_heads {
                 anyhow::bail!("no head L{layer}.H{head} in this model");
             }
-            let ids = model.encode(source, false)?;
+            let ids = model.encode_prompt(source, bos)?;
             if ids.is_empty() {
                 anyhow::bail!("the resample source prompt is empty");
             }

@@ -4,6 +4,7 @@
 use egui::{Color32, RichText, Ui};
 
 use super::visible;
+use crate::model::BosMode;
 use crate::ui::heatmap::Colormap;
 use crate::ui::state::{Action, AppState, TokenColour};
 
@@ -30,9 +31,51 @@ pub fn prompt_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             if run.on_hover_text("Run the prompt (Ctrl+Enter)").clicked() {
                 action = Some(Action::Run);
             }
+            if let Some(bos) = bos_ui(ui, state) {
+                action = Some(Action::SetBos(bos));
+            }
         });
     });
     action.or_else(|| token_strip_ui(ui, state))
+}
+
+/// The BOS toggle: auto (as HF's tokenizer does for this model), always, never.
+fn bos_ui(ui: &mut Ui, state: &AppState) -> Option<BosMode> {
+    let adds = state.model.as_ref().is_some_and(|m| m.adds_bos);
+    let has = state
+        .model
+        .as_ref()
+        .is_some_and(|m| m.bos_token_id.is_some());
+    let auto = if adds {
+        "BOS: auto (on)"
+    } else {
+        "BOS: auto (off)"
+    };
+    let label = |m: BosMode| match m {
+        BosMode::Auto => auto,
+        BosMode::Yes => "BOS: on",
+        BosMode::No => "BOS: off",
+    };
+    let mut chosen = None;
+    egui::ComboBox::from_id_salt("bos")
+        .selected_text(label(state.bos))
+        .width(110.0)
+        .show_ui(ui, |ui| {
+            for m in [BosMode::Auto, BosMode::Yes, BosMode::No] {
+                let enabled = m != BosMode::Yes || has;
+                let item =
+                    ui.add_enabled(enabled, egui::Button::selectable(state.bos == m, label(m)));
+                if item.clicked() && state.bos != m {
+                    chosen = Some(m);
+                }
+            }
+        })
+        .response
+        .on_hover_text(
+            "Put the model's beginning-of-sequence token before the prompt. Auto does what \
+             HF's tokenizer does for this model (Gemma adds one; GPT-2 and SmolLM2 do not).",
+        );
+    chosen
 }
 
 /// Per-token values for the strip's colour, and how to map them.

@@ -1,0 +1,1127 @@
+//! The corpus store: one SQLite file (WAL) holding a scan's parameters, the windows it read,
+//! each unit's statistics and examples, and explanations. The schema is below (`SCHEMA`) and
+//! in the README; `meta.schema_version` says which one a file has, and a file from a newer
+//! schema is refused rather than misread.
+//!
+//! Units are named by source (`blocks.3.mlp.hook_post`, or `sae:<folder>` for an SAE's
+//! latents) and index. Activations are stored as little-endian f16 (`acts`), token ids as
+//! little-endian u32 (`token_ids`), fine histograms as little-endian u32.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use half::f16;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::stats::{Example, HIST_BUCKETS, N_HIST_BINS, N_QUANTILES, SourceStats, UnitStats};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One scan per store: what was scanned, how, and how far it got.
+CREATE TABLE IF NOT EXISTS scan (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model_name TEXT NOT NULL,
+    model_path TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    corpus_path TEXT NOT NULL,
+    corpus_fingerprint TEXT NOT NULL,
+    context INTEGER NOT NULL,
+    top_k INTEGER NOT NULL,
+    bos_id INTEGER,
+    max_tokens INTEGER,
+    shard_index INTEGER NOT NULL,
+    shard_count INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    -- The options a resume must match (sources, SAE paths), as JSON.
+    params TEXT NOT NULL,
+    -- Windows below this number are done (those of this shard).
+    next_window INTEGER NOT NULL,
+    windows_scanned INTEGER NOT NULL,
+    tokens_scanned INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('hook', 'sae')),
+    hook TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    sae_path TEXT,
+    tokens_scanned INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY,
+    doc INTEGER NOT NULL,
+    doc_offset INTEGER NOT NULL,
+    token_ids BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vocab (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unit_stats (
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    unit INTEGER NOT NULL,
+    n_positive INTEGER NOT NULL,
+    sum_act REAL NOT NULL,
+    max_act REAL,
+    hist_top INTEGER NOT NULL,
+    hist BLOB NOT NULL,
+    hist_below INTEGER NOT NULL,
+    PRIMARY KEY (source_id, unit)
+) WITHOUT ROWID;
+-- kind 0: the top-K windows (rank 0 = largest); kind 1: quantile candidates.
+CREATE TABLE IF NOT EXISTS examples (
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    unit INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    window INTEGER NOT NULL,
+    max_act REAL NOT NULL,
+    max_pos INTEGER NOT NULL,
+    max_token INTEGER NOT NULL,
+    sample_key INTEGER NOT NULL,
+    acts BLOB NOT NULL,
+    PRIMARY KEY (source_id, unit, kind, rank)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS examples_by_peak_token ON examples (max_token, kind);
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    unit INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    -- 'neuronpedia', 'openai', 'user', ...
+    origin TEXT NOT NULL,
+    file TEXT,
+    explainer_model TEXT,
+    type_name TEXT,
+    score REAL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS explanations_by_unit ON explanations (source, unit);
+CREATE VIRTUAL TABLE IF NOT EXISTS explanations_fts USING fts5 (
+    description, content = 'explanations', content_rowid = 'id', tokenize = 'porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS explanations_ai AFTER INSERT ON explanations BEGIN
+    INSERT INTO explanations_fts (rowid, description) VALUES (new.id, new.description);
+END;
+CREATE TRIGGER IF NOT EXISTS explanations_ad AFTER DELETE ON explanations BEGIN
+    INSERT INTO explanations_fts (explanations_fts, rowid, description)
+        VALUES ('delete', old.id, old.description);
+END;
+CREATE TRIGGER IF NOT EXISTS explanations_au AFTER UPDATE ON explanations BEGIN
+    INSERT INTO explanations_fts (explanations_fts, rowid, description)
+        VALUES ('delete', old.id, old.description);
+    INSERT INTO explanations_fts (rowid, description) VALUES (new.id, new.description);
+END;
+";
+
+/// The scan a store holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    pub model_name: String,
+    pub model_path: String,
+    pub model_fingerprint: String,
+    pub corpus_path: String,
+    pub corpus_fingerprint: String,
+    pub context: usize,
+    pub top_k: usize,
+    pub bos_id: Option<u32>,
+    pub max_tokens: Option<u64>,
+    pub shard_index: u64,
+    pub shard_count: u64,
+    pub seed: u64,
+    pub params: String,
+    pub next_window: u64,
+    pub windows_scanned: u64,
+    pub tokens_scanned: u64,
+    pub complete: bool,
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+/// A source of units in a store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub name: String,
+    /// "hook" or "sae".
+    pub kind: String,
+    /// The hook the source reads (an SAE's input hook).
+    pub hook: String,
+    pub width: usize,
+    pub sae_path: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn now() -> String {
+    // Seconds since the epoch in ISO-8601 (UTC), without a date crate.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+fn f16_bytes(values: &[f16]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn f16_from_bytes(bytes: &[u8]) -> Box<[f16]> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+pub fn u32_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn u32_from_bytes(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let existed = path.exists();
+        let conn =
+            Connection::open(path).with_context(|| format!("opening store {}", path.display()))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.init(existed).map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("not a database") || text.contains("malformed") {
+                anyhow!(
+                    "store {} is not a Dendrite store or is corrupt ({text})",
+                    path.display()
+                )
+            } else if text.contains("locked") || text.contains("busy") {
+                anyhow!(
+                    "store {} is locked by another process (a scan still running?)",
+                    path.display()
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store without creating one.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("store {} does not exist", path.display());
+        }
+        Self::open(path)
+    }
+
+    fn init(&self, existed: bool) -> Result<()> {
+        self.conn.busy_timeout(std::time::Duration::from_secs(3))?;
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .context("setting WAL mode")?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        if existed {
+            let has_meta: bool = self.conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if has_meta {
+                let version: Option<String> = self
+                    .conn
+                    .query_row(
+                        "SELECT value FROM meta WHERE key = 'schema_version'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let version: i64 = version.and_then(|v| v.parse().ok()).unwrap_or(0);
+                if version > SCHEMA_VERSION {
+                    bail!(
+                        "store {} has schema version {version}, written by a newer Dendrite; \
+                         this build reads version {SCHEMA_VERSION} and older",
+                        self.path.display()
+                    );
+                }
+            } else {
+                let tables: i64 = self.conn.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if tables > 0 {
+                    bail!(
+                        "{} is an SQLite file but not a Dendrite store",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        self.conn.execute_batch(SCHEMA)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_by', ?1)",
+            [format!("dendrite {}", env!("CARGO_PKG_VERSION"))],
+        )?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn scan(&self) -> Result<Option<ScanRecord>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT model_name, model_path, model_fingerprint, corpus_path, corpus_fingerprint,
+                        context, top_k, bos_id, max_tokens, shard_index, shard_count, seed, params,
+                        next_window, windows_scanned, tokens_scanned, complete, started_at,
+                        updated_at FROM scan WHERE id = 1",
+                [],
+                |r| {
+                    Ok(ScanRecord {
+                        model_name: r.get(0)?,
+                        model_path: r.get(1)?,
+                        model_fingerprint: r.get(2)?,
+                        corpus_path: r.get(3)?,
+                        corpus_fingerprint: r.get(4)?,
+                        context: r.get::<_, i64>(5)? as usize,
+                        top_k: r.get::<_, i64>(6)? as usize,
+                        bos_id: r.get::<_, Option<i64>>(7)?.map(|v| v as u32),
+                        max_tokens: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                        shard_index: r.get::<_, i64>(9)? as u64,
+                        shard_count: r.get::<_, i64>(10)? as u64,
+                        seed: r.get::<_, i64>(11)? as u64,
+                        params: r.get(12)?,
+                        next_window: r.get::<_, i64>(13)? as u64,
+                        windows_scanned: r.get::<_, i64>(14)? as u64,
+                        tokens_scanned: r.get::<_, i64>(15)? as u64,
+                        complete: r.get::<_, i64>(16)? != 0,
+                        started_at: r.get(17)?,
+                        updated_at: r.get(18)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    pub fn sources(&self) -> Result<Vec<SourceInfo>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, kind, hook, width, sae_path FROM sources ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SourceInfo {
+                name: r.get(0)?,
+                kind: r.get(1)?,
+                hook: r.get(2)?,
+                width: r.get::<_, i64>(3)? as usize,
+                sae_path: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn source_id(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM sources WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// A source by name, or an error listing the sources there are.
+    pub fn source(&self, name: &str) -> Result<SourceInfo> {
+        let sources = self.sources()?;
+        match sources.iter().find(|s| s.name == name) {
+            Some(s) => Ok(s.clone()),
+            None => {
+                let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "no source \"{name}\" in store {} (it has: {})",
+                    self.path.display(),
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            }
+        }
+    }
+
+    /// Starts a scan record with its sources (a fresh store).
+    pub fn begin_scan(&mut self, scan: &ScanRecord, sources: &[SourceInfo]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO scan (id, model_name, model_path, model_fingerprint, corpus_path,
+                corpus_fingerprint, context, top_k, bos_id, max_tokens, shard_index, shard_count,
+                seed, params, next_window, windows_scanned, tokens_scanned, complete, started_at,
+                updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18, ?19)",
+            params![
+                scan.model_name,
+                scan.model_path,
+                scan.model_fingerprint,
+                scan.corpus_path,
+                scan.corpus_fingerprint,
+                scan.context as i64,
+                scan.top_k as i64,
+                scan.bos_id.map(|v| v as i64),
+                scan.max_tokens.map(|v| v as i64),
+                scan.shard_index as i64,
+                scan.shard_count as i64,
+                scan.seed as i64,
+                scan.params,
+                scan.next_window as i64,
+                scan.windows_scanned as i64,
+                scan.tokens_scanned as i64,
+                scan.complete as i64,
+                scan.started_at,
+                scan.updated_at,
+            ],
+        )?;
+        for s in sources {
+            tx.execute(
+                "INSERT INTO sources (name, kind, hook, width, sae_path, tokens_scanned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                params![s.name, s.kind, s.hook, s.width as i64, s.sae_path],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Commits a scan's progress: the new windows (and their tokens' texts), every source's
+    /// statistics, and the examples of units whose examples changed since the last commit.
+    /// One transaction: after a crash the store holds the previous commit whole.
+    pub fn commit(
+        &mut self,
+        scan: &ScanRecord,
+        stats: &mut [SourceStats],
+        windows: &'_ [super::corpus::Window],
+        vocab: &[(u32, String)],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut win = tx.prepare_cached(
+                "INSERT OR REPLACE INTO windows (id, doc, doc_offset, token_ids) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for w in windows {
+                win.execute(params![
+                    w.index as i64,
+                    w.doc as i64,
+                    w.doc_offset as i64,
+                    u32_bytes(&w.ids)
+                ])?;
+            }
+            let mut voc =
+                tx.prepare_cached("INSERT OR IGNORE INTO vocab (id, text) VALUES (?1, ?2)")?;
+            for (id, text) in vocab {
+                voc.execute(params![*id as i64, text])?;
+            }
+            let mut unit_row = tx.prepare_cached(
+                "INSERT OR REPLACE INTO unit_stats
+                    (source_id, unit, n_positive, sum_act, max_act, hist_top, hist, hist_below)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut clear =
+                tx.prepare_cached("DELETE FROM examples WHERE source_id = ?1 AND unit = ?2")?;
+            let mut example_row = tx.prepare_cached(
+                "INSERT INTO examples (source_id, unit, kind, rank, window, max_act, max_pos,
+                    max_token, sample_key, acts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut source_row =
+                tx.prepare_cached("UPDATE sources SET tokens_scanned = ?2 WHERE name = ?1")?;
+            let by_index: std::collections::HashMap<u64, &[u32]> = windows
+                .iter()
+                .map(|w| (w.index, w.ids.as_slice()))
+                .collect();
+            let window_ids = window_tokens_reader(&tx, by_index);
+            for source in stats.iter_mut() {
+                let id: i64 = tx.query_row(
+                    "SELECT id FROM sources WHERE name = ?1",
+                    [&source.name],
+                    |r| r.get(0),
+                )?;
+                source_row.execute(params![source.name, source.n_tokens as i64])?;
+                for (u, unit) in source.units.iter_mut().enumerate() {
+                    let max = unit.max.is_finite().then_some(unit.max as f64);
+                    unit_row.execute(params![
+                        id,
+                        u as i64,
+                        unit.n_positive as i64,
+                        unit.sum,
+                        max,
+                        unit.hist_top,
+                        u32_bytes(&unit.hist),
+                        unit.hist_below as i64,
+                    ])?;
+                    if !unit.examples_dirty {
+                        continue;
+                    }
+                    clear.execute(params![id, u as i64])?;
+                    let top = unit.top.iter().map(|e| (0i64, e));
+                    let candidates = unit.candidates.iter().flatten().map(|e| (1i64, e));
+                    let mut ranks = [0i64; 2];
+                    for (kind, e) in top.chain(candidates) {
+                        let rank = &mut ranks[kind as usize];
+                        let max_token = window_ids(e.window, e.max_pos)?;
+                        example_row.execute(params![
+                            id,
+                            u as i64,
+                            kind,
+                            *rank,
+                            e.window as i64,
+                            e.max_act as f64,
+                            e.max_pos as i64,
+                            max_token as i64,
+                            e.key as i64,
+                            f16_bytes(&e.acts),
+                        ])?;
+                        *rank += 1;
+                    }
+                    unit.examples_dirty = false;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE scan SET next_window = ?1, windows_scanned = ?2, tokens_scanned = ?3,
+                complete = ?4, updated_at = ?5 WHERE id = 1",
+            params![
+                scan.next_window as i64,
+                scan.windows_scanned as i64,
+                scan.tokens_scanned as i64,
+                scan.complete as i64,
+                now(),
+            ],
+        )?;
+        tx.commit().with_context(|| {
+            format!(
+                "committing to store {} (is the disk full?)",
+                self.path.display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Every source's statistics as committed (to resume or merge a scan).
+    pub fn load_stats(&self) -> Result<Vec<SourceStats>> {
+        let scan = self
+            .scan()?
+            .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))?;
+        let mut out = Vec::new();
+        for info in self.sources()? {
+            let id = self.source_id(&info.name)?.unwrap_or_default();
+            let mut source = SourceStats::new(&info.name, info.width, scan.top_k);
+            source.n_tokens = self.conn.query_row(
+                "SELECT tokens_scanned FROM sources WHERE id = ?1",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
+            let mut stmt = self.conn.prepare(
+                "SELECT unit, n_positive, sum_act, max_act, hist_top, hist, hist_below
+                 FROM unit_stats WHERE source_id = ?1",
+            )?;
+            let mut rows = stmt.query([id])?;
+            while let Some(r) = rows.next()? {
+                let u = r.get::<_, i64>(0)? as usize;
+                let unit = source
+                    .units
+                    .get_mut(u)
+                    .ok_or_else(|| anyhow!("unit {u} beyond the width of {}", info.name))?;
+                read_unit_row(unit, r)?;
+            }
+            let mut stmt = self.conn.prepare(
+                "SELECT unit, kind, window, max_act, max_pos, sample_key, acts FROM examples
+                 WHERE source_id = ?1 ORDER BY unit, kind, rank",
+            )?;
+            let mut rows = stmt.query([id])?;
+            while let Some(r) = rows.next()? {
+                let u = r.get::<_, i64>(0)? as usize;
+                let kind: i64 = r.get(1)?;
+                let e = read_example(r, 2)?;
+                let unit = source
+                    .units
+                    .get_mut(u)
+                    .ok_or_else(|| anyhow!("unit {u} beyond the width of {}", info.name))?;
+                if kind == 0 {
+                    unit.top.push(e);
+                } else {
+                    unit.insert_candidate(e);
+                }
+            }
+            out.push(source);
+        }
+        Ok(out)
+    }
+
+    /// The windows stored (to copy them into a merged store).
+    pub fn windows(&self) -> Result<Vec<super::corpus::Window>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, doc, doc_offset, token_ids FROM windows ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(super::corpus::Window {
+                index: r.get::<_, i64>(0)? as u64,
+                doc: r.get::<_, i64>(1)? as u64,
+                doc_offset: r.get::<_, i64>(2)? as u64,
+                ids: u32_from_bytes(&r.get::<_, Vec<u8>>(3)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn vocab(&self) -> Result<Vec<(u32, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, text FROM vocab ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT text FROM vocab WHERE id = ?1")?;
+        ids.iter()
+            .map(|&id| {
+                Ok(stmt
+                    .query_row([id as i64], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .unwrap_or_else(|| format!("<{id}>")))
+            })
+            .collect()
+    }
+
+    fn window_ids(&self, window: u64) -> Result<Vec<u32>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
+            .query_row([window as i64], |r| r.get(0))
+            .optional()?;
+        bytes
+            .map(|b: Vec<u8>| u32_from_bytes(&b))
+            .ok_or_else(|| anyhow!("window {window} is missing from the store"))
+    }
+
+    /// Everything the store knows about one unit: statistics, top examples (at most `top`),
+    /// quantile groups, histogram and explanations.
+    pub fn unit_report(&self, source: &str, unit: usize, top: Option<usize>) -> Result<UnitReport> {
+        let info = self.source(source)?;
+        if unit >= info.width {
+            bail!(
+                "unit {unit} is beyond source {source}'s width {}",
+                info.width
+            );
+        }
+        let id = self.source_id(source)?.unwrap_or_default();
+        let tokens_scanned = self.conn.query_row(
+            "SELECT tokens_scanned FROM sources WHERE id = ?1",
+            [id],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        let mut stats = UnitStats::default();
+        let found = self
+            .conn
+            .prepare_cached(
+                "SELECT unit, n_positive, sum_act, max_act, hist_top, hist, hist_below
+                 FROM unit_stats WHERE source_id = ?1 AND unit = ?2",
+            )?
+            .query_row(params![id, unit as i64], |r| {
+                Ok(read_unit_row(&mut stats, r))
+            })
+            .optional()?;
+        if let Some(result) = found {
+            result?;
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, window, max_act, max_pos, sample_key, acts FROM examples
+             WHERE source_id = ?1 AND unit = ?2 ORDER BY kind, rank",
+        )?;
+        let mut rows = stmt.query(params![id, unit as i64])?;
+        while let Some(r) = rows.next()? {
+            let kind: i64 = r.get(0)?;
+            let e = read_example(r, 1)?;
+            if kind == 0 {
+                stats.top.push(e);
+            } else {
+                stats.insert_candidate(e);
+            }
+        }
+        let n = tokens_scanned.max(1) as f64;
+        let example_out = |e: &Example| -> Result<ExampleOut> {
+            let token_ids = self.window_ids(e.window)?;
+            Ok(ExampleOut {
+                window: e.window,
+                tokens: self.token_texts(&token_ids)?,
+                token_ids,
+                acts: e.acts_f32(),
+                max_act: e.max_act,
+                max_pos: e.max_pos,
+            })
+        };
+        let examples = stats
+            .top
+            .iter()
+            .take(top.unwrap_or(usize::MAX))
+            .map(example_out)
+            .collect::<Result<Vec<_>>>()?;
+        let m = stats.max.max(0.0);
+        let quantiles = stats
+            .quantiles()
+            .into_iter()
+            .enumerate()
+            .map(|(i, group)| {
+                Ok(QuantileOut {
+                    index: i,
+                    lo: m * i as f32 / N_QUANTILES as f32,
+                    hi: m * (i + 1) as f32 / N_QUANTILES as f32,
+                    examples: group.into_iter().map(example_out).collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let counts = stats.histogram();
+        Ok(UnitReport {
+            source: source.to_string(),
+            unit,
+            tokens_scanned,
+            density: stats.n_positive as f64 / n,
+            max: stats.max.is_finite().then_some(stats.max),
+            mean: stats.sum / n,
+            examples,
+            quantiles,
+            histogram: HistogramOut {
+                lo: 0.0,
+                hi: m,
+                nonpositive: tokens_scanned.saturating_sub(stats.n_positive),
+                counts,
+            },
+            explanations: self.explanations(source, unit)?,
+        })
+    }
+
+    // ── explanations ────────────────────────────────────────────────────────────────────────
+
+    pub fn add_explanations(&mut self, items: &[NewExplanation]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO explanations (source, unit, description, origin, file,
+                    explainer_model, type_name, score, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for e in items {
+                stmt.execute(params![
+                    e.source,
+                    e.unit as i64,
+                    e.description,
+                    e.origin,
+                    e.file,
+                    e.explainer_model,
+                    e.type_name,
+                    e.score,
+                    e.created_at.clone().unwrap_or_else(now),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(items.len())
+    }
+
+    /// Sets the user's own description of a unit (replacing their previous one; empty
+    /// removes it).
+    pub fn set_user_description(&mut self, source: &str, unit: usize, text: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM explanations WHERE source = ?1 AND unit = ?2 AND origin = 'user'",
+            params![source, unit as i64],
+        )?;
+        if !text.trim().is_empty() {
+            tx.execute(
+                "INSERT INTO explanations (source, unit, description, origin, created_at)
+                 VALUES (?1, ?2, ?3, 'user', ?4)",
+                params![source, unit as i64, text, now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn explanations(&self, source: &str, unit: usize) -> Result<Vec<Explanation>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT description, origin, file, explainer_model, type_name, score, created_at
+             FROM explanations WHERE source = ?1 AND unit = ?2
+             ORDER BY origin = 'user' DESC, score IS NULL, score DESC, id",
+        )?;
+        let rows = stmt.query_map(params![source, unit as i64], |r| {
+            Ok(Explanation {
+                description: r.get(0)?,
+                origin: r.get(1)?,
+                file: r.get(2)?,
+                explainer_model: r.get(3)?,
+                type_name: r.get(4)?,
+                score: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Full-text search over explanations (FTS5, best match first).
+    pub fn search(
+        &self,
+        query: &str,
+        source: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let fts = fts_query(query);
+        if fts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT e.source, e.unit, e.description, e.origin, e.score
+             FROM explanations_fts f JOIN explanations e ON e.id = f.rowid
+             WHERE explanations_fts MATCH ?1 AND (?2 IS NULL OR e.source = ?2)
+             ORDER BY bm25(explanations_fts), e.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![fts, source, limit as i64], |r| {
+            Ok(SearchHit {
+                source: r.get(0)?,
+                unit: r.get::<_, i64>(1)? as usize,
+                description: r.get(2)?,
+                origin: r.get(3)?,
+                score: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Units whose top examples peak on a token whose text is `token` (exactly, or ignoring
+    /// surrounding whitespace and case), most such examples first.
+    pub fn search_token(
+        &self,
+        token: &str,
+        source: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TokenHit>> {
+        let ids: Vec<i64> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id FROM vocab WHERE text = ?1 OR lower(trim(text)) = lower(trim(?1))",
+            )?;
+            stmt.query_map([token], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut hits = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.name, x.unit, count(*) AS n, max(x.max_act) FROM examples x
+             JOIN sources s ON s.id = x.source_id
+             WHERE x.kind = 0 AND x.max_token = ?1 AND (?2 IS NULL OR s.name = ?2)
+             GROUP BY x.source_id, x.unit",
+        )?;
+        for id in ids {
+            let rows = stmt.query_map(params![id, source], |r| {
+                Ok(TokenHit {
+                    source: r.get(0)?,
+                    unit: r.get::<_, i64>(1)? as usize,
+                    token_id: id as u32,
+                    examples: r.get::<_, i64>(2)? as usize,
+                    max_act: r.get::<_, f64>(3)? as f32,
+                })
+            })?;
+            for h in rows {
+                hits.push(h?);
+            }
+        }
+        hits.sort_by(|a, b| {
+            b.examples
+                .cmp(&a.examples)
+                .then(b.max_act.total_cmp(&a.max_act))
+                .then(a.source.cmp(&b.source))
+                .then(a.unit.cmp(&b.unit))
+        });
+        hits.truncate(limit);
+        Ok(hits)
+    }
+}
+
+/// A query for FTS5 made of the words of `text`, each quoted (so punctuation in a user's
+/// query is never FTS syntax), all required.
+fn fts_query(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{}\"", w.replace('"', "")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Token id at `pos` of `window`: from the windows being committed, else from the store.
+fn window_tokens_reader<'c>(
+    tx: &'c rusqlite::Transaction<'_>,
+    pending: std::collections::HashMap<u64, &'c [u32]>,
+) -> impl Fn(u64, u32) -> Result<u32> + 'c {
+    move |window, pos| {
+        let id = match pending.get(&window) {
+            Some(ids) => ids.get(pos as usize).copied(),
+            None => {
+                let bytes: Vec<u8> = tx
+                    .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
+                    .query_row([window as i64], |r| r.get(0))
+                    .with_context(|| format!("window {window} is missing from the store"))?;
+                u32_from_bytes(&bytes).get(pos as usize).copied()
+            }
+        };
+        id.ok_or_else(|| anyhow!("position {pos} beyond window {window}"))
+    }
+}
+
+fn read_unit_row(unit: &mut UnitStats, r: &rusqlite::Row<'_>) -> Result<()> {
+    unit.n_positive = r.get::<_, i64>(1)? as u64;
+    unit.sum = r.get(2)?;
+    unit.max = r
+        .get::<_, Option<f64>>(3)?
+        .map_or(f32::NEG_INFINITY, |m| m as f32);
+    unit.hist_top = r.get(4)?;
+    let hist = u32_from_bytes(&r.get::<_, Vec<u8>>(5)?);
+    if hist.len() != HIST_BUCKETS {
+        bail!(
+            "corrupt histogram ({} buckets, expected {HIST_BUCKETS})",
+            hist.len()
+        );
+    }
+    unit.hist = hist;
+    unit.hist_below = r.get::<_, i64>(6)? as u64;
+    Ok(())
+}
+
+fn read_example(r: &rusqlite::Row<'_>, first: usize) -> Result<Example> {
+    Ok(Example {
+        window: r.get::<_, i64>(first)? as u64,
+        max_act: r.get::<_, f64>(first + 1)? as f32,
+        max_pos: r.get::<_, i64>(first + 2)? as u32,
+        key: r.get::<_, i64>(first + 3)? as u64,
+        acts: f16_from_bytes(&r.get::<_, Vec<u8>>(first + 4)?),
+    })
+}
+
+/// One example as `dendrite examples` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleOut {
+    pub window: u64,
+    pub token_ids: Vec<u32>,
+    /// Each token's text (from the store's vocabulary).
+    pub tokens: Vec<String>,
+    pub acts: Vec<f32>,
+    pub max_act: f32,
+    pub max_pos: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantileOut {
+    pub index: usize,
+    /// The interval (lo, hi] of window maxima.
+    pub lo: f32,
+    pub hi: f32,
+    pub examples: Vec<ExampleOut>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramOut {
+    /// `counts` are 50 equal-width bins on (lo, hi].
+    pub lo: f32,
+    pub hi: f32,
+    pub counts: Vec<u64>,
+    /// Scored tokens with activation ≤ 0.
+    pub nonpositive: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnitReport {
+    pub source: String,
+    pub unit: usize,
+    pub tokens_scanned: u64,
+    pub density: f64,
+    pub max: Option<f32>,
+    pub mean: f64,
+    pub examples: Vec<ExampleOut>,
+    pub quantiles: Vec<QuantileOut>,
+    pub histogram: HistogramOut,
+    pub explanations: Vec<Explanation>,
+}
+
+impl UnitReport {
+    pub fn n_hist_bins() -> usize {
+        N_HIST_BINS
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub description: String,
+    pub origin: String,
+    pub file: Option<String>,
+    pub explainer_model: Option<String>,
+    pub type_name: Option<String>,
+    pub score: Option<f64>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewExplanation {
+    pub source: String,
+    pub unit: usize,
+    pub description: String,
+    pub origin: String,
+    pub file: Option<String>,
+    pub explainer_model: Option<String>,
+    pub type_name: Option<String>,
+    pub score: Option<f64>,
+    pub created_at: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub source: String,
+    pub unit: usize,
+    pub description: String,
+    pub origin: String,
+    pub score: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenHit {
+    pub source: String,
+    pub unit: usize,
+    pub token_id: u32,
+    /// How many of the unit's top examples peak on the token.
+    pub examples: usize,
+    pub max_act: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_iso_8601() {
+        let d = now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
+
+    #[test]
+    fn fts_queries_quote_every_word() {
+        assert_eq!(
+            fts_query("closing \"quote\" AND"),
+            "\"closing\" \"quote\" \"AND\""
+        );
+        assert_eq!(fts_query("  ..."), "");
+    }
+
+    #[test]
+    fn newer_schemas_and_foreign_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .conn
+                .execute(
+                    "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                    [],
+                )
+                .unwrap();
+        }
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer"), "{err}");
+        let junk = dir.path().join("junk.sqlite");
+        std::fs::write(&junk, vec![7u8; 4096]).unwrap();
+        let err = Store::open(&junk).err().unwrap().to_string();
+        assert!(err.contains("not a Dendrite store"), "{err}");
+        let other = dir.path().join("other.sqlite");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Store::open(&other).err().unwrap().to_string();
+        assert!(err.contains("not a Dendrite store"), "{err}");
+    }
+
+    #[test]
+    fn explanations_are_searchable_and_user_notes_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let item = |unit, d: &str| NewExplanation {
+            source: "sae:x".into(),
+            unit,
+            description: d.into(),
+            origin: "neuronpedia".into(),
+            file: None,
+            explainer_model: Some("gpt-4o-mini".into()),
+            type_name: None,
+            score: Some(0.5),
+            created_at: None,
+        };
+        store
+            .add_explanations(&[
+                item(3, "closing quotation marks after dialogue"),
+                item(4, "the word 'quotation' in legal text"),
+                item(5, "numbers"),
+            ])
+            .unwrap();
+        let hits = store.search("quotation marks", None, 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].unit, 3);
+        let hits = store.search("quotation", Some("sae:x"), 10).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert!(
+            store
+                .search("quotation", Some("other"), 10)
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .set_user_description("sae:x", 5, "digits in dates")
+            .unwrap();
+        store.set_user_description("sae:x", 5, "years").unwrap();
+        let ex = store.explanations("sae:x", 5).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(
+            (ex[0].origin.as_str(), ex[0].description.as_str()),
+            ("user", "years")
+        );
+        assert_eq!(store.search("years", None, 5).unwrap().len(), 1);
+        assert!(store.search("digits", None, 5).unwrap().is_empty());
+    }
+}
