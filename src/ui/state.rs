@@ -1271,6 +1271,22 @@ mod tests {
     }
 
     #[test]
+    fn the_bos_choice_goes_with_every_run_and_changing_it_reruns() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert_eq!(r.bos, BosMode::Auto);
+        let Some(Command::Run(r2)) = s.act(Action::SetBos(BosMode::Yes)) else {
+            panic!("changing the BOS reruns the prompt")
+        };
+        assert_eq!(r2.bos, BosMode::Yes);
+        assert!(r2.run_id > r.run_id);
+        assert_eq!(s.bos, BosMode::Yes);
+    }
+
+    #[test]
     fn an_intervened_pass_takes_the_layers_before_its_first_edit_from_the_baseline() {
         let mut s = loaded();
         s.act(Action::SetPrompt("ab".into()));

@@ -31,9 +31,6 @@ pub fn prompt_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             if run.on_hover_text("Run the prompt (Ctrl+Enter)").clicked() {
                 action = Some(Action::Run);
             }
-            if let Some(bos) = bos_ui(ui, state) {
-                action = Some(Action::SetBos(bos));
-            }
         });
     });
     action.or_else(|| token_strip_ui(ui, state))
@@ -59,7 +56,7 @@ fn bos_ui(ui: &mut Ui, state: &AppState) -> Option<BosMode> {
     let mut chosen = None;
     egui::ComboBox::from_id_salt("bos")
         .selected_text(label(state.bos))
-        .width(110.0)
+        .width(130.0)
         .show_ui(ui, |ui| {
             for m in [BosMode::Auto, BosMode::Yes, BosMode::No] {
                 let enabled = m != BosMode::Yes || has;
@@ -172,6 +169,10 @@ fn token_strip_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             if ui.selectable_label(state.token_colour == c, name).clicked() {
                 action = Some(Action::SetTokenColour(c));
             }
+        }
+        ui.separator();
+        if let Some(bos) = bos_ui(ui, state) {
+            action = Some(Action::SetBos(bos));
         }
     });
     let pass = state.shown();
