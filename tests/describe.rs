@@ -96,10 +96,15 @@ fn scan_of_smollm2_matches_hf_activations() {
                     let tol = 2e-3 * scale + b.abs() / 1024.0;
                     assert!((*a as f64 - b).abs() < tol, "{hook} {unit}: {a} vs {b}");
                 }
-                assert_eq!(
-                    report.examples[0].max_pos as u64,
-                    u["top_pos"][0].as_u64().unwrap()
+                // The peak position may differ only between two near-equal activations.
+                let (ours, theirs) = (
+                    report.examples[0].max_pos as usize,
+                    u["top_pos"][0].as_u64().unwrap() as usize,
                 );
+                if ours != theirs {
+                    let gap = (top_acts[ours] - top_acts[theirs]).abs();
+                    assert!(gap < 2e-3 * scale, "{hook} {unit}: peak {ours} vs {theirs}");
+                }
             }
             let n = (windows * opts.context as u64) as f64;
             assert_eq!(report.tokens_scanned as f64, n);

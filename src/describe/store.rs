@@ -160,23 +160,11 @@ pub struct Store {
 }
 
 pub fn now() -> String {
-    // Seconds since the epoch in ISO-8601 (UTC), without a date crate.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let (y, mo, d, h, m, s) = crate::export::utc_parts(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
@@ -245,6 +233,9 @@ impl Store {
             .pragma_update(None, "journal_mode", "WAL")
             .context("setting WAL mode")?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A scan's commit rewrites many units' examples in one transaction: a 256 MiB page
+        // cache keeps those pages in memory instead of looking each up in the WAL again.
+        self.conn.pragma_update(None, "cache_size", -262_144)?;
         if existed {
             let has_meta: bool = self.conn.query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",

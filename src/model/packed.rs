@@ -148,6 +148,9 @@ unsafe impl Sync for SharedOut {}
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX2 + FMA (AMD EPYC and other CPUs without AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
@@ -168,6 +171,11 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if has_avx512() {
             return Kernel::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernel::Avx2;
         }
         Kernel::Portable
     }
@@ -193,6 +201,19 @@ impl Kernel {
                     10 => avx512::tile::<10>(kc, a, lda, b, c),
                     11 => avx512::tile::<11>(kc, a, lda, b, c),
                     _ => avx512::tile::<12>(kc, a, lda, b, c),
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // Safety: AVX2 and FMA were detected at runtime; the asserts above bound every
+            // access, and each chunk of up to 3 rows stays inside them.
+            Kernel::Avx2 => unsafe {
+                for first in (0..rows).step_by(3) {
+                    let (a, c) = (&a[first * lda..], &mut c[first * NR..]);
+                    match rows - first {
+                        1 => avx2::tile::<1>(kc, a, lda, b, c),
+                        2 => avx2::tile::<2>(kc, a, lda, b, c),
+                        _ => avx2::tile::<3>(kc, a, lda, b, c),
+                    }
                 }
             },
             Kernel::Portable => portable_tile(rows, kc, a, lda, b, c),
@@ -249,6 +270,55 @@ mod avx512 {
             for i in 0..ROWS {
                 _mm512_storeu_ps(c.add(i * NR), acc0[i]);
                 _mm512_storeu_ps(c.add(i * NR + 16), acc1[i]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// `ROWS × 32` tile (ROWS ≤ 3): four ymm accumulators per row, so 12 accumulators and the
+    /// panel row's four vectors fit AVX2's 16 registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const ROWS: usize>(
+        kc: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        c: &mut [f32],
+    ) {
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // Safety (whole body): the caller checked every bound (see `Kernel::run`).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; ROWS];
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (q, v) in row.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(c.add(i * NR + 8 * q));
+                }
+            }
+            for p in 0..kc {
+                let bp = b.add(p * NR);
+                let bv = [
+                    _mm256_loadu_ps(bp),
+                    _mm256_loadu_ps(bp.add(8)),
+                    _mm256_loadu_ps(bp.add(16)),
+                    _mm256_loadu_ps(bp.add(24)),
+                ];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                    for (v, b) in row.iter_mut().zip(&bv) {
+                        *v = _mm256_fmadd_ps(av, *b, *v);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (q, v) in row.iter().enumerate() {
+                    _mm256_storeu_ps(c.add(i * NR + 8 * q), *v);
+                }
             }
         }
     }
