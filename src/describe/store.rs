@@ -14,7 +14,7 @@ use half::f16;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::stats::{Example, HIST_BUCKETS, N_HIST_BINS, N_QUANTILES, SourceStats, UnitStats};
+use super::stats::{Example, HIST_BUCKETS, N_QUANTILES, SourceStats, UnitStats};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -969,12 +969,6 @@ pub struct UnitReport {
     pub quantiles: Vec<QuantileOut>,
     pub histogram: HistogramOut,
     pub explanations: Vec<Explanation>,
-}
-
-impl UnitReport {
-    pub fn n_hist_bins() -> usize {
-        N_HIST_BINS
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
