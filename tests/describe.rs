@@ -229,7 +229,10 @@ fn a_killed_scan_resumes_to_the_same_store() {
     let model_path = dendrite::sample::path().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = model_path.to_str().unwrap().to_string();
-    let corpus = corpus().to_str().unwrap().to_string();
+    // The held-out play four times over: long enough (~2 s) that the kill lands mid-scan.
+    let long = dir.path().join("cymbeline4.txt");
+    std::fs::write(&long, std::fs::read_to_string(corpus()).unwrap().repeat(4)).unwrap();
+    let corpus = long.to_str().unwrap().to_string();
     let args = |out: &Path| -> Vec<String> {
         [
             "scan",
@@ -247,7 +250,7 @@ fn a_killed_scan_resumes_to_the_same_store() {
             "--commit-every",
             "0",
             "--tokens",
-            "960",
+            "8000",
             "--out",
             out.to_str().unwrap(),
         ]
@@ -284,7 +287,7 @@ fn a_killed_scan_resumes_to_the_same_store() {
             std::time::Instant::now() < deadline,
             "the scan never committed"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();

@@ -34,6 +34,9 @@ pub struct ScanArgs {
     /// Windows kept per unit.
     #[arg(long, default_value_t = 32)]
     pub top_k: usize,
+    /// Windows kept per quantile group (10 groups).
+    #[arg(long, default_value_t = crate::describe::stats::DEFAULT_PER_QUANTILE)]
+    pub quantile_examples: usize,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -49,7 +52,8 @@ pub struct ScanArgs {
     /// Continue the interrupted scan in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Seconds between commits to the store.
+    /// Seconds between commits to the store, at least (commits are spaced so they take at
+    /// most a tenth of the scan's time).
     #[arg(long, default_value_t = 30.0)]
     pub commit_every: f64,
     #[arg(long)]
@@ -142,6 +146,7 @@ pub fn scan(args: &ScanArgs) -> Result<()> {
     opts.max_tokens = args.tokens;
     opts.context = args.context;
     opts.top_k = args.top_k;
+    opts.per_quantile = args.quantile_examples;
     opts.batch = args.batch;
     opts.bos = args.bos;
     opts.shard = args.shard.unwrap_or_default();

@@ -5,9 +5,10 @@
 //! - [`corpus`]: reading corpora and cutting them into windows;
 //! - [`stats`]: what a scan keeps per unit (pure, mergeable);
 //! - [`scan`]: the scan itself, resumable and shardable, and merging shard stores;
-//! - [`store`]: the SQLite store (schema, commits, queries);
+//! - [`store`]: the SQLite store (schema, commits, queries), [`blob`] its binary columns;
 //! - [`explanations`]: importing explanation files.
 
+pub mod blob;
 pub mod corpus;
 pub mod explanations;
 pub mod scan;

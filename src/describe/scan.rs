@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::corpus::{Corpus, Shard, Window, Windows, model_fingerprint};
-use super::stats::SourceStats;
+use super::stats::{DEFAULT_PER_QUANTILE, Keep, SourceStats};
 use super::store::{ScanRecord, SourceInfo, Store};
 use crate::model::{BosMode, HookSpec, Model, NoObserver};
 use crate::sae::Sae;
@@ -29,6 +29,8 @@ pub struct ScanOptions {
     /// Tokens per window, BOS included.
     pub context: usize,
     pub top_k: usize,
+    /// Windows kept per quantile group.
+    pub per_quantile: usize,
     /// Windows per forward pass.
     pub batch: usize,
     pub bos: BosMode,
@@ -38,7 +40,8 @@ pub struct ScanOptions {
     /// Continue the scan the store holds (otherwise a store with a scan is refused).
     pub resume: bool,
     pub out: PathBuf,
-    /// How often progress is committed to the store.
+    /// How often progress is committed to the store, at least: a commit rewrites every unit
+    /// whose examples changed, so commits are spaced to take at most a tenth of the time.
     pub commit_every: Duration,
 }
 
@@ -51,6 +54,7 @@ impl ScanOptions {
             max_tokens: None,
             context: 64,
             top_k: 32,
+            per_quantile: DEFAULT_PER_QUANTILE,
             batch: 8,
             bos: BosMode::Auto,
             shard: Shard::default(),
@@ -208,6 +212,7 @@ fn check_same_scan(store: &Path, existing: &ScanRecord, wanted: &ScanRecord) -> 
         (
             r.context,
             r.top_k,
+            r.per_quantile,
             r.bos_id,
             r.max_tokens,
             r.shard_index,
@@ -218,11 +223,12 @@ fn check_same_scan(store: &Path, existing: &ScanRecord, wanted: &ScanRecord) -> 
     };
     if settings(existing) != settings(wanted) {
         bail!(
-            "store {} holds a scan with other settings (context {}, top-k {}, BOS {:?}, \
-             tokens {:?}, shard {}/{}, seed {}, sources {}); resume with the same ones",
+            "store {} holds a scan with other settings (context {}, top-k {}, {} per quantile, \
+             BOS {:?}, tokens {:?}, shard {}/{}, seed {}, sources {}); resume with the same ones",
             store.display(),
             existing.context,
             existing.top_k,
+            existing.per_quantile,
             existing.bos_id,
             existing.max_tokens,
             existing.shard_index,
@@ -272,6 +278,7 @@ pub fn scan(
         corpus_fingerprint: corpus.fingerprint.clone(),
         context: opts.context,
         top_k: opts.top_k,
+        per_quantile: opts.per_quantile,
         bos_id: prefix.first().copied(),
         max_tokens: opts.max_tokens,
         shard_index: opts.shard.index,
@@ -306,7 +313,13 @@ pub fn scan(
             store.begin_scan(&record, &infos)?;
             infos
                 .iter()
-                .map(|i| SourceStats::new(&i.name, i.width, opts.top_k))
+                .map(|i| {
+                    let keep = Keep {
+                        top_k: opts.top_k,
+                        per_quantile: opts.per_quantile,
+                    };
+                    SourceStats::new(&i.name, i.width, keep)
+                })
                 .collect()
         }
     };
@@ -340,6 +353,7 @@ pub fn scan(
     let mut pending_windows: Vec<Window> = Vec::new();
     let mut pending_vocab: Vec<(u32, String)> = Vec::new();
     let mut last_commit = Instant::now();
+    let mut commit_interval = opts.commit_every;
     let mut run_tokens = 0u64;
     let run_start = Instant::now();
     loop {
@@ -416,11 +430,13 @@ pub fn scan(
             files_total: corpus.files.len(),
         });
         let stop = cancelled();
-        if stop || last_commit.elapsed() >= opts.commit_every {
+        if stop || last_commit.elapsed() >= commit_interval {
+            let commit_start = Instant::now();
             store.commit(&record, &mut stats, &pending_windows, &pending_vocab)?;
             pending_windows.clear();
             pending_vocab.clear();
             last_commit = Instant::now();
+            commit_interval = opts.commit_every.max(commit_start.elapsed() * 10);
         }
         if stop {
             return Ok(summary(&record, run_tokens));
@@ -477,6 +493,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
             && (
                 a.context,
                 a.top_k,
+                a.per_quantile,
                 a.bos_id,
                 a.max_tokens,
                 a.shard_count,
@@ -485,6 +502,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
             ) == (
                 first.context,
                 first.top_k,
+                first.per_quantile,
                 first.bos_id,
                 first.max_tokens,
                 first.shard_count,

@@ -7,8 +7,8 @@ use half::f16;
 
 /// Quantile groups: equal-width intervals of (0, m], m the unit's maximum.
 pub const N_QUANTILES: usize = 10;
-/// Windows shown per quantile group.
-pub const PER_QUANTILE: usize = 5;
+/// Windows shown per quantile group unless a scan asks for another number.
+pub const DEFAULT_PER_QUANTILE: usize = 5;
 /// Bins of the histogram shown (equal width on (0, m]).
 pub const N_HIST_BINS: usize = 50;
 
@@ -98,6 +98,14 @@ fn top_order(a: &Example, b: &Example) -> std::cmp::Ordering {
         .then(a.window.cmp(&b.window))
 }
 
+/// How many examples a scan keeps per unit: the top `top_k` windows and `per_quantile`
+/// windows in each quantile group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    pub top_k: usize,
+    pub per_quantile: usize,
+}
+
 /// Everything kept about one unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UnitStats {
@@ -113,7 +121,7 @@ pub struct UnitStats {
     /// Sorted by [`top_order`], at most K.
     pub top: Vec<Example>,
     /// Quantile candidates per group under the current maximum, each at most
-    /// [`PER_QUANTILE`], smallest keys kept.
+    /// [`Keep::per_quantile`], smallest keys kept.
     pub candidates: [Vec<Example>; N_QUANTILES],
     /// Examples changed since they were last written to a store.
     pub examples_dirty: bool,
@@ -181,28 +189,28 @@ impl UnitStats {
     /// include `s` (see [`UnitStats::observe_max`]).
     pub fn offer(
         &mut self,
-        top_k: usize,
+        keep: Keep,
         window: u64,
         s: f32,
         pos: u32,
         key: u64,
         acts: impl Fn() -> Box<[f16]>,
     ) {
-        let enters_top = self.top.len() < top_k
+        let enters_top = self.top.len() < keep.top_k
             || self.top.last().is_some_and(|last| {
                 s > last.max_act || (s == last.max_act && window < last.window)
             });
         let bin = quantile_bin(s, self.max);
         let enters_bin = bin.is_some_and(|i| {
             let c = &self.candidates[i];
-            c.len() < PER_QUANTILE || c.iter().any(|e| key < e.key)
+            c.len() < keep.per_quantile || c.iter().any(|e| key < e.key)
         });
         if !enters_top && !enters_bin {
             return;
         }
         let acts = acts();
         self.examples_dirty = true;
-        if enters_top && top_k > 0 {
+        if enters_top && keep.top_k > 0 {
             let example = Example {
                 window,
                 max_act: s,
@@ -212,7 +220,7 @@ impl UnitStats {
             };
             let at = self.top.partition_point(|e| top_order(e, &example).is_lt());
             self.top.insert(at, example);
-            self.top.truncate(top_k);
+            self.top.truncate(keep.top_k);
         }
         if let (true, Some(i)) = (enters_bin, bin) {
             let example = Example {
@@ -222,13 +230,13 @@ impl UnitStats {
                 key,
                 acts,
             };
-            insert_candidate(&mut self.candidates[i], example);
+            insert_candidate(&mut self.candidates[i], example, keep.per_quantile);
         }
     }
 
     /// Raises the unit's maximum to `s` if it is larger; quantile candidates are re-binned
     /// under the new maximum (edges follow the final maximum).
-    pub fn observe_max(&mut self, s: f32) {
+    pub fn observe_max(&mut self, s: f32, keep: Keep) {
         if s > self.max {
             self.max = s;
             if self.candidates.iter().any(|c| !c.is_empty()) {
@@ -237,28 +245,28 @@ impl UnitStats {
                     .iter_mut()
                     .flat_map(std::mem::take)
                     .collect();
-                self.rebin(all);
+                self.rebin(all, keep);
             }
         }
     }
 
-    fn rebin(&mut self, all: Vec<Example>) {
+    fn rebin(&mut self, all: Vec<Example>, keep: Keep) {
         self.examples_dirty = true;
         for e in all {
-            self.insert_candidate(e);
+            self.insert_candidate(e, keep);
         }
     }
 
     /// Adds a quantile candidate under the current maximum (kept if its key is among its
     /// group's smallest).
-    pub fn insert_candidate(&mut self, e: Example) {
+    pub fn insert_candidate(&mut self, e: Example, keep: Keep) {
         if let Some(i) = quantile_bin(e.max_act, self.max) {
-            insert_candidate(&mut self.candidates[i], e);
+            insert_candidate(&mut self.candidates[i], e, keep.per_quantile);
         }
     }
 
     /// Folds `other` (the same unit over other windows) into this one.
-    pub fn merge(&mut self, other: &UnitStats, top_k: usize) {
+    pub fn merge(&mut self, other: &UnitStats, keep: Keep) {
         self.n_positive += other.n_positive;
         self.sum += other.sum;
         if other.hist_top > self.hist_top {
@@ -276,7 +284,7 @@ impl UnitStats {
         }
         self.top.extend(other.top.iter().cloned());
         self.top.sort_by(top_order);
-        self.top.truncate(top_k);
+        self.top.truncate(keep.top_k);
         self.max = self.max.max(other.max);
         let all: Vec<Example> = self
             .candidates
@@ -284,11 +292,11 @@ impl UnitStats {
             .flat_map(std::mem::take)
             .chain(other.candidates.iter().flatten().cloned())
             .collect();
-        self.rebin(all);
+        self.rebin(all, keep);
     }
 
     /// The quantile groups: for each of the 10 intervals, its windows by ascending key.
-    pub fn quantiles(&self) -> Vec<Vec<&Example>> {
+    pub fn quantiles(&self, keep: Keep) -> Vec<Vec<&Example>> {
         let mut groups: Vec<Vec<&Example>> = vec![Vec::new(); N_QUANTILES];
         for e in self.candidates.iter().flatten() {
             if let Some(i) = quantile_bin(e.max_act, self.max) {
@@ -297,7 +305,7 @@ impl UnitStats {
         }
         for g in &mut groups {
             g.sort_by_key(|e| e.key);
-            g.truncate(PER_QUANTILE);
+            g.truncate(keep.per_quantile);
         }
         groups
     }
@@ -323,8 +331,11 @@ impl UnitStats {
     }
 }
 
-fn insert_candidate(group: &mut Vec<Example>, e: Example) {
-    if group.len() < PER_QUANTILE {
+fn insert_candidate(group: &mut Vec<Example>, e: Example, per_quantile: usize) {
+    if per_quantile == 0 {
+        return;
+    }
+    if group.len() < per_quantile {
         group.push(e);
         return;
     }
@@ -342,17 +353,17 @@ fn insert_candidate(group: &mut Vec<Example>, e: Example) {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceStats {
     pub name: String,
-    pub top_k: usize,
+    pub keep: Keep,
     /// Scored tokens seen (the same for every unit).
     pub n_tokens: u64,
     pub units: Vec<UnitStats>,
 }
 
 impl SourceStats {
-    pub fn new(name: &str, width: usize, top_k: usize) -> Self {
+    pub fn new(name: &str, width: usize, keep: Keep) -> Self {
         SourceStats {
             name: name.to_string(),
-            top_k,
+            keep,
             n_tokens: 0,
             units: vec![UnitStats::default(); width],
         }
@@ -383,9 +394,9 @@ impl SourceStats {
                     }
                     unit.count(a);
                 }
-                unit.observe_max(s);
+                unit.observe_max(s, self.keep);
                 let key = sample_key(seed, hash, u as u64, window);
-                unit.offer(self.top_k, window, s, pos, key, || {
+                unit.offer(self.keep, window, s, pos, key, || {
                     (0..t)
                         .map(|p| f16::from_f32(block[p * width + u].clamp(-65504.0, 65504.0)))
                         .collect()
@@ -397,7 +408,7 @@ impl SourceStats {
     pub fn merge(&mut self, other: &SourceStats) {
         self.n_tokens += other.n_tokens;
         for (a, b) in self.units.iter_mut().zip(&other.units) {
-            a.merge(b, self.top_k);
+            a.merge(b, self.keep);
         }
     }
 }
@@ -406,9 +417,16 @@ impl SourceStats {
 mod tests {
     use super::*;
 
+    fn keep(top_k: usize) -> Keep {
+        Keep {
+            top_k,
+            per_quantile: DEFAULT_PER_QUANTILE,
+        }
+    }
+
     /// definitions.md §11's worked example: C = 4, no BOS, one unit.
     fn worked_example() -> SourceStats {
-        let mut s = SourceStats::new("u", 1, 2);
+        let mut s = SourceStats::new("u", 1, keep(2));
         let acts = [
             0.0, 0.2, 1.5, 0.0, //
             0.7, 0.0, 0.0, 0.1, //
@@ -427,7 +445,7 @@ mod tests {
         let top: Vec<u64> = u.top.iter().map(|e| e.window).collect();
         assert_eq!(top, vec![0, 2], "top-2 = w0, w2 (tie → w0 first)");
         assert_eq!(u.top[0].max_pos, 2);
-        let q = u.quantiles();
+        let q = u.quantiles(keep(2));
         assert_eq!(q[4].iter().map(|e| e.window).collect::<Vec<_>>(), vec![1]);
         let mut nine: Vec<u64> = q[9].iter().map(|e| e.window).collect();
         nine.sort();
@@ -444,7 +462,7 @@ mod tests {
         let mut u = UnitStats::default();
         for a in [0.1f32, 0.5, 1.1, 2.1, 4.0, 4.0] {
             u.count(a);
-            u.observe_max(a);
+            u.observe_max(a, keep(1));
         }
         let bins = u.histogram();
         assert_eq!(bins.iter().sum::<u64>(), 6);
@@ -459,7 +477,7 @@ mod tests {
         let mut u = UnitStats::default();
         for a in [1e-6f32, 1e-3, 1000.0] {
             u.count(a);
-            u.observe_max(a);
+            u.observe_max(a, keep(1));
         }
         assert!(u.hist_below >= 2);
         let bins = u.histogram();
@@ -476,11 +494,11 @@ mod tests {
             .map(|i| ((i * 7919 % 1009) as f32 / 100.0) - 3.0)
             .collect();
         let scored = vec![vec![true; t]; windows.len()];
-        let mut whole = SourceStats::new("s", width, 4);
+        let mut whole = SourceStats::new("s", width, keep(4));
         whole.add_batch(&windows, &scored, &acts, 1);
         let mut parts = [
-            SourceStats::new("s", width, 4),
-            SourceStats::new("s", width, 4),
+            SourceStats::new("s", width, keep(4)),
+            SourceStats::new("s", width, keep(4)),
         ];
         for (i, &w) in windows.iter().enumerate() {
             let block = &acts[i * t * width..(i + 1) * t * width];
@@ -499,7 +517,7 @@ mod tests {
                 (y.hist_top, &y.hist, y.hist_below)
             );
             assert!((x.sum - y.sum).abs() < 1e-9);
-            for g in x.quantiles().iter().flatten() {
+            for g in x.quantiles(keep(4)).iter().flatten() {
                 assert!(quantile_bin(g.max_act, x.max).is_some());
             }
         }

@@ -4,19 +4,22 @@
 //! schema is refused rather than misread.
 //!
 //! Units are named by source (`blocks.3.mlp.hook_post`, or `sae:<folder>` for an SAE's
-//! latents) and index. Activations are stored as little-endian f16 (`acts`), token ids as
-//! little-endian u32 (`token_ids`), fine histograms as little-endian u32.
+//! latents) and index. Binary columns (token ids, histograms, a unit's examples) are laid out
+//! as [`super::blob`] describes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use half::f16;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::stats::{Example, HIST_BUCKETS, N_QUANTILES, SourceStats, UnitStats};
+pub use super::blob::u32_bytes;
+use super::blob::{decode_examples, encode_examples, from_varints, u32_from_bytes, varints};
+use super::stats::{Example, HIST_BUCKETS, Keep, N_QUANTILES, SourceStats, UnitStats};
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 keeps a unit's examples in one row (version 1, never released, kept a row per
+/// example and is refused with a request to rescan).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,6 +33,7 @@ CREATE TABLE IF NOT EXISTS scan (
     corpus_fingerprint TEXT NOT NULL,
     context INTEGER NOT NULL,
     top_k INTEGER NOT NULL,
+    per_quantile INTEGER NOT NULL,
     bos_id INTEGER,
     max_tokens INTEGER,
     shard_index INTEGER NOT NULL,
@@ -68,25 +72,28 @@ CREATE TABLE IF NOT EXISTS unit_stats (
     sum_act REAL NOT NULL,
     max_act REAL,
     hist_top INTEGER NOT NULL,
+    -- Fine histogram counts down from bucket hist_top, as varints.
     hist BLOB NOT NULL,
     hist_below INTEGER NOT NULL,
     PRIMARY KEY (source_id, unit)
 ) WITHOUT ROWID;
--- kind 0: the top-K windows (rank 0 = largest); kind 1: quantile candidates.
-CREATE TABLE IF NOT EXISTS examples (
+-- A unit's top-K windows (largest first) and quantile candidates, in one blob.
+CREATE TABLE IF NOT EXISTS unit_examples (
     source_id INTEGER NOT NULL REFERENCES sources(id),
     unit INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    window INTEGER NOT NULL,
-    max_act REAL NOT NULL,
-    max_pos INTEGER NOT NULL,
-    max_token INTEGER NOT NULL,
-    sample_key INTEGER NOT NULL,
-    acts BLOB NOT NULL,
-    PRIMARY KEY (source_id, unit, kind, rank)
+    examples BLOB NOT NULL,
+    PRIMARY KEY (source_id, unit)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS examples_by_peak_token ON examples (max_token, kind);
+-- The tokens a unit's top examples peak on: how many of them, and their largest maximum.
+CREATE TABLE IF NOT EXISTS peaks (
+    token INTEGER NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    unit INTEGER NOT NULL,
+    n_examples INTEGER NOT NULL,
+    max_act REAL NOT NULL,
+    PRIMARY KEY (token, source_id, unit)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS peaks_by_unit ON peaks (source_id, unit);
 CREATE TABLE IF NOT EXISTS explanations (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -128,6 +135,7 @@ pub struct ScanRecord {
     pub corpus_fingerprint: String,
     pub context: usize,
     pub top_k: usize,
+    pub per_quantile: usize,
     pub bos_id: Option<u32>,
     pub max_tokens: Option<u64>,
     pub shard_index: u64,
@@ -166,28 +174,6 @@ pub fn now() -> String {
         .unwrap_or(0);
     let (y, mo, d, h, m, s) = crate::export::utc_parts(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-fn f16_bytes(values: &[f16]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f16_from_bytes(bytes: &[u8]) -> Box<[f16]> {
-    bytes
-        .chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]))
-        .collect()
-}
-
-pub fn u32_bytes(values: &[u32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-pub fn u32_from_bytes(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 impl Store {
@@ -255,7 +241,14 @@ impl Store {
                 if version > SCHEMA_VERSION {
                     bail!(
                         "store {} has schema version {version}, written by a newer Dendrite; \
-                         this build reads version {SCHEMA_VERSION} and older",
+                         this build reads version {SCHEMA_VERSION}",
+                        self.path.display()
+                    );
+                }
+                if version < SCHEMA_VERSION {
+                    bail!(
+                        "store {} has schema version {version}, an older development format \
+                         this build does not read; scan again into a new store",
                         self.path.display()
                     );
                 }
@@ -296,7 +289,7 @@ impl Store {
                 "SELECT model_name, model_path, model_fingerprint, corpus_path, corpus_fingerprint,
                         context, top_k, bos_id, max_tokens, shard_index, shard_count, seed, params,
                         next_window, windows_scanned, tokens_scanned, complete, started_at,
-                        updated_at FROM scan WHERE id = 1",
+                        updated_at, per_quantile FROM scan WHERE id = 1",
                 [],
                 |r| {
                     Ok(ScanRecord {
@@ -319,6 +312,7 @@ impl Store {
                         complete: r.get::<_, i64>(16)? != 0,
                         started_at: r.get(17)?,
                         updated_at: r.get(18)?,
+                        per_quantile: r.get::<_, i64>(19)? as usize,
                     })
                 },
             )
@@ -378,9 +372,9 @@ impl Store {
             "INSERT INTO scan (id, model_name, model_path, model_fingerprint, corpus_path,
                 corpus_fingerprint, context, top_k, bos_id, max_tokens, shard_index, shard_count,
                 seed, params, next_window, windows_scanned, tokens_scanned, complete, started_at,
-                updated_at)
+                updated_at, per_quantile)
              VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19)",
+                ?17, ?18, ?19, ?20)",
             params![
                 scan.model_name,
                 scan.model_path,
@@ -401,6 +395,7 @@ impl Store {
                 scan.complete as i64,
                 scan.started_at,
                 scan.updated_at,
+                scan.per_quantile as i64,
             ],
         )?;
         for s in sources {
@@ -447,11 +442,15 @@ impl Store {
                     (source_id, unit, n_positive, sum_act, max_act, hist_top, hist, hist_below)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut clear =
-                tx.prepare_cached("DELETE FROM examples WHERE source_id = ?1 AND unit = ?2")?;
-            let mut example_row = tx.prepare_cached(
-                "INSERT INTO examples (source_id, unit, kind, rank, window, max_act, max_pos,
-                    max_token, sample_key, acts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            let mut examples_row = tx.prepare_cached(
+                "INSERT OR REPLACE INTO unit_examples (source_id, unit, examples)
+                 VALUES (?1, ?2, ?3)",
+            )?;
+            let mut clear_peaks =
+                tx.prepare_cached("DELETE FROM peaks WHERE source_id = ?1 AND unit = ?2")?;
+            let mut peak_row = tx.prepare_cached(
+                "INSERT INTO peaks (token, source_id, unit, n_examples, max_act)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut source_row =
                 tx.prepare_cached("UPDATE sources SET tokens_scanned = ?2 WHERE name = ?1")?;
@@ -476,32 +475,29 @@ impl Store {
                         unit.sum,
                         max,
                         unit.hist_top,
-                        u32_bytes(&unit.hist),
+                        varints(&unit.hist),
                         unit.hist_below as i64,
                     ])?;
                     if !unit.examples_dirty {
                         continue;
                     }
-                    clear.execute(params![id, u as i64])?;
-                    let top = unit.top.iter().map(|e| (0i64, e));
-                    let candidates = unit.candidates.iter().flatten().map(|e| (1i64, e));
-                    let mut ranks = [0i64; 2];
-                    for (kind, e) in top.chain(candidates) {
-                        let rank = &mut ranks[kind as usize];
-                        let max_token = window_ids(e.window, e.max_pos)?;
-                        example_row.execute(params![
-                            id,
-                            u as i64,
-                            kind,
-                            *rank,
-                            e.window as i64,
-                            e.max_act as f64,
-                            e.max_pos as i64,
-                            max_token as i64,
-                            e.key as i64,
-                            f16_bytes(&e.acts),
-                        ])?;
-                        *rank += 1;
+                    let blob = encode_examples(&unit.top, unit.candidates.iter().flatten());
+                    examples_row.execute(params![id, u as i64, blob])?;
+                    clear_peaks.execute(params![id, u as i64])?;
+                    // (token, examples peaking on it, their largest maximum), first seen first.
+                    let mut peaks: Vec<(u32, i64, f32)> = Vec::new();
+                    for e in &unit.top {
+                        let token = window_ids(e.window, e.max_pos)?;
+                        match peaks.iter_mut().find(|p| p.0 == token) {
+                            Some(p) => {
+                                p.1 += 1;
+                                p.2 = p.2.max(e.max_act);
+                            }
+                            None => peaks.push((token, 1, e.max_act)),
+                        }
+                    }
+                    for (token, n, max_act) in peaks {
+                        peak_row.execute(params![token as i64, id, u as i64, n, max_act as f64])?;
                     }
                     unit.examples_dirty = false;
                 }
@@ -532,10 +528,14 @@ impl Store {
         let scan = self
             .scan()?
             .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))?;
+        let keep = Keep {
+            top_k: scan.top_k,
+            per_quantile: scan.per_quantile,
+        };
         let mut out = Vec::new();
         for info in self.sources()? {
             let id = self.source_id(&info.name)?.unwrap_or_default();
-            let mut source = SourceStats::new(&info.name, info.width, scan.top_k);
+            let mut source = SourceStats::new(&info.name, info.width, keep);
             source.n_tokens = self.conn.query_row(
                 "SELECT tokens_scanned FROM sources WHERE id = ?1",
                 [id],
@@ -554,23 +554,21 @@ impl Store {
                     .ok_or_else(|| anyhow!("unit {u} beyond the width of {}", info.name))?;
                 read_unit_row(unit, r)?;
             }
-            let mut stmt = self.conn.prepare(
-                "SELECT unit, kind, window, max_act, max_pos, sample_key, acts FROM examples
-                 WHERE source_id = ?1 ORDER BY unit, kind, rank",
-            )?;
+            let mut stmt = self
+                .conn
+                .prepare("SELECT unit, examples FROM unit_examples WHERE source_id = ?1")?;
             let mut rows = stmt.query([id])?;
             while let Some(r) = rows.next()? {
                 let u = r.get::<_, i64>(0)? as usize;
-                let kind: i64 = r.get(1)?;
-                let e = read_example(r, 2)?;
                 let unit = source
                     .units
                     .get_mut(u)
                     .ok_or_else(|| anyhow!("unit {u} beyond the width of {}", info.name))?;
-                if kind == 0 {
-                    unit.top.push(e);
-                } else {
-                    unit.insert_candidate(e);
+                let (top, candidates) = decode_examples(&r.get::<_, Vec<u8>>(1)?)
+                    .with_context(|| format!("{} unit {u}", info.name))?;
+                unit.top = top;
+                for e in candidates {
+                    unit.insert_candidate(e, keep);
                 }
             }
             out.push(source);
@@ -583,15 +581,17 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT id, doc, doc_offset, token_ids FROM windows ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(super::corpus::Window {
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(super::corpus::Window {
                 index: r.get::<_, i64>(0)? as u64,
                 doc: r.get::<_, i64>(1)? as u64,
                 doc_offset: r.get::<_, i64>(2)? as u64,
-                ids: u32_from_bytes(&r.get::<_, Vec<u8>>(3)?),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                ids: u32_from_bytes(&r.get::<_, Vec<u8>>(3)?)?,
+            });
+        }
+        Ok(out)
     }
 
     pub fn vocab(&self) -> Result<Vec<(u32, String)>> {
@@ -602,33 +602,37 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT text FROM vocab WHERE id = ?1")?;
-        ids.iter()
-            .map(|&id| {
-                Ok(stmt
-                    .query_row([id as i64], |r| r.get::<_, String>(0))
-                    .optional()?
-                    .unwrap_or_else(|| format!("<{id}>")))
-            })
-            .collect()
+    /// The token ids of `windows`, in one query.
+    fn windows_ids(&self, windows: &[u64]) -> Result<std::collections::HashMap<u64, Vec<u32>>> {
+        let list = join_ids(windows.iter().copied());
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, token_ids FROM windows WHERE id IN ({list})"
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut out = std::collections::HashMap::new();
+        while let Some(r) = rows.next()? {
+            let id = r.get::<_, i64>(0)? as u64;
+            out.insert(id, u32_from_bytes(&r.get::<_, Vec<u8>>(1)?)?);
+        }
+        Ok(out)
     }
 
-    fn window_ids(&self, window: u64) -> Result<Vec<u32>> {
-        let bytes: Option<Vec<u8>> = self
+    /// The texts of `ids`, in one query.
+    fn token_texts(
+        &self,
+        ids: impl Iterator<Item = u32>,
+    ) -> Result<std::collections::HashMap<u32, String>> {
+        let list = join_ids(ids.map(u64::from));
+        let mut stmt = self
             .conn
-            .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
-            .query_row([window as i64], |r| r.get(0))
-            .optional()?;
-        bytes
-            .map(|b: Vec<u8>| u32_from_bytes(&b))
-            .ok_or_else(|| anyhow!("window {window} is missing from the store"))
+            .prepare(&format!("SELECT id, text FROM vocab WHERE id IN ({list})"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Everything the store knows about one unit: statistics, top examples (at most `top`),
-    /// quantile groups, histogram and explanations.
+    /// quantile groups, histogram and explanations. A handful of queries whatever the number
+    /// of examples (the app opens a unit's panel with this).
     pub fn unit_report(&self, source: &str, unit: usize, top: Option<usize>) -> Result<UnitReport> {
         let info = self.source(source)?;
         if unit >= info.width {
@@ -637,6 +641,13 @@ impl Store {
                 info.width
             );
         }
+        let scan = self
+            .scan()?
+            .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))?;
+        let keep = Keep {
+            top_k: scan.top_k,
+            per_quantile: scan.per_quantile,
+        };
         let id = self.source_id(source)?.unwrap_or_default();
         let tokens_scanned = self.conn.query_row(
             "SELECT tokens_scanned FROM sources WHERE id = ?1",
@@ -657,26 +668,44 @@ impl Store {
         if let Some(result) = found {
             result?;
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT kind, window, max_act, max_pos, sample_key, acts FROM examples
-             WHERE source_id = ?1 AND unit = ?2 ORDER BY kind, rank",
-        )?;
-        let mut rows = stmt.query(params![id, unit as i64])?;
-        while let Some(r) = rows.next()? {
-            let kind: i64 = r.get(0)?;
-            let e = read_example(r, 1)?;
-            if kind == 0 {
-                stats.top.push(e);
-            } else {
-                stats.insert_candidate(e);
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT examples FROM unit_examples WHERE source_id = ?1 AND unit = ?2",
+            )?
+            .query_row(params![id, unit as i64], |r| r.get(0))
+            .optional()?;
+        if let Some(blob) = blob {
+            let (top, candidates) =
+                decode_examples(&blob).with_context(|| format!("{source} unit {unit}"))?;
+            stats.top = top;
+            for e in candidates {
+                stats.insert_candidate(e, keep);
             }
         }
-        let n = tokens_scanned.max(1) as f64;
+        stats.top.truncate(top.unwrap_or(usize::MAX));
+        let groups = stats.quantiles(keep);
+        let shown: Vec<&Example> = stats
+            .top
+            .iter()
+            .chain(groups.iter().flatten().copied())
+            .collect();
+        let mut window_list: Vec<u64> = shown.iter().map(|e| e.window).collect();
+        window_list.sort_unstable();
+        window_list.dedup();
+        let ids = self.windows_ids(&window_list)?;
+        let texts = self.token_texts(ids.values().flatten().copied())?;
         let example_out = |e: &Example| -> Result<ExampleOut> {
-            let token_ids = self.window_ids(e.window)?;
+            let token_ids = ids
+                .get(&e.window)
+                .cloned()
+                .ok_or_else(|| anyhow!("window {} is missing from the store", e.window))?;
             Ok(ExampleOut {
                 window: e.window,
-                tokens: self.token_texts(&token_ids)?,
+                tokens: token_ids
+                    .iter()
+                    .map(|id| texts.get(id).cloned().unwrap_or_else(|| format!("<{id}>")))
+                    .collect(),
                 token_ids,
                 acts: e.acts_f32(),
                 max_act: e.max_act,
@@ -686,12 +715,11 @@ impl Store {
         let examples = stats
             .top
             .iter()
-            .take(top.unwrap_or(usize::MAX))
             .map(example_out)
             .collect::<Result<Vec<_>>>()?;
+        let n = tokens_scanned.max(1) as f64;
         let m = stats.max.max(0.0);
-        let quantiles = stats
-            .quantiles()
+        let quantiles = groups
             .into_iter()
             .enumerate()
             .map(|(i, group)| {
@@ -836,10 +864,9 @@ impl Store {
         };
         let mut hits = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT s.name, x.unit, count(*) AS n, max(x.max_act) FROM examples x
-             JOIN sources s ON s.id = x.source_id
-             WHERE x.kind = 0 AND x.max_token = ?1 AND (?2 IS NULL OR s.name = ?2)
-             GROUP BY x.source_id, x.unit",
+            "SELECT s.name, p.unit, p.n_examples, p.max_act FROM peaks p
+             JOIN sources s ON s.id = p.source_id
+             WHERE p.token = ?1 AND (?2 IS NULL OR s.name = ?2)",
         )?;
         for id in ids {
             let rows = stmt.query_map(params![id, source], |r| {
@@ -890,7 +917,7 @@ fn window_tokens_reader<'c>(
                     .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
                     .query_row([window as i64], |r| r.get(0))
                     .with_context(|| format!("window {window} is missing from the store"))?;
-                u32_from_bytes(&bytes).get(pos as usize).copied()
+                u32_from_bytes(&bytes)?.get(pos as usize).copied()
             }
         };
         id.ok_or_else(|| anyhow!("position {pos} beyond window {window}"))
@@ -904,7 +931,7 @@ fn read_unit_row(unit: &mut UnitStats, r: &rusqlite::Row<'_>) -> Result<()> {
         .get::<_, Option<f64>>(3)?
         .map_or(f32::NEG_INFINITY, |m| m as f32);
     unit.hist_top = r.get(4)?;
-    let hist = u32_from_bytes(&r.get::<_, Vec<u8>>(5)?);
+    let hist = from_varints(&r.get::<_, Vec<u8>>(5)?)?;
     if hist.len() != HIST_BUCKETS {
         bail!(
             "corrupt histogram ({} buckets, expected {HIST_BUCKETS})",
@@ -916,14 +943,9 @@ fn read_unit_row(unit: &mut UnitStats, r: &rusqlite::Row<'_>) -> Result<()> {
     Ok(())
 }
 
-fn read_example(r: &rusqlite::Row<'_>, first: usize) -> Result<Example> {
-    Ok(Example {
-        window: r.get::<_, i64>(first)? as u64,
-        max_act: r.get::<_, f64>(first + 1)? as f32,
-        max_pos: r.get::<_, i64>(first + 2)? as u32,
-        key: r.get::<_, i64>(first + 3)? as u64,
-        acts: f16_from_bytes(&r.get::<_, Vec<u8>>(first + 4)?),
-    })
+/// A comma-separated list of integers for an `IN (…)` clause (integers only: no injection).
+fn join_ids(ids: impl Iterator<Item = u64>) -> String {
+    ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// One example as `dendrite examples` prints it.
