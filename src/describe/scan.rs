@@ -432,7 +432,7 @@ pub fn scan(
         let stop = cancelled();
         if stop || last_commit.elapsed() >= commit_interval {
             let commit_start = Instant::now();
-            store.commit(&record, &mut stats, &pending_windows, &pending_vocab)?;
+            store.commit(&record, &mut stats, &pending_windows, &pending_vocab, stop)?;
             pending_windows.clear();
             pending_vocab.clear();
             last_commit = Instant::now();
@@ -455,7 +455,7 @@ pub fn scan(
         );
     }
     record.complete = true;
-    store.commit(&record, &mut stats, &pending_windows, &pending_vocab)?;
+    store.commit(&record, &mut stats, &pending_windows, &pending_vocab, true)?;
     Ok(summary(&record, run_tokens))
 }
 
@@ -568,7 +568,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
     }
     let mut store = Store::open(out)?;
     store.begin_scan(&record, first_sources)?;
-    store.commit(&record, &mut stats, &all_windows, &vocab)?;
+    store.commit(&record, &mut stats, &all_windows, &vocab, true)?;
     Ok(ScanSummary {
         store: out.to_path_buf(),
         windows: record.windows_scanned,

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS unit_examples (
     PRIMARY KEY (source_id, unit)
 ) WITHOUT ROWID;
 -- The tokens a unit's top examples peak on: how many of them, and their largest maximum.
+-- Rebuilt when a scan finishes or stops (not at every intermediate commit).
 CREATE TABLE IF NOT EXISTS peaks (
     token INTEGER NOT NULL,
     source_id INTEGER NOT NULL REFERENCES sources(id),
@@ -93,7 +94,6 @@ CREATE TABLE IF NOT EXISTS peaks (
     max_act REAL NOT NULL,
     PRIMARY KEY (token, source_id, unit)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS peaks_by_unit ON peaks (source_id, unit);
 CREATE TABLE IF NOT EXISTS explanations (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -410,14 +410,16 @@ impl Store {
     }
 
     /// Commits a scan's progress: the new windows (and their tokens' texts), every source's
-    /// statistics, and the examples of units whose examples changed since the last commit.
-    /// One transaction: after a crash the store holds the previous commit whole.
+    /// statistics, and the examples of units whose examples changed since the last commit;
+    /// with `index_peaks` (a scan's last commit) the peak tokens of every unit too. One
+    /// transaction: after a crash the store holds the previous commit whole.
     pub fn commit(
         &mut self,
         scan: &ScanRecord,
         stats: &mut [SourceStats],
         windows: &'_ [super::corpus::Window],
         vocab: &[(u32, String)],
+        index_peaks: bool,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
@@ -446,19 +448,15 @@ impl Store {
                 "INSERT OR REPLACE INTO unit_examples (source_id, unit, examples)
                  VALUES (?1, ?2, ?3)",
             )?;
-            let mut clear_peaks =
-                tx.prepare_cached("DELETE FROM peaks WHERE source_id = ?1 AND unit = ?2")?;
-            let mut peak_row = tx.prepare_cached(
-                "INSERT INTO peaks (token, source_id, unit, n_examples, max_act)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             let mut source_row =
                 tx.prepare_cached("UPDATE sources SET tokens_scanned = ?2 WHERE name = ?1")?;
             let by_index: std::collections::HashMap<u64, &[u32]> = windows
                 .iter()
                 .map(|w| (w.index, w.ids.as_slice()))
                 .collect();
-            let window_ids = window_tokens_reader(&tx, by_index);
+            let mut window_ids = window_tokens_reader(&tx, by_index);
+            // (token, source, unit, examples peaking on it, their largest maximum).
+            let mut peaks: Vec<(u32, i64, usize, i64, f32)> = Vec::new();
             for source in stats.iter_mut() {
                 let id: i64 = tx.query_row(
                     "SELECT id FROM sources WHERE name = ?1",
@@ -478,28 +476,37 @@ impl Store {
                         varints(&unit.hist),
                         unit.hist_below as i64,
                     ])?;
+                    if index_peaks {
+                        let first = peaks.len();
+                        for e in &unit.top {
+                            let token = window_ids(e.window, e.max_pos)?;
+                            match peaks[first..].iter_mut().find(|p| p.0 == token) {
+                                Some(p) => {
+                                    p.3 += 1;
+                                    p.4 = p.4.max(e.max_act);
+                                }
+                                None => peaks.push((token, id, u, 1, e.max_act)),
+                            }
+                        }
+                    }
                     if !unit.examples_dirty {
                         continue;
                     }
                     let blob = encode_examples(&unit.top, unit.candidates.iter().flatten());
                     examples_row.execute(params![id, u as i64, blob])?;
-                    clear_peaks.execute(params![id, u as i64])?;
-                    // (token, examples peaking on it, their largest maximum), first seen first.
-                    let mut peaks: Vec<(u32, i64, f32)> = Vec::new();
-                    for e in &unit.top {
-                        let token = window_ids(e.window, e.max_pos)?;
-                        match peaks.iter_mut().find(|p| p.0 == token) {
-                            Some(p) => {
-                                p.1 += 1;
-                                p.2 = p.2.max(e.max_act);
-                            }
-                            None => peaks.push((token, 1, e.max_act)),
-                        }
-                    }
-                    for (token, n, max_act) in peaks {
-                        peak_row.execute(params![token as i64, id, u as i64, n, max_act as f64])?;
-                    }
                     unit.examples_dirty = false;
+                }
+            }
+            if index_peaks {
+                // In key order, so the table is written front to back.
+                peaks.sort_unstable_by_key(|p| (p.0, p.1, p.2));
+                tx.execute("DELETE FROM peaks", [])?;
+                let mut peak_row = tx.prepare_cached(
+                    "INSERT INTO peaks (token, source_id, unit, n_examples, max_act)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (token, id, u, n, max_act) in peaks {
+                    peak_row.execute(params![token as i64, id, u as i64, n, max_act as f64])?;
                 }
             }
         }
@@ -848,7 +855,8 @@ impl Store {
     }
 
     /// Units whose top examples peak on a token whose text is `token` (exactly, or ignoring
-    /// surrounding whitespace and case), most such examples first.
+    /// surrounding whitespace and case), most such examples first. Peaks are indexed when a
+    /// scan finishes or stops, so a scan killed mid-way has none until it is resumed.
     pub fn search_token(
         &self,
         token: &str,
@@ -904,20 +912,26 @@ fn fts_query(text: &str) -> String {
         .join(" ")
 }
 
-/// Token id at `pos` of `window`: from the windows being committed, else from the store.
+/// Token id at `pos` of `window`: from the windows being committed, else from the store
+/// (each window read once).
 fn window_tokens_reader<'c>(
     tx: &'c rusqlite::Transaction<'_>,
     pending: std::collections::HashMap<u64, &'c [u32]>,
-) -> impl Fn(u64, u32) -> Result<u32> + 'c {
+) -> impl FnMut(u64, u32) -> Result<u32> + 'c {
+    let mut read: std::collections::HashMap<u64, Vec<u32>> = std::collections::HashMap::new();
     move |window, pos| {
         let id = match pending.get(&window) {
             Some(ids) => ids.get(pos as usize).copied(),
             None => {
-                let bytes: Vec<u8> = tx
-                    .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
-                    .query_row([window as i64], |r| r.get(0))
-                    .with_context(|| format!("window {window} is missing from the store"))?;
-                u32_from_bytes(&bytes)?.get(pos as usize).copied()
+                if !read.contains_key(&window) {
+                    let bytes: Vec<u8> = tx
+                        .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
+                        .query_row([window as i64], |r| r.get(0))
+                        .with_context(|| format!("window {window} is missing from the store"))?;
+                    read.insert(window, u32_from_bytes(&bytes)?);
+                }
+                read.get(&window)
+                    .and_then(|ids| ids.get(pos as usize).copied())
             }
         };
         id.ok_or_else(|| anyhow!("position {pos} beyond window {window}"))
