@@ -104,6 +104,39 @@ pub fn default_saes(model: &std::path::Path) -> Vec<PathBuf> {
     }
 }
 
+/// Corpus stores the app opens with `model`: the sample store for the sample model.
+pub fn default_stores(model: &std::path::Path) -> Vec<PathBuf> {
+    let is_sample = path().is_some_and(|p| p == model);
+    match (is_sample, store_path()) {
+        (true, Some(store)) => vec![store],
+        _ => Vec::new(),
+    }
+}
+
+/// The sample store: a scan of the sample model and its SAE over held-out plays
+/// (`sample_models/shakespeare-gpt2-relu/descriptions.sqlite`), written once to the cache
+/// directory. Unlike the model it is never rewritten once there: the user's own
+/// descriptions go into that copy.
+pub fn store_path() -> Option<PathBuf> {
+    let dir = cache_root().join(format!("sample-store-{}", fingerprint(&STORE)));
+    let path = dir.join("descriptions.sqlite");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).ok()?;
+        let tmp = dir.join(format!(
+            "descriptions.sqlite.{}.partial",
+            std::process::id()
+        ));
+        std::fs::write(&tmp, STORE[0].1).ok()?;
+        std::fs::rename(&tmp, &path).ok()?;
+    }
+    Some(path)
+}
+
+const STORE: [(&str, &[u8]); 1] = [(
+    "descriptions.sqlite",
+    include_bytes!("../sample_models/shakespeare-gpt2-relu/descriptions.sqlite"),
+)];
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -2,10 +2,11 @@
 //! (LEB128 varints, one per bucket: most counts are small or zero), and a unit's examples (one
 //! blob per unit, so a commit writes one row per unit however many examples it keeps).
 //!
-//! An examples blob is `u32 n_top, u32 n_candidates`, then that many examples, top first:
-//! `u64 window, f32 max_act, u32 max_pos, u64 key, u32 n_positions, u8 encoding` and the
-//! activations: encoding 0 is `n_positions × f16`; encoding 1 (sparse, when it is shorter) is
-//! `u32 n_nonzero` and that many `(u16 position, f16 value)` pairs, every other position 0.
+//! An examples blob is `varint n_top, varint n_candidates`, then that many examples, top
+//! first: `varint window, f32 max_act, varint max_pos, varint key, varint n_positions,
+//! u8 encoding` and the activations: encoding 0 is `n_positions × f16`; encoding 1 (sparse,
+//! when it is shorter) is `varint n_nonzero` and that many `(u16 position, f16 value)` pairs,
+//! every other position 0. Varints are LEB128 (7 bits a byte, low first).
 //! Decoding checks every length against the blob, so a corrupt row is an error, not a panic.
 
 use anyhow::{Result, bail};
@@ -30,42 +31,58 @@ pub fn u32_from_bytes(bytes: &[u8]) -> Result<Vec<u32>> {
         .collect())
 }
 
-pub fn varints(values: &[u32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len());
-    for &v in values {
-        let mut v = v;
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Histogram counts as varints, a run of zeros as `0, varint (run − 1)` (most of a unit's
+/// fine buckets are empty).
+pub fn encode_counts(values: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 2);
+    let mut i = 0;
+    while i < values.len() {
+        if values[i] == 0 {
+            let run = values[i..].iter().take_while(|&&v| v == 0).count();
+            out.push(0);
+            put_varint(&mut out, run as u64 - 1);
+            i += run;
+        } else {
+            put_varint(&mut out, values[i] as u64);
+            i += 1;
         }
     }
     out
 }
 
-pub fn from_varints(bytes: &[u8]) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    let mut value: u64 = 0;
-    let mut shift = 0;
-    for &b in bytes {
-        value |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            out.push(u32::try_from(value).map_err(|_| anyhow::anyhow!("corrupt varint"))?);
-            value = 0;
-            shift = 0;
-        } else {
-            shift += 7;
-            if shift > 28 {
-                bail!("corrupt varint (too long)");
+/// Decodes [`encode_counts`]'s bytes, which must hold exactly `len` counts.
+pub fn decode_counts(bytes: &[u8], len: usize) -> Result<Vec<u32>> {
+    let mut r = Reader { bytes };
+    let mut out = Vec::with_capacity(len);
+    while !r.bytes.is_empty() {
+        let v = r.varint()?;
+        if v == 0 {
+            let run = usize::try_from(r.varint()?)?.saturating_add(1);
+            if out.len().saturating_add(run) > len {
+                bail!("corrupt histogram (more than {len} buckets)");
             }
+            out.resize(out.len() + run, 0);
+        } else {
+            if out.len() >= len {
+                bail!("corrupt histogram (more than {len} buckets)");
+            }
+            out.push(u32::try_from(v)?);
         }
     }
-    if shift != 0 {
-        bail!("corrupt varints (truncated)");
+    if out.len() != len {
+        bail!("corrupt histogram ({} buckets, expected {len})", out.len());
     }
     Ok(out)
 }
@@ -74,15 +91,15 @@ const DENSE: u8 = 0;
 const SPARSE: u8 = 1;
 
 fn put_example(out: &mut Vec<u8>, e: &Example) {
-    out.extend_from_slice(&e.window.to_le_bytes());
+    put_varint(out, e.window);
     out.extend_from_slice(&e.max_act.to_le_bytes());
-    out.extend_from_slice(&e.max_pos.to_le_bytes());
-    out.extend_from_slice(&e.key.to_le_bytes());
-    out.extend_from_slice(&(e.acts.len() as u32).to_le_bytes());
+    put_varint(out, e.max_pos as u64);
+    put_varint(out, e.key);
+    put_varint(out, e.acts.len() as u64);
     let nonzero = e.acts.iter().filter(|a| a.to_bits() & 0x7fff != 0).count();
-    if e.acts.len() <= 1 << 16 && 4 + nonzero * 4 < e.acts.len() * 2 {
+    if e.acts.len() <= 1 << 16 && 2 + nonzero * 4 < e.acts.len() * 2 {
         out.push(SPARSE);
-        out.extend_from_slice(&(nonzero as u32).to_le_bytes());
+        put_varint(out, nonzero as u64);
         for (p, a) in e.acts.iter().enumerate() {
             if a.to_bits() & 0x7fff != 0 {
                 out.extend_from_slice(&(p as u16).to_le_bytes());
@@ -103,8 +120,8 @@ pub fn encode_examples<'a>(
     candidates: impl Iterator<Item = &'a Example> + Clone,
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&(top.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(candidates.clone().count() as u32).to_le_bytes());
+    put_varint(&mut out, top.len() as u64);
+    put_varint(&mut out, candidates.clone().count() as u64);
     for e in top.iter().chain(candidates) {
         put_example(&mut out, e);
     }
@@ -132,20 +149,25 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+    fn varint(&mut self) -> Result<u64> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            value |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        bail!("corrupt examples blob (varint too long)")
     }
 }
 
 fn get_example(r: &mut Reader<'_>) -> Result<Example> {
-    let window = r.u64()?;
+    let window = r.varint()?;
     let max_act = f32::from_bits(r.u32()?);
-    let max_pos = r.u32()?;
-    let key = r.u64()?;
-    let n = r.u32()? as usize;
+    let max_pos = u32::try_from(r.varint()?)?;
+    let key = r.varint()?;
+    let n = usize::try_from(r.varint()?)?;
     let encoding = r.take(1)?[0];
     let acts: Box<[f16]> = match encoding {
         DENSE => {
@@ -155,7 +177,7 @@ fn get_example(r: &mut Reader<'_>) -> Result<Example> {
                 .collect()
         }
         SPARSE => {
-            let nonzero = r.u32()? as usize;
+            let nonzero = usize::try_from(r.varint()?)?;
             if nonzero > n || r.bytes.len() < nonzero * 4 {
                 bail!("corrupt examples blob (sparse count {nonzero} of {n})");
             }
@@ -186,10 +208,10 @@ fn get_example(r: &mut Reader<'_>) -> Result<Example> {
 /// Decodes a unit's examples: (top, quantile candidates).
 pub fn decode_examples(bytes: &[u8]) -> Result<(Vec<Example>, Vec<Example>)> {
     let mut r = Reader { bytes };
-    let n_top = r.u32()? as usize;
-    let n_candidates = r.u32()? as usize;
-    // Every example takes at least 29 bytes: counts beyond that are corrupt, not allocations.
-    if (n_top + n_candidates).saturating_mul(29) > bytes.len() {
+    let n_top = usize::try_from(r.varint()?)?;
+    let n_candidates = usize::try_from(r.varint()?)?;
+    // Every example takes at least 9 bytes: counts beyond that are corrupt, not allocations.
+    if n_top.saturating_add(n_candidates).saturating_mul(9) > bytes.len() {
         bail!(
             "corrupt examples blob ({n_top} + {n_candidates} examples in {} bytes)",
             bytes.len()
@@ -226,8 +248,12 @@ mod tests {
         let dense = example(3, &[0.5, 1.5, -0.25, 2.0]);
         let sparse = example(9, &[0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0, 0.0, 0.0]);
         let blob = encode_examples(std::slice::from_ref(&dense), [&sparse].into_iter());
-        // The sparse one costs 4 + 4 bytes of activations instead of 20.
-        assert_eq!(blob.len(), 8 + (29 + 8) + (29 + 4 + 4));
+        // Header: window, max, peak, key, length (varints but the f32) and the encoding; the
+        // sparse one's activations cost 1 + 4 bytes instead of 20.
+        assert_eq!(
+            blob.len(),
+            2 + (1 + 4 + 1 + 1 + 1 + 1 + 8) + (1 + 4 + 1 + 2 + 1 + 1 + 1 + 4)
+        );
         let (top, cands) = decode_examples(&blob).unwrap();
         assert_eq!(top, vec![dense]);
         // -0.0 reads back as 0.0: only its sign is lost.
@@ -247,18 +273,21 @@ mod tests {
         for cut in 0..blob.len() {
             assert!(decode_examples(&blob[..cut]).is_err(), "cut at {cut}");
         }
-        let mut huge = blob.clone();
-        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut huge = vec![0xff, 0xff, 0xff, 0x7f];
+        huge.extend_from_slice(&blob[1..]);
         assert!(decode_examples(&huge).is_err());
         assert!(u32_from_bytes(&[1, 2, 3]).is_err());
     }
 
     #[test]
-    fn varints_round_trip() {
-        let v = vec![0, 1, 127, 128, 300, u32::MAX];
-        let b = varints(&v);
-        assert_eq!(b.len(), 1 + 1 + 1 + 2 + 2 + 5);
-        assert_eq!(from_varints(&b).unwrap(), v);
-        assert!(from_varints(&b[..b.len() - 1]).is_err());
+    fn counts_round_trip_with_zero_runs() {
+        let v = vec![0, 0, 0, 1, 127, 128, 300, u32::MAX, 0];
+        let b = encode_counts(&v);
+        assert_eq!(b.len(), 2 + 1 + 1 + 2 + 2 + 5 + 2);
+        assert_eq!(decode_counts(&b, v.len()).unwrap(), v);
+        assert!(decode_counts(&b[..b.len() - 1], v.len()).is_err());
+        assert!(decode_counts(&b, v.len() - 1).is_err());
+        // A lying run length is an error, not an allocation.
+        assert!(decode_counts(&[0, 0xff, 0xff, 0xff, 0xff, 0x0f], 384).is_err());
     }
 }

@@ -17,7 +17,7 @@ use super::store::{ScanRecord, SourceInfo, Store};
 use crate::model::{BosMode, HookSpec, Model, NoObserver};
 use crate::sae::Sae;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ScanOptions {
     pub corpus: PathBuf,
     /// Hook names or globs (`blocks.*.mlp.hook_post`).

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 pub use super::blob::u32_bytes;
-use super::blob::{decode_examples, encode_examples, from_varints, u32_from_bytes, varints};
+use super::blob::{decode_counts, decode_examples, encode_counts, encode_examples, u32_from_bytes};
 use super::stats::{Example, HIST_BUCKETS, Keep, N_QUANTILES, SourceStats, UnitStats};
 
 /// Version 2 keeps a unit's examples in one row (version 1, never released, kept a row per
@@ -65,25 +65,29 @@ CREATE TABLE IF NOT EXISTS windows (
     token_ids BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vocab (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+-- Rows of a few hundred bytes to kilobytes: rowid tables (WITHOUT ROWID suits small rows
+-- only, and would spill these into half-empty overflow pages).
 CREATE TABLE IF NOT EXISTS unit_stats (
+    id INTEGER PRIMARY KEY,
     source_id INTEGER NOT NULL REFERENCES sources(id),
     unit INTEGER NOT NULL,
     n_positive INTEGER NOT NULL,
     sum_act REAL NOT NULL,
     max_act REAL,
     hist_top INTEGER NOT NULL,
-    -- Fine histogram counts down from bucket hist_top, as varints.
+    -- Fine histogram counts down from bucket hist_top (varints, zero runs collapsed).
     hist BLOB NOT NULL,
     hist_below INTEGER NOT NULL,
-    PRIMARY KEY (source_id, unit)
-) WITHOUT ROWID;
+    UNIQUE (source_id, unit)
+);
 -- A unit's top-K windows (largest first) and quantile candidates, in one blob.
 CREATE TABLE IF NOT EXISTS unit_examples (
+    id INTEGER PRIMARY KEY,
     source_id INTEGER NOT NULL REFERENCES sources(id),
     unit INTEGER NOT NULL,
     examples BLOB NOT NULL,
-    PRIMARY KEY (source_id, unit)
-) WITHOUT ROWID;
+    UNIQUE (source_id, unit)
+);
 -- The tokens a unit's top examples peak on: how many of them, and their largest maximum.
 -- Rebuilt when a scan finishes or stops (not at every intermediate commit).
 CREATE TABLE IF NOT EXISTS peaks (
@@ -473,7 +477,7 @@ impl Store {
                         unit.sum,
                         max,
                         unit.hist_top,
-                        varints(&unit.hist),
+                        encode_counts(&unit.hist),
                         unit.hist_below as i64,
                     ])?;
                     if index_peaks {
@@ -825,6 +829,23 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The best explanation of every described unit: the user's own first, then the best
+    /// scored, then the first imported.
+    pub fn best_descriptions(&self) -> Result<Vec<(String, usize, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT source, unit, description FROM (
+                SELECT source, unit, description, row_number() OVER (
+                    PARTITION BY source, unit
+                    ORDER BY origin = 'user' DESC, score IS NULL, score DESC, id) AS rank
+                FROM explanations)
+             WHERE rank = 1",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Full-text search over explanations (FTS5, best match first).
     pub fn search(
         &self,
@@ -945,14 +966,7 @@ fn read_unit_row(unit: &mut UnitStats, r: &rusqlite::Row<'_>) -> Result<()> {
         .get::<_, Option<f64>>(3)?
         .map_or(f32::NEG_INFINITY, |m| m as f32);
     unit.hist_top = r.get(4)?;
-    let hist = from_varints(&r.get::<_, Vec<u8>>(5)?)?;
-    if hist.len() != HIST_BUCKETS {
-        bail!(
-            "corrupt histogram ({} buckets, expected {HIST_BUCKETS})",
-            hist.len()
-        );
-    }
-    unit.hist = hist;
+    unit.hist = decode_counts(&r.get::<_, Vec<u8>>(5)?, HIST_BUCKETS)?;
     unit.hist_below = r.get::<_, i64>(6)? as u64;
     Ok(())
 }

@@ -9,6 +9,7 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 use super::export::{Placement, View};
 use super::state::{Action, AppState, Tab};
 use super::views;
+use crate::worker::stores::{StoreCommand, StoreHandle};
 use crate::worker::{Command, Event, WorkerHandle};
 
 /// The prompt a fresh install starts with: repeated text, so induction is visible at once.
@@ -22,6 +23,8 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(6);
 pub struct DendriteApp {
     pub state: AppState,
     worker: WorkerHandle,
+    /// The thread that reads corpus stores (examples, descriptions, search).
+    stores: StoreHandle,
     /// Frame times (ms) of the last frames, for the performance readout and benchmarks.
     pub frame_times_ms: Vec<f32>,
     last_frame: Option<Instant>,
@@ -47,6 +50,9 @@ pub struct DendriteApp {
 struct Persisted {
     recent_models: Vec<PathBuf>,
     prompt: String,
+    /// Corpus stores by the fingerprint of their model.
+    #[serde(default)]
+    stores: std::collections::BTreeMap<String, Vec<PathBuf>>,
 }
 
 const STORAGE_KEY: &str = "dendrite";
@@ -62,11 +68,14 @@ impl DendriteApp {
         ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
         let repaint = ctx.clone();
         let worker = WorkerHandle::spawn(move || repaint.request_repaint())?;
+        let repaint = ctx.clone();
+        let stores = StoreHandle::spawn(move || repaint.request_repaint())?;
         let persisted: Persisted = storage
             .and_then(|s| eframe::get_value(s, STORAGE_KEY))
             .unwrap_or_default();
         let mut state = AppState::default();
         state.recent_models = persisted.recent_models;
+        state.stores.remembered = persisted.stores;
         state.prompt = if persisted.prompt.is_empty() {
             DEFAULT_PROMPT.to_string()
         } else {
@@ -80,6 +89,7 @@ impl DendriteApp {
         Ok(DendriteApp {
             state,
             worker,
+            stores,
             frame_times_ms: Vec::new(),
             last_frame: None,
             placements: Vec::new(),
@@ -108,6 +118,22 @@ impl DendriteApp {
                 self.attaches_pending += 1;
             }
             self.send(cmd);
+        }
+        self.send_store_requests();
+    }
+
+    /// Sends what the state wants of the store reader: its queued requests, and the reports
+    /// of the units the inspector shows.
+    fn send_store_requests(&mut self) {
+        let units = self.state.inspected_units();
+        self.state.stores.request(&units);
+        for cmd in std::mem::take(&mut self.state.stores.outbox) {
+            if !self.stores.send(cmd) {
+                self.state.errors.push(crate::worker::ErrorEvent {
+                    context: "the store reader".into(),
+                    message: "the store reader has stopped; restart Dendrite".into(),
+                });
+            }
         }
     }
 
@@ -174,9 +200,12 @@ impl DendriteApp {
         }
     }
 
-    /// Applies waiting worker events for at most [`DRAIN_BUDGET`].
+    /// Applies waiting worker and store events for at most [`DRAIN_BUDGET`].
     pub fn drain_events(&mut self, ctx: &egui::Context) {
         let started = Instant::now();
+        while let Some(event) = self.stores.try_recv() {
+            self.state.apply_store(event);
+        }
         while let Some(event) = self.worker.try_recv() {
             let loaded = match &event {
                 Event::ModelLoaded(m) => Some(m.info.path.clone()),
@@ -190,6 +219,13 @@ impl DendriteApp {
             };
             self.state.apply(event);
             if let Some(model) = loaded {
+                // Its stores (remembered ones of this model, the sample's own) open with it.
+                let mut remembered = self.state.stores.remembered_paths();
+                remembered.extend(crate::sample::default_stores(&model));
+                self.stores.send(StoreCommand::ModelOpened {
+                    model: model.clone(),
+                    remembered,
+                });
                 // A freshly opened model gets its default SAEs, then runs the prompt (once
                 // they are attached) and the head probe.
                 self.attaches_pending = 0;
@@ -216,6 +252,7 @@ impl DendriteApp {
                 break;
             }
         }
+        self.send_store_requests();
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context) {
@@ -374,6 +411,7 @@ impl eframe::App for DendriteApp {
             &Persisted {
                 recent_models: self.state.recent_models.clone(),
                 prompt: self.state.prompt.clone(),
+                stores: self.state.stores.remembered.clone(),
             },
         );
     }

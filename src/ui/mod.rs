@@ -6,6 +6,7 @@ pub mod export;
 pub mod heatmap;
 mod raster;
 pub mod state;
+pub mod stores;
 pub mod views;
 
 use std::path::PathBuf;

@@ -12,11 +12,13 @@ use crate::analysis::sparsity::Method;
 use crate::model::{AblationMode, BosMode, Intervention, ModelInfo, PatternMode, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
+use crate::ui::stores::{StoresState, neuron_layer, neuron_source};
+use crate::worker::stores::{StoreCommand, StoreEvent, UnitRef};
 use crate::worker::{
     AttachSae, Command, DetachSae, Edit, ErrorEvent, EvaluateSaeJob, Event, InspectLatent,
     InspectNeuron, JobId, JobOutcome, LatentInfo, LayerSummary, LensRequest, LoadModel, NeuronInfo,
-    ProbeHeads, RunFinished, RunId, RunPrompt, SaeId, SteerMode, TokenPrediction, TrainSaeJob,
-    Variant,
+    ProbeHeads, RunFinished, RunId, RunPrompt, SaeId, ScanCorpusJob, SteerMode, TokenPrediction,
+    TrainSaeJob, Variant,
 };
 
 /// The main view's tabs.
@@ -89,6 +91,8 @@ impl PassView {
 pub struct SaeEntry {
     pub id: SaeId,
     pub cfg: SaeConfig,
+    /// Its latents' source name in corpus stores (`sae:<folder>`).
+    pub source: String,
 }
 
 impl SaeEntry {
@@ -479,6 +483,25 @@ pub enum Action {
     SetSortNeurons(bool),
     /// Export a view's data (CSV) and screen area (PNG); the app does the file work.
     Export(crate::ui::export::View),
+    /// Open a corpus store for the open model (refused if it is another model's).
+    OpenStore(PathBuf),
+    CloseStore(PathBuf),
+    /// Scan a corpus with the open model into a store (a job; the store opens when done).
+    ScanCorpus(Box<crate::describe::ScanOptions>),
+    /// Search the open stores' descriptions and peak tokens.
+    Search(String),
+    /// Select a unit of a store in every view (an MLP neuron or an attached SAE's latent).
+    SelectUnit(UnitRef),
+    /// Save the user's own description of a unit (empty removes it).
+    SetDescription(UnitRef, String),
+    ImportExplanations {
+        file: PathBuf,
+        source: String,
+        /// Import even though the file is another model's or has indices beyond the source.
+        force: bool,
+    },
+    /// Run a text (an example window) as the prompt.
+    RunText(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -551,6 +574,8 @@ pub struct AppState {
     pub notice: Option<String>,
     /// Show run durations (image snapshots turn this off: timings differ run to run).
     pub show_timings: bool,
+    /// Corpus stores: descriptions and examples of units.
+    pub stores: StoresState,
 }
 
 impl Default for AppState {
@@ -588,6 +613,7 @@ impl Default for AppState {
             sort_neurons: false,
             notice: None,
             show_timings: true,
+            stores: StoresState::default(),
         }
     }
 }
@@ -680,6 +706,40 @@ impl AppState {
     }
 
     /// Whether a job is running (one at a time: the worker runs it).
+    /// The units the inspector shows (the selected latent, the selected neuron), whose store
+    /// reports it wants.
+    pub fn inspected_units(&self) -> Vec<UnitRef> {
+        let mut units = Vec::new();
+        if let Some((sae_id, latent)) = self.selection.latent
+            && let Some(sae) = self.saes.iter().find(|s| s.id == sae_id)
+        {
+            units.push(UnitRef {
+                source: sae.source.clone(),
+                unit: latent,
+            });
+        }
+        if let Some(neuron) = self.selection.neuron {
+            units.push(UnitRef {
+                source: neuron_source(self.selection.layer),
+                unit: neuron,
+            });
+        }
+        units
+    }
+
+    /// Applies an event of the store reader.
+    pub fn apply_store(&mut self, event: StoreEvent) {
+        if let StoreEvent::Error { context, message } = &event {
+            self.errors.push(ErrorEvent {
+                context: context.clone(),
+                message: message.clone(),
+            });
+        }
+        if let Some(notice) = self.stores.apply(event) {
+            self.notice = Some(notice);
+        }
+    }
+
     pub fn job_running(&self) -> bool {
         self.job.as_ref().is_some_and(|j| j.outcome.is_none())
     }
@@ -716,6 +776,82 @@ impl AppState {
                 None
             }
             Action::Run => self.new_run(),
+            Action::RunText(text) => {
+                self.prompt = text;
+                self.new_run()
+            }
+            Action::OpenStore(path) => {
+                let model = self.model.as_ref()?.path.clone();
+                self.stores.outbox.push(StoreCommand::Open { path, model });
+                None
+            }
+            Action::CloseStore(path) => {
+                self.stores.outbox.push(StoreCommand::Close { path });
+                None
+            }
+            Action::ScanCorpus(opts) => {
+                self.model.as_ref()?;
+                if self.job_running() {
+                    return None;
+                }
+                let job_id = self.new_job(format!(
+                    "Scanning {} into {}",
+                    opts.corpus.display(),
+                    opts.out.display()
+                ));
+                Some(Command::ScanCorpus(ScanCorpusJob {
+                    job_id,
+                    opts: *opts,
+                }))
+            }
+            Action::Search(query) => {
+                self.stores.search(query);
+                None
+            }
+            Action::SelectUnit(unit) => {
+                if let Some(layer) = neuron_layer(&unit.source) {
+                    return self.act(Action::SelectNeuron {
+                        layer,
+                        neuron: unit.unit,
+                    });
+                }
+                match self.saes.iter().find(|s| s.source == unit.source) {
+                    Some(sae) => {
+                        let sae_id = sae.id;
+                        self.tab = Tab::Features;
+                        self.act(Action::SelectLatent {
+                            sae_id,
+                            latent: unit.unit,
+                        })
+                    }
+                    None => {
+                        self.notice = Some(format!(
+                            "{} {} is not a unit of the open model or an attached SAE: attach \
+                             that SAE to select it",
+                            unit.source, unit.unit
+                        ));
+                        None
+                    }
+                }
+            }
+            Action::SetDescription(unit, text) => {
+                self.stores
+                    .outbox
+                    .push(StoreCommand::SetDescription { unit, text });
+                None
+            }
+            Action::ImportExplanations {
+                file,
+                source,
+                force,
+            } => {
+                self.stores.outbox.push(StoreCommand::Import {
+                    file,
+                    source,
+                    force,
+                });
+                None
+            }
             Action::SetBos(bos) => {
                 self.bos = bos;
                 self.new_run()
@@ -935,6 +1071,7 @@ impl AppState {
                 self.undo.clear();
                 self.redo.clear();
                 self.current_run = None;
+                self.stores.model_changed();
             }
             Event::RunStarted(s) => {
                 if self.current_run != Some(s.run_id) {
@@ -990,6 +1127,7 @@ impl AppState {
                 self.saes.push(SaeEntry {
                     id: a.sae_id,
                     cfg: a.cfg,
+                    source: a.source,
                 });
             }
             Event::SaeDetached(d) => {
@@ -1028,6 +1166,13 @@ impl AppState {
             Event::JobFinished(f) => {
                 if let JobOutcome::Evaluated { sae_id, report } = &f.outcome {
                     self.evaluations.insert(*sae_id, (**report).clone());
+                }
+                if let (JobOutcome::Scanned { store, .. }, Some(model)) = (&f.outcome, &self.model)
+                {
+                    self.stores.outbox.push(StoreCommand::Open {
+                        path: store.clone(),
+                        model: model.path.clone(),
+                    });
                 }
                 if let Some(job) = self.job.as_mut().filter(|j| j.id == f.job_id) {
                     job.fraction = 1.0;
@@ -1606,6 +1751,7 @@ mod tests {
         s.apply(Event::SaeAttached(crate::worker::SaeAttached {
             sae_id: 7,
             cfg: sae_cfg(),
+            source: "sae:test".into(),
         }));
         assert_eq!(s.selected_sae, Some(7));
         s.act(Action::SetPrompt("ab".into()));
@@ -1657,6 +1803,7 @@ mod tests {
         s.apply(Event::SaeAttached(crate::worker::SaeAttached {
             sae_id: 2,
             cfg: sae_cfg(),
+            source: "sae:test".into(),
         }));
         s.act(Action::SetPrompt("ab".into()));
         let clamp = InterventionKind::Latent {

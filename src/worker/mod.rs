@@ -5,6 +5,7 @@
 
 pub mod protocol;
 pub mod session;
+pub mod stores;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

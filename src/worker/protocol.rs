@@ -155,9 +155,23 @@ pub struct EvaluateSaeJob {
     pub tokens: usize,
 }
 
+/// Scan a corpus with the open model into a store (`describe::scan`).
+#[derive(Clone, Debug)]
+pub struct ScanCorpusJob {
+    pub job_id: JobId,
+    pub opts: crate::describe::ScanOptions,
+}
+
+impl PartialEq for ScanCorpusJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.job_id == other.job_id
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     LoadModel(LoadModel),
+    ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
     EvaluateSae(EvaluateSaeJob),
     AttachSae(AttachSae),
@@ -311,6 +325,8 @@ pub struct LensReady {
 pub struct SaeAttached {
     pub sae_id: SaeId,
     pub cfg: SaeConfig,
+    /// Its latents' source name in corpus stores (`sae:<folder>`).
+    pub source: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -373,6 +389,15 @@ pub enum JobOutcome {
     Evaluated {
         sae_id: SaeId,
         report: Box<crate::sae::eval::EvalReport>,
+    },
+    /// A corpus scan committed to `store` (`complete: false` when it was cancelled: resume
+    /// it from the command line with `--resume`).
+    Scanned {
+        store: PathBuf,
+        windows: u64,
+        tokens: u64,
+        tokens_per_s: f64,
+        complete: bool,
     },
     Cancelled,
 }

@@ -176,6 +176,7 @@ impl Session {
             Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
             Command::TrainSae(_) => "training an SAE".into(),
             Command::EvaluateSae(_) => "evaluating an SAE".into(),
+            Command::ScanCorpus(job) => format!("scanning {}", job.opts.corpus.display()),
             Command::DetachSae(_) => "detaching an SAE".into(),
             Command::InspectLatent(l) => format!("inspecting SAE latent {}", l.latent),
             Command::Panic => "a requested panic".into(),
@@ -197,6 +198,7 @@ impl Session {
             Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
             Command::TrainSae(job) => self.train_sae(job, cancel, emit),
             Command::EvaluateSae(job) => self.evaluate_sae(job, cancel, emit),
+            Command::ScanCorpus(job) => self.scan_corpus(job, cancel, emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -491,7 +493,12 @@ impl Session {
         self.next_sae_id += 1;
         let cfg = sae.cfg.clone();
         self.saes.push((sae_id, Arc::new(sae)));
-        Ok(Event::SaeAttached(SaeAttached { sae_id, cfg }))
+        let source = format!("sae:{}", crate::describe::scan::sae_folder_name(&cfg.path));
+        Ok(Event::SaeAttached(SaeAttached {
+            sae_id,
+            cfg,
+            source,
+        }))
     }
 
     /// Runs `body` on a named job thread with the session's [`Background`] (the callers check
@@ -561,6 +568,28 @@ impl Session {
         }
         let id = job.job_id;
         evaluate_job(&model, &sae, &job, &|| cancel.is_job_cancelled(id), emit)
+    }
+
+    /// Scans a corpus into a store (`describe::scan`), on a job thread when the session has a
+    /// [`Background`]; progress every batch, cancel between batches (what was scanned is
+    /// committed).
+    fn scan_corpus(
+        &mut self,
+        job: ScanCorpusJob,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self.shared_model()?;
+        if self.background.is_some() {
+            return self.spawn_job(move |bg| {
+                let context = format!("scanning {}", job.opts.corpus.display());
+                bg.run_job(job.job_id, &context, |emit, cancelled| {
+                    scan_job(&model, &job, cancelled, emit)
+                });
+            });
+        }
+        let id = job.job_id;
+        scan_job(&model, &job, &|| cancel.is_job_cancelled(id), emit)
     }
 
     fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {
@@ -663,6 +692,63 @@ fn train_job(
         outcome,
     }));
     Ok(trained)
+}
+
+fn scan_job(
+    model: &Model,
+    job: &ScanCorpusJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    let id = job.job_id;
+    let mut last_report = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let summary = crate::describe::scan(
+        model,
+        &job.opts,
+        &mut |p| {
+            // A few reports a second are enough for a progress bar.
+            if last_report.elapsed() < std::time::Duration::from_millis(200) {
+                return;
+            }
+            last_report = std::time::Instant::now();
+            let fraction = match p.total_windows {
+                Some(total) => p.windows as f32 / total.max(1) as f32,
+                None => p.files_done as f32 / p.files_total.max(1) as f32,
+            };
+            let eta = p
+                .total_windows
+                .filter(|_| p.tokens_per_s > 0.0 && p.windows > 0)
+                .map(|total| {
+                    let per_window = p.elapsed_s / p.windows as f64;
+                    format!(
+                        " · ETA {:.0} s",
+                        per_window * total.saturating_sub(p.windows) as f64
+                    )
+                })
+                .unwrap_or_default();
+            emit(Event::JobProgress(JobProgress {
+                job_id: id,
+                fraction: fraction.clamp(0.0, 1.0),
+                message: format!(
+                    "{} windows · {} tokens · {:.0} tok/s{eta}",
+                    p.windows, p.tokens, p.tokens_per_s
+                ),
+                train: None,
+            }));
+        },
+        cancelled,
+    )?;
+    emit(Event::JobFinished(JobFinished {
+        job_id: id,
+        outcome: JobOutcome::Scanned {
+            store: summary.store,
+            windows: summary.windows,
+            tokens: summary.tokens,
+            tokens_per_s: summary.tokens_per_s,
+            complete: summary.complete,
+        },
+    }));
+    Ok(())
 }
 
 /// Evaluates `sae` over the held-out part of the job's corpus, reporting every sequence.
