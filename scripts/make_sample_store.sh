@@ -18,12 +18,15 @@ tmp=$(mktemp -d)/descriptions.sqlite
 target/debug/dendrite scan sample_models/shakespeare-gpt2-relu --corpus .cache/corpus/heldout \
     --hooks 'blocks.*.mlp.hook_post' --sae sample_models/shakespeare-gpt2-relu-sae \
     --top-k 10 --quantile-examples 1 --out "$tmp"
-# One file (no WAL beside it), compacted.
+# One file, compacted.
 python3 - "$tmp" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
 c.execute("PRAGMA journal_mode=DELETE")
 c.execute("VACUUM")
+# Shipped in WAL mode, as Dendrite opens it (switching modes needs the file to itself), and
+# checkpointed on close so no -wal file is left beside it.
+c.execute("PRAGMA journal_mode=WAL")
 c.close()
 PY
 mv "$tmp" "$out"

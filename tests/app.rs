@@ -1,6 +1,7 @@
 //! The app driven like a user with egui_kittest (no GPU needed): open a model, type a prompt,
 //! run it, select a neuron, clamp it and see the prediction change, remove the clamp; a worker
-//! panic leaves the app usable.
+//! panic leaves the app usable; corpus stores (the sample's, one scanned from the app) show a
+//! unit's examples, take descriptions and imports, and answer searches.
 
 mod common;
 
@@ -195,9 +196,7 @@ fn a_worker_panic_shows_an_error_and_the_app_keeps_working() {
 #[test]
 fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_prediction() {
     // Only the embedded sample model comes with an SAE.
-    let Some(sample) = dendrite::sample::path() else {
-        return;
-    };
+    let sample = dendrite::sample::path().expect("the sample model is written to the cache");
     assert_eq!(model_path(), sample);
     let mut h = harness();
     step_until(&mut h, "the model, its SAE and the feature map", |s| {
@@ -281,4 +280,223 @@ fn an_sae_trained_from_the_app_reports_curves_and_is_attached() {
     ));
     let new = s.saes.last().unwrap();
     assert!(s.baseline.sae(new.id).is_some());
+}
+
+/// Steps until the store reader has answered for `unit` (the inspector asks by itself).
+fn report_of(
+    h: &mut Harness<'_, DendriteApp>,
+    unit: &dendrite::worker::stores::UnitRef,
+) -> std::sync::Arc<dendrite::describe::UnitReport> {
+    step_until(h, "the unit's report", |s| s.stores.report(unit).is_some());
+    let ready = h.state().state.stores.report(unit).unwrap().clone();
+    ready.report.expect("a store has the unit")
+}
+
+#[test]
+fn the_sample_store_opens_with_the_sample_model_and_shows_a_neurons_examples() {
+    let mut h = harness();
+    step_until(&mut h, "the model and its store", |s| {
+        s.model.is_some() && !s.stores.open.is_empty() && finished(s)
+    });
+    let store_path = h.state().state.stores.open[0].path.clone();
+    assert_eq!(Some(store_path.clone()), dendrite::sample::store_path());
+    h.state_mut().act(Action::SelectNeuron {
+        layer: 1,
+        neuron: 5,
+    });
+    let unit = dendrite::worker::stores::UnitRef {
+        source: "blocks.1.mlp.hook_post".into(),
+        unit: 5,
+    };
+    let report = report_of(&mut h, &unit);
+    // What the panel shows is the store's own report, examples first by max.
+    let direct = dendrite::describe::Store::open_existing(&store_path)
+        .unwrap()
+        .unit_report(&unit.source, unit.unit, None)
+        .unwrap();
+    assert_eq!(*report, direct);
+    assert_eq!(report.examples.len(), 10);
+    assert!(
+        report
+            .examples
+            .windows(2)
+            .all(|w| w[0].max_act >= w[1].max_act)
+    );
+    h.run_steps(2);
+    h.get_by_label("From the corpus · blocks.1.mlp.hook_post 5");
+    h.get_by_label_contains("top 10 windows by max activation");
+    // Its examples export as CSV, a row per token.
+    let dir = tempfile::tempdir().unwrap();
+    h.state_mut().export_dir = dir.path().to_path_buf();
+    h.state_mut()
+        .act(Action::Export(dendrite::ui::export::View::Unit));
+    let csv = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "csv"))
+        .expect("a CSV was written");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("source,unit,kind,rank,window,max_act,position,token_id,token,act"));
+    // Tokens hold newlines and commas: count records, not lines.
+    let rows = csv::Reader::from_reader(text.as_bytes()).records().count();
+    let windows = report.examples.len()
+        + report
+            .quantiles
+            .iter()
+            .map(|q| q.examples.len())
+            .sum::<usize>();
+    assert_eq!(rows, windows * report.examples[0].token_ids.len());
+}
+
+#[test]
+fn a_corpus_scanned_from_the_app_opens_and_takes_descriptions_imports_and_searches() {
+    let mut h = harness();
+    step_until(&mut h, "the model and its SAE", |s| {
+        s.model.is_some() && !s.saes.is_empty() && finished(s)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scan.sqlite");
+    let mut opts = dendrite::describe::ScanOptions::new(
+        fixtures().join("text/cymbeline_heldout.txt"),
+        out.clone(),
+    );
+    opts.context = 32;
+    opts.max_tokens = Some(1600);
+    opts.saes = vec![h.state().state.saes[0].cfg.path.clone()];
+    h.state_mut().act(Action::ScanCorpus(Box::new(opts)));
+    step_until(&mut h, "the scan and its store", |s| {
+        s.stores.open.iter().any(|o| o.path == out)
+    });
+    let s = &h.state().state;
+    assert!(matches!(
+        s.job.as_ref().and_then(|j| j.outcome.clone()),
+        Some(dendrite::worker::JobOutcome::Scanned {
+            complete: true,
+            tokens: 1600,
+            ..
+        })
+    ));
+    let sae = s.saes[0].clone();
+    assert_eq!(sae.source, "sae:shakespeare-gpt2-relu-sae");
+    let store = s
+        .stores
+        .open
+        .iter()
+        .find(|o| o.path == out)
+        .unwrap()
+        .clone();
+    assert_eq!(store.sources.len(), 3, "two MLP layers and the SAE");
+
+    // A latent that fired: its panel has examples.
+    let report_unit = |latent| dendrite::worker::stores::UnitRef {
+        source: sae.source.clone(),
+        unit: latent,
+    };
+    let direct = dendrite::describe::Store::open_existing(&out).unwrap();
+    let latent = (0..sae.cfg.d_sae)
+        .find(|&j| {
+            direct
+                .unit_report(&sae.source, j, Some(1))
+                .is_ok_and(|r| !r.examples.is_empty())
+        })
+        .expect("some latent fired");
+    drop(direct);
+    h.state_mut().act(Action::SelectLatent {
+        sae_id: sae.id,
+        latent,
+    });
+    let unit = report_unit(latent);
+    let report = report_of(&mut h, &unit);
+    assert!(!report.examples.is_empty());
+    assert!(report.explanations.is_empty());
+
+    // The user's description is saved, shown and searchable; its hit selects the unit.
+    h.state_mut().act(Action::SetDescription(
+        unit.clone(),
+        "stage directions in brackets".into(),
+    ));
+    step_until(&mut h, "the saved description", |s| {
+        s.stores
+            .report(&unit)
+            .and_then(|r| r.report.as_ref())
+            .is_some_and(|r| r.explanations.len() == 1)
+    });
+    h.state_mut().act(Action::ClearSelection);
+    h.state_mut().act(Action::Search("brackets".into()));
+    step_until(&mut h, "the search", |s| s.stores.search.is_some());
+    let hits = h.state().state.stores.search.clone().unwrap().hits;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].source.as_str(), hits[0].unit),
+        (sae.source.as_str(), latent)
+    );
+    assert_eq!(hits[0].origin, "user");
+    h.state_mut().act(Action::SelectUnit(unit.clone()));
+    assert_eq!(h.state().state.selection.latent, Some((sae.id, latent)));
+
+    // A Neuronpedia export of another model is held until confirmed, then imported.
+    let export = dir.path().join("np.jsonl");
+    std::fs::write(
+        &export,
+        format!(
+            "{{\"modelId\": \"gemma-2-2b\", \"layer\": \"0-res\", \"index\": \"{latent}\", \
+             \"description\": \"speaker names\", \"explanationModelName\": \"gpt-4o-mini\", \
+             \"typeName\": \"oai_token-act-pair\"}}\n"
+        ),
+    )
+    .unwrap();
+    h.state_mut().act(Action::ImportExplanations {
+        file: export.clone(),
+        source: sae.source.clone(),
+        force: false,
+    });
+    step_until(&mut h, "the refused import", |s| {
+        s.stores.refused_import.is_some()
+    });
+    let refused = h.state().state.stores.refused_import.clone().unwrap();
+    assert!(
+        refused.message.contains("gemma-2-2b"),
+        "{}",
+        refused.message
+    );
+    h.state_mut().act(Action::ImportExplanations {
+        file: export,
+        source: sae.source.clone(),
+        force: true,
+    });
+    step_until(&mut h, "the import", |s| {
+        s.stores.refused_import.is_none()
+            && s.notice
+                .as_deref()
+                .is_some_and(|n| n.starts_with("Imported 1"))
+    });
+    let report = report_of(&mut h, &unit);
+    let origins: Vec<&str> = report
+        .explanations
+        .iter()
+        .map(|e| e.origin.as_str())
+        .collect();
+    assert_eq!(origins, ["user", "neuronpedia"]);
+    assert_eq!(
+        h.state().state.stores.description(&unit),
+        Some("stage directions in brackets"),
+        "the user's own description comes first in tooltips"
+    );
+
+    // Another model's store is refused, and the open ones stay.
+    let foreign = dir.path().join("foreign.sqlite");
+    std::fs::copy(&out, &foreign).unwrap();
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute("UPDATE scan SET model_fingerprint = 'other'", [])
+        .unwrap();
+    h.state_mut().act(Action::OpenStore(foreign));
+    step_until(&mut h, "the refusal", |s| !s.errors.is_empty());
+    let err = &h.state().state.errors[0];
+    assert!(
+        err.message.contains("not of the open model"),
+        "{}",
+        err.message
+    );
+    assert!(h.state().state.stores.open.iter().any(|o| o.path == out));
 }

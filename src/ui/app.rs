@@ -335,9 +335,12 @@ impl DendriteApp {
             .resizable(true)
             .default_size(330.0)
             .show(ui, |ui| {
+                placements.push((View::Unit, placement(ui)));
                 action = action.take().or(views::inspector::inspector_ui(ui, state));
             });
         egui::CentralPanel::default().show(ui, |ui| {
+            action = action.take().or(views::search::search_bar_ui(ui, state));
+            ui.separator();
             // Wraps on narrow windows rather than widening the panel under the inspector.
             ui.horizontal_wrapped(|ui| {
                 for (tab, name) in [
@@ -390,6 +393,10 @@ pub fn draw_view(ui: &mut egui::Ui, state: &AppState, view: View) -> Option<Acti
         View::Tab(Tab::Histograms) => views::histograms::histograms_ui(ui, state),
         View::Tab(Tab::Lens) => views::lens::lens_ui(ui, state),
         View::Tab(Tab::Features) => views::features::features_ui(ui, state),
+        View::Unit => {
+            let unit = state.inspected_units().into_iter().next()?;
+            views::unit_panel::unit_panel_ui(ui, state, &unit)
+        }
     }
 }
 

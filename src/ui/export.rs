@@ -11,12 +11,15 @@ use crate::export::csv::Table;
 pub enum View {
     Layers,
     Tab(Tab),
+    /// The inspected unit's corpus panel (its examples as CSV).
+    Unit,
 }
 
 impl View {
     fn slug(self) -> &'static str {
         match self {
             View::Layers => "layers",
+            View::Unit => "unit-examples",
             View::Tab(Tab::Neurons) => "neurons",
             View::Tab(Tab::Heads) => "heads",
             View::Tab(Tab::Histograms) => "histogram",
@@ -60,6 +63,39 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
     let pass = state.shown();
     let l = state.selection.layer;
     match view {
+        View::Unit => {
+            let unit = state.inspected_units().into_iter().next()?;
+            let report = state.stores.report(&unit)?.report.clone()?;
+            let mut t = Table::new([
+                "source", "unit", "kind", "rank", "window", "max_act", "position", "token_id",
+                "token", "act",
+            ]);
+            let quantiles = report.quantiles.iter().flat_map(|q| {
+                q.examples
+                    .iter()
+                    .map(move |e| (format!("quantile {}", q.index), e))
+            });
+            let top = report.examples.iter().map(|e| ("top".to_string(), e));
+            for (rank, (kind, e)) in top.chain(quantiles).enumerate() {
+                for (p, ((id, token), act)) in
+                    e.token_ids.iter().zip(&e.tokens).zip(&e.acts).enumerate()
+                {
+                    t.push([
+                        unit.source.clone(),
+                        unit.unit.to_string(),
+                        kind.clone(),
+                        rank.to_string(),
+                        e.window.to_string(),
+                        e.max_act.to_string(),
+                        p.to_string(),
+                        id.to_string(),
+                        token.clone(),
+                        act.to_string(),
+                    ]);
+                }
+            }
+            Some(t)
+        }
         View::Tab(Tab::Features) => {
             let summary = pass.sae(state.selected_sae?)?;
             let mut t = Table::new([

@@ -77,6 +77,13 @@ impl StoresState {
             .map(String::as_str)
     }
 
+    /// The description as a tooltip's extra line ("" when the unit has none).
+    pub fn description_line(&self, unit: &UnitRef) -> String {
+        self.description(unit)
+            .map(|d| format!("\n“{d}”"))
+            .unwrap_or_default()
+    }
+
     /// Asks for the reports of `units` that some open store has and that are neither here
     /// nor on their way.
     pub fn request(&mut self, units: &[UnitRef]) {

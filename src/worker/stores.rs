@@ -237,18 +237,22 @@ impl Reader {
                     return out;
                 };
                 for path in remembered {
-                    // Stores of other models, or gone, are skipped quietly: they are
-                    // remembered for those models.
-                    let Ok(store) = Store::open_existing(&path) else {
+                    // Stores of other models are skipped quietly (they are remembered for
+                    // those models), and so are stores that are gone; a store that is there
+                    // but unreadable is an error the user should see.
+                    if !path.exists() {
                         continue;
-                    };
-                    if store
-                        .scan()
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.model_fingerprint == fingerprint)
-                    {
-                        out.extend(self.add(store));
+                    }
+                    let opened = Store::open_existing(&path).and_then(|store| {
+                        let scan = store.scan()?;
+                        Ok((store, scan))
+                    });
+                    match opened {
+                        Ok((store, Some(scan))) if scan.model_fingerprint == fingerprint => {
+                            out.extend(self.add(store))
+                        }
+                        Ok(_) => {}
+                        Err(e) => out.push(error(format!("opening store {}", path.display()), e)),
                     }
                 }
                 out

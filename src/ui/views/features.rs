@@ -145,8 +145,21 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     );
     if let Some((p, col)) = r.hovered {
         let j = columns[col];
+        let description = state
+            .saes
+            .iter()
+            .find(|s| s.id == sae_id)
+            .map(|s| {
+                state
+                    .stores
+                    .description_line(&crate::worker::stores::UnitRef {
+                        source: s.source.clone(),
+                        unit: j as usize,
+                    })
+            })
+            .unwrap_or_default();
         r.response.on_hover_text(format!(
-            "latent {j} at token {p} {:?}: {:.4}\nclick to inspect",
+            "latent {j} at token {p} {:?}: {:.4}{description}\nclick to inspect",
             pass.tokens.get(p).map(|s| visible(s)).unwrap_or_default(),
             values[p * c + col]
         ));

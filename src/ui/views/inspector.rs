@@ -20,17 +20,30 @@ pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui.weak("Click a neuron in the Neurons view, a head in the Heads view or a latent in the Features view to inspect it. Escape clears the selection.");
         return None;
     }
+    let units = state.inspected_units();
+    let unit_panel = |ui: &mut Ui, source_is: &dyn Fn(&str) -> bool| {
+        units
+            .iter()
+            .find(|u| source_is(&u.source))
+            .and_then(|u| super::unit_panel::unit_panel_ui(ui, state, u))
+    };
     egui::ScrollArea::vertical()
         .id_salt("inspector")
         .show(ui, |ui| {
             if let Some((sae_id, latent)) = state.selection.latent {
                 action = latent_ui(ui, state, sae_id, latent);
                 ui.separator();
+                action = action.take().or(unit_panel(ui, &|s| s.starts_with("sae:")));
+                ui.separator();
             }
             if let Some(n) = state.selection.neuron {
                 action = action
                     .take()
                     .or(neuron_ui(ui, state, state.selection.layer, n));
+                ui.separator();
+                action = action
+                    .take()
+                    .or(unit_panel(ui, &|s| !s.starts_with("sae:")));
                 ui.separator();
             }
             if let Some(h) = state.selection.head {
@@ -313,9 +326,6 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
             action = Some(Action::AddIntervention(InterventionKind::Steer { layer, neuron, scale: value }));
         }
     });
-    ui.weak(
-        "Description and max-activating examples: a corpus scan will fill this in (not built yet).",
-    );
     action
 }
 

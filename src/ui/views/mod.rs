@@ -11,7 +11,9 @@ pub mod lens;
 pub mod neurons;
 pub mod prompt;
 pub mod sae_jobs;
+pub mod search;
 pub mod top_bar;
+pub mod unit_panel;
 
 /// Token text with visible whitespace (`·` for a space, `\n` for a newline, `\t` for a tab).
 pub fn visible(token: &str) -> String {

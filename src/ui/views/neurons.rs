@@ -82,10 +82,15 @@ pub fn neurons_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let r = heatmap_ui(ui, ui.scope_id().with("neurons"), key, &grid, cmap, size);
     if let Some((p, c)) = r.hovered {
         let neuron = order[c];
+        let unit = crate::worker::stores::UnitRef {
+            source: crate::ui::stores::neuron_source(l),
+            unit: neuron,
+        };
         r.response.on_hover_text(format!(
-            "neuron {neuron} at token {p} {:?}: {:.4}\nclick to inspect",
+            "neuron {neuron} at token {p} {:?}: {:.4}{}\nclick to inspect",
             pass.tokens.get(p).map(String::as_str).unwrap_or(""),
-            values[p * d + neuron]
+            values[p * d + neuron],
+            state.stores.description_line(&unit)
         ));
     }
     if let Some((_, c)) = r.clicked {
