@@ -19,7 +19,7 @@ pub fn u32_bytes(values: &[u32]) -> Vec<u8> {
 }
 
 pub fn u32_from_bytes(bytes: &[u8]) -> Result<Vec<u32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         bail!(
             "corrupt token ids ({} bytes, not a multiple of 4)",
             bytes.len()
@@ -171,7 +171,7 @@ fn get_example(r: &mut Reader<'_>) -> Result<Example> {
     let encoding = r.take(1)?[0];
     let acts: Box<[f16]> = match encoding {
         DENSE => {
-            let b = r.take(n.checked_mul(2).unwrap_or(usize::MAX))?;
+            let b = r.take(n.saturating_mul(2))?;
             b.chunks_exact(2)
                 .map(|c| f16::from_le_bytes([c[0], c[1]]))
                 .collect()

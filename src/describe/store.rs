@@ -944,12 +944,12 @@ fn window_tokens_reader<'c>(
         let id = match pending.get(&window) {
             Some(ids) => ids.get(pos as usize).copied(),
             None => {
-                if !read.contains_key(&window) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = read.entry(window) {
                     let bytes: Vec<u8> = tx
                         .prepare_cached("SELECT token_ids FROM windows WHERE id = ?1")?
                         .query_row([window as i64], |r| r.get(0))
                         .with_context(|| format!("window {window} is missing from the store"))?;
-                    read.insert(window, u32_from_bytes(&bytes)?);
+                    slot.insert(u32_from_bytes(&bytes)?);
                 }
                 read.get(&window)
                     .and_then(|ids| ids.get(pos as usize).copied())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::Wake;
 use crate::describe::explanations;
@@ -175,11 +175,8 @@ fn serve(
     loop {
         let Ok(first) = commands.recv() else { return };
         let mut pending = vec![first];
-        loop {
-            match commands.try_recv() {
-                Ok(c) => pending.push(c),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(c) = commands.try_recv() {
+            pending.push(c);
         }
         for command in coalesce(pending) {
             for event in reader.handle(command) {
