@@ -286,9 +286,22 @@ impl DendriteApp {
                 .collect()
         });
         for path in dropped {
-            // An SAE attaches to the open model; anything else opens as a model.
+            // An SAE attaches to the open model; an explanation file imports into the
+            // inspected unit's source; anything else opens as a model.
             if crate::sae::looks_like_sae(&path) {
                 self.act(Action::AttachSae(path));
+            } else if looks_like_explanations(&path)
+                && let Some(unit) = self
+                    .state
+                    .inspected_units()
+                    .into_iter()
+                    .find(|u| self.state.stores.has_source(&u.source))
+            {
+                self.act(Action::ImportExplanations {
+                    file: path,
+                    source: unit.source,
+                    force: false,
+                });
             } else {
                 self.act(Action::Open(path));
                 break;
@@ -376,6 +389,21 @@ impl DendriteApp {
     }
 }
 
+/// Whether a dropped file is an explanation export (Neuronpedia JSON / JSONL, gzipped or not,
+/// OpenAI `.jsonl` files) rather than a model.
+pub fn looks_like_explanations(path: &std::path::Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    [".jsonl", ".jsonl.gz", ".json.gz", ".json"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        && name != "config.json"
+        && name != "cfg.json"
+        && name != "tokenizer.json"
+}
+
 /// Where the view about to be drawn in `ui` goes.
 fn placement(ui: &egui::Ui) -> Placement {
     Placement {
@@ -421,5 +449,20 @@ impl eframe::App for DendriteApp {
                 stores: self.state.stores.remembered.clone(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn explanation_exports_are_told_from_models() {
+        for name in ["batch-0.jsonl.gz", "np.json", "x/12.jsonl", "a.json.gz"] {
+            assert!(super::looks_like_explanations(Path::new(name)), "{name}");
+        }
+        for name in ["model.gguf", "config.json", "tokenizer.json", "cfg.json", "dir"] {
+            assert!(!super::looks_like_explanations(Path::new(name)), "{name}");
+        }
     }
 }

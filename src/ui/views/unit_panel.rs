@@ -53,9 +53,18 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
         .find(|s| Some(&s.path) == ready.store.as_ref())
         .and_then(|s| s.scan.bos_id);
     action = action.or(examples_ui(ui, unit, report, bos_id));
-    if state.show_timings {
-        ui.weak(format!("read in {:.1} ms", ready.duration_ms));
-    }
+    ui.horizontal(|ui| {
+        if ui
+            .small_button("Export examples")
+            .on_hover_text("This panel as PNG at 2× and its examples as CSV, a row per token")
+            .clicked()
+        {
+            action = Some(Action::Export(crate::ui::export::View::Unit));
+        }
+        if state.show_timings {
+            ui.weak(format!("read in {:.1} ms", ready.duration_ms));
+        }
+    });
     action
 }
 
