@@ -349,6 +349,22 @@ fn insert_candidate(group: &mut Vec<Example>, e: Example, per_quantile: usize) {
     }
 }
 
+/// `[rows, cols]` row-major as `[cols, rows]`, in blocks of rows so that reads stay in cache.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(rows);
+        for c in 0..cols {
+            let dst = &mut out[c * rows + r0..c * rows + r1];
+            for (k, slot) in dst.iter_mut().enumerate() {
+                *slot = x[(r0 + k) * cols + c];
+            }
+        }
+    }
+    out
+}
+
 /// Everything kept about one source (a hook's units or an SAE's latents).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceStats {
@@ -374,31 +390,42 @@ impl SourceStats {
     pub fn add_batch(&mut self, windows: &[u64], scored: &[Vec<bool>], acts: &[f32], seed: u64) {
         let width = self.units.len();
         let t = scored.first().map_or(0, Vec::len);
+        let rows = windows.len() * t;
+        if width == 0 || rows == 0 || acts.len() < rows * width {
+            return;
+        }
         let hash = source_hash(&self.name);
-        for (i, (&window, mask)) in windows.iter().zip(scored).enumerate() {
-            let block = &acts[i * t * width..(i + 1) * t * width];
-            let positions: Vec<usize> = (0..t).filter(|&p| mask[p]).collect();
-            self.n_tokens += positions.len() as u64;
-            if positions.is_empty() {
-                continue;
-            }
-            // Unit by unit, so each unit's histogram stays in cache for the whole window (the
-            // window's block is small enough to stay there too).
-            for (u, unit) in self.units.iter_mut().enumerate() {
+        let positions: Vec<Vec<usize>> = scored
+            .iter()
+            .map(|mask| (0..t).filter(|&p| mask[p]).collect())
+            .collect();
+        self.n_tokens += positions.iter().map(|p| p.len() as u64).sum::<u64>();
+        // Unit-major, so each unit's values over the whole batch are contiguous and its
+        // histogram stays in cache while all of them are counted.
+        let by_unit = transpose(&acts[..rows * width], rows, width);
+        let keep = self.keep;
+        for (u, unit) in self.units.iter_mut().enumerate() {
+            let row = &by_unit[u * rows..(u + 1) * rows];
+            for (i, (&window, positions)) in windows.iter().zip(&positions).enumerate() {
+                if positions.is_empty() {
+                    continue;
+                }
+                let values = &row[i * t..(i + 1) * t];
                 let (mut s, mut pos) = (f32::NEG_INFINITY, 0u32);
-                for &p in &positions {
-                    let a = block[p * width + u];
+                for &p in positions {
+                    let a = values[p];
                     if a > s {
                         s = a;
                         pos = p as u32;
                     }
                     unit.count(a);
                 }
-                unit.observe_max(s, self.keep);
+                unit.observe_max(s, keep);
                 let key = sample_key(seed, hash, u as u64, window);
-                unit.offer(self.keep, window, s, pos, key, || {
-                    (0..t)
-                        .map(|p| f16::from_f32(block[p * width + u].clamp(-65504.0, 65504.0)))
+                unit.offer(keep, window, s, pos, key, || {
+                    values
+                        .iter()
+                        .map(|a| f16::from_f32(a.clamp(-65504.0, 65504.0)))
                         .collect()
                 });
             }
@@ -483,6 +510,17 @@ mod tests {
         let bins = u.histogram();
         assert_eq!(bins[0], 2);
         assert_eq!(bins[49], 1);
+    }
+
+    #[test]
+    fn transposes_rows_and_columns() {
+        let x: Vec<f32> = (0..70 * 3).map(|i| i as f32).collect();
+        let y = transpose(&x, 70, 3);
+        for r in 0..70 {
+            for c in 0..3 {
+                assert_eq!(y[c * 70 + r], x[r * 3 + c]);
+            }
+        }
     }
 
     #[test]
