@@ -23,9 +23,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             // A different unit each time, as a user clicking through a map.
             unit = (unit + 97) % source.width;
-            store
-                .unit_report(&source.name, unit, None)
-                .expect("report")
+            store.unit_report(&source.name, unit, None).expect("report")
         })
     });
     // Opening the store too (the app opens it once per model; shown for the cold path).

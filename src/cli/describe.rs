@@ -281,19 +281,7 @@ pub fn import(args: &ImportArgs) -> Result<()> {
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
     } else {
-        outln!(
-            "imported {} explanations into {}{}",
-            report.imported,
-            args.source,
-            if report.out_of_range.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; skipped {} beyond the source's width",
-                    report.out_of_range.len()
-                )
-            }
-        );
+        outln!("{}", report.summary(&args.source));
     }
     Ok(())
 }

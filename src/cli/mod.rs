@@ -29,6 +29,9 @@ pub struct Cli {
     /// sparsify folder); repeatable.
     #[arg(long = "sae")]
     pub saes: Vec<PathBuf>,
+    /// Corpus stores to open once the model has loaded (`dendrite scan` output); repeatable.
+    #[arg(long = "store")]
+    pub stores: Vec<PathBuf>,
     /// The prompt to run first (default: the last one).
     #[arg(long)]
     pub prompt: Option<String>,
@@ -42,6 +45,9 @@ pub enum Command {
         /// SAEs to attach once it has loaded; repeatable.
         #[arg(long = "sae")]
         saes: Vec<PathBuf>,
+        /// Corpus stores to open once it has loaded; repeatable.
+        #[arg(long = "store")]
+        stores: Vec<PathBuf>,
         /// The prompt to run first (default: the last one).
         #[arg(long)]
         prompt: Option<String>,
@@ -240,12 +246,18 @@ mod sae_train;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::ui::run_app(cli.model.or_else(crate::sample::path), cli.saes, cli.prompt),
+        None => crate::ui::run_app(
+            cli.model.or_else(crate::sample::path),
+            cli.saes,
+            cli.stores,
+            cli.prompt,
+        ),
         Some(Command::Open {
             model,
             saes,
+            stores,
             prompt,
-        }) => crate::ui::run_app(Some(model), saes, prompt),
+        }) => crate::ui::run_app(Some(model), saes, stores, prompt),
         Some(Command::Info { model, json }) => info(&model, json),
         Some(Command::Tokenize {
             model,

@@ -43,6 +43,24 @@ pub struct ImportReport {
     pub empty: usize,
 }
 
+impl ImportReport {
+    /// One line for a person: how many were imported into `source`, and what was skipped.
+    pub fn summary(&self, source: &str) -> String {
+        format!(
+            "Imported {} explanations into {source}{}",
+            self.imported,
+            if self.out_of_range.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; skipped {} beyond the source's width",
+                    self.out_of_range.len()
+                )
+            }
+        )
+    }
+}
+
 /// One explanation as read from a file, before it is checked against the store.
 struct Record {
     model_id: Option<String>,

@@ -471,9 +471,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
     let mut records = Vec::new();
     for path in shards {
         let store = Store::open_existing(path)?;
-        let r = store
-            .scan()?
-            .with_context(|| format!("store {} holds no scan", path.display()))?;
+        let r = store.held_scan()?;
         if !r.complete {
             bail!(
                 "store {} is an unfinished scan ({} windows); finish it with --resume first",

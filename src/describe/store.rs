@@ -154,6 +154,16 @@ pub struct ScanRecord {
     pub updated_at: String,
 }
 
+impl ScanRecord {
+    /// How many examples the scan keeps per unit.
+    pub fn keep(&self) -> Keep {
+        Keep {
+            top_k: self.top_k,
+            per_quantile: self.per_quantile,
+        }
+    }
+}
+
 /// A source of units in a store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceInfo {
@@ -322,6 +332,12 @@ impl Store {
             )
             .optional()?;
         Ok(row)
+    }
+
+    /// The scan, or an error saying the store holds none.
+    pub fn held_scan(&self) -> Result<ScanRecord> {
+        self.scan()?
+            .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))
     }
 
     pub fn sources(&self) -> Result<Vec<SourceInfo>> {
@@ -536,13 +552,7 @@ impl Store {
 
     /// Every source's statistics as committed (to resume or merge a scan).
     pub fn load_stats(&self) -> Result<Vec<SourceStats>> {
-        let scan = self
-            .scan()?
-            .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))?;
-        let keep = Keep {
-            top_k: scan.top_k,
-            per_quantile: scan.per_quantile,
-        };
+        let keep = self.held_scan()?.keep();
         let mut out = Vec::new();
         for info in self.sources()? {
             let id = self.source_id(&info.name)?.unwrap_or_default();
@@ -652,13 +662,7 @@ impl Store {
                 info.width
             );
         }
-        let scan = self
-            .scan()?
-            .ok_or_else(|| anyhow!("store {} holds no scan", self.path.display()))?;
-        let keep = Keep {
-            top_k: scan.top_k,
-            per_quantile: scan.per_quantile,
-        };
+        let keep = self.held_scan()?.keep();
         let id = self.source_id(source)?.unwrap_or_default();
         let tokens_scanned = self.conn.query_row(
             "SELECT tokens_scanned FROM sources WHERE id = ?1",

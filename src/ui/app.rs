@@ -40,6 +40,8 @@ pub struct DendriteApp {
     pub export_dir: PathBuf,
     /// SAEs to attach when the next model has loaded (given on the command line).
     pub attach_on_load: Vec<PathBuf>,
+    /// Corpus stores to open when the next model has loaded (given on the command line).
+    pub stores_on_load: Vec<PathBuf>,
     /// Attach requests not answered yet: the prompt reruns once they all are, so that one
     /// run brings every new feature map (not one run per SAE, nor one before them).
     attaches_pending: usize,
@@ -97,6 +99,7 @@ impl DendriteApp {
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
             attach_on_load: Vec::new(),
+            stores_on_load: Vec::new(),
             attaches_pending: 0,
         })
     }
@@ -226,6 +229,12 @@ impl DendriteApp {
                     model: model.clone(),
                     remembered,
                 });
+                for path in std::mem::take(&mut self.stores_on_load) {
+                    self.stores.send(StoreCommand::Open {
+                        path,
+                        model: model.clone(),
+                    });
+                }
                 // A freshly opened model gets its default SAEs, then runs the prompt (once
                 // they are attached) and the head probe.
                 self.attaches_pending = 0;
@@ -461,7 +470,13 @@ mod tests {
         for name in ["batch-0.jsonl.gz", "np.json", "x/12.jsonl", "a.json.gz"] {
             assert!(super::looks_like_explanations(Path::new(name)), "{name}");
         }
-        for name in ["model.gguf", "config.json", "tokenizer.json", "cfg.json", "dir"] {
+        for name in [
+            "model.gguf",
+            "config.json",
+            "tokenizer.json",
+            "cfg.json",
+            "dir",
+        ] {
             assert!(!super::looks_like_explanations(Path::new(name)), "{name}");
         }
     }

@@ -14,10 +14,12 @@ use std::path::PathBuf;
 pub use app::DendriteApp;
 
 /// Opens the window on `model` (or on nothing: the top bar then says how to open one), with
-/// `saes` attached once it has loaded and `prompt` (when given) as the first prompt.
+/// `saes` attached and `stores` opened once it has loaded and `prompt` (when given) as the
+/// first prompt.
 pub fn run_app(
     model: Option<PathBuf>,
     saes: Vec<PathBuf>,
+    stores: Vec<PathBuf>,
     prompt: Option<String>,
 ) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
@@ -33,6 +35,7 @@ pub fn run_app(
         Box::new(move |cc| {
             let mut app = DendriteApp::new(&cc.egui_ctx, cc.storage, model)?;
             app.attach_on_load = saes;
+            app.stores_on_load = stores;
             if let Some(p) = prompt {
                 app.state.prompt = p;
             }

@@ -559,15 +559,30 @@ impl Session {
     ) -> anyhow::Result<()> {
         let model = self.shared_model()?;
         let sae = find_sae(&self.saes, job.sae_id)?.clone();
+        let (id, context) = (job.job_id, "evaluating an SAE".to_string());
+        self.job(id, context, cancel, emit, move |emit, cancelled| {
+            evaluate_job(&model, &sae, &job, cancelled, emit)
+        })
+    }
+
+    /// Runs a job's body on a job thread when the session has a [`Background`] (its error
+    /// becomes an [`Event::Error`] with `context`), else here.
+    fn job(
+        &mut self,
+        job_id: JobId,
+        context: String,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+        body: impl FnOnce(&mut dyn FnMut(Event), &dyn Fn() -> bool) -> anyhow::Result<()>
+        + Send
+        + 'static,
+    ) -> anyhow::Result<()> {
         if self.background.is_some() {
             return self.spawn_job(move |bg| {
-                bg.run_job(job.job_id, "evaluating an SAE", |emit, cancelled| {
-                    evaluate_job(&model, &sae, &job, cancelled, emit)
-                });
+                bg.run_job(job_id, &context, body);
             });
         }
-        let id = job.job_id;
-        evaluate_job(&model, &sae, &job, &|| cancel.is_job_cancelled(id), emit)
+        body(emit, &|| cancel.is_job_cancelled(job_id))
     }
 
     /// Scans a corpus into a store (`describe::scan`), on a job thread when the session has a
@@ -580,16 +595,13 @@ impl Session {
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
         let model = self.shared_model()?;
-        if self.background.is_some() {
-            return self.spawn_job(move |bg| {
-                let context = format!("scanning {}", job.opts.corpus.display());
-                bg.run_job(job.job_id, &context, |emit, cancelled| {
-                    scan_job(&model, &job, cancelled, emit)
-                });
-            });
-        }
-        let id = job.job_id;
-        scan_job(&model, &job, &|| cancel.is_job_cancelled(id), emit)
+        let (id, context) = (
+            job.job_id,
+            format!("scanning {}", job.opts.corpus.display()),
+        );
+        self.job(id, context, cancel, emit, move |emit, cancelled| {
+            scan_job(&model, &job, cancelled, emit)
+        })
     }
 
     fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {

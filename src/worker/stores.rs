@@ -344,18 +344,7 @@ impl Reader {
                 match summarize(&self.stores[i]) {
                     Ok(summary) => vec![StoreEvent::Described {
                         summary,
-                        message: format!(
-                            "Imported {} explanations into {source}{}",
-                            report.imported,
-                            if report.out_of_range.is_empty() {
-                                String::new()
-                            } else {
-                                format!(
-                                    "; skipped {} beyond the source's width",
-                                    report.out_of_range.len()
-                                )
-                            }
-                        ),
+                        message: report.summary(&source),
                     }],
                     Err(e) => vec![error(context, e)],
                 }
@@ -407,9 +396,7 @@ impl Reader {
 /// Opens `path` if it holds a scan of `model`; otherwise says whose it is.
 pub fn open_for(path: &Path, model: &Path) -> anyhow::Result<Store> {
     let store = Store::open_existing(path)?;
-    let scan = store
-        .scan()?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no scan", path.display()))?;
+    let scan = store.held_scan()?;
     let fingerprint = crate::describe::corpus::model_fingerprint(model)?;
     if scan.model_fingerprint != fingerprint {
         anyhow::bail!(
@@ -424,9 +411,7 @@ pub fn open_for(path: &Path, model: &Path) -> anyhow::Result<Store> {
 }
 
 fn summarize(store: &Store) -> anyhow::Result<StoreSummary> {
-    let scan = store
-        .scan()?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no scan", store.path().display()))?;
+    let scan = store.held_scan()?;
     let descriptions = store
         .best_descriptions()?
         .into_iter()

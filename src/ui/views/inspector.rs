@@ -285,16 +285,7 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
             .allow_drag(false)
             .allow_scroll(false)
             .show(ui, |plot| {
-                let bars: Vec<Bar> = h
-                    .counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| **c > 0)
-                    .map(|(i, &c)| {
-                        Bar::new((edges[i] + edges[i + 1]) / 2.0, c as f64)
-                            .width(edges[i + 1] - edges[i])
-                    })
-                    .collect();
+                let bars = super::bin_bars(&edges, &h.counts);
                 plot.bar_chart(BarChart::new("count", bars).color(blue));
             });
     }

@@ -15,6 +15,16 @@ pub mod search;
 pub mod top_bar;
 pub mod unit_panel;
 
+/// Bars of `counts` over the bins between consecutive `edges` (empty bins left out).
+pub fn bin_bars(edges: &[f64], counts: &[u64]) -> Vec<egui_plot::Bar> {
+    counts
+        .iter()
+        .zip(edges.windows(2))
+        .filter(|(c, _)| **c > 0)
+        .map(|(&c, e)| egui_plot::Bar::new((e[0] + e[1]) / 2.0, c as f64).width(e[1] - e[0]))
+        .collect()
+}
+
 /// Token text with visible whitespace (`·` for a space, `\n` for a newline, `\t` for a tab).
 pub fn visible(token: &str) -> String {
     token

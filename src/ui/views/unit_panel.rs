@@ -5,7 +5,7 @@
 //! run the window as the prompt), and the quantile groups, collapsed.
 
 use egui::{Color32, RichText, Sense, Ui};
-use egui_plot::{Bar, BarChart, Plot};
+use egui_plot::{BarChart, Plot};
 
 use super::visible;
 use crate::describe::store::{ExampleOut, UnitReport};
@@ -183,15 +183,8 @@ fn histogram_ui(ui: &mut Ui, unit: &UnitRef, report: &UnitReport) {
         .x_axis_label("activation")
         .y_axis_label("tokens")
         .show(ui, |plot| {
-            let bars: Vec<Bar> = h
-                .counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, &c)| {
-                    Bar::new(h.lo as f64 + (i as f64 + 0.5) * width, c as f64).width(width)
-                })
-                .collect();
+            let edges: Vec<f64> = (0..=n).map(|i| h.lo as f64 + i as f64 * width).collect();
+            let bars = super::bin_bars(&edges, &h.counts);
             plot.bar_chart(BarChart::new("tokens", bars).color(orange));
         });
 }
