@@ -70,10 +70,14 @@ impl StoresState {
     }
 
     /// The unit's best description, for tooltips.
+    /// (From the newest store that has the unit's source, as the store reader answers.)
     pub fn description(&self, unit: &UnitRef) -> Option<&str> {
         self.open
             .iter()
-            .find_map(|s| s.descriptions.get(unit))
+            .rev()
+            .find(|s| s.sources.iter().any(|x| x.name == unit.source))?
+            .descriptions
+            .get(unit)
             .map(String::as_str)
     }
 

@@ -363,8 +363,10 @@ impl Reader {
         }
     }
 
+    /// The store that answers for `source`: the newest opened that has it (a corpus just
+    /// scanned wins over the sample store or an older scan).
     fn store_of(&self, source: &str) -> Option<usize> {
-        self.stores.iter().position(|s| {
+        self.stores.iter().rposition(|s| {
             s.sources()
                 .is_ok_and(|sources| sources.iter().any(|x| x.name == source))
         })
