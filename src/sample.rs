@@ -122,12 +122,21 @@ pub fn store_path() -> Option<PathBuf> {
     let path = dir.join("descriptions.sqlite");
     if !path.exists() {
         std::fs::create_dir_all(&dir).ok()?;
+        // This writer's own temporary name (threads and processes may materialize at once),
+        // linked into place only if no other writer got there first: a store someone already
+        // opened is never replaced under them.
+        static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(
-            "descriptions.sqlite.{}.partial",
+            "descriptions.sqlite.{}-{n}.partial",
             std::process::id()
         ));
         std::fs::write(&tmp, STORE[0].1).ok()?;
-        std::fs::rename(&tmp, &path).ok()?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        if linked.is_err() && !path.exists() {
+            return None;
+        }
     }
     Some(path)
 }
