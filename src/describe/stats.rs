@@ -145,22 +145,41 @@ impl Default for UnitStats {
 
 impl UnitStats {
     /// Counts one scored activation (density, mean, histogram; not the maximum).
-    #[inline]
     pub fn count(&mut self, a: f32) {
-        self.sum += a as f64;
-        if a > 0.0 {
-            self.n_positive += 1;
-            let b = bucket_of(a);
-            if b > self.hist_top {
-                self.raise_hist_top(b);
+        self.count_window(&[a], &[0]);
+    }
+
+    /// Counts the activations of one window at its scored `positions` (density, mean,
+    /// histogram) and returns the window's maximum and its first position. The running sums
+    /// live in locals: accumulated through `self` they went to memory and back every token.
+    #[inline]
+    pub fn count_window(&mut self, values: &[f32], positions: &[usize]) -> (f32, u32) {
+        let (mut sum, mut positive) = (0f64, 0u64);
+        let (mut max, mut at) = (f32::NEG_INFINITY, 0u32);
+        let mut top = self.hist_top;
+        for &p in positions {
+            let a = values[p];
+            if a > max {
+                max = a;
+                at = p as u32;
             }
-            let idx = self.hist_top - b;
-            if idx < HIST_BUCKETS as i64 {
-                self.hist[idx as usize] += 1;
-            } else {
-                self.hist_below += 1;
+            sum += a as f64;
+            if a > 0.0 {
+                positive += 1;
+                let b = bucket_of(a);
+                if b > top {
+                    self.raise_hist_top(b);
+                    top = self.hist_top;
+                }
+                match self.hist.get_mut((top - b) as usize) {
+                    Some(slot) => *slot += 1,
+                    None => self.hist_below += 1,
+                }
             }
         }
+        self.sum += sum;
+        self.n_positive += positive;
+        (max, at)
     }
 
     fn raise_hist_top(&mut self, top: i64) {
@@ -411,15 +430,7 @@ impl SourceStats {
                     continue;
                 }
                 let values = &row[i * t..(i + 1) * t];
-                let (mut s, mut pos) = (f32::NEG_INFINITY, 0u32);
-                for &p in positions {
-                    let a = values[p];
-                    if a > s {
-                        s = a;
-                        pos = p as u32;
-                    }
-                    unit.count(a);
-                }
+                let (s, pos) = unit.count_window(values, positions);
                 unit.observe_max(s, keep);
                 let key = sample_key(seed, hash, u as u64, window);
                 unit.offer(keep, window, s, pos, key, || {
