@@ -384,25 +384,28 @@ pub fn scan(
             .collect();
         let window_ids: Vec<u64> = batch.iter().map(|w| w.index).collect();
         let n_rows = tokens.len() * opts.context;
-        // Activations per source, `[windows, positions, width]`.
-        let acts: Vec<Vec<f32>> = plans
-            .iter()
-            .map(|(info, plan)| {
-                let t = captures
-                    .get(&info.hook)
-                    .with_context(|| format!("{} was not captured", info.hook))?;
-                let x: Vec<f32> = t.flatten_all()?.to_vec1()?;
-                match plan {
-                    Plan::Hook => Ok(x),
-                    Plan::Sae(sae) => Ok(sae.encode(&x, n_rows)?.features),
-                }
-            })
-            .collect::<Result<_>>()?;
+        // Each source reads its hook's activations, `[windows, positions, width]`, where the
+        // pass left them (no copy); an SAE's latents are encoded from them first.
         let seed = opts.seed;
         stats
             .par_iter_mut()
-            .zip(acts.par_iter())
-            .for_each(|(source, acts)| source.add_batch(&window_ids, &scored, acts, seed));
+            .zip(plans.par_iter())
+            .map(|(source, (info, plan))| -> Result<()> {
+                let t = captures
+                    .get(&info.hook)
+                    .with_context(|| format!("{} was not captured", info.hook))?;
+                crate::model::transformer::with_f32_slice(t, |x| -> Result<()> {
+                    match plan {
+                        Plan::Hook => source.add_batch(&window_ids, &scored, x, seed),
+                        Plan::Sae(sae) => {
+                            let features = sae.encode(x, n_rows)?.features;
+                            source.add_batch(&window_ids, &scored, &features, seed)
+                        }
+                    }
+                    Ok(())
+                })?
+            })
+            .collect::<Result<Vec<()>>>()?;
         let batch_tokens: u64 = scored
             .iter()
             .map(|s| s.iter().filter(|x| **x).count() as u64)

@@ -368,10 +368,12 @@ fn insert_candidate(group: &mut Vec<Example>, e: Example, per_quantile: usize) {
     }
 }
 
-/// `[rows, cols]` row-major as `[cols, rows]`, in blocks of rows so that reads stay in cache.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `[rows, cols]` row-major as `[cols, rows]` into `out`, in blocks of rows so that reads stay
+/// in cache.
+fn transpose_into(x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     const BLOCK: usize = 32;
-    let mut out = vec![0f32; rows * cols];
+    // Every element is written below: only a new size needs filling.
+    out.resize(rows * cols, 0.0);
     for r0 in (0..rows).step_by(BLOCK) {
         let r1 = (r0 + BLOCK).min(rows);
         for c in 0..cols {
@@ -381,7 +383,19 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
             }
         }
     }
+}
+
+#[cfg(test)]
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    transpose_into(x, rows, cols, &mut out);
     out
+}
+
+thread_local! {
+    /// Each scanning thread's transpose buffer, reused batch after batch (fresh buffers of a
+    /// few MB each cost the kernel's page zeroing every time).
+    static UNIT_MAJOR: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Everything kept about one source (a hook's units or an SAE's latents).
@@ -421,11 +435,27 @@ impl SourceStats {
         self.n_tokens += positions.iter().map(|p| p.len() as u64).sum::<u64>();
         // Unit-major, so each unit's values over the whole batch are contiguous and its
         // histogram stays in cache while all of them are counted.
-        let by_unit = transpose(&acts[..rows * width], rows, width);
+        UNIT_MAJOR.with_borrow_mut(|by_unit| {
+            transpose_into(&acts[..rows * width], rows, width, by_unit);
+            self.add_unit_major(windows, &positions, by_unit, t, seed, hash)
+        });
+    }
+
+    /// [`SourceStats::add_batch`] on activations laid out `[width, windows × positions]`.
+    fn add_unit_major(
+        &mut self,
+        windows: &[u64],
+        positions: &[Vec<usize>],
+        by_unit: &[f32],
+        t: usize,
+        seed: u64,
+        hash: u64,
+    ) {
+        let rows = windows.len() * t;
         let keep = self.keep;
         for (u, unit) in self.units.iter_mut().enumerate() {
             let row = &by_unit[u * rows..(u + 1) * rows];
-            for (i, (&window, positions)) in windows.iter().zip(&positions).enumerate() {
+            for (i, (&window, positions)) in windows.iter().zip(positions).enumerate() {
                 if positions.is_empty() {
                     continue;
                 }

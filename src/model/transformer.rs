@@ -88,7 +88,7 @@ impl Linear {
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor without copying it.
-fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+pub(crate) fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     match &*storage {
