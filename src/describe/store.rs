@@ -334,6 +334,19 @@ impl Store {
         Ok(row)
     }
 
+    /// Every row of `sql`, each mapped by `f`, collected (a Vec, a map). Not through the
+    /// statement cache: some callers build their SQL (`IN (…)` lists) and would evict it.
+    fn collect_rows<T, C: FromIterator<T>>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<C> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(params, f)?;
+        Ok(rows.collect::<rusqlite::Result<C>>()?)
+    }
+
     /// The scan, or an error saying the store holds none.
     pub fn held_scan(&self) -> Result<ScanRecord> {
         self.scan()?
@@ -341,19 +354,19 @@ impl Store {
     }
 
     pub fn sources(&self) -> Result<Vec<SourceInfo>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, kind, hook, width, sae_path FROM sources ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(SourceInfo {
-                name: r.get(0)?,
-                kind: r.get(1)?,
-                hook: r.get(2)?,
-                width: r.get::<_, i64>(3)? as usize,
-                sae_path: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.collect_rows(
+            "SELECT name, kind, hook, width, sae_path FROM sources ORDER BY id",
+            [],
+            |r| {
+                Ok(SourceInfo {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    hook: r.get(2)?,
+                    width: r.get::<_, i64>(3)? as usize,
+                    sae_path: r.get(4)?,
+                })
+            },
+        )
     }
 
     fn source_id(&self, name: &str) -> Result<Option<i64>> {
@@ -616,11 +629,7 @@ impl Store {
     }
 
     pub fn vocab(&self) -> Result<Vec<(u32, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, text FROM vocab ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.collect_rows("SELECT id, text FROM vocab ORDER BY id", [], id_and_text)
     }
 
     /// The token ids of `windows`, in one query.
@@ -644,11 +653,11 @@ impl Store {
         ids: impl Iterator<Item = u32>,
     ) -> Result<std::collections::HashMap<u32, String>> {
         let list = join_ids(ids.map(u64::from));
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT id, text FROM vocab WHERE id IN ({list})"))?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.collect_rows(
+            &format!("SELECT id, text FROM vocab WHERE id IN ({list})"),
+            [],
+            id_and_text,
+        )
     }
 
     /// Everything the store knows about one unit: statistics, top examples (at most `top`),
@@ -814,40 +823,38 @@ impl Store {
     }
 
     pub fn explanations(&self, source: &str, unit: usize) -> Result<Vec<Explanation>> {
-        let mut stmt = self.conn.prepare_cached(
+        self.collect_rows(
             "SELECT description, origin, file, explainer_model, type_name, score, created_at
              FROM explanations WHERE source = ?1 AND unit = ?2
              ORDER BY origin = 'user' DESC, score IS NULL, score DESC, id",
-        )?;
-        let rows = stmt.query_map(params![source, unit as i64], |r| {
-            Ok(Explanation {
-                description: r.get(0)?,
-                origin: r.get(1)?,
-                file: r.get(2)?,
-                explainer_model: r.get(3)?,
-                type_name: r.get(4)?,
-                score: r.get(5)?,
-                created_at: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            params![source, unit as i64],
+            |r| {
+                Ok(Explanation {
+                    description: r.get(0)?,
+                    origin: r.get(1)?,
+                    file: r.get(2)?,
+                    explainer_model: r.get(3)?,
+                    type_name: r.get(4)?,
+                    score: r.get(5)?,
+                    created_at: r.get(6)?,
+                })
+            },
+        )
     }
 
     /// The best explanation of every described unit: the user's own first, then the best
     /// scored, then the first imported.
     pub fn best_descriptions(&self) -> Result<Vec<(String, usize, String)>> {
-        let mut stmt = self.conn.prepare(
+        self.collect_rows(
             "SELECT source, unit, description FROM (
                 SELECT source, unit, description, row_number() OVER (
                     PARTITION BY source, unit
                     ORDER BY origin = 'user' DESC, score IS NULL, score DESC, id) AS rank
                 FROM explanations)
              WHERE rank = 1",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
+        )
     }
 
     /// Full-text search over explanations (FTS5, best match first).
@@ -861,22 +868,22 @@ impl Store {
         if fts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut stmt = self.conn.prepare(
+        self.collect_rows(
             "SELECT e.source, e.unit, e.description, e.origin, e.score
              FROM explanations_fts f JOIN explanations e ON e.id = f.rowid
              WHERE explanations_fts MATCH ?1 AND (?2 IS NULL OR e.source = ?2)
              ORDER BY bm25(explanations_fts), e.id LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![fts, source, limit as i64], |r| {
-            Ok(SearchHit {
-                source: r.get(0)?,
-                unit: r.get::<_, i64>(1)? as usize,
-                description: r.get(2)?,
-                origin: r.get(3)?,
-                score: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            params![fts, source, limit as i64],
+            |r| {
+                Ok(SearchHit {
+                    source: r.get(0)?,
+                    unit: r.get::<_, i64>(1)? as usize,
+                    description: r.get(2)?,
+                    origin: r.get(3)?,
+                    score: r.get(4)?,
+                })
+            },
+        )
     }
 
     /// Units whose top examples peak on a token whose text is `token` (exactly, or ignoring
@@ -973,6 +980,10 @@ fn read_unit_row(unit: &mut UnitStats, r: &rusqlite::Row<'_>) -> Result<()> {
     unit.hist = decode_counts(&r.get::<_, Vec<u8>>(5)?, HIST_BUCKETS)?;
     unit.hist_below = r.get::<_, i64>(6)? as u64;
     Ok(())
+}
+
+fn id_and_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u32, String)> {
+    Ok((r.get::<_, i64>(0)? as u32, r.get(1)?))
 }
 
 /// A comma-separated list of integers for an `IN (…)` clause (integers only: no injection).

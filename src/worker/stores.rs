@@ -211,10 +211,17 @@ fn coalesce(mut pending: Vec<StoreCommand>) -> Vec<StoreCommand> {
     pending
 }
 
+/// An open store and the names of its sources (fixed once scanned; kept so finding the store
+/// of a unit costs no query).
+struct OpenStore {
+    store: Store,
+    sources: Vec<String>,
+}
+
 /// The open stores, in the order they were opened.
 #[derive(Default)]
 pub struct Reader {
-    stores: Vec<Store>,
+    stores: Vec<OpenStore>,
 }
 
 fn error(context: impl Into<String>, e: anyhow::Error) -> StoreEvent {
@@ -258,21 +265,21 @@ impl Reader {
                 let context = format!("opening store {}", path.display());
                 match open_for(&path, &model) {
                     Ok(store) => {
-                        self.stores.retain(|s| s.path() != path);
+                        self.stores.retain(|s| s.store.path() != path);
                         self.add(store)
                     }
                     Err(e) => vec![error(context, e)],
                 }
             }
             StoreCommand::Close { path } => {
-                self.stores.retain(|s| s.path() != path);
+                self.stores.retain(|s| s.store.path() != path);
                 vec![StoreEvent::Closed { path }]
             }
             StoreCommand::Report(unit) => vec![self.report(unit)],
             StoreCommand::Search { query, limit } => {
                 let mut hits = Vec::new();
                 let mut token_hits = Vec::new();
-                for store in &self.stores {
+                for OpenStore { store, .. } in &self.stores {
                     match store.search(&query, None, limit) {
                         Ok(h) => hits.extend(h),
                         Err(e) => return vec![error("searching descriptions", e)],
@@ -298,9 +305,10 @@ impl Reader {
                         anyhow::anyhow!("no open store has {}", unit.source),
                     )];
                 };
-                let result = self.stores[i]
+                let store = &mut self.stores[i].store;
+                let result = store
                     .set_user_description(&unit.source, unit.unit, &text)
-                    .and_then(|()| summarize(&self.stores[i]));
+                    .and_then(|()| summarize(store));
                 match result {
                     Ok(summary) => vec![
                         StoreEvent::Described {
@@ -328,7 +336,7 @@ impl Reader {
                     )];
                 };
                 let imported =
-                    explanations::import(&mut self.stores[i], &file, &source, None, force);
+                    explanations::import(&mut self.stores[i].store, &file, &source, None, force);
                 let report = match imported {
                     Ok(report) => report,
                     // Another model's file, or indices beyond the source: the user confirms.
@@ -341,7 +349,7 @@ impl Reader {
                     }
                     Err(e) => return vec![error(context, e)],
                 };
-                match summarize(&self.stores[i]) {
+                match summarize(&self.stores[i].store) {
                     Ok(summary) => vec![StoreEvent::Described {
                         summary,
                         message: report.summary(&source),
@@ -356,7 +364,8 @@ impl Reader {
         let context = format!("opening store {}", store.path().display());
         match summarize(&store) {
             Ok(summary) => {
-                self.stores.push(store);
+                let sources = summary.sources.iter().map(|s| s.name.clone()).collect();
+                self.stores.push(OpenStore { store, sources });
                 vec![StoreEvent::Opened(summary)]
             }
             Err(e) => vec![error(context, e)],
@@ -366,10 +375,9 @@ impl Reader {
     /// The store that answers for `source`: the newest opened that has it (a corpus just
     /// scanned wins over the sample store or an older scan).
     fn store_of(&self, source: &str) -> Option<usize> {
-        self.stores.iter().rposition(|s| {
-            s.sources()
-                .is_ok_and(|sources| sources.iter().any(|x| x.name == source))
-        })
+        self.stores
+            .iter()
+            .rposition(|s| s.sources.iter().any(|x| x == source))
     }
 
     fn report(&self, unit: UnitRef) -> StoreEvent {
@@ -382,7 +390,7 @@ impl Reader {
                 duration_ms: 0.0,
             });
         };
-        let store = &self.stores[i];
+        let store = &self.stores[i].store;
         match store.unit_report(&unit.source, unit.unit, None) {
             Ok(report) => StoreEvent::Report(ReportReady {
                 unit,
