@@ -240,90 +240,79 @@ fn portable_tile(rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], c: &m
     }
 }
 
+/// A `ROWS × 2·LANES` tile: two vector accumulators per row, loaded from and stored back to
+/// `c`, the `kc` loop streaming two vectors of one packed panel row per step (`b` and `c`
+/// start at the tile's first column; their rows are `NR` apart). With AVX-512 the tile spans a
+/// whole 32-wide panel; with AVX2 half of one, so that 12 accumulators, the two panel vectors
+/// and one broadcast fit its 16 registers (a `3 × 32` AVX2 tile needs 17 and spilled to the
+/// stack every step, at ~40 % of peak).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
+macro_rules! tile {
+    ($feature:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident,
+     $fmadd:ident) => {
+        use std::arch::x86_64::*;
 
-    use super::NR;
+        use super::NR;
 
-    /// `ROWS × 32` tile: two zmm accumulators per row, loaded from and stored back to `c`, the
-    /// `kc` loop streaming one packed 32-wide row of the panel per step.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const ROWS: usize>(
-        kc: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        c: &mut [f32],
-    ) {
-        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        // Safety (whole body): the caller checked every bound (see `Kernel::run`).
-        unsafe {
-            let mut acc0 = [_mm512_setzero_ps(); ROWS];
-            let mut acc1 = [_mm512_setzero_ps(); ROWS];
-            for i in 0..ROWS {
-                acc0[i] = _mm512_loadu_ps(c.add(i * NR));
-                acc1[i] = _mm512_loadu_ps(c.add(i * NR + 16));
-            }
-            for p in 0..kc {
-                let b0 = _mm512_loadu_ps(b.add(p * NR));
-                let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        #[target_feature(enable = $feature)]
+        pub unsafe fn tile<const ROWS: usize>(
+            kc: usize,
+            a: &[f32],
+            lda: usize,
+            b: &[f32],
+            c: &mut [f32],
+        ) {
+            let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            // Safety (whole body): the caller checked every bound (see `Kernel::run`).
+            unsafe {
+                let mut acc0 = [$zero(); ROWS];
+                let mut acc1 = [$zero(); ROWS];
                 for i in 0..ROWS {
-                    let av = _mm512_set1_ps(*a.add(i * lda + p));
-                    acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
-                    acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
+                    acc0[i] = $load(c.add(i * NR));
+                    acc1[i] = $load(c.add(i * NR + $lanes));
+                }
+                for p in 0..kc {
+                    let b0 = $load(b.add(p * NR));
+                    let b1 = $load(b.add(p * NR + $lanes));
+                    for i in 0..ROWS {
+                        let av = $set1(*a.add(i * lda + p));
+                        acc0[i] = $fmadd(av, b0, acc0[i]);
+                        acc1[i] = $fmadd(av, b1, acc1[i]);
+                    }
+                }
+                for i in 0..ROWS {
+                    $store(c.add(i * NR), acc0[i]);
+                    $store(c.add(i * NR + $lanes), acc1[i]);
                 }
             }
-            for i in 0..ROWS {
-                _mm512_storeu_ps(c.add(i * NR), acc0[i]);
-                _mm512_storeu_ps(c.add(i * NR + 16), acc1[i]);
-            }
         }
-    }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    tile!(
+        "avx512f",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::NR;
-
-    /// `ROWS × 16` tile (ROWS ≤ 6) of a 32-wide panel: two ymm accumulators per row, so 12
-    /// accumulators, the panel row's two vectors and one broadcast fit AVX2's 16 registers (a
-    /// `3 × 32` tile needs 17 and spilled to the stack every step, at ~40 % of peak).
-    /// `b` and `c` start at the half's first column; rows of both are `NR` apart.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const ROWS: usize>(
-        kc: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        c: &mut [f32],
-    ) {
-        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        // Safety (whole body): the caller checked every bound (see `Kernel::run`).
-        unsafe {
-            let mut acc0 = [_mm256_setzero_ps(); ROWS];
-            let mut acc1 = [_mm256_setzero_ps(); ROWS];
-            for i in 0..ROWS {
-                acc0[i] = _mm256_loadu_ps(c.add(i * NR));
-                acc1[i] = _mm256_loadu_ps(c.add(i * NR + 8));
-            }
-            for p in 0..kc {
-                let b0 = _mm256_loadu_ps(b.add(p * NR));
-                let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-                for i in 0..ROWS {
-                    let av = _mm256_broadcast_ss(&*a.add(i * lda + p));
-                    acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
-                    acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
-                }
-            }
-            for i in 0..ROWS {
-                _mm256_storeu_ps(c.add(i * NR), acc0[i]);
-                _mm256_storeu_ps(c.add(i * NR + 8), acc1[i]);
-            }
-        }
-    }
+    tile!(
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
 }
 
 #[cfg(test)]
