@@ -196,6 +196,34 @@ fn describe_scan(r: &ScanRecord) -> String {
     )
 }
 
+/// What two scans must share to be one scan (or shards of one, shard index aside).
+#[allow(clippy::type_complexity)]
+fn settings(
+    r: &ScanRecord,
+) -> (
+    usize,
+    usize,
+    usize,
+    Option<u32>,
+    Option<u64>,
+    u64,
+    u64,
+    u64,
+    &str,
+) {
+    (
+        r.context,
+        r.top_k,
+        r.per_quantile,
+        r.bos_id,
+        r.max_tokens,
+        r.shard_index,
+        r.shard_count,
+        r.seed,
+        &r.params,
+    )
+}
+
 /// Checks that `existing` is the scan `wanted` describes (same model, corpus and settings).
 fn check_same_scan(store: &Path, existing: &ScanRecord, wanted: &ScanRecord) -> Result<()> {
     if existing.model_fingerprint != wanted.model_fingerprint
@@ -208,19 +236,6 @@ fn check_same_scan(store: &Path, existing: &ScanRecord, wanted: &ScanRecord) -> 
             describe_scan(wanted)
         );
     }
-    let settings = |r: &ScanRecord| {
-        (
-            r.context,
-            r.top_k,
-            r.per_quantile,
-            r.bos_id,
-            r.max_tokens,
-            r.shard_index,
-            r.shard_count,
-            r.seed,
-            r.params.clone(),
-        )
-    };
     if settings(existing) != settings(wanted) {
         bail!(
             "store {} holds a scan with other settings (context {}, top-k {}, {} per quantile, \
@@ -491,25 +506,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
         a.shard_index = first.shard_index;
         let same = a.model_fingerprint == first.model_fingerprint
             && a.corpus_fingerprint == first.corpus_fingerprint
-            && (
-                a.context,
-                a.top_k,
-                a.per_quantile,
-                a.bos_id,
-                a.max_tokens,
-                a.shard_count,
-                a.seed,
-                &a.params,
-            ) == (
-                first.context,
-                first.top_k,
-                first.per_quantile,
-                first.bos_id,
-                first.max_tokens,
-                first.shard_count,
-                first.seed,
-                &first.params,
-            )
+            && settings(&a) == settings(first)
             && sources == first_sources;
         if !same {
             bail!(
