@@ -192,7 +192,8 @@ pub fn scan(args: &ScanArgs) -> Result<()> {
         outln!("{}", serde_json::to_string(&summary)?);
     } else {
         outln!(
-            "{} {} windows, {} tokens of {} sources into {} ({:.0} tokens/s)",
+            "{} {} windows, {} tokens of {} sources into {} ({:.0} tokens/s; forward {:.1} s, \
+             accumulate {:.1} s, store {:.1} s, of {:.1} s)",
             if summary.complete {
                 "scanned"
             } else {
@@ -202,7 +203,11 @@ pub fn scan(args: &ScanArgs) -> Result<()> {
             summary.tokens,
             summary.sources.len(),
             summary.store.display(),
-            summary.tokens_per_s
+            summary.tokens_per_s,
+            summary.phases.forward_s,
+            summary.phases.accumulate_s,
+            summary.phases.commit_s,
+            summary.duration_s
         );
     }
     if !summary.complete {

@@ -15,7 +15,7 @@ pub mod scan;
 pub mod stats;
 pub mod store;
 
-pub use scan::{ScanOptions, ScanProgress, ScanSummary, merge, scan};
+pub use scan::{ScanOptions, ScanPhases, ScanProgress, ScanSummary, merge, scan};
 pub use store::{Store, UnitReport};
 
 /// Where the app puts a new store by default: `$XDG_DATA_HOME/dendrite/stores` (or

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::corpus::{Corpus, Shard, Window, Windows, model_fingerprint};
-use super::stats::{DEFAULT_PER_QUANTILE, Keep, SourceStats};
+use super::stats::{DEFAULT_PER_QUANTILE, Keep, N_QUANTILES, SourceStats};
 use super::store::{ScanRecord, SourceInfo, Store};
 use crate::model::{BosMode, HookSpec, Model, NoObserver};
 use crate::sae::Sae;
@@ -93,6 +93,20 @@ pub struct ScanSummary {
     /// Tokens per second of this run (scored tokens / wall time).
     pub tokens_per_s: f64,
     pub duration_s: f64,
+    /// Where this run's time went.
+    pub phases: ScanPhases,
+}
+
+/// Seconds a scan spent in each phase (the rest of `duration_s` is loading the model and
+/// tokenizing the corpus).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ScanPhases {
+    /// The model's passes up to the last captured hook.
+    pub forward_s: f64,
+    /// SAE encoding and statistics: top-k, quantile samples, density, histograms.
+    pub accumulate_s: f64,
+    /// Writing to the store.
+    pub commit_s: f64,
 }
 
 enum Plan {
@@ -338,7 +352,7 @@ pub fn scan(
                 .collect()
         }
     };
-    let summary = |record: &ScanRecord, run_tokens: u64| ScanSummary {
+    let summary = |record: &ScanRecord, run_tokens: u64, phases: &ScanPhases| ScanSummary {
         store: opts.out.clone(),
         windows: record.windows_scanned,
         tokens: record.tokens_scanned,
@@ -346,9 +360,11 @@ pub fn scan(
         complete: record.complete,
         tokens_per_s: run_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
         duration_s: started.elapsed().as_secs_f64(),
+        phases: phases.clone(),
     };
+    let mut phases = ScanPhases::default();
     if record.complete {
-        return Ok(summary(&record, 0));
+        return Ok(summary(&record, 0, &phases));
     }
 
     let mut windows = Windows::new(&corpus, &model.tokenizer, prefix, body, opts.max_tokens);
@@ -368,7 +384,16 @@ pub fn scan(
     let mut pending_windows: Vec<Window> = Vec::new();
     let mut pending_vocab: Vec<(u32, String)> = Vec::new();
     let mut last_commit = Instant::now();
-    let mut commit_interval = opts.commit_every;
+    // Commits are spaced so that they take at most a tenth of the scan: after the first, ten
+    // times the last one's duration; before it, ten times an estimate from the bytes it will
+    // write (every unit's examples, f16 per position, at the ≈ 80 MB/s a commit reached on
+    // SmolLM2's 46 080 units).
+    let example_bytes: usize = infos
+        .iter()
+        .map(|i| i.width * (opts.top_k + N_QUANTILES * opts.per_quantile) * opts.context * 2)
+        .sum();
+    let first_commit_estimate = Duration::from_secs_f64(example_bytes as f64 / 80e6);
+    let mut commit_interval = opts.commit_every.max(first_commit_estimate * 10);
     let mut run_tokens = 0u64;
     let run_start = Instant::now();
     loop {
@@ -386,9 +411,12 @@ pub fn scan(
             break;
         }
         let tokens: Vec<Vec<u32>> = batch.iter().map(|w| w.ids.clone()).collect();
+        let forward_start = Instant::now();
         let captures = model
             .transformer
             .forward_captures(&tokens, &spec, &mut NoObserver)?;
+        let accumulate_start = Instant::now();
+        phases.forward_s += (accumulate_start - forward_start).as_secs_f64();
         let scored: Vec<Vec<bool>> = tokens
             .iter()
             .map(|ids| {
@@ -421,6 +449,7 @@ pub fn scan(
                 })?
             })
             .collect::<Result<Vec<()>>>()?;
+        phases.accumulate_s += accumulate_start.elapsed().as_secs_f64();
         let batch_tokens: u64 = scored
             .iter()
             .map(|s| s.iter().filter(|x| **x).count() as u64)
@@ -455,9 +484,10 @@ pub fn scan(
             pending_vocab.clear();
             last_commit = Instant::now();
             commit_interval = opts.commit_every.max(commit_start.elapsed() * 10);
+            phases.commit_s += commit_start.elapsed().as_secs_f64();
         }
         if stop {
-            return Ok(summary(&record, run_tokens));
+            return Ok(summary(&record, run_tokens, &phases));
         }
     }
     if record.windows_scanned == 0 {
@@ -473,8 +503,10 @@ pub fn scan(
         );
     }
     record.complete = true;
+    let commit_start = Instant::now();
     store.commit(&record, &mut stats, &pending_windows, &pending_vocab, true)?;
-    Ok(summary(&record, run_tokens))
+    phases.commit_s += commit_start.elapsed().as_secs_f64();
+    Ok(summary(&record, run_tokens, &phases))
 }
 
 /// Combines shard stores into `out`, the store one scan over every window would have written.
@@ -575,5 +607,6 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ScanSummary> {
         complete: true,
         tokens_per_s: 0.0,
         duration_s: started.elapsed().as_secs_f64(),
+        phases: ScanPhases::default(),
     })
 }

@@ -87,9 +87,15 @@ impl PackedMatrix {
             assert_eq!(b.len(), self.n, "matmul_t: bias has the wrong length");
         }
         let (n, k) = (self.n, self.k);
-        let mut y = vec![0f32; m * n];
+        // Not zeroed: every element is written (bias or zero) before it is accumulated into.
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
         let out = SharedOut(y.as_mut_ptr());
         let kernel = Kernel::detect();
+        let group = kernel.group();
+        // The rows regrouped as the kernel reads them, so each tile's broadcasts come from one
+        // contiguous stream instead of `group` rows `k` apart (a buffer reused per thread).
+        let mut a_packed = PACKED_ROWS.with(|cell| cell.take());
+        pack_rows(x, m, k, group, &mut a_packed);
         // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
         let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
         (0..n.div_ceil(NR))
@@ -99,37 +105,87 @@ impl PackedMatrix {
                 let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
                 let col0 = panel * NR;
                 let width = NR.min(n - col0);
-                // This panel's outputs for every row, accumulated over blocks of `KC` inputs so
-                // the slice of the panel in use stays in L1 while all rows pass over it.
-                let mut acc = vec![0f32; m * NR];
-                if let Some(bias) = bias {
-                    for row in acc.chunks_exact_mut(NR) {
-                        row[..width].copy_from_slice(&bias[col0..col0 + width]);
+                // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
+                // one in a buffer of `NR` columns, copied out after.
+                let mut narrow = Vec::new();
+                let (c, ldc) = if width == NR {
+                    // Safety: column `col0` of row 0 is inside `y`'s allocation.
+                    (unsafe { out.ptr().add(col0) }, n)
+                } else {
+                    narrow.resize(m * NR, 0f32);
+                    (narrow.as_mut_ptr(), NR)
+                };
+                for row in 0..m {
+                    // Safety: row `row`'s columns [col0, col0 + width) belong to this task
+                    // alone (panels are disjoint), inside `y` or `narrow`.
+                    unsafe {
+                        let dst = c.add(row * ldc);
+                        match bias {
+                            Some(bias) => std::ptr::copy_nonoverlapping(
+                                bias[col0..col0 + width].as_ptr(),
+                                dst,
+                                width,
+                            ),
+                            None => std::ptr::write_bytes(dst, 0, width),
+                        }
                     }
                 }
+                // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
+                // in L1 while all rows pass over it.
                 for k0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - k0);
                     let b = &b_panel[k0 * NR..(k0 + kc) * NR];
-                    let mut row = 0;
-                    while row < m {
-                        let rows = MR.min(m - row);
-                        let a = &x[row * k + k0..];
-                        kernel.run(rows, kc, a, k, b, &mut acc[row * NR..(row + rows) * NR]);
-                        row += rows;
+                    for (g, row) in (0..m).step_by(group).enumerate() {
+                        let rows = group.min(m - row);
+                        let a = &a_packed[(g * k + k0) * group..(g * k + k0 + kc) * group];
+                        // Safety: rows [row, row + rows) of this task's `NR` columns, written
+                        // above, are inside `c`'s buffer and touched by no other task.
+                        unsafe { kernel.run(rows, kc, a, b, c.add(row * ldc), ldc) };
                     }
                 }
-                for (i, values) in acc.chunks_exact(NR).enumerate() {
-                    // Safety: each task writes only columns [col0, col0 + width) of each row and
-                    // panels are disjoint, so no two tasks write the same element; `y` outlives
-                    // the parallel loop.
-                    unsafe {
-                        let dst = out.ptr().add(i * n + col0);
-                        std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                if width < NR {
+                    for (i, values) in narrow.chunks_exact(NR).enumerate() {
+                        // Safety: as above, this task's columns of row `i` of `y`.
+                        unsafe {
+                            let dst = out.ptr().add(i * n + col0);
+                            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                        }
                     }
                 }
             });
+        // Safety: the tasks wrote every column of every row (each its panel's).
+        unsafe { y.set_len(m * n) };
+        PACKED_ROWS.with(|cell| cell.set(a_packed));
         y
     }
+}
+
+thread_local! {
+    /// `pack_rows`' output, kept per thread between calls: a fresh multi-megabyte buffer per
+    /// matmul costs the kernel's page zeroing. Taken, not borrowed, so a nested call (rayon may
+    /// run another task on this thread while it waits) just allocates its own.
+    static PACKED_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Regroups `x: [m, k]` row-major into `ceil(m / group)` blocks laid out `[k][group]` (a short
+/// last block zero-padded): `out[(g·k + p)·group + i] = x[(g·group + i)·k + p]`.
+fn pack_rows(x: &[f32], m: usize, k: usize, group: usize, out: &mut Vec<f32>) {
+    let len = m.div_ceil(group) * k * group;
+    out.clear();
+    out.resize(len, 0.0);
+    if k == 0 {
+        return;
+    }
+    out.par_chunks_mut(k * group)
+        .zip(x.par_chunks(k * group))
+        .with_min_len(4)
+        .for_each(|(block, rows)| {
+            for (i, row) in rows.chunks_exact(k).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    block[p * group + i] = v;
+                }
+            }
+        });
 }
 
 /// The output buffer, shared by tasks that write disjoint columns.
@@ -180,69 +236,89 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// `c[i·NR + j] += Σ_{p<kc} a[i·lda + p] · b[p·NR + j]` for `i < rows`.
-    fn run(self, rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
-        assert!((1..=MR).contains(&rows) && kc >= 1);
-        assert!(a.len() >= (rows - 1) * lda + kc && b.len() >= kc * NR && c.len() >= rows * NR);
+    /// Rows per block of packed `x` (see [`pack_rows`]): what one call of [`Kernel::run`]
+    /// takes.
+    fn group(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // Safety: AVX-512F was detected at runtime; the asserts above bound every access.
+            Kernel::Avx512 => MR,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 6,
+            Kernel::Portable => MR,
+        }
+    }
+
+    /// `c[i·ldc + j] += Σ_{p<kc} a[p·G + i] · b[p·NR + j]` for `i < rows`, `j < NR`, with `a`
+    /// one block of packed rows (`G = self.group()`).
+    ///
+    /// # Safety
+    /// `c` is valid for reads and writes of `NR` floats at each of `rows` rows `ldc` apart,
+    /// initialized, and accessed by nothing else during the call.
+    unsafe fn run(self, rows: usize, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+        let group = self.group();
+        assert!((1..=group).contains(&rows) && kc >= 1 && ldc >= NR);
+        assert!(a.len() >= kc * group && b.len() >= kc * NR);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // Safety: AVX-512F was detected at runtime; the asserts above bound `a` and `b`,
+            // the caller `c`.
             Kernel::Avx512 => unsafe {
                 match rows {
-                    1 => avx512::tile::<1>(kc, a, lda, b, c),
-                    2 => avx512::tile::<2>(kc, a, lda, b, c),
-                    3 => avx512::tile::<3>(kc, a, lda, b, c),
-                    4 => avx512::tile::<4>(kc, a, lda, b, c),
-                    5 => avx512::tile::<5>(kc, a, lda, b, c),
-                    6 => avx512::tile::<6>(kc, a, lda, b, c),
-                    7 => avx512::tile::<7>(kc, a, lda, b, c),
-                    8 => avx512::tile::<8>(kc, a, lda, b, c),
-                    9 => avx512::tile::<9>(kc, a, lda, b, c),
-                    10 => avx512::tile::<10>(kc, a, lda, b, c),
-                    11 => avx512::tile::<11>(kc, a, lda, b, c),
-                    _ => avx512::tile::<12>(kc, a, lda, b, c),
+                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc),
+                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc),
+                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc),
+                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc),
+                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc),
+                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc),
+                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc),
+                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc),
+                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc),
+                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc),
+                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc),
+                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc),
                 }
             },
             #[cfg(target_arch = "x86_64")]
-            // Safety: AVX2 and FMA were detected at runtime; the asserts above bound every
-            // access, and each chunk of up to 6 rows and 16 columns stays inside them (the
-            // last row's reads end at column half + 16 ≤ NR).
+            // Safety: AVX2 and FMA were detected at runtime; the asserts above bound `a` and
+            // `b`, the caller `c`; each half reads and writes 16 of the panel's `NR` columns.
             Kernel::Avx2 => unsafe {
                 for half in [0, 16] {
-                    for first in (0..rows).step_by(6) {
-                        let (a, b) = (&a[first * lda..], &b[half..]);
-                        let c = &mut c[first * NR + half..];
-                        match rows - first {
-                            1 => avx2::tile::<1>(kc, a, lda, b, c),
-                            2 => avx2::tile::<2>(kc, a, lda, b, c),
-                            3 => avx2::tile::<3>(kc, a, lda, b, c),
-                            4 => avx2::tile::<4>(kc, a, lda, b, c),
-                            5 => avx2::tile::<5>(kc, a, lda, b, c),
-                            _ => avx2::tile::<6>(kc, a, lda, b, c),
-                        }
+                    let (b, c) = (&b[half..], c.add(half));
+                    match rows {
+                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc),
+                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc),
+                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc),
+                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc),
+                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc),
+                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc),
                     }
                 }
             },
-            Kernel::Portable => portable_tile(rows, kc, a, lda, b, c),
+            Kernel::Portable => {
+                for i in 0..rows {
+                    // Safety: the caller's contract on `c`.
+                    let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+                    portable_row(kc, a, group, i, b, row);
+                }
+            }
         }
     }
 }
 
-fn portable_tile(rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
-    for (i, acc) in c.chunks_exact_mut(NR).enumerate().take(rows) {
-        let a_row = &a[i * lda..i * lda + kc];
-        for (p, &av) in a_row.iter().enumerate() {
-            let b_row = &b[p * NR..(p + 1) * NR];
-            for (c, bv) in acc.iter_mut().zip(b_row) {
-                *c += av * bv;
-            }
+/// One row of [`Kernel::run`] in plain Rust: row `i` of a block of `group` packed rows.
+fn portable_row(kc: usize, a: &[f32], group: usize, i: usize, b: &[f32], acc: &mut [f32]) {
+    for p in 0..kc {
+        let av = a[p * group + i];
+        let b_row = &b[p * NR..(p + 1) * NR];
+        for (c, bv) in acc.iter_mut().zip(b_row) {
+            *c += av * bv;
         }
     }
 }
 
 /// A `ROWS × 2·LANES` tile: two vector accumulators per row, loaded from and stored back to
 /// `c`, the `kc` loop streaming two vectors of one packed panel row per step (`b` and `c`
-/// start at the tile's first column; their rows are `NR` apart). With AVX-512 the tile spans a
+/// start at the tile's first column; `b`'s rows are `NR` apart, `c`'s `ldc`). With AVX-512 the tile spans a
 /// whole 32-wide panel; with AVX2 half of one, so that 12 accumulators, the two panel vectors
 /// and one broadcast fit its 16 registers (a `3 × 32` AVX2 tile needs 17 and spilled to the
 /// stack every step, at ~40 % of peak).
@@ -255,34 +331,34 @@ macro_rules! tile {
         use super::NR;
 
         #[target_feature(enable = $feature)]
-        pub unsafe fn tile<const ROWS: usize>(
+        pub unsafe fn tile<const ROWS: usize, const GROUP: usize>(
             kc: usize,
             a: &[f32],
-            lda: usize,
             b: &[f32],
-            c: &mut [f32],
+            c: *mut f32,
+            ldc: usize,
         ) {
-            let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            let (a, b) = (a.as_ptr(), b.as_ptr());
             // Safety (whole body): the caller checked every bound (see `Kernel::run`).
             unsafe {
                 let mut acc0 = [$zero(); ROWS];
                 let mut acc1 = [$zero(); ROWS];
                 for i in 0..ROWS {
-                    acc0[i] = $load(c.add(i * NR));
-                    acc1[i] = $load(c.add(i * NR + $lanes));
+                    acc0[i] = $load(c.add(i * ldc));
+                    acc1[i] = $load(c.add(i * ldc + $lanes));
                 }
                 for p in 0..kc {
                     let b0 = $load(b.add(p * NR));
                     let b1 = $load(b.add(p * NR + $lanes));
                     for i in 0..ROWS {
-                        let av = $set1(*a.add(i * lda + p));
+                        let av = $set1(*a.add(p * GROUP + i));
                         acc0[i] = $fmadd(av, b0, acc0[i]);
                         acc1[i] = $fmadd(av, b1, acc1[i]);
                     }
                 }
                 for i in 0..ROWS {
-                    $store(c.add(i * NR), acc0[i]);
-                    $store(c.add(i * NR + $lanes), acc1[i]);
+                    $store(c.add(i * ldc), acc0[i]);
+                    $store(c.add(i * ldc + $lanes), acc1[i]);
                 }
             }
         }
@@ -370,7 +446,11 @@ mod tests {
             }
             let mut portable = vec![0f32; MR * NR];
             let b = &packed.panels[..k * NR];
-            portable_tile(m.min(MR), k, &x, k, b, &mut portable);
+            let mut a = Vec::new();
+            pack_rows(&x, m, k, MR, &mut a);
+            for (i, row) in portable.chunks_exact_mut(NR).take(m.min(MR)).enumerate() {
+                portable_row(k, &a, MR, i, b, row);
+            }
             let expected_nobias = reference(&x, &w, m, n, k, None);
             for i in 0..m.min(MR) {
                 for j in 0..n.min(NR) {
