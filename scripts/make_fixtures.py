@@ -8,6 +8,8 @@ Writes, under tests/fixtures/:
   real/<model>.json  token ids of several texts, last-position logits (also with a neuron clamp)
                      for the real GGUF models fetched by scripts/fetch_models.sh, loaded by
                      transformers and dequantized to f32.
+  generate.json      greedy `generate` continuations of the committed tiny models and SmolLM2,
+                     with and without a neuron clamp at every position (`--only generate`).
 
 Regenerate (needs torch, transformers, gguf, accelerate, safetensors):
   python -m venv .cache/venv && .cache/venv/bin/pip install torch transformers gguf accelerate safetensors
@@ -232,6 +234,68 @@ def make_real():
         print(f"real/{name}: {len(ids)} prompt tokens, top1 {tok.decode([int(logits.argmax())])!r}")
 
 
+# ── greedy generation (issue: generation under interventions) ─────────────────────────────
+
+GEN_NEW = 12
+
+
+def greedy(model, ids, down=None, neuron=None, value=None):
+    """HF `generate(do_sample=False)` with the model's own EOS; with `down`, the MLP neuron set
+    at every position (a pre-hook on the down projection sees each step's new positions)."""
+    handle = None
+    if down is not None:
+        def pre(module, args):
+            x = args[0].clone()
+            x[..., neuron] = value
+            return (x,)
+        handle = down.register_forward_pre_hook(pre)
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=GEN_NEW, pad_token_id=0)
+    if handle is not None:
+        handle.remove()
+    return out[0, len(ids):].tolist()
+
+
+def make_generate():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cases = []
+    for arch in ["gpt2", "llama", "qwen2", "gpt_neox", "gemma3"]:
+        path = FIXTURES / "tiny" / arch
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+        ids = [5, 17, 250, 3, 99, 42, 7]
+        _, downs, _ = modules(model, arch)
+        clamp = {"hook": "blocks.1.mlp.hook_post", "neuron": 5, "value": 4.0}
+        eos = model.generation_config.eos_token_id
+        cases.append({
+            "model": f"tiny/{arch}", "prompt_ids": ids, "eos": eos,
+            "generated_ids": greedy(model, ids),
+            "clamp": clamp, "clamp_generated_ids": greedy(model, ids, downs[1], 5, 4.0),
+        })
+    file, clamp = REAL["smollm2"]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    down = model.model.layers[clamp["layer"]].mlp.down_proj
+    plain = greedy(model, ids)
+    clamped = greedy(model, ids, down, clamp["neuron"], clamp["value"])
+    cases.append({
+        "model": f"real/{file}", "prompt_ids": ids, "eos": model.generation_config.eos_token_id,
+        "generated_ids": plain, "text": tok.decode(plain),
+        "clamp": {"hook": f"blocks.{clamp['layer']}.mlp.hook_post", "neuron": clamp["neuron"],
+                  "value": clamp["value"]},
+        "clamp_generated_ids": clamped, "clamp_text": tok.decode(clamped),
+    })
+    (FIXTURES / "generate.json").write_text(json.dumps({
+        "max_new_tokens": GEN_NEW, "cases": cases,
+        "transformers": __import__("transformers").__version__, "torch": torch.__version__,
+    }, ensure_ascii=False, indent=1) + "\n")
+    for c in cases:
+        print(f"generate {c['model']}: {c['generated_ids']} / clamped {c['clamp_generated_ids']}")
+
+
 # ── head scores on SmolLM2 (issue: headless analyses) ───────────────────────────────────────
 
 HEADS_L, HEADS_B = 20, 4
@@ -425,7 +489,7 @@ def make_sparsity():
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity"])
+    parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -435,3 +499,5 @@ if __name__ == "__main__":
         make_heads()
     if args.only in (None, "sparsity"):
         make_sparsity()
+    if args.only in (None, "generate"):
+        make_generate()

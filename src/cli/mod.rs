@@ -76,6 +76,8 @@ pub enum Command {
     },
     /// Run a prompt with optional interventions; print logits, per-token loss and sparsity.
     Run(RunArgs),
+    /// Continue a prompt (greedy or sampled) under interventions, beside the baseline.
+    Generate(generate::GenerateArgs),
     /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
     /// prefix matching) and per-position loss.
     Heads(HeadsArgs),
@@ -241,6 +243,7 @@ macro_rules! outln {
 
 mod analyses;
 mod describe;
+mod generate;
 mod sae;
 mod sae_train;
 
@@ -267,6 +270,7 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         }) => tokenize(&model, &text, bos, add_special, json),
         Some(Command::Run(args)) => run_prompt(&args),
+        Some(Command::Generate(args)) => generate::generate_cmd(&args),
         Some(Command::TrainSample(args)) => train_sample(&args),
         Some(Command::Heads(args)) => heads(&args),
         Some(Command::PlotTraining { dir }) => {

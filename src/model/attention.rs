@@ -2,9 +2,10 @@
 //! head and split across threads. For prompts of tens to hundreds of tokens these are many tiny
 //! matrix products, where per-op dispatch would cost more than the arithmetic.
 //!
-//! Layouts follow TransformerLens: `q: [b, t, heads, d_head]`, `k, v: [b, t, kv_heads, d_head]`,
-//! scores and pattern `[b, heads, query, key]`, `z: [b, t, heads, d_head]`. Query head `h` reads
-//! KV head `h / (heads / kv_heads)`.
+//! Layouts follow TransformerLens: `q: [b, t, heads, d_head]`, `k, v: [b, keys, kv_heads,
+//! d_head]`, scores and pattern `[b, heads, t, keys]`, `z: [b, t, heads, d_head]`. Query head `h`
+//! reads KV head `h / (heads / kv_heads)`. The `t` queries are the last `t` of the `keys`
+//! positions: all of them in a full pass, the new ones in a step over cached keys.
 
 use rayon::prelude::*;
 
@@ -13,7 +14,10 @@ use super::packed::PackedMatrix;
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub b: usize,
+    /// Queries.
     pub t: usize,
+    /// Keys and values (`≥ t`; query `i` sits at position `keys − t + i`).
+    pub keys: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub d_head: usize,
@@ -29,23 +33,26 @@ pub struct ScoreRule {
     pub window: Option<usize>,
 }
 
-/// `scores[b, h, i, j] = rule(q[b, i, h] · k[b, j, kv(h)])`, `−∞` where masked.
+/// `scores[b, h, i, j] = rule(q[b, i, h] · k[b, j, kv(h)])`, `−∞` where masked (keys after the
+/// query's position, and beyond the sliding window).
 ///
 /// Each `(batch, KV head)` group is one matrix product through the packed kernel: the queries
-/// of the group's heads stacked `[group·t, d_head]` times the keys `[t, d_head]`ᵀ. The masked
+/// of the group's heads stacked `[group·t, d_head]` times the keys `[keys, d_head]`ᵀ. The masked
 /// upper triangle is computed and discarded; at kernel speed that is cheaper than skipping it.
 pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
-    let (t, dh) = (s.t, s.d_head);
-    assert!(q.len() == s.b * t * s.heads * dh && k.len() == s.b * t * s.kv_heads * dh);
+    let (t, n_keys, dh) = (s.t, s.keys, s.d_head);
+    assert!(t <= n_keys, "attention: more queries than keys");
+    assert!(q.len() == s.b * t * s.heads * dh && k.len() == s.b * n_keys * s.kv_heads * dh);
+    let offset = n_keys - t;
     let group = s.heads / s.kv_heads;
-    let mut out = vec![0f32; s.b * s.heads * t * t];
-    out.par_chunks_mut(group * t * t)
+    let mut out = vec![0f32; s.b * s.heads * t * n_keys];
+    out.par_chunks_mut(group * t * n_keys)
         .enumerate()
         .for_each(|(bkv, block)| {
             let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-            let mut keys = Vec::with_capacity(t * dh);
-            for j in 0..t {
-                keys.extend_from_slice(&k[((batch * t + j) * s.kv_heads + kv) * dh..][..dh]);
+            let mut keys = Vec::with_capacity(n_keys * dh);
+            for j in 0..n_keys {
+                keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
             }
             let mut queries = Vec::with_capacity(group * t * dh);
             for head in kv * group..(kv + 1) * group {
@@ -53,13 +60,14 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
                     queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
                 }
             }
-            let raw = PackedMatrix::from_rows(&keys, t, dh).matmul_t(&queries, group * t, None);
+            let raw =
+                PackedMatrix::from_rows(&keys, n_keys, dh).matmul_t(&queries, group * t, None);
             for (row_index, (row, raw_row)) in block
-                .chunks_exact_mut(t)
-                .zip(raw.chunks_exact(t))
+                .chunks_exact_mut(n_keys)
+                .zip(raw.chunks_exact(n_keys))
                 .enumerate()
             {
-                let i = row_index % t;
+                let i = offset + row_index % t;
                 let first = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
                 row[..first].fill(f32::NEG_INFINITY);
                 row[i + 1..].fill(f32::NEG_INFINITY);
@@ -95,25 +103,29 @@ pub fn softmax_rows(x: &mut [f32], row_len: usize) {
 }
 
 /// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`: per `(batch, KV head)` the
-/// group's pattern rows `[group·t, t]` times the values `[t, d_head]`, through the packed kernel.
+/// group's pattern rows `[group·t, keys]` times the values `[keys, d_head]`, through the packed
+/// kernel.
 pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
-    let (t, dh) = (s.t, s.d_head);
-    assert!(pattern.len() == s.b * s.heads * t * t && v.len() == s.b * t * s.kv_heads * dh);
+    let (t, n_keys, dh) = (s.t, s.keys, s.d_head);
+    assert!(
+        pattern.len() == s.b * s.heads * t * n_keys && v.len() == s.b * n_keys * s.kv_heads * dh
+    );
     let group = s.heads / s.kv_heads;
     let per_group: Vec<Vec<f32>> = (0..s.b * s.kv_heads)
         .into_par_iter()
         .map(|bkv| {
             let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
             // Vᵀ as the "weight": row d holds value dimension d of every key.
-            let mut v_t = vec![0f32; dh * t];
-            for j in 0..t {
-                let vj = &v[((batch * t + j) * s.kv_heads + kv) * dh..][..dh];
+            let mut v_t = vec![0f32; dh * n_keys];
+            for j in 0..n_keys {
+                let vj = &v[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh];
                 for (d, &x) in vj.iter().enumerate() {
-                    v_t[d * t + j] = x;
+                    v_t[d * n_keys + j] = x;
                 }
             }
-            let rows = &pattern[(batch * s.heads + kv * group) * t * t..][..group * t * t];
-            PackedMatrix::from_rows(&v_t, dh, t).matmul_t(rows, group * t, None)
+            let rows =
+                &pattern[(batch * s.heads + kv * group) * t * n_keys..][..group * t * n_keys];
+            PackedMatrix::from_rows(&v_t, dh, n_keys).matmul_t(rows, group * t, None)
         })
         .collect();
     let mut z = vec![0f32; s.b * t * s.heads * dh];
@@ -284,6 +296,7 @@ mod tests {
         let s = Shape {
             b: 2,
             t: 5,
+            keys: 5,
             heads: 4,
             kv_heads: 2,
             d_head: 19,

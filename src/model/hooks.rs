@@ -214,12 +214,43 @@ pub type Captures = BTreeMap<String, Tensor>;
 pub(crate) struct HookState<'a> {
     capture: Vec<wildmatch::WildMatch>,
     interventions: BTreeMap<&'a str, Vec<&'a Intervention>>,
+    /// Every position's token, the cached ones of a step included.
     tokens: &'a [Vec<u32>],
+    /// The positions this pass computes: `first..first + t` (0 in a full pass; a step over a
+    /// KV cache starts after the cached positions).
+    window: Window,
     pub captures: Captures,
 }
 
+/// Where a pass's rows sit in the sequence, and how positions outside them are treated.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    first: usize,
+    /// A step of generation: an intervention's positions outside this pass's rows belong to
+    /// other steps (checked once, when generation starts), not errors.
+    step: bool,
+}
+
+impl Window {
+    /// A full pass: every position, from 0.
+    const FULL: Window = Window {
+        first: 0,
+        step: false,
+    };
+}
+
 impl<'a> HookState<'a> {
+    /// A full pass over `tokens`.
     pub fn new(spec: &'a HookSpec, tokens: &'a [Vec<u32>]) -> Self {
+        Self::with_window(spec, tokens, Window::FULL)
+    }
+
+    /// A step that computes positions `first..` of `tokens` (earlier ones are cached).
+    pub fn step(spec: &'a HookSpec, tokens: &'a [Vec<u32>], first: usize) -> Self {
+        Self::with_window(spec, tokens, Window { first, step: true })
+    }
+
+    fn with_window(spec: &'a HookSpec, tokens: &'a [Vec<u32>], window: Window) -> Self {
         let mut interventions: BTreeMap<&str, Vec<&Intervention>> = BTreeMap::new();
         for i in &spec.interventions {
             interventions.entry(i.hook.as_str()).or_default().push(i);
@@ -232,6 +263,7 @@ impl<'a> HookState<'a> {
                 .collect(),
             interventions,
             tokens,
+            window,
             captures: Captures::new(),
         }
     }
@@ -249,7 +281,7 @@ impl<'a> HookState<'a> {
     pub fn site(&mut self, name: &str, mut x: Tensor) -> Result<Tensor> {
         if let Some(list) = self.interventions.get(name) {
             for intervention in list {
-                x = apply(intervention, &x, self.tokens)?;
+                x = apply(intervention, &x, self.tokens, self.window)?;
             }
         }
         if self.captured(name) {
@@ -266,7 +298,12 @@ fn invalid(intervention: &Intervention, reason: impl std::fmt::Display) -> Model
 /// Apply one intervention to the activation at its site. Edits are done on a host copy: the
 /// copy is one activation tensor, small next to the layer's matmuls, and keeps every edit an
 /// obvious loop.
-fn apply(intervention: &Intervention, x: &Tensor, tokens: &[Vec<u32>]) -> Result<Tensor> {
+fn apply(
+    intervention: &Intervention,
+    x: &Tensor,
+    tokens: &[Vec<u32>],
+    window: Window,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let mut data: Vec<f32> = x.flatten_all()?.to_vec1()?;
     match &intervention.kind {
@@ -283,11 +320,10 @@ fn apply(intervention: &Intervention, x: &Tensor, tokens: &[Vec<u32>]) -> Result
                     format!("head {head} out of range (model has {h})"),
                 ));
             }
-            let queries = positions_or_all(intervention, q)?;
             for batch in 0..b {
                 let toks = tokens.get(batch).map(Vec::as_slice).unwrap_or(&[]);
-                for &i in &queries {
-                    let row = &mut data[((batch * h + head) * q + i) * k..][..k];
+                for i in select_positions(intervention, q, window)? {
+                    let row = &mut data[((batch * h + head) * q + i - window.first) * k..][..k];
                     clamp_pattern_row(row, i, mode, toks);
                 }
             }
@@ -301,16 +337,40 @@ fn apply(intervention: &Intervention, x: &Tensor, tokens: &[Vec<u32>]) -> Result
             }
             let (b, t) = (dims[0], dims[1]);
             let width: usize = dims[2..].iter().product();
-            let positions = positions_or_all(intervention, t)?;
-            edit_rows(intervention, &mut data, b, t, width, &dims, &positions)?;
+            let positions = select_positions(intervention, t, window)?;
+            if window.step
+                && matches!(
+                    intervention.kind,
+                    InterventionKind::HeadAblation {
+                        mode: AblationMode::Mean,
+                        ..
+                    }
+                )
+            {
+                return Err(invalid(
+                    intervention,
+                    "mean ablation averages over the whole sequence, which a generation step \
+                     does not see (use zero or resample ablation)",
+                ));
+            }
+            let rows = Rows {
+                b,
+                t,
+                first: window.first,
+                width,
+            };
+            edit_rows(intervention, &mut data, rows, &dims, &positions)?;
         }
     }
     Ok(Tensor::from_vec(data, dims, x.device())?)
 }
 
-fn positions_or_all(intervention: &Intervention, t: usize) -> Result<Vec<usize>> {
+/// The positions (in the whole sequence) an intervention edits among a pass's `t` rows.
+fn select_positions(intervention: &Intervention, t: usize, window: Window) -> Result<Vec<usize>> {
+    let rows = window.first..window.first + t;
     match &intervention.positions {
-        None => Ok((0..t).collect()),
+        None => Ok(rows.collect()),
+        Some(p) if window.step => Ok(p.iter().copied().filter(|p| rows.contains(p)).collect()),
         Some(p) => {
             if let Some(bad) = p.iter().find(|&&p| p >= t) {
                 return Err(invalid(
@@ -323,16 +383,25 @@ fn positions_or_all(intervention: &Intervention, t: usize) -> Result<Vec<usize>>
     }
 }
 
+/// The layout of a site's activation: `b × t` rows of `width` for positions `first..first + t`.
+#[derive(Clone, Copy)]
+struct Rows {
+    b: usize,
+    t: usize,
+    first: usize,
+    width: usize,
+}
+
+/// Edits the rows at `positions` (in the whole sequence, all inside `rows`).
 fn edit_rows(
     intervention: &Intervention,
     data: &mut [f32],
-    b: usize,
-    t: usize,
-    width: usize,
+    rows: Rows,
     dims: &[usize],
     positions: &[usize],
 ) -> Result<()> {
-    let row = |batch: usize, pos: usize| (batch * t + pos) * width;
+    let Rows { b, t, first, width } = rows;
+    let row = |batch: usize, pos: usize| (batch * t + pos - first) * width;
     match &intervention.kind {
         InterventionKind::Neurons { indices, op } => {
             if let Some(bad) = indices.iter().find(|&&i| i >= width) {
@@ -584,7 +653,7 @@ mod tests {
         let x = Tensor::arange(0f32, 12.0, &Device::Cpu)?.reshape((1, 3, 4))?;
         let i = Intervention::neurons("blocks.0.mlp.hook_post", vec![1], ValueOp::Set(-5.0))
             .at_positions(vec![2]);
-        let y: Vec<f32> = apply(&i, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&i, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![0., 1., 2., 3., 4., 5., 6., 7., 8., -5., 10., 11.]);
         Ok(())
     }
@@ -594,7 +663,7 @@ mod tests {
         // [b=1, t=2, heads=2, d_head=1]
         let x = Tensor::new(&[[[[1f32], [10.]], [[3.], [20.]]]], &Device::Cpu)?;
         let i = Intervention::ablate_head(0, 0, AblationMode::Mean);
-        let y: Vec<f32> = apply(&i, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&i, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![2., 10., 2., 20.]);
         Ok(())
     }
@@ -603,17 +672,17 @@ mod tests {
     fn scale_add_and_steer_edit_the_right_entries() -> Result<()> {
         let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 2, 3))?;
         let scale = Intervention::neurons("h", vec![0, 2], ValueOp::Scale(10.0));
-        let y: Vec<f32> = apply(&scale, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&scale, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![0., 1., 20., 30., 4., 50.]);
         let add = Intervention::neurons("h", vec![], ValueOp::Add(1.0)).at_positions(vec![0]);
-        let y: Vec<f32> = apply(&add, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&add, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![1., 2., 3., 3., 4., 5.]);
         let steer =
             Intervention::steer("h", vec![1.0, 0.0, -1.0].into(), 2.0).at_positions(vec![1]);
-        let y: Vec<f32> = apply(&steer, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&steer, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![0., 1., 2., 5., 4., 3.]);
         let wrong = Intervention::steer("h", vec![1.0].into(), 1.0);
-        assert!(apply(&wrong, &x, &[]).is_err());
+        assert!(apply(&wrong, &x, &[], Window::FULL).is_err());
         Ok(())
     }
 
@@ -629,7 +698,7 @@ mod tests {
                 values: source.clone(),
             },
         );
-        let y: Vec<f32> = apply(&i, &x, &[])?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&i, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![0., 1., -1., -2., 4., 5., -3., -4.]);
         let short = Intervention::ablate_head(
             0,
@@ -639,7 +708,7 @@ mod tests {
             },
         );
         assert!(
-            apply(&short, &x, &[]).is_err(),
+            apply(&short, &x, &[], Window::FULL).is_err(),
             "a source shorter than the prompt is an error"
         );
         Ok(())
@@ -650,7 +719,7 @@ mod tests {
         let x = Tensor::zeros((1, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let i = Intervention::neurons("h", vec![7], ValueOp::Set(1.0));
         assert!(matches!(
-            apply(&i, &x, &[]),
+            apply(&i, &x, &[], Window::FULL),
             Err(ModelError::InvalidInput(_))
         ));
     }
@@ -669,7 +738,7 @@ mod tests {
                     mode,
                 },
             };
-            apply(&i, &x, &[vec![0]])
+            apply(&i, &x, &[vec![0]], Window::FULL)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -700,7 +769,7 @@ mod tests {
             positions: Some(vec![0, 2]),
             kind: InterventionKind::Rows(edit),
         };
-        let out: Vec<f32> = apply(&i, &x, &[vec![0, 0, 0]])
+        let out: Vec<f32> = apply(&i, &x, &[vec![0, 0, 0]], Window::FULL)
             .unwrap()
             .flatten_all()
             .unwrap()

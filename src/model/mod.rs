@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod attention;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod hooks;
 pub mod packed;
@@ -25,7 +26,8 @@ pub use hooks::{
 };
 pub use tokenizer::{BosMode, Tokenizer};
 pub use transformer::{
-    ForwardOutput, LayerDone, LayerObserver, NoObserver, ResidCache, Transformer,
+    ForwardOutput, KvCache, LayerDone, LayerObserver, NoObserver, ResidCache, StepOutput,
+    Transformer,
 };
 
 use gguf::{GgufFile, GgufSource};
@@ -48,6 +50,9 @@ pub struct ModelInfo {
     /// The tokenizer's BOS token, and whether HF's tokenizer adds it to plain text.
     pub bos_token_id: Option<u32>,
     pub adds_bos: bool,
+    /// Tokens that end generation (`generation_config.json`, else `config.json`; GGUF
+    /// `tokenizer.ggml.eos_token_id`).
+    pub eos_token_ids: Vec<u32>,
 }
 
 pub struct Model {
@@ -190,7 +195,7 @@ fn open_hf_dir(dir: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         .and_then(|v| v.as_str())
         .unwrap_or("?")
         .to_string();
-    let info = model_info(
+    let mut info = model_info(
         &transformer,
         &tokenizer,
         name,
@@ -199,6 +204,7 @@ fn open_hf_dir(dir: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         "safetensors",
         source_dtype,
     );
+    info.eos_token_ids = hf_eos_ids(dir, &config)?;
     Ok(Model {
         transformer,
         tokenizer,
@@ -223,6 +229,7 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         });
     }
     let tokenizer = Tokenizer::from_gguf(path, &gguf.content)?;
+    let eos = gguf::metadata_u32(&gguf.content.metadata, "tokenizer.ggml.eos_token_id");
     let config = gguf.hf_config()?;
     let n_heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let n_kv = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
@@ -233,7 +240,7 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
     let source = GgufSource::new(gguf, n_heads, n_kv);
     let weights = Weights::with_progress(Arc::new(source), progress.clone());
     let transformer = arch::load(&config, path, &weights)?;
-    let info = model_info(
+    let mut info = model_info(
         &transformer,
         &tokenizer,
         name,
@@ -242,6 +249,7 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         "gguf",
         source_dtype,
     );
+    info.eos_token_ids = eos.into_iter().collect();
     Ok(Model {
         transformer,
         tokenizer,
@@ -268,7 +276,36 @@ fn model_info(
         source_dtype,
         bos_token_id: tokenizer.bos_id(),
         adds_bos: tokenizer.adds_bos(),
+        eos_token_ids: Vec::new(),
     }
+}
+
+/// `eos_token_id` (a number or a list) from `generation_config.json`, which HF's `generate`
+/// reads, else from `config.json`.
+fn hf_eos_ids(dir: &Path, config: &serde_json::Value) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    let generation: Option<serde_json::Value> = if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|e| ModelError::config(&path, format!("not valid JSON: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let value = generation
+        .as_ref()
+        .and_then(|g| g.get("eos_token_id"))
+        .or_else(|| config.get("eos_token_id"));
+    let ids = match value {
+        Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),
+        _ => Vec::new(),
+    };
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect())
 }
 
 impl Model {

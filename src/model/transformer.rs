@@ -207,11 +207,12 @@ impl Rotary {
         }
     }
 
-    fn tables(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// cos/sin for positions `first..first + t`.
+    fn tables(&self, first: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
-        for pos in 0..t {
+        for pos in first..first + t {
             for f in &self.inv_freq {
                 let angle = pos as f32 * f;
                 cos.push(angle.cos() * self.attention_scaling);
@@ -377,6 +378,61 @@ impl ResidCache {
     pub fn captures(&self) -> &Captures {
         &self.captures
     }
+}
+
+/// The keys and values of the positions stepped passes have run (one sequence), so each new
+/// token costs one position ([`Transformer::forward_step`]).
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    tokens: Vec<u32>,
+    /// Per layer: keys (after rotary and any key norm) and values, each `[positions, kv_heads,
+    /// d_head]` row-major.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The tokens at the positions held.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    fn layer(&mut self, l: usize) -> &mut (Vec<f32>, Vec<f32>) {
+        if self.layers.len() <= l {
+            self.layers.resize_with(l + 1, Default::default);
+        }
+        &mut self.layers[l]
+    }
+
+    /// Keeps the first `positions` (undoes a step that failed half-way).
+    fn truncate(&mut self, positions: usize, row_width: usize) {
+        self.tokens.truncate(positions);
+        for (k, v) in &mut self.layers {
+            k.truncate(positions * row_width);
+            v.truncate(positions * row_width);
+        }
+    }
+}
+
+/// What a step returns.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Logits at the step's last position.
+    pub logits_last: Vec<f32>,
+    /// The step's captures (its positions only).
+    pub captures: Captures,
 }
 
 impl Transformer {
@@ -580,7 +636,7 @@ impl Transformer {
         let mut hooks = HookState::new(spec, tokens);
         let mut inputs: Vec<Tensor> = Vec::with_capacity(n + 1);
         let mut x = if start < 0 {
-            self.embed_forward(tokens, &mut hooks)?
+            self.embed_forward(tokens, 0, &mut hooks)?
         } else {
             // Stages before `start` are unchanged: reuse their inputs and captures.
             let c = cache.as_ref().ok_or(ModelError::Cancelled)?;
@@ -622,6 +678,62 @@ impl Transformer {
         })
     }
 
+    /// Runs `new` tokens after the positions `cache` holds (one sequence) and appends their
+    /// keys and values: a generated token costs one position. Interventions name positions in
+    /// the whole sequence; those outside `new` belong to other steps and are skipped, so the
+    /// caller checks them once against the whole length. Logits are computed for the last
+    /// position only. On an error the cache is left as it was.
+    pub fn forward_step(
+        &self,
+        new: &[u32],
+        cache: &mut KvCache,
+        spec: &HookSpec,
+    ) -> Result<StepOutput> {
+        let new_rows = [new.to_vec()];
+        self.check_tokens(&new_rows)?;
+        let total = cache.len() + new.len();
+        if total > self.dims.n_ctx {
+            return Err(ModelError::InvalidInput(format!(
+                "the sequence would have {total} tokens; this model accepts at most {}",
+                self.dims.n_ctx
+            )));
+        }
+        self.validate(spec)?;
+        let first = cache.len();
+        let row_width = self.dims.n_kv_heads * self.dims.d_head;
+        let all = [cache
+            .tokens
+            .iter()
+            .chain(new)
+            .copied()
+            .collect::<Vec<u32>>()];
+        let result = (|| {
+            let mut hooks = HookState::step(spec, &all, first);
+            let mut x = self.embed_forward(&new_rows, first, &mut hooks)?;
+            let mut tables = PassTables::step(new.len(), cache);
+            for l in 0..self.n_layers() {
+                x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
+            }
+            let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(&x)?)?;
+            let last = normed.narrow(1, new.len() - 1, 1)?;
+            let logits_last = self.unembed_normalized(&last)?.flatten_all()?.to_vec1()?;
+            Ok(StepOutput {
+                logits_last,
+                captures: hooks.captures,
+            })
+        })();
+        match result {
+            Ok(out) => {
+                cache.tokens.extend_from_slice(new);
+                Ok(out)
+            }
+            Err(e) => {
+                cache.truncate(first, row_width);
+                Err(e)
+            }
+        }
+    }
+
     /// A pass that stops as soon as every hook `spec` captures has been recorded: layers after
     /// the last captured one, and the unembedding, are not run (corpus scans, SAE inputs).
     pub fn forward_captures(
@@ -645,7 +757,7 @@ impl Transformer {
             .max()
             .unwrap_or(-1);
         let mut hooks = HookState::new(spec, tokens);
-        let mut x = self.embed_forward(tokens, &mut hooks)?;
+        let mut x = self.embed_forward(tokens, 0, &mut hooks)?;
         let mut tables = PassTables::new(tokens[0].len());
         for l in 0..n.min((last + 1).max(0) as usize) {
             if observer.is_cancelled() {
@@ -711,7 +823,13 @@ impl Transformer {
         (start <= n as isize).then_some(start)
     }
 
-    fn embed_forward(&self, tokens: &[Vec<u32>], hooks: &mut HookState) -> Result<Tensor> {
+    /// Embeddings of `tokens`, which sit at positions `first..`.
+    fn embed_forward(
+        &self,
+        tokens: &[Vec<u32>],
+        first: usize,
+        hooks: &mut HookState,
+    ) -> Result<Tensor> {
         let (b, t) = (tokens.len(), tokens[0].len());
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let mut x =
@@ -723,10 +841,10 @@ impl Transformer {
         }
         x = hooks.site("hook_embed", x)?;
         if let Some(pos) = &self.pos_embed {
-            let p = pos
-                .narrow(0, 0, t)?
-                .unsqueeze(0)?
-                .broadcast_as((b, t, self.dims.d_model))?;
+            let p =
+                pos.narrow(0, first, t)?
+                    .unsqueeze(0)?
+                    .broadcast_as((b, t, self.dims.d_model))?;
             let p = hooks.site("hook_pos_embed", p.contiguous()?)?;
             x = (x + p)?;
         }
@@ -807,17 +925,33 @@ impl Mlp {
     }
 }
 
-/// Rotary tables for one pass, built once and shared by every layer with the same settings.
-struct PassTables {
+/// What every layer of one pass shares: its positions, rotary tables (built once per setting)
+/// and, in a step over a KV cache, the cache.
+struct PassTables<'c> {
+    /// Positions this pass computes: `first..first + t`.
+    first: usize,
     t: usize,
     rotary: Vec<(Rotary, Tensor, Tensor)>,
+    kv: Option<&'c mut KvCache>,
 }
 
-impl PassTables {
+impl<'c> PassTables<'c> {
     fn new(t: usize) -> Self {
         PassTables {
+            first: 0,
             t,
             rotary: Vec::new(),
+            kv: None,
+        }
+    }
+
+    /// A step of `t` new positions after the ones `kv` holds.
+    fn step(t: usize, kv: &'c mut KvCache) -> Self {
+        PassTables {
+            first: kv.len(),
+            t,
+            rotary: Vec::new(),
+            kv: Some(kv),
         }
     }
 
@@ -826,7 +960,7 @@ impl PassTables {
         if let Some((_, cos, sin)) = found {
             return Ok((cos.clone(), sin.clone()));
         }
-        let (cos, sin) = rotary.tables(self.t, device)?;
+        let (cos, sin) = rotary.tables(self.first, self.t, device)?;
         self.rotary.push((rotary.clone(), cos.clone(), sin.clone()));
         Ok((cos, sin))
     }
@@ -863,9 +997,26 @@ impl Attention {
             }
             None => (q, k),
         };
+        // A step attends to the cached keys and values too: this step's are appended first.
+        let (k, v, keys) = match tables.kv.as_deref_mut() {
+            Some(cache) => {
+                let layer = cache.layer(l);
+                with_f32_slice(&k, |k| layer.0.extend_from_slice(k))?;
+                with_f32_slice(&v, |v| layer.1.extend_from_slice(v))?;
+                let keys = layer.0.len() / (nkv * dh).max(1);
+                let shape = (b, keys, nkv, dh);
+                (
+                    Tensor::from_slice(&layer.0, shape, x.device())?,
+                    Tensor::from_slice(&layer.1, shape, x.device())?,
+                    keys,
+                )
+            }
+            None => (k, v, t),
+        };
         let shape = attention::Shape {
             b,
             t,
+            keys,
             heads: nh,
             kv_heads: nkv,
             d_head: dh,
@@ -883,14 +1034,14 @@ impl Attention {
         if hooks.wants(&scores_name) {
             let edited = hooks.site(
                 &scores_name,
-                Tensor::from_vec(scores, (b, nh, t, t), x.device())?,
+                Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
             )?;
             scores = edited.flatten_all()?.to_vec1()?;
         }
-        attention::softmax_rows(&mut scores, t);
+        attention::softmax_rows(&mut scores, keys);
         let pattern = hooks.site(
             &name("hook_pattern"),
-            Tensor::from_vec(scores, (b, nh, t, t), x.device())?,
+            Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
         )?;
         let z = with_f32_slice(&pattern, |p| {
             with_f32_slice(&v, |v| attention::weighted_values(p, v, shape))

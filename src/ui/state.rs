@@ -1335,6 +1335,7 @@ mod tests {
             source_dtype: "F32".into(),
             bos_token_id: None,
             adds_bos: false,
+            eos_token_ids: Vec::new(),
         }
     }
 

@@ -1,0 +1,163 @@
+//! `dendrite generate`: a continuation under interventions, beside the baseline.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::{PromptArgs, parse_ablation, parse_clamp};
+use crate::model::generate::{GenerateOptions, Generation, Sampling, Stops, cut_at_stop, generate};
+use crate::model::{self, HookSpec};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy (the first most likely token, as HF's `generate(do_sample=False)`).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the generated text contains this string (cut before it); repeatable.
+    #[arg(long = "stop")]
+    pub stops: Vec<String>,
+    /// Keep going past the model's end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Set a neuron: HOOK:NEURON=VALUE, e.g. blocks.15.mlp.hook_post:123=10.
+    #[arg(long = "clamp", value_name = "HOOK:NEURON=VALUE")]
+    pub clamps: Vec<String>,
+    /// Ablate an attention head: LAYER.HEAD[:zero] (mean ablation needs the whole sequence).
+    #[arg(long = "ablate-head", value_name = "LAYER.HEAD[:MODE]")]
+    pub ablate_heads: Vec<String>,
+    /// Where the interventions apply: every position, or only the generated ones.
+    #[arg(long, value_enum, default_value_t = At::All)]
+    pub at: At,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum At {
+    All,
+    Generated,
+}
+
+pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
+    let m = model::open(&args.model)?;
+    let prompt = args.prompt.ids(&m)?;
+    let mut spec = HookSpec::default();
+    for c in &args.clamps {
+        spec.interventions.push(parse_clamp(c)?);
+    }
+    for a in &args.ablate_heads {
+        spec.interventions.push(parse_ablation(a)?);
+    }
+    if args.at == At::Generated {
+        let generated: Vec<usize> = (prompt.len()..prompt.len() + args.max_new_tokens).collect();
+        for i in &mut spec.interventions {
+            i.positions = Some(generated.clone());
+        }
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stops: Stops {
+            eos: if args.ignore_eos {
+                Vec::new()
+            } else {
+                m.info.eos_token_ids.clone()
+            },
+            strings: args.stops.clone(),
+        },
+        top_logprobs: 0,
+    };
+    let run = |spec: &HookSpec| -> Result<(Generation, String)> {
+        let decode = |ids: &[u32]| m.tokenizer.decode(ids);
+        let out = generate(&m.transformer, &prompt, spec, &opts, &decode, &mut |_| true)?;
+        let text = cut_at_stop(&decode(&out.generated_ids()), &args.stops).to_string();
+        Ok((out, text))
+    };
+    let (steered, text) = run(&spec)?;
+    let baseline = if spec.interventions.is_empty() {
+        None
+    } else {
+        Some(run(&HookSpec::default())?)
+    };
+    if args.json {
+        let mut value = json!({
+            "model": m.info.name,
+            "prompt_ids": prompt,
+            "generated_ids": steered.generated_ids(),
+            "text": text,
+            "stop": steered.stop,
+            "logprobs": steered.tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "timing": timing(&steered),
+        });
+        if let Some((b, b_text)) = &baseline {
+            value["baseline"] = json!({
+                "generated_ids": b.generated_ids(),
+                "text": b_text,
+                "stop": b.stop,
+                "first_difference": first_difference(&b.generated_ids(), &steered.generated_ids()),
+                "timing": timing(b),
+            });
+        }
+        outln!("{value}");
+    } else {
+        print_continuation(&prompt, &text, &steered, baseline.is_some());
+        if let Some((b, b_text)) = &baseline {
+            outln!("baseline:");
+            outln!("{b_text}");
+            match first_difference(&b.generated_ids(), &steered.generated_ids()) {
+                Some(i) => outln!("(the continuations part at generated token {i})"),
+                None => outln!("(the continuations are identical)"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_continuation(prompt: &[u32], text: &str, g: &Generation, steered: bool) {
+    outln!(
+        "{} prompt tokens → {} generated (stop: {}){}",
+        prompt.len(),
+        g.tokens.len(),
+        g.stop.as_str(),
+        if steered {
+            ", with interventions:"
+        } else {
+            ":"
+        }
+    );
+    outln!("{text}");
+}
+
+/// How long the prompt and the later tokens took.
+fn timing(g: &Generation) -> serde_json::Value {
+    let decoded = g.tokens.len().saturating_sub(1);
+    json!({
+        "prefill_ms": g.prefill_ms,
+        "decode_ms": g.decode_ms,
+        "decode_tokens_per_s": if g.decode_ms > 0.0 { decoded as f64 / (g.decode_ms / 1e3) } else { 0.0 },
+    })
+}
+
+/// The first generated position where two continuations differ (or one ends).
+fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    (common < a.len().max(b.len())).then_some(common)
+}
