@@ -8,15 +8,12 @@ Usage: .cache/venv/bin/python scripts/bench_generate_hf.py [--new 64] [--threads
 """
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("DENDRITE_MODELS", ROOT / ".cache" / "models"))
+import hf_smollm2
+
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 
 
@@ -25,11 +22,7 @@ def main():
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
-    model = AutoModelForCausalLM.from_pretrained(
-        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    tok, model = hf_smollm2.load(args.threads)
     ids = torch.tensor([tok(PROMPT, add_special_tokens=False)["input_ids"]])
     results = {}
     for case in ["plain", "clamp"]:

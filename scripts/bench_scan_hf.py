@@ -13,17 +13,15 @@ Prints tokens/s and the process's peak RSS.
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("DENDRITE_MODELS", ROOT / ".cache" / "models"))
+import hf_smollm2
+
 
 
 def corpus_docs(path):
@@ -48,11 +46,7 @@ def main():
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
-    model = AutoModelForCausalLM.from_pretrained(
-        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    tok, model = hf_smollm2.load(args.threads)
 
     windows = []
     for doc in corpus_docs(args.corpus):

@@ -237,6 +237,13 @@ def make_real():
 # ── greedy generation (issue: generation under interventions) ─────────────────────────────
 
 GEN_NEW = 12
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one word."},
+     {"role": "user", "content": "  Colour of the sky?  "},
+     {"role": "assistant", "content": "Blue."},
+     {"role": "user", "content": "And of grass?"}],
+]
 
 
 def greedy(model, ids, down=None, neuron=None, value=None):
@@ -288,8 +295,16 @@ def make_generate():
                   "value": clamp["value"]},
         "clamp_generated_ids": clamped, "clamp_text": tok.decode(clamped),
     })
+    chats = []
+    for name in ["smollm2"]:  # the Gemma 3 270M GGUF (a base model) has no chat template
+        file = REAL[name][0]
+        tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+        for messages in CHATS:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            chats.append({"model": f"real/{file}", "messages": messages, "text": text,
+                          "ids": tok(text, add_special_tokens=False)["input_ids"]})
     (FIXTURES / "generate.json").write_text(json.dumps({
-        "max_new_tokens": GEN_NEW, "cases": cases,
+        "max_new_tokens": GEN_NEW, "cases": cases, "chats": chats,
         "transformers": __import__("transformers").__version__, "torch": torch.__version__,
     }, ensure_ascii=False, indent=1) + "\n")
     for c in cases:

@@ -404,3 +404,72 @@ fn sae_commands_fail_cleanly_on_bad_input() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `generate --json`: the continuation under a clamp beside the baseline (HF's greedy tokens
+/// for both, from `tests/fixtures/generate.json`), where they part, and a chat prompt that
+/// ends at the model's EOS.
+#[test]
+fn generate_json_with_a_baseline_and_a_chat() {
+    let text = std::fs::read_to_string(fixtures().join("generate.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"].as_str().unwrap().starts_with("real/"))
+        .unwrap();
+    let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let ids: Vec<String> = case["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let clamp = format!(
+        "{}:{}={}",
+        case["clamp"]["hook"].as_str().unwrap(),
+        case["clamp"]["neuron"],
+        case["clamp"]["value"]
+    );
+    let out = json(&[
+        "generate",
+        smol.to_str().unwrap(),
+        "--token-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "12",
+        "--clamp",
+        &clamp,
+        "--json",
+    ]);
+    assert_eq!(out["generated_ids"], case["clamp_generated_ids"]);
+    assert_eq!(out["baseline"]["generated_ids"], case["generated_ids"]);
+    assert_eq!(out["text"], case["clamp_text"]);
+    assert_eq!(out["baseline"]["first_difference"], 2);
+    assert_eq!(out["stop"], "max_tokens");
+    assert!(out["timing"]["decode_ms"].as_f64().unwrap() > 0.0);
+
+    let chat = json(&[
+        "generate",
+        smol.to_str().unwrap(),
+        "--chat",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "40",
+        "--json",
+    ]);
+    assert_eq!(chat["stop"], "eos");
+    assert!(chat["text"].as_str().unwrap().contains("Paris"), "{chat}");
+    assert!(!chat["text"].as_str().unwrap().contains("<|im_end|>"));
+    assert!(
+        chat.get("baseline").is_none(),
+        "no interventions, no baseline"
+    );
+    let (ok, _, stderr) = dendrite(&[
+        "generate",
+        real_model("gemma-3-270m-q4_k_m.gguf").to_str().unwrap(),
+        "--chat",
+        "hi",
+    ]);
+    assert!(!ok && stderr.contains("no chat template"), "{stderr}");
+}

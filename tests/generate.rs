@@ -183,3 +183,32 @@ fn a_step_past_the_context_or_with_a_mean_ablation_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("position 40"), "{err}");
 }
+
+/// SmolLM2's own chat template rendered as transformers' `apply_chat_template` renders it, to
+/// the character and the token; Gemma 3 270M (a base model) ships none and chat is refused.
+#[test]
+fn chat_prompts_match_hf_apply_chat_template() {
+    use dendrite::model::chat::Message;
+    let text = std::fs::read_to_string(fixtures().join("generate.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in reference["chats"].as_array().unwrap() {
+        let file = case["model"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("real/")
+            .unwrap();
+        let m = model::open(real_model(file)).unwrap();
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let template = m.chat_template().expect("SmolLM2 ships a chat template");
+        assert_eq!(
+            template.render(&messages, true).unwrap(),
+            case["text"].as_str().unwrap()
+        );
+        assert_eq!(m.encode_chat(&messages).unwrap(), json_ids(&case["ids"]));
+    }
+    let gemma = model::open(real_model("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    let err = gemma
+        .encode_chat(&[Message::new("user", "hi")])
+        .unwrap_err();
+    assert!(err.to_string().contains("no chat template"), "{err}");
+}

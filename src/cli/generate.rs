@@ -3,18 +3,35 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 use serde_json::json;
 
-use super::{PromptArgs, parse_ablation, parse_clamp};
-use crate::model::generate::{GenerateOptions, Generation, Sampling, Stops, cut_at_stop, generate};
-use crate::model::{self, HookSpec};
+use super::{InterventionArgs, PromptArgs};
+use crate::model::chat::Message;
+use crate::model::generate::{
+    GenerateOptions, Generation, Sampling, StopReason, Stops, cut_at_stop, generate,
+};
+use crate::model::{self, BosMode, HookSpec};
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "token_ids", "chat"])))]
 pub struct GenerateArgs {
     pub model: PathBuf,
-    #[command(flatten)]
-    pub prompt: PromptArgs,
+    /// Prompt text (tokenized like `tokenize`: the BOS as --bos says).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Comma-separated token ids, e.g. 1,2,3 (used as given).
+    #[arg(long, value_delimiter = ',')]
+    pub token_ids: Option<Vec<u32>>,
+    /// A user message, put through the model's chat template (the assistant's reply follows).
+    #[arg(long)]
+    pub chat: Option<String>,
+    /// A system message before --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Put the model's BOS before --prompt: auto (when HF's tokenizer does), yes or no.
+    #[arg(long, default_value_t = BosMode::Auto)]
+    pub bos: BosMode,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
     /// 0 = greedy (the first most likely token, as HF's `generate(do_sample=False)`).
@@ -32,12 +49,8 @@ pub struct GenerateArgs {
     /// Keep going past the model's end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Set a neuron: HOOK:NEURON=VALUE, e.g. blocks.15.mlp.hook_post:123=10.
-    #[arg(long = "clamp", value_name = "HOOK:NEURON=VALUE")]
-    pub clamps: Vec<String>,
-    /// Ablate an attention head: LAYER.HEAD[:zero] (mean ablation needs the whole sequence).
-    #[arg(long = "ablate-head", value_name = "LAYER.HEAD[:MODE]")]
-    pub ablate_heads: Vec<String>,
+    #[command(flatten)]
+    pub interventions: InterventionArgs,
     /// Where the interventions apply: every position, or only the generated ones.
     #[arg(long, value_enum, default_value_t = At::All)]
     pub at: At,
@@ -53,14 +66,27 @@ pub enum At {
 
 pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     let m = model::open(&args.model)?;
-    let prompt = args.prompt.ids(&m)?;
-    let mut spec = HookSpec::default();
-    for c in &args.clamps {
-        spec.interventions.push(parse_clamp(c)?);
-    }
-    for a in &args.ablate_heads {
-        spec.interventions.push(parse_ablation(a)?);
-    }
+    let prompt = match &args.chat {
+        Some(user) => {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(Message::new("system", system));
+            }
+            messages.push(Message::new("user", user));
+            m.encode_chat(&messages)?
+        }
+        None => PromptArgs {
+            prompt: args.prompt.clone(),
+            token_ids: args.token_ids.clone(),
+            bos: args.bos,
+            add_special: false,
+        }
+        .ids(&m)?,
+    };
+    let mut spec = HookSpec {
+        interventions: args.interventions.parse()?,
+        ..HookSpec::default()
+    };
     if args.at == At::Generated {
         let generated: Vec<usize> = (prompt.len()..prompt.len() + args.max_new_tokens).collect();
         for i in &mut spec.interventions {
@@ -88,7 +114,12 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     let run = |spec: &HookSpec| -> Result<(Generation, String)> {
         let decode = |ids: &[u32]| m.tokenizer.decode(ids);
         let out = generate(&m.transformer, &prompt, spec, &opts, &decode, &mut |_| true)?;
-        let text = cut_at_stop(&decode(&out.generated_ids()), &args.stops).to_string();
+        // The text leaves out the end-of-sequence token (the ids keep it, as HF's do).
+        let mut ids = out.generated_ids();
+        if out.stop == StopReason::Eos {
+            ids.pop();
+        }
+        let text = cut_at_stop(&decode(&ids), &args.stops).to_string();
         Ok((out, text))
     };
     let (steered, text) = run(&spec)?;

@@ -209,17 +209,34 @@ pub struct TrainSampleArgs {
     pub noise_positions: bool,
 }
 
+/// The interventions `run` and `generate` take.
+#[derive(Args, Debug)]
+pub struct InterventionArgs {
+    /// Set a neuron at every position (`generate --at generated`: at generated ones):
+    /// HOOK:NEURON=VALUE, e.g. blocks.15.mlp.hook_post:123=10.
+    #[arg(long = "clamp", value_name = "HOOK:NEURON=VALUE")]
+    pub clamps: Vec<String>,
+    /// Ablate an attention head: LAYER.HEAD[:zero|mean] (default zero; mean averages over the
+    /// whole sequence, which `generate` refuses).
+    #[arg(long = "ablate-head", value_name = "LAYER.HEAD[:MODE]")]
+    pub ablate_heads: Vec<String>,
+}
+
+impl InterventionArgs {
+    pub fn parse(&self) -> Result<Vec<Intervention>> {
+        let clamps = self.clamps.iter().map(|c| parse_clamp(c));
+        let ablations = self.ablate_heads.iter().map(|a| parse_ablation(a));
+        clamps.chain(ablations).collect()
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub prompt: PromptArgs,
-    /// Set a neuron at every position: HOOK:NEURON=VALUE, e.g. blocks.15.mlp.hook_post:123=10.
-    #[arg(long = "clamp", value_name = "HOOK:NEURON=VALUE")]
-    pub clamps: Vec<String>,
-    /// Ablate an attention head: LAYER.HEAD[:zero|mean] (default zero).
-    #[arg(long = "ablate-head", value_name = "LAYER.HEAD[:MODE]")]
-    pub ablate_heads: Vec<String>,
+    #[command(flatten)]
+    pub interventions: InterventionArgs,
     /// Save captured activations (tensor names = hook names) to this safetensors file.
     #[arg(long, requires = "hooks")]
     pub save_activations: Option<PathBuf>,
@@ -558,12 +575,7 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
     let ids = args.prompt.ids(&model)?;
     let mut spec = HookSpec::capture([MLP_POST]);
     spec.capture.extend(args.hooks.iter().cloned());
-    for c in &args.clamps {
-        spec.interventions.push(parse_clamp(c)?);
-    }
-    for a in &args.ablate_heads {
-        spec.interventions.push(parse_ablation(a)?);
-    }
+    spec.interventions = args.interventions.parse()?;
     let batch = vec![ids.clone()];
     let out = model.transformer.forward(&batch, &spec, &mut NoObserver)?;
     let logits_last = out.logits_last(0)?;

@@ -672,14 +672,20 @@ mod tests {
     fn scale_add_and_steer_edit_the_right_entries() -> Result<()> {
         let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 2, 3))?;
         let scale = Intervention::neurons("h", vec![0, 2], ValueOp::Scale(10.0));
-        let y: Vec<f32> = apply(&scale, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&scale, &x, &[], Window::FULL)?
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(y, vec![0., 1., 20., 30., 4., 50.]);
         let add = Intervention::neurons("h", vec![], ValueOp::Add(1.0)).at_positions(vec![0]);
-        let y: Vec<f32> = apply(&add, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&add, &x, &[], Window::FULL)?
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(y, vec![1., 2., 3., 3., 4., 5.]);
         let steer =
             Intervention::steer("h", vec![1.0, 0.0, -1.0].into(), 2.0).at_positions(vec![1]);
-        let y: Vec<f32> = apply(&steer, &x, &[], Window::FULL)?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = apply(&steer, &x, &[], Window::FULL)?
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(y, vec![0., 1., 2., 5., 4., 3.]);
         let wrong = Intervention::steer("h", vec![1.0].into(), 1.0);
         assert!(apply(&wrong, &x, &[], Window::FULL).is_err());

@@ -5,6 +5,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -309,6 +310,34 @@ fn hf_eos_ids(dir: &Path, config: &serde_json::Value) -> Result<Vec<u32>> {
 }
 
 impl Model {
+    /// The model's chat template with its BOS and EOS texts, when it ships one.
+    pub fn chat_template(&self) -> Option<chat::ChatTemplate> {
+        let name = |id: Option<u32>| {
+            id.and_then(|id| self.tokenizer.token_name(id))
+                .unwrap_or_default()
+        };
+        Some(chat::ChatTemplate {
+            source: self.tokenizer.chat_template()?.to_string(),
+            bos_token: name(self.tokenizer.bos_id()),
+            eos_token: name(self.info.eos_token_ids.first().copied()),
+        })
+    }
+
+    /// A conversation's token ids, ending where the assistant's reply starts: the chat
+    /// template rendered, then tokenized without added special tokens (transformers'
+    /// `apply_chat_template(..., add_generation_prompt=True)`).
+    pub fn encode_chat(&self, messages: &[chat::Message]) -> Result<Vec<u32>> {
+        let template = self.chat_template().ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "{} has no chat template (tokenizer.chat_template in a GGUF, chat_template in \
+                 tokenizer_config.json): give a plain --prompt instead",
+                self.info.name
+            ))
+        })?;
+        let text = template.render(messages, true)?;
+        self.tokenizer.encode(&text, false)
+    }
+
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, add_special)
     }

@@ -30,6 +30,8 @@ pub struct Tokenizer {
     /// Whether HF's tokenizer puts the BOS before plain text (`add_bos_token`): Gemma yes,
     /// GPT-2 and SmolLM2 no.
     adds_bos: bool,
+    /// The model's Jinja chat template, when it ships one.
+    chat_template: Option<String>,
 }
 
 /// Whether text gets the model's BOS token before it (`--bos`, the prompt bar's toggle).
@@ -120,6 +122,15 @@ impl Tokenizer {
         if let Some(id) = bos_text.and_then(|t| self.inner.token_to_id(t)) {
             self.bos_id = Some(id);
         }
+        // A string, or a list of named templates of which transformers uses "default".
+        self.chat_template = match config.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        };
         if let Some(add) = config.get("add_bos_token").and_then(|v| v.as_bool()) {
             if add && self.bos_id.is_none() {
                 return Err(ModelError::Tokenizer {
@@ -146,6 +157,7 @@ impl Tokenizer {
             path: path.to_path_buf(),
             bos_id: None,
             adds_bos: false,
+            chat_template: None,
         }
     }
 
@@ -255,7 +267,18 @@ impl Tokenizer {
         let mut tokenizer = Self::new(inner, path);
         tokenizer.bos_id = bos_id;
         tokenizer.adds_bos = add_bos;
+        tokenizer.chat_template = metadata_str(md, "tokenizer.chat_template");
         Ok(tokenizer)
+    }
+
+    /// The model's Jinja chat template, when it ships one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// A token's vocabulary entry (`<|im_end|>`, `Ġthe`), not its decoded text.
+    pub fn token_name(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The model's BOS token id, if it has one.
