@@ -473,3 +473,34 @@ fn generate_json_with_a_baseline_and_a_chat() {
     ]);
     assert!(!ok && stderr.contains("no chat template"), "{stderr}");
 }
+
+/// `generate --sae` steers along a latent's decoder direction or clamps a latent; the
+/// baseline is the plain continuation.
+#[test]
+fn generate_with_sae_steering_and_latent_clamps() {
+    let model = dendrite::sample::path().unwrap();
+    let sae = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_models/shakespeare-gpt2-relu-sae");
+    let (model, sae) = (model.to_str().unwrap(), sae.to_str().unwrap());
+    let base = [
+        "generate",
+        model,
+        "--prompt",
+        "ROMEO: What light",
+        "--max-new-tokens",
+        "20",
+    ];
+    let plain = json(&[&base[..], &["--json"]].concat());
+    for edit in [["--steer-latent", "5:8"], ["--clamp-latent", "5=6"]] {
+        let out = json(&[&base[..], &["--sae", sae], &edit[..], &["--json"]].concat());
+        assert_eq!(out["baseline"]["generated_ids"], plain["generated_ids"]);
+        assert_ne!(
+            out["generated_ids"], plain["generated_ids"],
+            "{edit:?} changes the text"
+        );
+        assert!(out["baseline"]["first_difference"].as_u64().is_some());
+    }
+    let (ok, _, stderr) =
+        dendrite(&[&base[..], &["--sae", sae, "--steer-latent", "99999:1"]].concat());
+    assert!(!ok && stderr.contains("out of range"), "{stderr}");
+}

@@ -1,8 +1,9 @@
 //! `dendrite generate`: a continuation under interventions, beside the baseline.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow, bail};
 use clap::{ArgGroup, Args, ValueEnum};
 use serde_json::json;
 
@@ -11,7 +12,8 @@ use crate::model::chat::Message;
 use crate::model::generate::{
     GenerateOptions, Generation, Sampling, StopReason, Stops, cut_at_stop, generate,
 };
-use crate::model::{self, BosMode, HookSpec};
+use crate::model::{self, BosMode, HookSpec, ValueOp};
+use crate::sae::{self, steer::SteerMode, steer::latent_clamp};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "token_ids", "chat"])))]
@@ -51,6 +53,16 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
     #[command(flatten)]
     pub interventions: InterventionArgs,
+    /// An SAE (SAELens folder, Gemma Scope params.npz, sparsify folder) for --steer-latent and
+    /// --clamp-latent.
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Add SCALE × latent I's decoder direction where the SAE writes: I:SCALE; repeatable.
+    #[arg(long = "steer-latent", value_name = "I:SCALE", requires = "sae")]
+    pub steer_latents: Vec<String>,
+    /// Set latent I to VALUE (encode, set, decode, add back the error): I=VALUE; repeatable.
+    #[arg(long = "clamp-latent", value_name = "I=VALUE", requires = "sae")]
+    pub clamp_latents: Vec<String>,
     /// Where the interventions apply: every position, or only the generated ones.
     #[arg(long, value_enum, default_value_t = At::All)]
     pub at: At,
@@ -87,6 +99,29 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         interventions: args.interventions.parse()?,
         ..HookSpec::default()
     };
+    if let Some(path) = &args.sae {
+        let sae = Arc::new(sae::open(path)?);
+        sae.check_fits(&m.transformer, &m.info.name)?;
+        for s in &args.steer_latents {
+            let (latent, scale) = parse_pair(s, ':', "--steer-latent", "I:SCALE")?;
+            spec.interventions
+                .push(sae.steering(latent, SteerMode::Add { scale }, None)?);
+        }
+        for c in &args.clamp_latents {
+            let (latent, value) = parse_pair(c, '=', "--clamp-latent", "I=VALUE")?;
+            if latent >= sae.cfg.d_sae {
+                bail!("--clamp-latent {c}: the SAE has {} latents", sae.cfg.d_sae);
+            }
+            let key = path.display().to_string();
+            spec.interventions.push(latent_clamp(
+                sae.clone(),
+                &key,
+                latent,
+                ValueOp::Set(value),
+                None,
+            ));
+        }
+    }
     if args.at == At::Generated {
         let generated: Vec<usize> = (prompt.len()..prompt.len() + args.max_new_tokens).collect();
         for i in &mut spec.interventions {
@@ -175,6 +210,16 @@ fn print_continuation(prompt: &[u32], text: &str, g: &Generation, steered: bool)
         }
     );
     outln!("{text}");
+}
+
+/// `I<sep>X` → (latent, value).
+fn parse_pair(spec: &str, sep: char, flag: &str, form: &str) -> Result<(usize, f32)> {
+    let bad = || anyhow!("{flag} {spec}: expected {form}");
+    let (latent, value) = spec.split_once(sep).ok_or_else(bad)?;
+    Ok((
+        latent.trim().parse().map_err(|_| bad())?,
+        value.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// How long the prompt and the later tokens took.

@@ -16,16 +16,7 @@ pub type RunId = u64;
 /// Identifies an attached SAE for as long as the model stays open.
 pub type SaeId = u64;
 
-/// How a steering edit changes the component along a direction `d` (an SAE latent's decoder
-/// row): `Add` adds `scale · d`; `SetProjection` is the orthogonal decomposition (keep
-/// everything orthogonal to `d̂`, set the component along it to `value`); `CapProjection` cuts
-/// components along `d̂` above `max` down to it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SteerMode {
-    Add { scale: f32 },
-    SetProjection { value: f32 },
-    CapProjection { max: f32 },
-}
+pub use crate::sae::steer::SteerMode;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadModel {

@@ -12,8 +12,7 @@ use crate::analysis::lens::{LENS_HOOKS, logit_lens_layer, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::analysis::top_k_by_value;
 use crate::model::{
-    self, Captures, HookSpec, InterventionKind, LayerDone, LayerObserver, Model, ModelError,
-    ProjectionMode, ResidCache,
+    self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
 };
 use crate::sae::Sae;
 use crate::sae::apply as sae_apply;
@@ -950,57 +949,20 @@ fn resolve(
             positions,
         } => {
             let sae = find_sae(saes, *sae_id)?.clone();
-            let hook = sae.cfg.hook_name.clone();
-            let (latent, op) = (*latent, *op);
-            let edit = model::RowEdit {
-                // Everything the edit depends on, so an unchanged clamp is not rerun.
-                key: format!("sae#{sae_id}:{latent}:{op:?}"),
-                edit: Arc::new(move |rows: &mut [f32], width: usize| {
-                    sae.edit_latent(rows, rows.len() / width.max(1), latent, op)
-                        .map_err(|e| e.to_string())
-                }),
-            };
-            Ok(model::Intervention {
-                hook,
-                positions: positions.clone(),
-                kind: InterventionKind::Rows(edit),
-            })
+            Ok(crate::sae::steer::latent_clamp(
+                sae,
+                &sae_id.to_string(),
+                *latent,
+                *op,
+                positions.clone(),
+            ))
         }
         Edit::SteerLatent {
             sae_id,
             latent,
             mode,
             positions,
-        } => {
-            let sae = find_sae(saes, *sae_id)?;
-            let direction: Arc<[f32]> = sae
-                .decoder_direction(*latent)
-                .ok_or_else(|| anyhow::anyhow!("the SAE has {} latents", sae.cfg.d_sae))?
-                .into();
-            let kind = match *mode {
-                SteerMode::Add { scale } => InterventionKind::AddVector {
-                    vector: direction,
-                    scale,
-                },
-                SteerMode::SetProjection { value } => InterventionKind::Project {
-                    direction,
-                    mode: ProjectionMode::Set { value },
-                },
-                SteerMode::CapProjection { max } => InterventionKind::Project {
-                    direction,
-                    mode: ProjectionMode::Cap { max },
-                },
-            };
-            Ok(model::Intervention {
-                hook: sae
-                    .cfg
-                    .hook_name_out
-                    .clone()
-                    .unwrap_or_else(|| sae.cfg.hook_name.clone()),
-                positions: positions.clone(),
-                kind,
-            })
-        }
+        } => Ok(find_sae(saes, *sae_id)?.steering(*latent, *mode, positions.clone())?),
     }
 }
 
