@@ -668,3 +668,98 @@ fn prompt_runs_go_on_while_a_job_trains_and_a_cancelled_job_stops() {
     ));
     assert!(!out.path().join("sae/cfg.json").exists());
 }
+
+/// Generate streams the baseline's and the intervened continuation's tokens in turn, each the
+/// tokens `generate` makes on its own, then both generations; a newer run cancels it.
+#[test]
+fn generation_streams_both_continuations_in_turn_and_is_cancelled_by_a_newer_run() {
+    use dendrite::model::generate::{GenerateOptions, generate};
+    let mut session = Session::new();
+    handle(
+        &mut session,
+        Command::LoadModel(LoadModel {
+            path: fixtures().join("tiny/llama"),
+        }),
+    );
+    let clamp = Intervention::neurons("blocks.1.mlp.hook_post", vec![5], ValueOp::Set(4.0));
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        ..GenerateOptions::default()
+    };
+    let request = |run_id| {
+        Command::Generate(GenerateRequest {
+            run_id,
+            text: "hello".into(),
+            bos: dendrite::model::BosMode::No,
+            interventions: vec![Edit::Hook(clamp.clone())],
+            options: opts.clone(),
+        })
+    };
+    let events = handle(&mut session, request(1));
+    let streamed = |variant: Variant| -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TokenGenerated(t) if t.variant == variant => Some(t.token.id),
+                _ => None,
+            })
+            .collect()
+    };
+    let variants: Vec<Variant> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TokenGenerated(t) => Some(t.variant),
+            _ => None,
+        })
+        .take(4)
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            Variant::Baseline,
+            Variant::Intervened,
+            Variant::Baseline,
+            Variant::Intervened
+        ],
+        "the two continuations alternate"
+    );
+    let model = dendrite::model::open(fixtures().join("tiny/llama")).unwrap();
+    let ids = model
+        .encode_prompt("hello", dendrite::model::BosMode::No)
+        .unwrap();
+    let decode = |ids: &[u32]| model.tokenizer.decode(ids);
+    for (variant, spec) in [
+        (Variant::Baseline, dendrite::model::HookSpec::default()),
+        (
+            Variant::Intervened,
+            dendrite::model::HookSpec::default().with_intervention(clamp.clone()),
+        ),
+    ] {
+        let alone = generate(&model.transformer, &ids, &spec, &opts, &decode, &mut |_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(streamed(variant), alone.generated_ids(), "{variant:?}");
+        let finished = events.iter().find_map(|e| match e {
+            Event::GenerationFinished(f) if f.variant == variant => Some(f),
+            _ => None,
+        });
+        assert_eq!(
+            finished.unwrap().generation.generated_ids(),
+            alone.generated_ids()
+        );
+    }
+    assert_ne!(streamed(Variant::Baseline), streamed(Variant::Intervened));
+
+    let mut events = Vec::new();
+    session.handle(request(3), &|id| id < 4, &mut |e| events.push(e));
+    assert!(
+        matches!(events.last(), Some(Event::Cancelled(c)) if c.run_id == 3),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::GenerationFinished(_)))
+    );
+}

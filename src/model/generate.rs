@@ -157,6 +157,133 @@ pub fn check_positions(spec: &HookSpec, prompt_len: usize, max_new: usize) -> Re
     Ok(())
 }
 
+/// One continuation, a token per [`Generator::step`]: the worker interleaves a baseline's
+/// and an intervened one's steps so both stream side by side.
+pub struct Generator<'m> {
+    model: &'m Transformer,
+    spec: HookSpec,
+    opts: GenerateOptions,
+    rng: StdRng,
+    cache: KvCache,
+    /// What the next step runs: the prompt, then the last generated token.
+    next_input: Vec<u32>,
+    out: Generation,
+    done: bool,
+}
+
+impl<'m> Generator<'m> {
+    /// Checks the prompt, the sampling settings and the interventions' positions.
+    pub fn new(
+        model: &'m Transformer,
+        prompt: &[u32],
+        spec: HookSpec,
+        opts: GenerateOptions,
+    ) -> Result<Self> {
+        opts.sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(ModelError::InvalidInput(
+                "empty prompt: no tokens to continue".into(),
+            ));
+        }
+        let n_ctx = model.dims.n_ctx;
+        if prompt.len() > n_ctx {
+            return Err(ModelError::InvalidInput(format!(
+                "prompt has {} tokens; this model accepts at most {n_ctx}",
+                prompt.len()
+            )));
+        }
+        check_positions(&spec, prompt.len(), opts.max_new_tokens)?;
+        let done = opts.max_new_tokens == 0;
+        Ok(Generator {
+            model,
+            rng: StdRng::seed_from_u64(opts.sampling.seed),
+            spec,
+            opts,
+            cache: KvCache::new(),
+            next_input: prompt.to_vec(),
+            out: Generation {
+                prompt_ids: prompt.to_vec(),
+                tokens: Vec::new(),
+                stop: StopReason::MaxTokens,
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+            },
+            done,
+        })
+    }
+
+    /// Whether the continuation has stopped (see [`Generation::stop`]).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next token, or `None` once stopped. `decode` turns generated ids into text (for
+    /// stop strings).
+    pub fn step(&mut self, decode: &dyn Fn(&[u32]) -> String) -> Result<Option<&GeneratedToken>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.cache.len() + self.next_input.len() > self.model.dims.n_ctx {
+            return Ok(self.stop(StopReason::Length));
+        }
+        let started = Instant::now();
+        let step = self
+            .model
+            .forward_step(&self.next_input, &mut self.cache, &self.spec)?;
+        let token = choose(
+            &step.logits_last,
+            &self.opts.sampling,
+            self.opts.top_logprobs,
+            &mut self.rng,
+        )?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if self.out.tokens.is_empty() {
+            self.out.prefill_ms = ms;
+        } else {
+            self.out.decode_ms += ms;
+        }
+        let id = token.id;
+        self.out.tokens.push(token);
+        self.next_input = vec![id];
+        let stops = &self.opts.stops;
+        if stops.eos.contains(&id) {
+            self.stop(StopReason::Eos);
+        } else if !stops.strings.is_empty()
+            && stops
+                .strings
+                .iter()
+                .any(|s| decode(&self.out.generated_ids()).contains(s.as_str()))
+        {
+            self.stop(StopReason::StopString);
+        } else if self.out.tokens.len() >= self.opts.max_new_tokens {
+            self.stop(StopReason::MaxTokens);
+        }
+        Ok(self.out.tokens.last())
+    }
+
+    fn stop(&mut self, reason: StopReason) -> Option<&GeneratedToken> {
+        self.out.stop = reason;
+        self.done = true;
+        None
+    }
+
+    /// Stops here (the caller was cancelled).
+    pub fn cancel(&mut self) {
+        if !self.done {
+            self.stop(StopReason::Cancelled);
+        }
+    }
+
+    /// The continuation so far.
+    pub fn generation(&self) -> &Generation {
+        &self.out
+    }
+
+    pub fn into_generation(self) -> Generation {
+        self.out
+    }
+}
+
 /// Generates up to `opts.max_new_tokens` after `prompt` under `spec`'s interventions.
 /// `decode` turns generated ids into text (for stop strings); `on_token` sees each token as it
 /// is chosen and returns `false` to cancel.
@@ -168,70 +295,13 @@ pub fn generate(
     decode: &dyn Fn(&[u32]) -> String,
     on_token: &mut dyn FnMut(&GeneratedToken) -> bool,
 ) -> Result<Generation> {
-    opts.sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(ModelError::InvalidInput(
-            "empty prompt: no tokens to continue".into(),
-        ));
+    let mut generator = Generator::new(model, prompt, spec.clone(), opts.clone())?;
+    while let Some(token) = generator.step(decode)? {
+        if !on_token(token) {
+            generator.cancel();
+        }
     }
-    let n_ctx = model.dims.n_ctx;
-    if prompt.len() > n_ctx {
-        return Err(ModelError::InvalidInput(format!(
-            "prompt has {} tokens; this model accepts at most {n_ctx}",
-            prompt.len()
-        )));
-    }
-    check_positions(spec, prompt.len(), opts.max_new_tokens)?;
-    let mut rng = StdRng::seed_from_u64(opts.sampling.seed);
-    let mut cache = KvCache::new();
-    let mut out = Generation {
-        prompt_ids: prompt.to_vec(),
-        tokens: Vec::new(),
-        stop: StopReason::MaxTokens,
-        prefill_ms: 0.0,
-        decode_ms: 0.0,
-    };
-    let mut step_input = prompt.to_vec();
-    while out.tokens.len() < opts.max_new_tokens {
-        if cache.len() + step_input.len() > n_ctx {
-            out.stop = StopReason::Length;
-            break;
-        }
-        let started = Instant::now();
-        let step = model.forward_step(&step_input, &mut cache, spec)?;
-        let token = choose(
-            &step.logits_last,
-            &opts.sampling,
-            opts.top_logprobs,
-            &mut rng,
-        )?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        if out.tokens.is_empty() {
-            out.prefill_ms = ms;
-        } else {
-            out.decode_ms += ms;
-        }
-        let id = token.id;
-        let go_on = on_token(&token);
-        out.tokens.push(token);
-        if !go_on {
-            out.stop = StopReason::Cancelled;
-            break;
-        }
-        if opts.stops.eos.contains(&id) {
-            out.stop = StopReason::Eos;
-            break;
-        }
-        if !opts.stops.strings.is_empty() {
-            let text = decode(&out.generated_ids());
-            if opts.stops.strings.iter().any(|s| text.contains(s.as_str())) {
-                out.stop = StopReason::StopString;
-                break;
-            }
-        }
-        step_input = vec![id];
-    }
-    Ok(out)
+    Ok(generator.into_generation())
 }
 
 /// Cuts `text` before the first stop string it contains.

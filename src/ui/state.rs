@@ -1224,6 +1224,8 @@ impl AppState {
                     self.neuron_info = Some(n);
                 }
             }
+            // The Generate tab is not built yet (issue 11); nothing sends Generate so far.
+            Event::TokenGenerated(_) | Event::GenerationFinished(_) => {}
             Event::Cancelled(_) => {}
             Event::Error(e) => {
                 if e.context.starts_with("opening") {

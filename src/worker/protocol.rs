@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::analysis::heads::HeadScores;
 use crate::analysis::sparsity::{LayerSparsity, Method};
+use crate::model::generate::{GenerateOptions, GeneratedToken, Generation};
 use crate::model::{BosMode, Intervention, ModelInfo, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
@@ -76,6 +77,36 @@ pub struct RunPrompt {
     /// sparsity method are the same, the worker answers [`Event::BaselineReused`] instead of
     /// sending the baseline again.
     pub have_baseline: Option<RunId>,
+}
+
+/// Continue a prompt: the baseline and, when there are interventions, the intervened model,
+/// a token of each in turn so both stream side by side. A newer run id cancels it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateRequest {
+    pub run_id: RunId,
+    pub text: String,
+    pub bos: BosMode,
+    /// The enabled edits, applied at generated positions too. Empty = the baseline only.
+    pub interventions: Vec<Edit>,
+    pub options: GenerateOptions,
+}
+
+/// One generated token of one continuation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenGenerated {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub token: GeneratedToken,
+    /// Its text.
+    pub text: String,
+}
+
+/// A continuation stopped (after its last [`TokenGenerated`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationFinished {
+    pub run_id: RunId,
+    pub variant: Variant,
+    pub generation: Generation,
 }
 
 /// The logit lens of a finished run's passes (sent when its view opens).
@@ -172,6 +203,7 @@ pub enum Command {
     ProbeHeads(ProbeHeads),
     InspectNeuron(InspectNeuron),
     Lens(LensRequest),
+    Generate(GenerateRequest),
     /// Panics inside the worker (tests use it to check that a panic becomes an error event).
     #[doc(hidden)]
     Panic,
@@ -183,6 +215,7 @@ impl Command {
     pub fn run_id(&self) -> Option<RunId> {
         match self {
             Command::Run(r) => Some(r.run_id),
+            Command::Generate(g) => Some(g.run_id),
             _ => None,
         }
     }
@@ -453,6 +486,8 @@ pub enum Event {
     JobFinished(JobFinished),
     ProbeFinished(ProbeFinished),
     NeuronInfo(NeuronInfo),
+    TokenGenerated(TokenGenerated),
+    GenerationFinished(GenerationFinished),
     Cancelled(Cancelled),
     Error(ErrorEvent),
 }

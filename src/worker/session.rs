@@ -11,6 +11,7 @@ use crate::analysis::heads::{repeated_random_tokens, score_heads};
 use crate::analysis::lens::{LENS_HOOKS, logit_lens_layer, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::analysis::top_k_by_value;
+use crate::model::generate::Generator;
 use crate::model::{
     self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
 };
@@ -172,6 +173,7 @@ impl Session {
             Command::ProbeHeads(_) => "probing heads".into(),
             Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
             Command::Lens(_) => "computing the logit lens".into(),
+            Command::Generate(_) => "generating".into(),
             Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
             Command::TrainSae(_) => "training an SAE".into(),
             Command::EvaluateSae(_) => "evaluating an SAE".into(),
@@ -194,6 +196,11 @@ impl Session {
                 self.lens(request.run_id, cancel, emit)
             }
             Command::Lens(_) => Ok(()),
+            Command::Generate(request) => {
+                let id = request.run_id;
+                self.generate(request, cancel, emit)
+                    .or_else(|e| cancelled(id, e, emit))
+            }
             Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
             Command::TrainSae(job) => self.train_sae(job, cancel, emit),
             Command::EvaluateSae(job) => self.evaluate_sae(job, cancel, emit),
@@ -271,6 +278,66 @@ impl Session {
             info,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
         }));
+        Ok(())
+    }
+
+    /// The baseline's and the intervened model's continuations, a token of each in turn.
+    fn generate(
+        &mut self,
+        request: GenerateRequest,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self
+            .model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+        let ids = model.encode_prompt(&request.text, request.bos)?;
+        if ids.is_empty() {
+            anyhow::bail!("the prompt is empty");
+        }
+        let interventions = request
+            .interventions
+            .iter()
+            .map(|edit| resolve(model, &self.saes, edit, request.bos))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let t = &model.transformer;
+        let opts = request.options;
+        let mut streams = vec![(
+            Variant::Baseline,
+            Generator::new(t, &ids, HookSpec::default(), opts.clone())?,
+        )];
+        if !interventions.is_empty() {
+            let spec = HookSpec {
+                interventions,
+                ..HookSpec::default()
+            };
+            streams.push((Variant::Intervened, Generator::new(t, &ids, spec, opts)?));
+        }
+        let decode = |ids: &[u32]| model.tokenizer.decode(ids);
+        let run_id = request.run_id;
+        while streams.iter().any(|(_, g)| !g.is_done()) {
+            for (variant, generator) in &mut streams {
+                if cancel.is_cancelled(run_id) {
+                    return Err(ModelError::Cancelled.into());
+                }
+                if let Some(token) = generator.step(&decode)? {
+                    emit(Event::TokenGenerated(TokenGenerated {
+                        run_id,
+                        variant: *variant,
+                        text: model.tokenizer.token_text(token.id),
+                        token: token.clone(),
+                    }));
+                }
+            }
+        }
+        for (variant, generator) in streams {
+            emit(Event::GenerationFinished(GenerationFinished {
+                run_id,
+                variant,
+                generation: generator.into_generation(),
+            }));
+        }
         Ok(())
     }
 
