@@ -456,8 +456,16 @@ fn generate_json_with_a_baseline_and_a_chat() {
         "What is the capital of France?",
         "--max-new-tokens",
         "40",
+        "--top-logprobs",
+        "3",
         "--json",
     ]);
+    // Greedy: each step's token is its most likely one.
+    let tops = chat["top_logprobs"].as_array().unwrap();
+    for (step, id) in tops.iter().zip(chat["generated_ids"].as_array().unwrap()) {
+        assert_eq!(step.as_array().unwrap().len(), 3);
+        assert_eq!(&step[0]["token_id"], id);
+    }
     assert_eq!(chat["stop"], "eos");
     assert!(chat["text"].as_str().unwrap().contains("Paris"), "{chat}");
     assert!(!chat["text"].as_str().unwrap().contains("<|im_end|>"));

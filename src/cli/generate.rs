@@ -51,6 +51,9 @@ pub struct GenerateArgs {
     /// Keep going past the model's end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// List this many most likely tokens (with log-probabilities) at each step in --json.
+    #[arg(long, default_value_t = 0)]
+    pub top_logprobs: usize,
     #[command(flatten)]
     pub interventions: InterventionArgs,
     /// An SAE (SAELens folder, Gemma Scope params.npz, sparsify folder) for --steer-latent and
@@ -144,7 +147,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
             },
             strings: args.stops.clone(),
         },
-        top_logprobs: 0,
+        top_logprobs: args.top_logprobs,
     };
     let run = |spec: &HookSpec| -> Result<(Generation, String)> {
         let decode = |ids: &[u32]| m.tokenizer.decode(ids);
@@ -171,6 +174,18 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
             "text": text,
             "stop": steered.stop,
             "logprobs": steered.tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "top_logprobs": steered
+                .tokens
+                .iter()
+                .map(|t| {
+                    t.top
+                        .iter()
+                        .map(|&(id, logprob)| {
+                            json!({"token_id": id, "token": m.tokenizer.token_text(id), "logprob": logprob})
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>(),
             "timing": timing(&steered),
         });
         if let Some((b, b_text)) = &baseline {
