@@ -288,14 +288,7 @@ impl Session {
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self
-            .model
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
-        let ids = model.encode_prompt(&request.text, request.bos)?;
-        if ids.is_empty() {
-            anyhow::bail!("the prompt is empty");
-        }
+        let (model, ids) = prompt_ids(self.model.as_ref(), &request.text, request.bos)?;
         let interventions = request
             .interventions
             .iter()
@@ -347,14 +340,7 @@ impl Session {
         cancel: &dyn Cancel,
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let model = self
-            .model
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no model is open"))?;
-        let ids = model.encode_prompt(&run.text, run.bos)?;
-        if ids.is_empty() {
-            anyhow::bail!("the prompt is empty");
-        }
+        let (model, ids) = prompt_ids(self.model.as_ref(), &run.text, run.bos)?;
         let n = model.transformer.n_layers();
         let mut spec = HookSpec::capture(
             (0..n)
@@ -955,6 +941,21 @@ fn logit_effects(
             .map(|(i, _)| entry(i))
             .collect(),
     ))
+}
+
+/// The open model and a prompt's token ids (never empty). A free function so that it borrows
+/// only the session's model, not the whole session.
+fn prompt_ids<'m>(
+    model: Option<&'m Arc<Model>>,
+    text: &str,
+    bos: model::BosMode,
+) -> anyhow::Result<(&'m Arc<Model>, Vec<u32>)> {
+    let model = model.ok_or_else(|| anyhow::anyhow!("no model is open"))?;
+    let ids = model.encode_prompt(text, bos)?;
+    if ids.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    Ok((model, ids))
 }
 
 /// The engine intervention an edit stands for.
