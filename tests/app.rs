@@ -500,3 +500,133 @@ fn a_corpus_scanned_from_the_app_opens_and_takes_descriptions_imports_and_search
     );
     assert!(h.state().state.stores.open.iter().any(|o| o.path == out));
 }
+
+/// Clamp a neuron, open Generate: both continuations stream, where they part is marked, a
+/// changed clamp restarts them (and reruns the prompt after), a continuation becomes the
+/// prompt, and the tab exports as text, CSV and PNG.
+#[test]
+fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
+    use dendrite::ui::state::{InterventionKind, Tab};
+    use dendrite::worker::Variant;
+    let mut h = harness();
+    let dir = tempfile::tempdir().unwrap();
+    h.state_mut().export_dir = dir.path().to_path_buf();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.state_mut().act(Action::SelectNeuron {
+        layer: 0,
+        neuron: 3,
+    });
+    step_until(&mut h, "the neuron", |s| s.neuron_info.is_some());
+    let clamp = |value| InterventionKind::Neuron {
+        layer: 0,
+        neuron: 3,
+        value,
+        scale: false,
+    };
+    h.state_mut().act(Action::AddIntervention(clamp(500.0)));
+    step_until(&mut h, "the clamped run", |s| {
+        s.intervened.is_some() && finished(s)
+    });
+    h.get_by_label("Generate").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.tab, Tab::Generate);
+    h.get_by_label("Continue prompt").click();
+    step_until(&mut h, "both continuations", |s| {
+        s.generation.as_ref().is_some_and(|g| !g.is_running())
+    });
+    let g = h.state().state.generation.clone().unwrap();
+    assert!(g.error.is_none(), "{:?}", g.error);
+    let max = h.state().state.generate_settings.max_new_tokens;
+    let intervened = g.intervened.as_ref().expect("an intervened continuation");
+    for c in [&g.baseline, intervened] {
+        assert!(!c.tokens.is_empty() && c.tokens.len() <= max);
+        assert!(c.finished.is_some());
+    }
+    let parting = g
+        .first_difference()
+        .expect("a clamp of 500 changes the continuation");
+    assert_eq!(
+        g.baseline.tokens[..parting]
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>(),
+        intervened.tokens[..parting]
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    );
+    assert!(g.first_token_ms.is_some());
+    assert_eq!(
+        g.watch.as_ref().map(|(_, l)| l.as_str()),
+        Some("L0 N3"),
+        "the selected neuron is watched"
+    );
+    // Every token but the last has its watched activation; clamped, the neuron reads 500.
+    assert!(
+        intervened.tokens[..intervened.tokens.len() - 1]
+            .iter()
+            .all(|t| t.activation == Some(500.0))
+    );
+    h.get_by_label_contains("the continuations part at generated token");
+
+    // A changed clamp restarts the continuations, then reruns the prompt.
+    let first_run = g.run_id;
+    h.state_mut()
+        .act(Action::EditIntervention(0, clamp(-500.0)));
+    step_until(&mut h, "the restarted continuations and the rerun", |s| {
+        s.generation
+            .as_ref()
+            .is_some_and(|g| g.run_id > first_run && !g.is_running())
+            && finished(s)
+    });
+    let g = h.state().state.generation.clone().unwrap();
+    assert_eq!(g.interventions, vec!["L0 N3 = -500.00".to_string()]);
+
+    // Export: the continuations as text, the tokens as CSV, the view as PNG.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.run_steps(2);
+    let started = Instant::now();
+    while !h
+        .state()
+        .state
+        .notice
+        .as_deref()
+        .unwrap_or("")
+        .contains(".png")
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "no PNG");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let named = |ext: &str| {
+        files
+            .iter()
+            .find(|f| f.ends_with(ext) && f.contains("_generation_"))
+            .unwrap_or_else(|| panic!("no {ext} in {files:?}"))
+            .clone()
+    };
+    let text = std::fs::read_to_string(dir.path().join(named(".txt"))).unwrap();
+    assert!(text.contains("=== baseline"), "{text}");
+    assert!(text.contains(&g.baseline.text()), "{text}");
+    assert!(text.contains("intervened: L0 N3 = -500.00"), "{text}");
+    let csv = std::fs::read_to_string(dir.path().join(named(".csv"))).unwrap();
+    assert!(csv.starts_with("continuation,index,position,token_id,token,prob"));
+    // Tokens with newlines are quoted across lines: count records.
+    let records = csv::Reader::from_reader(csv.as_bytes()).records().count();
+    assert_eq!(
+        records,
+        g.baseline.tokens.len() + g.intervened.as_ref().unwrap().tokens.len()
+    );
+    assert!(image::open(dir.path().join(named(".png"))).is_ok());
+
+    // Use the intervened continuation as the prompt: it runs on the Neurons tab.
+    let expected = format!("{}{}", g.prompt, g.intervened.as_ref().unwrap().text());
+    h.state_mut().act(Action::UseAsPrompt(Variant::Intervened));
+    step_until(&mut h, "the continued prompt's run", finished);
+    assert_eq!(h.state().state.prompt, expected);
+    assert_eq!(h.state().state.tab, Tab::Neurons);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::fixtures;
 use dendrite::analysis::sparsity::Method;
-use dendrite::model::{Intervention, ValueOp};
+use dendrite::model::{HookSpec, Intervention, ValueOp};
 use dendrite::worker::*;
 
 fn tiny() -> std::path::PathBuf {
@@ -693,6 +693,7 @@ fn generation_streams_both_continuations_in_turn_and_is_cancelled_by_a_newer_run
             bos: dendrite::model::BosMode::No,
             interventions: vec![Edit::Hook(clamp.clone())],
             options: opts.clone(),
+            watch: None,
         })
     };
     let events = handle(&mut session, request(1));
@@ -729,10 +730,10 @@ fn generation_streams_both_continuations_in_turn_and_is_cancelled_by_a_newer_run
         .unwrap();
     let decode = |ids: &[u32]| model.tokenizer.decode(ids);
     for (variant, spec) in [
-        (Variant::Baseline, dendrite::model::HookSpec::default()),
+        (Variant::Baseline, HookSpec::default()),
         (
             Variant::Intervened,
-            dendrite::model::HookSpec::default().with_intervention(clamp.clone()),
+            HookSpec::default().with_intervention(clamp.clone()),
         ),
     ] {
         let alone = generate(&model.transformer, &ids, &spec, &opts, &decode, &mut |_| {
@@ -751,15 +752,102 @@ fn generation_streams_both_continuations_in_turn_and_is_cancelled_by_a_newer_run
     }
     assert_ne!(streamed(Variant::Baseline), streamed(Variant::Intervened));
 
+    // Cancelled after the first baseline token: both report what they have.
     let mut events = Vec::new();
-    session.handle(request(3), &|id| id < 4, &mut |e| events.push(e));
-    assert!(
-        matches!(events.last(), Some(Event::Cancelled(c)) if c.run_id == 3),
-        "{events:?}"
+    let steps = std::cell::Cell::new(0);
+    session.handle(
+        request(3),
+        &|id| {
+            steps.set(steps.get() + 1);
+            id < 4 && steps.get() > 1
+        },
+        &mut |e| events.push(e),
     );
+    let finished: Vec<&GenerationFinished> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::GenerationFinished(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 2, "{events:?}");
     assert!(
-        !events
+        finished.iter().all(|f| f.run_id == 3
+            && f.generation.stop == dendrite::model::generate::StopReason::Cancelled)
+    );
+    assert_eq!(finished[0].generation.tokens.len(), 1);
+    assert_eq!(finished[1].generation.tokens.len(), 0);
+}
+
+/// The watched neuron's activation reported with each generated token is the full pass's
+/// activation, over prompt and continuation, at the position that step read.
+#[test]
+fn a_watched_neuron_reports_its_activation_at_each_generated_position() {
+    use dendrite::model::generate::GenerateOptions;
+    let mut session = Session::new();
+    handle(
+        &mut session,
+        Command::LoadModel(LoadModel {
+            path: fixtures().join("tiny/llama"),
+        }),
+    );
+    let clamp = Intervention::neurons("blocks.0.mlp.hook_post", vec![3], ValueOp::Scale(-2.0));
+    let events = handle(
+        &mut session,
+        Command::Generate(GenerateRequest {
+            run_id: 1,
+            text: "hello world".into(),
+            bos: dendrite::model::BosMode::No,
+            interventions: vec![Edit::Hook(clamp.clone())],
+            options: GenerateOptions {
+                max_new_tokens: 5,
+                ..GenerateOptions::default()
+            },
+            watch: Some(Watch::Neuron {
+                layer: 1,
+                neuron: 7,
+            }),
+        }),
+    );
+    let model = dendrite::model::open(fixtures().join("tiny/llama")).unwrap();
+    let prompt = model
+        .encode_prompt("hello world", dendrite::model::BosMode::No)
+        .unwrap();
+    for (variant, spec) in [
+        (Variant::Baseline, HookSpec::default()),
+        (
+            Variant::Intervened,
+            HookSpec::default().with_intervention(clamp.clone()),
+        ),
+    ] {
+        let streamed: Vec<(u32, f32)> = events
             .iter()
-            .any(|e| matches!(e, Event::GenerationFinished(_)))
-    );
+            .filter_map(|e| match e {
+                Event::TokenGenerated(t) if t.variant == variant => {
+                    Some((t.token.id, t.input_activation.expect("watched")))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(streamed.len(), 5);
+        let mut all = prompt.clone();
+        all.extend(streamed.iter().map(|(id, _)| id));
+        let hook = "blocks.1.mlp.hook_post";
+        let spec = HookSpec {
+            capture: vec![hook.into()],
+            ..spec
+        };
+        let out = model
+            .transformer
+            .forward(&[all], &spec, &mut dendrite::model::NoObserver)
+            .unwrap();
+        let acts = out.captures[hook].get(0).unwrap().to_vec2::<f32>().unwrap();
+        for (k, (_, act)) in streamed.iter().enumerate() {
+            let expected = acts[prompt.len() - 1 + k][7];
+            assert!(
+                (act - expected).abs() < 1e-4,
+                "{variant:?} step {k}: {act} vs {expected}"
+            );
+        }
+    }
 }

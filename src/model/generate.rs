@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 
 use super::error::{ModelError, Result};
-use super::hooks::HookSpec;
+use super::hooks::{Captures, HookSpec};
 use super::transformer::{KvCache, Transformer};
 
 /// How the next token is chosen.
@@ -169,6 +169,8 @@ pub struct Generator<'m> {
     next_input: Vec<u32>,
     out: Generation,
     done: bool,
+    /// The last step's captures (its input positions only).
+    captures: Captures,
 }
 
 impl<'m> Generator<'m> {
@@ -209,6 +211,7 @@ impl<'m> Generator<'m> {
                 decode_ms: 0.0,
             },
             done,
+            captures: Captures::new(),
         })
     }
 
@@ -230,6 +233,7 @@ impl<'m> Generator<'m> {
         let step = self
             .model
             .forward_step(&self.next_input, &mut self.cache, &self.spec)?;
+        self.captures = step.captures;
         let token = choose(
             &step.logits_last,
             &self.opts.sampling,
@@ -272,6 +276,12 @@ impl<'m> Generator<'m> {
         if !self.done {
             self.stop(StopReason::Cancelled);
         }
+    }
+
+    /// What the spec captured in the last step: the rows of that step's input (the prompt at
+    /// the first step, then the previous token), `[1, rows, ...]`.
+    pub fn last_captures(&self) -> &Captures {
+        &self.captures
     }
 
     /// The continuation so far.

@@ -45,6 +45,8 @@ pub struct DendriteApp {
     /// Attach requests not answered yet: the prompt reruns once they all are, so that one
     /// run brings every new feature map (not one run per SAE, nor one before them).
     attaches_pending: usize,
+    /// The generation sent last and when, until its first token arrives (time to first token).
+    generate_sent: Option<(crate::worker::RunId, Instant)>,
 }
 
 /// What survives a restart.
@@ -68,6 +70,12 @@ impl DendriteApp {
     ) -> std::io::Result<Self> {
         // Token texts come from model vocabularies: draw a box for what no font covers.
         ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+        // The proportional font has no arrows (→ ←); the monospace one has them and more.
+        let mut fonts = egui::FontDefinitions::default();
+        if let Some(family) = fonts.families.get_mut(&egui::FontFamily::Proportional) {
+            family.push("Hack".into());
+        }
+        ctx.set_fonts(fonts);
         let repaint = ctx.clone();
         let worker = WorkerHandle::spawn(move || repaint.request_repaint())?;
         let repaint = ctx.clone();
@@ -101,6 +109,7 @@ impl DendriteApp {
             attach_on_load: Vec::new(),
             stores_on_load: Vec::new(),
             attaches_pending: 0,
+            generate_sent: None,
         })
     }
 
@@ -116,9 +125,14 @@ impl DendriteApp {
             }
             return;
         }
-        if let Some(cmd) = self.state.act(action) {
+        let first = self.state.act(action);
+        let followups = std::mem::take(&mut self.state.followups);
+        for cmd in first.into_iter().chain(followups) {
             if matches!(cmd, Command::AttachSae(_)) {
                 self.attaches_pending += 1;
+            }
+            if let Command::Generate(g) = &cmd {
+                self.generate_sent = Some((g.run_id, Instant::now()));
             }
             self.send(cmd);
         }
@@ -155,6 +169,13 @@ impl DendriteApp {
             return;
         }
         self.state.notice = Some(format!("Exported {}", csv.display()));
+        if let Some(text) = super::export::text(&self.state, view) {
+            let txt = dir.join(format!("{name}.txt"));
+            if let Err(e) = std::fs::write(&txt, text) {
+                self.state.notice = Some(format!("Export failed: {}: {e}", txt.display()));
+                return;
+            }
+        }
         let Some(placement) = self.placement(view) else {
             return;
         };
@@ -220,6 +241,14 @@ impl DendriteApp {
                 Event::Error(e) => e.context.starts_with("attaching"),
                 _ => false,
             };
+            if let Event::TokenGenerated(t) = &event
+                && let Some((run_id, sent)) = self.generate_sent
+                && t.run_id == run_id
+                && let Some(g) = self.state.generation.as_mut()
+            {
+                g.first_token_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
+                self.generate_sent = None;
+            }
             self.state.apply(event);
             if let Some(model) = loaded {
                 // Its stores (remembered ones of this model, the sample's own) open with it.
@@ -371,6 +400,7 @@ impl DendriteApp {
                     (Tab::Histograms, "Histograms"),
                     (Tab::Lens, "Logit lens"),
                     (Tab::Features, "SAE features"),
+                    (Tab::Generate, "Generate"),
                 ] {
                     if ui.selectable_label(state.tab == tab, name).clicked() {
                         action = Some(Action::SetTab(tab));
@@ -430,6 +460,7 @@ pub fn draw_view(ui: &mut egui::Ui, state: &AppState, view: View) -> Option<Acti
         View::Tab(Tab::Histograms) => views::histograms::histograms_ui(ui, state),
         View::Tab(Tab::Lens) => views::lens::lens_ui(ui, state),
         View::Tab(Tab::Features) => views::features::features_ui(ui, state),
+        View::Tab(Tab::Generate) => views::generate::generate_ui(ui, state),
         View::Unit => {
             let unit = state.inspected_units().into_iter().next()?;
             views::unit_panel::unit_panel_ui(ui, state, &unit)

@@ -25,6 +25,7 @@ impl View {
             View::Tab(Tab::Histograms) => "histogram",
             View::Tab(Tab::Lens) => "logit-lens",
             View::Tab(Tab::Features) => "sae-features",
+            View::Tab(Tab::Generate) => "generation",
         }
     }
 }
@@ -210,6 +211,40 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             }
             Some(t)
         }
+        View::Tab(Tab::Generate) => {
+            let g = state.generation.as_ref()?;
+            let watched = g.watch.as_ref().map_or("", |(_, label)| label.as_str());
+            let mut t = Table::new([
+                "continuation",
+                "index",
+                "position",
+                "token_id",
+                "token",
+                "prob",
+                "watched_unit",
+                "activation",
+            ]);
+            for (name, c) in [
+                ("baseline", Some(&g.baseline)),
+                ("intervened", g.intervened.as_ref()),
+            ] {
+                let Some(c) = c else { continue };
+                let prompt_len = c.finished.as_ref().map(|f| f.prompt_ids.len());
+                for (i, tok) in c.tokens.iter().enumerate() {
+                    t.push([
+                        name.to_string(),
+                        i.to_string(),
+                        prompt_len.map(|p| (p + i).to_string()).unwrap_or_default(),
+                        tok.id.to_string(),
+                        tok.text.clone(),
+                        tok.prob.to_string(),
+                        watched.to_string(),
+                        tok.activation.map(|a| a.to_string()).unwrap_or_default(),
+                    ]);
+                }
+            }
+            Some(t)
+        }
         View::Tab(Tab::Lens) => {
             let lens = pass.lens.as_ref()?;
             let mut t = Table::new([
@@ -237,6 +272,37 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             Some(t)
         }
     }
+}
+
+/// A view's text export, for views that are text (the Generate tab's continuations).
+pub fn text(state: &AppState, view: View) -> Option<String> {
+    if view != View::Tab(Tab::Generate) {
+        return None;
+    }
+    let g = state.generation.as_ref()?;
+    let s = &g.settings;
+    let mut out = format!(
+        "model: {}\nsampling: temperature {}, top-k {}, top-p {}, seed {}, max new tokens {}\n",
+        state.model.as_ref().map_or("", |m| m.name.as_str()),
+        s.temperature,
+        s.top_k,
+        s.top_p,
+        s.seed,
+        s.max_new_tokens
+    );
+    out += &format!("\n=== prompt ===\n{}\n", g.prompt);
+    let mut section = |title: String, c: &super::generation::Continuation| {
+        let stop = c.stop().map_or("running", |s| s.as_str());
+        out += &format!("\n=== {title} (stopped: {stop}) ===\n{}\n", c.text());
+    };
+    section("baseline".into(), &g.baseline);
+    if let Some(c) = &g.intervened {
+        section(format!("intervened: {}", g.interventions.join(", ")), c);
+    }
+    if let Some(p) = g.first_difference() {
+        out += &format!("\nThe continuations part at generated token {p}.\n");
+    }
+    Some(out)
 }
 
 /// Where exports go: `$DENDRITE_EXPORT_DIR`, else `dendrite-exports/` in the working directory.

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod export;
+pub mod generation;
 pub mod heatmap;
 mod raster;
 pub mod state;

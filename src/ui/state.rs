@@ -12,13 +12,14 @@ use crate::analysis::sparsity::Method;
 use crate::model::{AblationMode, BosMode, Intervention, ModelInfo, PatternMode, ValueOp};
 use crate::sae::SaeConfig;
 use crate::sae::apply::SaeSummary;
+use crate::ui::generation::{GenerateSettings, GenerationView};
 use crate::ui::stores::{StoresState, neuron_layer, neuron_source};
 use crate::worker::stores::{StoreCommand, StoreEvent, UnitRef};
 use crate::worker::{
-    AttachSae, Command, DetachSae, Edit, ErrorEvent, EvaluateSaeJob, Event, InspectLatent,
-    InspectNeuron, JobId, JobOutcome, LatentInfo, LayerSummary, LensRequest, LoadModel, NeuronInfo,
-    ProbeHeads, RunFinished, RunId, RunPrompt, SaeId, ScanCorpusJob, SteerMode, TokenPrediction,
-    TrainSaeJob, Variant,
+    AttachSae, Command, DetachSae, Edit, ErrorEvent, EvaluateSaeJob, Event, GenerateRequest,
+    InspectLatent, InspectNeuron, JobId, JobOutcome, LatentInfo, LayerSummary, LensRequest,
+    LoadModel, NeuronInfo, ProbeHeads, RunFinished, RunId, RunPrompt, SaeId, ScanCorpusJob,
+    SteerMode, TokenPrediction, TrainSaeJob, Variant, Watch,
 };
 
 /// The main view's tabs.
@@ -30,6 +31,16 @@ pub enum Tab {
     Lens,
     /// The selected SAE's feature map.
     Features,
+    /// Baseline and intervened continuations side by side.
+    Generate,
+}
+
+/// What colours the Generate tab's tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateColour {
+    Probability,
+    /// The unit watched while generating (the selected neuron or latent).
+    WatchedUnit,
 }
 
 /// Which pass a view draws when interventions are active.
@@ -502,6 +513,13 @@ pub enum Action {
     },
     /// Run a text (an example window) as the prompt.
     RunText(String),
+    /// Continue the prompt with the baseline and (with edits) the intervened model.
+    Generate,
+    StopGeneration,
+    SetGenerateSettings(GenerateSettings),
+    SetGenerateColour(GenerateColour),
+    /// Make the prompt and a continuation the new prompt, and run it.
+    UseAsPrompt(Variant),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -576,6 +594,13 @@ pub struct AppState {
     pub show_timings: bool,
     /// Corpus stores: descriptions and examples of units.
     pub stores: StoresState,
+    pub generate_settings: GenerateSettings,
+    /// The Generate tab's current or last generation.
+    pub generation: Option<GenerationView>,
+    pub generate_colour: GenerateColour,
+    /// Commands that follow the one an action returned (a generation restarted after the
+    /// rerun of a changed edit); the app sends them in order.
+    pub followups: Vec<Command>,
 }
 
 impl Default for AppState {
@@ -614,6 +639,10 @@ impl Default for AppState {
             notice: None,
             show_timings: true,
             stores: StoresState::default(),
+            generate_settings: GenerateSettings::default(),
+            generation: None,
+            generate_colour: GenerateColour::Probability,
+            followups: Vec::new(),
         }
     }
 }
@@ -662,13 +691,89 @@ impl AppState {
         self.model.as_ref().map_or(0, |m| m.dims.n_layers)
     }
 
+    fn next_id(&mut self) -> RunId {
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        id
+    }
+
+    /// Reruns the prompt. On the Generate tab the continuations restart too, and go first
+    /// (they are what the user waits for there; the rerun, an older id, does not stop them).
     fn new_run(&mut self) -> Option<Command> {
+        let run = self.new_pass_run()?;
+        if self.tab != Tab::Generate {
+            return Some(run);
+        }
+        match self.new_generation() {
+            Some(generate) => {
+                self.followups.push(run);
+                Some(generate)
+            }
+            None => Some(run),
+        }
+    }
+
+    /// The unit the Generate tab watches: the selected latent when tokens are coloured by it,
+    /// else the selected neuron, else the selected latent.
+    pub fn watched_unit(&self) -> Option<(Watch, String)> {
+        let neuron = self.selection.neuron.map(|neuron| {
+            let layer = self.selection.layer;
+            (
+                Watch::Neuron { layer, neuron },
+                format!("L{layer} N{neuron}"),
+            )
+        });
+        let latent = self.selection.latent.map(|(sae_id, latent)| {
+            (
+                Watch::Latent { sae_id, latent },
+                format!("SAE#{sae_id} F{latent}"),
+            )
+        });
+        if self.token_colour == TokenColour::SelectedLatent {
+            latent.or(neuron)
+        } else {
+            neuron.or(latent)
+        }
+    }
+
+    fn new_generation(&mut self) -> Option<Command> {
+        let eos = self.model.as_ref()?.eos_token_ids.clone();
+        if self.prompt.is_empty() {
+            return None;
+        }
+        let run_id = self.next_id();
+        let watch = self.watched_unit();
+        let labels = self
+            .interventions
+            .iter()
+            .filter(|i| i.enabled)
+            .map(InterventionItem::label)
+            .collect();
+        let settings = self.generate_settings.clone();
+        let options = settings.options(&eos);
+        self.generation = Some(GenerationView::new(
+            run_id,
+            self.prompt.clone(),
+            watch.clone(),
+            settings,
+            labels,
+        ));
+        Some(Command::Generate(GenerateRequest {
+            run_id,
+            text: self.prompt.clone(),
+            bos: self.bos,
+            interventions: self.active_edits(),
+            options,
+            watch: watch.map(|(w, _)| w),
+        }))
+    }
+
+    fn new_pass_run(&mut self) -> Option<Command> {
         self.model.as_ref()?;
         if self.prompt.is_empty() {
             return None;
         }
-        let run_id = self.next_run_id;
-        self.next_run_id += 1;
+        let run_id = self.next_id();
         self.current_run = Some(run_id);
         if self.tab == Tab::Lens {
             self.lens_requested = Some(run_id);
@@ -745,8 +850,7 @@ impl AppState {
     }
 
     fn new_job(&mut self, title: String) -> JobId {
-        let id = self.next_run_id;
-        self.next_run_id += 1;
+        let id = self.next_id();
         self.job = Some(JobView {
             id,
             title,
@@ -1011,8 +1115,7 @@ impl AppState {
             Action::ProbeHeads => {
                 self.model.as_ref()?;
                 self.probe_running = true;
-                let run_id = self.next_run_id;
-                self.next_run_id += 1;
+                let run_id = self.next_id();
                 Some(Command::ProbeHeads(ProbeHeads {
                     run_id,
                     repeat_len: 20,
@@ -1030,6 +1133,26 @@ impl AppState {
                     self.errors.remove(i);
                 }
                 None
+            }
+            Action::Generate => self.new_generation(),
+            Action::StopGeneration => {
+                self.generation.as_ref().filter(|g| g.is_running())?;
+                Some(Command::StopGeneration(self.next_id()))
+            }
+            Action::SetGenerateSettings(settings) => {
+                self.generate_settings = settings;
+                None
+            }
+            Action::SetGenerateColour(c) => {
+                self.generate_colour = c;
+                None
+            }
+            Action::UseAsPrompt(variant) => {
+                let g = self.generation.as_ref()?;
+                let prompt = format!("{}{}", g.prompt, g.continuation(variant)?.text());
+                self.prompt = prompt;
+                self.tab = Tab::Neurons;
+                self.new_run()
             }
         }
     }
@@ -1224,8 +1347,16 @@ impl AppState {
                     self.neuron_info = Some(n);
                 }
             }
-            // The Generate tab is not built yet (issue 11); nothing sends Generate so far.
-            Event::TokenGenerated(_) | Event::GenerationFinished(_) => {}
+            Event::TokenGenerated(t) => {
+                if let Some(g) = &mut self.generation {
+                    g.apply_token(t);
+                }
+            }
+            Event::GenerationFinished(f) => {
+                if let Some(g) = &mut self.generation {
+                    g.apply_finished(f);
+                }
+            }
             Event::Cancelled(_) => {}
             Event::Error(e) => {
                 if e.context.starts_with("opening") {
@@ -1245,6 +1376,11 @@ impl AppState {
                 // A failed run is over: no progress bar waits for it.
                 if e.context.starts_with("running") {
                     self.current_run = None;
+                }
+                if e.context.starts_with("generating")
+                    && let Some(g) = &mut self.generation
+                {
+                    g.error = Some(e.message.clone());
                 }
                 self.errors.push(e);
             }
@@ -1862,5 +1998,86 @@ mod tests {
         assert!(parse_positions("5", 5).unwrap_err().contains("past"));
         assert!(parse_positions("3-1", 5).unwrap_err().contains("backwards"));
         assert!(parse_positions("x", 5).is_err());
+    }
+
+    #[test]
+    fn on_the_generate_tab_a_changed_edit_restarts_the_continuations_before_the_rerun() {
+        let mut s = loaded();
+        s.prompt = "ab".into();
+        s.model.as_mut().unwrap().eos_token_ids = vec![9];
+        s.act(Action::SelectNeuron {
+            layer: 1,
+            neuron: 0,
+        });
+        s.act(Action::SetTab(Tab::Generate));
+        let Some(Command::Generate(g)) = s.act(Action::Generate) else {
+            panic!("Generate asks the worker to generate")
+        };
+        assert!(g.interventions.is_empty());
+        assert_eq!(g.options.stops.eos, vec![9]);
+        assert_eq!(
+            g.watch,
+            Some(Watch::Neuron {
+                layer: 1,
+                neuron: 0
+            })
+        );
+        assert!(s.followups.is_empty());
+        let kind = InterventionKind::Neuron {
+            layer: 0,
+            neuron: 1,
+            value: 3.0,
+            scale: false,
+        };
+        let Some(Command::Generate(again)) = s.act(Action::AddIntervention(kind)) else {
+            panic!("the continuations restart first")
+        };
+        assert!(again.run_id > g.run_id);
+        assert_eq!(again.interventions.len(), 1);
+        // The rerun follows with an older id, so it does not stop the generation.
+        match s.followups.as_slice() {
+            [Command::Run(r)] => assert!(r.run_id < again.run_id),
+            other => panic!("{other:?}"),
+        }
+        let view = s.generation.as_ref().unwrap();
+        assert_eq!(view.run_id, again.run_id);
+        assert_eq!(view.interventions, vec!["L0 N1 = 3.00".to_string()]);
+        assert!(view.intervened.is_some());
+        // Stopping asks for nothing once it is over.
+        assert!(matches!(
+            s.act(Action::StopGeneration),
+            Some(Command::StopGeneration(id)) if id > again.run_id
+        ));
+        s.generation.as_mut().unwrap().error = Some("x".into());
+        assert_eq!(s.act(Action::StopGeneration), None);
+    }
+
+    #[test]
+    fn a_continuation_becomes_the_prompt_and_runs() {
+        use crate::model::generate::{Generation, StopReason};
+        use crate::worker::GenerationFinished;
+        let mut s = loaded();
+        s.prompt = "To be".into();
+        s.act(Action::SetTab(Tab::Generate));
+        let Some(Command::Generate(g)) = s.act(Action::Generate) else {
+            panic!()
+        };
+        s.apply(Event::GenerationFinished(GenerationFinished {
+            run_id: g.run_id,
+            variant: Variant::Baseline,
+            generation: Generation {
+                prompt_ids: vec![1, 2],
+                tokens: vec![],
+                stop: StopReason::MaxTokens,
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+            },
+            text: ", or not".into(),
+        }));
+        assert!(!s.generation.as_ref().unwrap().is_running());
+        let cmd = s.act(Action::UseAsPrompt(Variant::Baseline));
+        assert!(matches!(cmd, Some(Command::Run(r)) if r.text == "To be, or not"));
+        assert_eq!(s.tab, Tab::Neurons);
+        assert_eq!(s.act(Action::UseAsPrompt(Variant::Intervened)), None);
     }
 }

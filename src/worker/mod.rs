@@ -1,7 +1,8 @@
 //! The background worker: a named thread that owns the model and answers [`Command`]s with
 //! [`Event`]s over bounded channels. A newer run cancels the running pass between layers
-//! (latest wins); a panic inside a job becomes an [`Event::Error`] and the worker keeps
-//! serving; dropping the [`WorkerHandle`] cancels and joins the thread.
+//! (latest wins) and a running generation between tokens; a panic inside a job becomes an
+//! [`Event::Error`] and the worker keeps serving; dropping the [`WorkerHandle`] cancels and
+//! joins the thread.
 
 pub mod protocol;
 pub mod session;
@@ -36,8 +37,10 @@ const EVENT_CAPACITY: usize = 4096;
 pub struct WorkerHandle {
     commands: Sender<Command>,
     events: Option<Receiver<Event>>,
-    /// The newest cancellable request; passes for older ids stop between layers.
+    /// The newest prompt run; passes for older ids stop between layers.
     latest_run: Arc<AtomicU64>,
+    /// The newest request that stops generations ([`Command::stops_generations_before`]).
+    latest_generation_stop: Arc<AtomicU64>,
     /// The job the user cancelled (checked between training steps / evaluated sequences).
     cancelled_job: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -49,9 +52,11 @@ impl WorkerHandle {
         let (command_tx, command_rx) = bounded::<Command>(COMMAND_CAPACITY);
         let (event_tx, event_rx) = bounded::<Event>(EVENT_CAPACITY);
         let latest_run = Arc::new(AtomicU64::new(0));
+        let latest_generation_stop = Arc::new(AtomicU64::new(0));
         let cancelled_job = Arc::new(AtomicU64::new(0));
         let cancellation = Cancellation {
             latest_run: latest_run.clone(),
+            latest_generation_stop: latest_generation_stop.clone(),
             cancelled_job: cancelled_job.clone(),
         };
         // Long jobs run on their own threads and hand results back through the channels.
@@ -68,6 +73,7 @@ impl WorkerHandle {
             commands: command_tx,
             events: Some(event_rx),
             latest_run,
+            latest_generation_stop,
             cancelled_job,
             thread: Some(thread),
         })
@@ -78,6 +84,9 @@ impl WorkerHandle {
     pub fn send(&self, command: Command) -> bool {
         if let Some(id) = command.run_id() {
             self.latest_run.fetch_max(id, Ordering::SeqCst);
+        }
+        if let Some(id) = command.stops_generations_before() {
+            self.latest_generation_stop.fetch_max(id, Ordering::SeqCst);
         }
         self.commands.send(command).is_ok()
     }
@@ -102,6 +111,8 @@ impl Drop for WorkerHandle {
     fn drop(&mut self) {
         // Cancel whatever runs, stop the loop, and unblock a worker waiting to send.
         self.latest_run.store(u64::MAX, Ordering::SeqCst);
+        self.latest_generation_stop
+            .store(u64::MAX, Ordering::SeqCst);
         self.cancelled_job.store(u64::MAX, Ordering::SeqCst);
         let _ = self.commands.try_send(Command::Shutdown);
         self.events.take();
@@ -127,6 +138,7 @@ fn coalesce(mut pending: Vec<Command>) -> Vec<Command> {
 /// What the UI has superseded or cancelled, shared with the worker thread.
 struct Cancellation {
     latest_run: Arc<AtomicU64>,
+    latest_generation_stop: Arc<AtomicU64>,
     cancelled_job: Arc<AtomicU64>,
 }
 
@@ -138,6 +150,10 @@ impl session::Cancel for Cancellation {
     fn is_job_cancelled(&self, job: JobId) -> bool {
         let c = self.cancelled_job.load(Ordering::SeqCst);
         c == job || c == u64::MAX
+    }
+
+    fn is_generation_cancelled(&self, id: RunId) -> bool {
+        self.latest_generation_stop.load(Ordering::SeqCst) > id
     }
 }
 

@@ -89,6 +89,17 @@ pub struct GenerateRequest {
     /// The enabled edits, applied at generated positions too. Empty = the baseline only.
     pub interventions: Vec<Edit>,
     pub options: GenerateOptions,
+    /// A unit whose activation each step reports (colours the continuation by it).
+    pub watch: Option<Watch>,
+}
+
+/// A unit watched while generating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// `blocks.{layer}.mlp.hook_post`, neuron `neuron`.
+    Neuron { layer: usize, neuron: usize },
+    /// Latent `latent` of an attached SAE (encoded at its hook).
+    Latent { sae_id: SaeId, latent: usize },
 }
 
 /// One generated token of one continuation.
@@ -99,14 +110,23 @@ pub struct TokenGenerated {
     pub token: GeneratedToken,
     /// Its text.
     pub text: String,
+    /// The texts of `token.top`'s alternatives, in their order.
+    pub top_texts: Vec<String>,
+    /// The watched unit's activation at the last position this step read: the previous
+    /// generated token (the prompt's last token at the first step). A token's own activation
+    /// therefore arrives with the next token.
+    pub input_activation: Option<f32>,
 }
 
-/// A continuation stopped (after its last [`TokenGenerated`]).
+/// A continuation stopped (after its last [`TokenGenerated`]); a cancelled one reports
+/// what it had, with [`StopReason::Cancelled`](crate::model::generate::StopReason).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationFinished {
     pub run_id: RunId,
     pub variant: Variant,
     pub generation: Generation,
+    /// The generated tokens decoded together (exact text, unlike the tokens' pieces).
+    pub text: String,
 }
 
 /// The logit lens of a finished run's passes (sent when its view opens).
@@ -204,6 +224,8 @@ pub enum Command {
     InspectNeuron(InspectNeuron),
     Lens(LensRequest),
     Generate(GenerateRequest),
+    /// Stops the generation in progress, if older than this id (nothing else happens).
+    StopGeneration(RunId),
     /// Panics inside the worker (tests use it to check that a panic becomes an error event).
     #[doc(hidden)]
     Panic,
@@ -215,7 +237,17 @@ impl Command {
     pub fn run_id(&self) -> Option<RunId> {
         match self {
             Command::Run(r) => Some(r.run_id),
+            _ => None,
+        }
+    }
+
+    /// The id of a request that stops an older generation: a run (the user moved on), a
+    /// newer generation (a changed edit restarts it, after the rerun it follows) or a stop.
+    pub fn stops_generations_before(&self) -> Option<RunId> {
+        match self {
+            Command::Run(r) => Some(r.run_id),
             Command::Generate(g) => Some(g.run_id),
+            Command::StopGeneration(id) => Some(*id),
             _ => None,
         }
     }

@@ -119,6 +119,11 @@ pub trait Cancel {
     fn is_job_cancelled(&self, _job: JobId) -> bool {
         false
     }
+
+    /// Whether generation `id` was stopped or superseded (plain closures: as runs).
+    fn is_generation_cancelled(&self, id: RunId) -> bool {
+        self.is_cancelled(id)
+    }
 }
 
 impl<F: Fn(RunId) -> bool> Cancel for F {
@@ -174,6 +179,7 @@ impl Session {
             Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
             Command::Lens(_) => "computing the logit lens".into(),
             Command::Generate(_) => "generating".into(),
+            Command::StopGeneration(_) => return,
             Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
             Command::TrainSae(_) => "training an SAE".into(),
             Command::EvaluateSae(_) => "evaluating an SAE".into(),
@@ -196,11 +202,7 @@ impl Session {
                 self.lens(request.run_id, cancel, emit)
             }
             Command::Lens(_) => Ok(()),
-            Command::Generate(request) => {
-                let id = request.run_id;
-                self.generate(request, cancel, emit)
-                    .or_else(|e| cancelled(id, e, emit))
-            }
+            Command::Generate(request) => self.generate(request, cancel, emit),
             Command::AttachSae(a) => self.attach_sae(a).map(&mut *emit),
             Command::TrainSae(job) => self.train_sae(job, cancel, emit),
             Command::EvaluateSae(job) => self.evaluate_sae(job, cancel, emit),
@@ -211,6 +213,7 @@ impl Session {
                 Ok(())
             }
             Command::InspectLatent(l) => self.inspect_latent(l).map(&mut *emit),
+            Command::StopGeneration(_) => Ok(()),
             Command::Panic => panic!("panic requested by a test"),
             Command::Shutdown => Ok(()),
         };
@@ -296,39 +299,58 @@ impl Session {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let t = &model.transformer;
         let opts = request.options;
+        let watch = request
+            .watch
+            .map(|w| WatchSite::resolve(model, &self.saes, w))
+            .transpose()?;
+        let capture = HookSpec::capture(watch.iter().map(WatchSite::hook));
         let mut streams = vec![(
             Variant::Baseline,
-            Generator::new(t, &ids, HookSpec::default(), opts.clone())?,
+            Generator::new(t, &ids, capture.clone(), opts.clone())?,
         )];
         if !interventions.is_empty() {
             let spec = HookSpec {
                 interventions,
-                ..HookSpec::default()
+                ..capture
             };
             streams.push((Variant::Intervened, Generator::new(t, &ids, spec, opts)?));
         }
         let decode = |ids: &[u32]| model.tokenizer.decode(ids);
         let run_id = request.run_id;
-        while streams.iter().any(|(_, g)| !g.is_done()) {
+        'steps: while streams.iter().any(|(_, g)| !g.is_done()) {
             for (variant, generator) in &mut streams {
-                if cancel.is_cancelled(run_id) {
-                    return Err(ModelError::Cancelled.into());
+                if cancel.is_generation_cancelled(run_id) {
+                    // Stopped: what has been generated stays (and can be used as a prompt).
+                    streams.iter_mut().for_each(|(_, g)| g.cancel());
+                    break 'steps;
                 }
-                if let Some(token) = generator.step(&decode)? {
+                if let Some(token) = generator.step(&decode)?.cloned() {
+                    let input_activation = watch
+                        .as_ref()
+                        .map(|w| w.last_value(generator.last_captures()))
+                        .transpose()?;
                     emit(Event::TokenGenerated(TokenGenerated {
                         run_id,
                         variant: *variant,
                         text: model.tokenizer.token_text(token.id),
-                        token: token.clone(),
+                        top_texts: token
+                            .top
+                            .iter()
+                            .map(|&(id, _)| model.tokenizer.token_text(id))
+                            .collect(),
+                        token,
+                        input_activation,
                     }));
                 }
             }
         }
         for (variant, generator) in streams {
+            let generation = generator.into_generation();
             emit(Event::GenerationFinished(GenerationFinished {
                 run_id,
                 variant,
-                generation: generator.into_generation(),
+                text: model.tokenizer.decode(&generation.generated_ids()),
+                generation,
             }));
         }
         Ok(())
@@ -871,6 +893,62 @@ fn evaluate_job(
         outcome,
     }));
     Ok(())
+}
+
+/// A watched unit, checked against the model and its SAEs.
+enum WatchSite {
+    Neuron { hook: String, neuron: usize },
+    Latent { sae: Arc<Sae>, latent: usize },
+}
+
+impl WatchSite {
+    fn resolve(model: &Model, saes: &[(SaeId, Arc<Sae>)], watch: Watch) -> anyhow::Result<Self> {
+        match watch {
+            Watch::Neuron { layer, neuron } => {
+                let dims = &model.transformer.dims;
+                if layer >= dims.n_layers || neuron >= dims.d_mlp {
+                    anyhow::bail!("no neuron L{layer}.N{neuron} in this model");
+                }
+                Ok(WatchSite::Neuron {
+                    hook: format!("blocks.{layer}.mlp.hook_post"),
+                    neuron,
+                })
+            }
+            Watch::Latent { sae_id, latent } => {
+                let sae = find_sae(saes, sae_id)?;
+                if latent >= sae.cfg.d_sae {
+                    anyhow::bail!("SAE #{sae_id} has {} latents", sae.cfg.d_sae);
+                }
+                Ok(WatchSite::Latent {
+                    sae: sae.clone(),
+                    latent,
+                })
+            }
+        }
+    }
+
+    fn hook(&self) -> String {
+        match self {
+            WatchSite::Neuron { hook, .. } => hook.clone(),
+            WatchSite::Latent { sae, .. } => sae.cfg.hook_name.clone(),
+        }
+    }
+
+    /// The unit's activation at the last captured position.
+    fn last_value(&self, captures: &model::Captures) -> anyhow::Result<f32> {
+        let (values, n) = sae_apply::hook_rows(captures, &self.hook(), 0)?;
+        if n == 0 {
+            anyhow::bail!("{} captured no positions", self.hook());
+        }
+        let last = &values[values.len() / n * (n - 1)..];
+        match self {
+            WatchSite::Neuron { neuron, .. } => last
+                .get(*neuron)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("{} has {} neurons", self.hook(), last.len())),
+            WatchSite::Latent { sae, latent } => Ok(sae.encode(last, 1)?.row(0)[*latent]),
+        }
+    }
 }
 
 fn find_sae(saes: &[(SaeId, Arc<Sae>)], sae_id: SaeId) -> anyhow::Result<&Arc<Sae>> {

@@ -2,6 +2,7 @@
 //! state and reports what the user did; the app applies the action.
 
 pub mod features;
+pub mod generate;
 pub mod heads;
 pub mod histograms;
 pub mod inspector;
@@ -23,6 +24,17 @@ pub fn bin_bars(edges: &[f64], counts: &[u64]) -> Vec<egui_plot::Bar> {
         .filter(|(c, _)| **c > 0)
         .map(|(&c, e)| egui_plot::Bar::new((e[0] + e[1]) / 2.0, c as f64).width(e[1] - e[0]))
         .collect()
+}
+
+/// Text colour readable on a chip filled with `fill`.
+pub fn text_colour_on(fill: egui::Color32) -> egui::Color32 {
+    let luminance =
+        (0.299 * fill.r() as f32 + 0.587 * fill.g() as f32 + 0.114 * fill.b() as f32) / 255.0;
+    if luminance < 0.5 {
+        egui::Color32::WHITE
+    } else {
+        egui::Color32::BLACK
+    }
 }
 
 /// Token text with visible whitespace (`·` for a space, `\n` for a newline, `\t` for a tab).

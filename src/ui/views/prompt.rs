@@ -1,9 +1,9 @@
 //! Prompt editor and the token strip: each token a chip coloured by a chosen per-token
 //! quantity; hovering shows its id, text, loss and the model's top predictions there.
 
-use egui::{Color32, RichText, Ui};
+use egui::{RichText, Ui};
 
-use super::visible;
+use super::{text_colour_on, visible};
 use crate::model::BosMode;
 use crate::ui::heatmap::Colormap;
 use crate::ui::state::{Action, AppState, TokenColour};
@@ -188,11 +188,7 @@ fn token_strip_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 ui.spacing_mut().item_spacing.x = 2.0;
                 for (p, token) in pass.tokens.iter().enumerate() {
                     let fill = values.get(p).copied().flatten().map(|v| cmap.color(v));
-                    let text_colour = match fill {
-                        Some(c) if luminance(c) < 0.5 => Color32::WHITE,
-                        Some(_) => Color32::BLACK,
-                        None => ui.visuals().text_color(),
-                    };
+                    let text_colour = fill.map_or(ui.visuals().text_color(), text_colour_on);
                     let chip = egui::Button::new(
                         RichText::new(visible(token)).monospace().color(text_colour),
                     )
@@ -229,8 +225,4 @@ fn token_strip_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             });
         });
     action
-}
-
-fn luminance(c: Color32) -> f32 {
-    (0.299 * c.r() as f32 + 0.587 * c.g() as f32 + 0.114 * c.b() as f32) / 255.0
 }
