@@ -2,7 +2,9 @@
 //! and tessellation on the CPU, which is what the app's thread does each frame):
 //! - frame time p50/p99 while a 256-token run streams its 30 layers;
 //! - time from changing a clamp (as releasing its slider does) to every view updated, 64 tokens,
-//!   clamping early, middle and late layers, with the logit lens tab closed and open.
+//!   clamping early, middle and late layers, with the logit lens tab closed and open;
+//! - on the Generate tab, time from pressing Continue to the first token, beside the prompt's
+//!   forward and a decode step.
 //!
 //! Run: `cargo bench --bench ui` (needs scripts/fetch_models.sh). See BENCHMARKS.md.
 
@@ -185,4 +187,39 @@ fn main() {
             wait(&mut h, |a| a.state.is_complete());
         }
     }
+
+    // 3. Generate with a clamp: time from pressing Continue to the first token on screen,
+    //    against the prompt's own forward (the baseline's prefill) and a decode step.
+    h.state_mut().act(Action::SetTab(Tab::Generate));
+    h.state_mut()
+        .act(Action::AddIntervention(InterventionKind::Neuron {
+            layer: 15,
+            neuron: 123,
+            value: 10.0,
+            scale: false,
+        }));
+    wait(&mut h, |a| a.state.is_complete());
+    let mut settings = h.state().state.generate_settings.clone();
+    settings.max_new_tokens = 32;
+    h.state_mut().act(Action::SetGenerateSettings(settings));
+    let (mut ttft, mut prefill, mut decode, mut frames) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..5 {
+        h.state_mut().act(Action::Generate);
+        frames.extend(wait(&mut h, |a| {
+            a.state.generation.as_ref().is_some_and(|g| !g.is_running())
+        }));
+        let g = h.state().state.generation.clone().expect("a generation");
+        let base = g.baseline.finished.expect("finished");
+        ttft.push(g.first_token_ms.expect("timed"));
+        prefill.push(base.prefill_ms);
+        decode.push(base.decode_ms / base.tokens.len().saturating_sub(1).max(1) as f64);
+    }
+    println!(
+        "generate ({tokens}-token prompt, clamp at L15, 32 tokens × 2 continuations): time to first token median {:.1} ms; the prompt's forward (prefill) {:.1} ms; a decode step {:.1} ms; frames p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut ttft, 0.5),
+        percentile(&mut prefill, 0.5),
+        percentile(&mut decode, 0.5),
+        percentile(&mut frames.clone(), 0.5),
+        percentile(&mut frames, 0.99),
+    );
 }
