@@ -27,4 +27,14 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 scripts/fetch_models.sh
 
+# The real OpenAI client that tests/serve.rs drives `dendrite serve` with (pure Python wheels,
+# into a git-ignored folder on PYTHONPATH: no venv needed).
+openai_version=3.57.0
+if [ ! -f ".cache/pylib/openai-$openai_version.dist-info/METADATA" ]; then
+  echo "installing the openai Python client $openai_version into .cache/pylib"
+  rm -rf .cache/pylib
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --target .cache/pylib "openai==$openai_version"
+fi
+
 cargo test --all-targets --features snapshots "$@"

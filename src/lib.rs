@@ -6,10 +6,12 @@
 pub mod analysis;
 pub mod cli;
 pub mod describe;
+pub mod edits;
 pub mod export;
 pub mod model;
 pub mod sae;
 pub mod sample;
+pub mod serve;
 pub mod train;
 pub mod ui;
 pub mod worker;

@@ -3,17 +3,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use clap::{ArgGroup, Args, ValueEnum};
 use serde_json::json;
 
 use super::{InterventionArgs, PromptArgs};
+use crate::edits::{self, At, EditDescription, EditKind, NamedSae};
 use crate::model::chat::Message;
 use crate::model::generate::{
     GenerateOptions, Generation, Sampling, StopReason, Stops, cut_at_stop, generate,
 };
-use crate::model::{self, BosMode, HookSpec, ValueOp};
-use crate::sae::{self, steer::SteerMode, steer::latent_clamp};
+use crate::model::{self, BosMode, HookSpec};
+use crate::sae;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "token_ids", "chat"])))]
@@ -67,14 +68,14 @@ pub struct GenerateArgs {
     #[arg(long = "clamp-latent", value_name = "I=VALUE", requires = "sae")]
     pub clamp_latents: Vec<String>,
     /// Where the interventions apply: every position, or only the generated ones.
-    #[arg(long, value_enum, default_value_t = At::All)]
-    pub at: At,
+    #[arg(long, value_enum, default_value_t = AtArg::All)]
+    pub at: AtArg,
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum At {
+pub enum AtArg {
     All,
     Generated,
 }
@@ -98,39 +99,34 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         }
         .ids(&m)?,
     };
-    let mut spec = HookSpec {
-        interventions: args.interventions.parse()?,
-        ..HookSpec::default()
-    };
+    let mut edits = args.interventions.descriptions();
+    let mut saes = Vec::new();
     if let Some(path) = &args.sae {
         let sae = Arc::new(sae::open(path)?);
         sae.check_fits(&m.transformer, &m.info.name)?;
-        for s in &args.steer_latents {
-            let (latent, scale) = parse_pair(s, ':', "--steer-latent", "I:SCALE")?;
-            spec.interventions
-                .push(sae.steering(latent, SteerMode::Add { scale }, None)?);
-        }
-        for c in &args.clamp_latents {
-            let (latent, value) = parse_pair(c, '=', "--clamp-latent", "I=VALUE")?;
-            if latent >= sae.cfg.d_sae {
-                bail!("--clamp-latent {c}: the SAE has {} latents", sae.cfg.d_sae);
-            }
-            let key = path.display().to_string();
-            spec.interventions.push(latent_clamp(
-                sae.clone(),
-                &key,
-                latent,
-                ValueOp::Set(value),
-                None,
-            ));
+        saes.push(NamedSae {
+            name: path.display().to_string(),
+            sae,
+        });
+        for (kind, values) in [
+            (EditKind::SteerLatent, &args.steer_latents),
+            (EditKind::ClampLatent, &args.clamp_latents),
+        ] {
+            edits.extend(values.iter().map(|v| EditDescription {
+                kind,
+                value: v.clone(),
+                sae: None,
+            }));
         }
     }
-    if args.at == At::Generated {
-        let generated: Vec<usize> = (prompt.len()..prompt.len() + args.max_new_tokens).collect();
-        for i in &mut spec.interventions {
-            i.positions = Some(generated.clone());
-        }
-    }
+    let at = match args.at {
+        AtArg::All => At::All,
+        AtArg::Generated => At::Generated,
+    };
+    let spec = HookSpec {
+        interventions: edits::build(&edits, &saes, at, prompt.len(), args.max_new_tokens)?,
+        ..HookSpec::default()
+    };
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: Sampling {
@@ -225,16 +221,6 @@ fn print_continuation(prompt: &[u32], text: &str, g: &Generation, steered: bool)
         }
     );
     outln!("{text}");
-}
-
-/// `I<sep>X` → (latent, value).
-fn parse_pair(spec: &str, sep: char, flag: &str, form: &str) -> Result<(usize, f32)> {
-    let bad = || anyhow!("{flag} {spec}: expected {form}");
-    let (latent, value) = spec.split_once(sep).ok_or_else(bad)?;
-    Ok((
-        latent.trim().parse().map_err(|_| bad())?,
-        value.trim().parse().map_err(|_| bad())?,
-    ))
 }
 
 /// How long the prompt and the later tokens took.

@@ -9,9 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::analysis::lens::top_k;
-use crate::model::{
-    self, AblationMode, BosMode, HookSpec, Intervention, Model, NoObserver, ValueOp,
-};
+use crate::edits::{At, EditDescription, EditKind};
+use crate::model::{self, BosMode, HookSpec, Intervention, Model, NoObserver};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,6 +77,9 @@ pub enum Command {
     Run(RunArgs),
     /// Continue a prompt (greedy or sampled) under interventions, beside the baseline.
     Generate(generate::GenerateArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, with interventions per request in a
+    /// `dendrite` extension field.
+    Serve(ServeArgs),
     /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
     /// prefix matching) and per-position loss.
     Heads(HeadsArgs),
@@ -223,11 +225,49 @@ pub struct InterventionArgs {
 }
 
 impl InterventionArgs {
-    pub fn parse(&self) -> Result<Vec<Intervention>> {
-        let clamps = self.clamps.iter().map(|c| parse_clamp(c));
-        let ablations = self.ablate_heads.iter().map(|a| parse_ablation(a));
-        clamps.chain(ablations).collect()
+    /// The flags as edit descriptions, in flag order.
+    pub fn descriptions(&self) -> Vec<EditDescription> {
+        let described = |kind, values: &[String]| {
+            values
+                .iter()
+                .map(move |v| EditDescription {
+                    kind,
+                    value: v.clone(),
+                    sae: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = described(EditKind::Clamp, &self.clamps);
+        out.extend(described(EditKind::AblateHead, &self.ablate_heads));
+        out
     }
+
+    pub fn parse(&self) -> Result<Vec<Intervention>> {
+        crate::edits::build(&self.descriptions(), &[], At::All, 0, 0)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    pub model: PathBuf,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// SAEs whose latents requests may steer or clamp (named by folder name); repeatable.
+    #[arg(long = "sae")]
+    pub saes: Vec<PathBuf>,
+    /// Require `Authorization: Bearer KEY` (default: $DENDRITE_API_KEY if set).
+    #[arg(long, env = "DENDRITE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests waiting at most; more get 503.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// The model's id in the API (default: the file or folder name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +328,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => tokenize(&model, &text, bos, add_special, json),
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::Generate(args)) => generate::generate_cmd(&args),
+        Some(Command::Serve(args)) => crate::serve::serve(crate::serve::ServeOptions {
+            model: args.model,
+            host: args.host,
+            port: args.port,
+            saes: args.saes,
+            api_key: args.api_key,
+            queue: args.queue,
+            name: args.name,
+        }),
         Some(Command::TrainSample(args)) => train_sample(&args),
         Some(Command::Heads(args)) => heads(&args),
         Some(Command::PlotTraining { dir }) => {
@@ -520,52 +569,6 @@ fn tokenize(
         }
     }
     Ok(())
-}
-
-/// `HOOK:NEURON=VALUE` → a set intervention.
-pub fn parse_clamp(spec: &str) -> Result<Intervention> {
-    let (hook, rest) = spec
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("--clamp {spec}: expected HOOK:NEURON=VALUE"))?;
-    let (neuron, value) = rest
-        .split_once('=')
-        .ok_or_else(|| anyhow!("--clamp {spec}: expected HOOK:NEURON=VALUE"))?;
-    let neuron: usize = neuron
-        .trim()
-        .parse()
-        .with_context(|| format!("--clamp {spec}: bad neuron index"))?;
-    let value: f32 = value
-        .trim()
-        .parse()
-        .with_context(|| format!("--clamp {spec}: bad value"))?;
-    Ok(Intervention::neurons(
-        hook,
-        vec![neuron],
-        ValueOp::Set(value),
-    ))
-}
-
-/// `LAYER.HEAD[:zero|mean]` → a head ablation.
-pub fn parse_ablation(spec: &str) -> Result<Intervention> {
-    let (head_spec, mode) = match spec.split_once(':') {
-        Some((h, m)) => (h, m),
-        None => (spec, "zero"),
-    };
-    let (layer, head) = head_spec
-        .split_once('.')
-        .ok_or_else(|| anyhow!("--ablate-head {spec}: expected LAYER.HEAD[:zero|mean]"))?;
-    let layer: usize = layer
-        .parse()
-        .with_context(|| format!("--ablate-head {spec}: bad layer"))?;
-    let head: usize = head
-        .parse()
-        .with_context(|| format!("--ablate-head {spec}: bad head"))?;
-    let mode = match mode {
-        "zero" => AblationMode::Zero,
-        "mean" => AblationMode::Mean,
-        other => bail!("--ablate-head {spec}: unknown mode \"{other}\" (zero or mean)"),
-    };
-    Ok(Intervention::ablate_head(layer, head, mode))
 }
 
 const MLP_POST: &str = "blocks.*.mlp.hook_post";
