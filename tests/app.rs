@@ -50,6 +50,13 @@ fn step_until(h: &mut Harness<'_, DendriteApp>, what: &str, done: impl Fn(&AppSt
     h.step();
 }
 
+/// Steps until the export thread reports the PNG it wrote.
+fn wait_for_png(h: &mut Harness<'_, DendriteApp>) {
+    step_until(h, "the PNG export", |s| {
+        s.notice.as_deref().unwrap_or("").contains(".png")
+    });
+}
+
 fn finished(s: &AppState) -> bool {
     s.is_complete()
 }
@@ -146,19 +153,7 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     assert_eq!(lines.count(), h.state().state.baseline.tokens.len());
     // The PNG is the view drawn again at 2 pixels per point (this harness has no renderer at
     // all: the figure does not come from the screen).
-    let started = Instant::now();
-    while !h
-        .state()
-        .state
-        .notice
-        .as_deref()
-        .unwrap_or("")
-        .contains(".png")
-    {
-        assert!(started.elapsed() < Duration::from_secs(30), "no PNG");
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_png(&mut h);
     let notice = h.state().state.notice.clone().unwrap_or_default();
     assert!(notice.starts_with("Exported"), "{notice}");
     let png = csv.replace(".csv", ".png");
@@ -585,19 +580,7 @@ fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
     // Export: the continuations as text, the tokens as CSV, the view as PNG.
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
     h.run_steps(2);
-    let started = Instant::now();
-    while !h
-        .state()
-        .state
-        .notice
-        .as_deref()
-        .unwrap_or("")
-        .contains(".png")
-    {
-        assert!(started.elapsed() < Duration::from_secs(30), "no PNG");
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_png(&mut h);
     let files: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

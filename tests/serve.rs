@@ -5,57 +5,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::real_model;
+use common::{Server, real_model};
 use dendrite::model::generate::{GenerateOptions, Stops, generate};
 use dendrite::model::{BosMode, HookSpec, chat::Message};
 use serde_json::Value;
 
 const KEY: &str = "test-key";
 
-/// A running `dendrite serve` on a free port, stopped when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(model: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dendrite"))
-        .arg("serve")
-        .arg(model)
-        .args(["--port", "0", "--api-key", KEY])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting dendrite serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("dendrite serve printed its address");
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    Server { child, base }
+    let mut args = vec!["--api-key", KEY];
+    args.extend_from_slice(extra);
+    common::serve(model, &args)
 }
 
 /// The installed `openai` package (scripts/test.sh puts it in .cache/pylib).
@@ -312,6 +276,12 @@ fn a_full_queue_refuses_and_a_dropped_request_stops_its_job() {
         }
     }
     assert_eq!(tokens, 3);
+    // The engine counts a job after its last event.
+    let started = std::time::Instant::now();
+    while engine.stats().completed == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let stats = engine.stats();
     assert_eq!((stats.cancelled, stats.completed), (1, 1));
     assert!(stats.tokens_generated < 500);

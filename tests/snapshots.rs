@@ -74,6 +74,32 @@ fn every_tab_renders() {
         h.run_steps(3);
         results.add(h.try_snapshot(name));
     }
+    // Generate, with the selected neuron clamped: both continuations, greedy (deterministic).
+    h.state_mut().act(Action::SetTab(Tab::Generate));
+    h.state_mut().act(Action::AddIntervention(
+        dendrite::ui::state::InterventionKind::Neuron {
+            layer: 1,
+            neuron: 3,
+            value: 20.0,
+            scale: false,
+        },
+    ));
+    h.state_mut().act(Action::Generate);
+    let started = Instant::now();
+    while !(h
+        .state()
+        .state
+        .generation
+        .as_ref()
+        .is_some_and(|g| !g.is_running())
+        && h.state().state.is_complete())
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no generation");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.run_steps(3);
+    results.add(h.try_snapshot("generate"));
 }
 
 /// Exported figures are rasterized on the CPU at 2 pixels per point; here they are held to what

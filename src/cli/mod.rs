@@ -80,6 +80,9 @@ pub enum Command {
     /// Serve the model over an OpenAI-compatible HTTP API, with interventions per request in a
     /// `dendrite` extension field.
     Serve(ServeArgs),
+    /// Explain units of a store with an LLM behind any OpenAI-compatible endpoint, and score
+    /// the explanations (detection, fuzzing); everything is written into the store.
+    Explain(explain::ExplainArgs),
     /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
     /// prefix matching) and per-position loss.
     Heads(HeadsArgs),
@@ -300,6 +303,7 @@ macro_rules! outln {
 
 mod analyses;
 mod describe;
+mod explain;
 mod generate;
 mod sae;
 mod sae_train;
@@ -328,6 +332,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => tokenize(&model, &text, bos, add_special, json),
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::Generate(args)) => generate::generate_cmd(&args),
+        Some(Command::Explain(args)) => explain::explain_cmd(&args),
         Some(Command::Serve(args)) => crate::serve::serve(crate::serve::ServeOptions {
             model: args.model,
             host: args.host,

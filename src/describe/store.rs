@@ -113,6 +113,41 @@ CREATE TABLE IF NOT EXISTS explanations (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS explanations_by_unit ON explanations (source, unit);
+-- Auto-interpretation: each run, every request it made (prompt and answer, for audit), and
+-- the scores of the explanations it wrote.
+CREATE TABLE IF NOT EXISTS interp_runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    endpoint TEXT NOT NULL,
+    explainer_model TEXT NOT NULL,
+    prompt_kind TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS interp_requests (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES interp_runs(id),
+    source TEXT NOT NULL,
+    unit INTEGER NOT NULL,
+    purpose TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    answer TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    duration_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS interp_requests_by_unit ON interp_requests (source, unit);
+CREATE TABLE IF NOT EXISTS explanation_scores (
+    id INTEGER PRIMARY KEY,
+    explanation_id INTEGER NOT NULL REFERENCES explanations(id),
+    run_id INTEGER REFERENCES interp_runs(id),
+    scorer TEXT NOT NULL,
+    balanced_accuracy REAL NOT NULL,
+    -- Every metric (precision, recall, F1, AUC, counts) as JSON.
+    scores TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS explanation_scores_by_explanation ON explanation_scores (explanation_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS explanations_fts USING fts5 (
     description, content = 'explanations', content_rowid = 'id', tokenize = 'porter unicode61'
 );
@@ -819,6 +854,132 @@ impl Store {
         }
         tx.commit()?;
         Ok(items.len())
+    }
+
+    // ── auto-interpretation ─────────────────────────────────────────────────────────────────
+
+    /// Records the start of an auto-interpretation run; returns its id.
+    pub fn begin_interp_run(&mut self, opts: &super::interp::ExplainOptions) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO interp_runs (started_at, endpoint, explainer_model, prompt_kind, settings)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now(),
+                opts.endpoint.base_url,
+                opts.endpoint.model,
+                opts.explainer.as_str(),
+                super::interp::run_settings(opts).to_string(),
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_interp_run(&mut self, run_id: i64, requests: usize) -> Result<()> {
+        self.conn.execute(
+            "UPDATE interp_runs SET finished_at = ?1, requests = ?2 WHERE id = ?3",
+            params![now(), requests as i64, run_id],
+        )?;
+        Ok(())
+    }
+
+    /// One unit's results of a run: its requests (audit), its explanation (when one parsed)
+    /// and the explanation's scores, in one transaction.
+    pub fn save_interp_unit(
+        &mut self,
+        run_id: i64,
+        source: &str,
+        opts: &super::interp::ExplainOptions,
+        result: &super::interp::UnitResult,
+        audit: &[super::interp::AuditEntry],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for a in audit {
+            tx.execute(
+                "INSERT INTO interp_requests (run_id, source, unit, purpose, messages, answer,
+                    error, attempts, duration_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    run_id,
+                    source,
+                    a.unit as i64,
+                    a.purpose,
+                    serde_json::to_string(&a.messages)?,
+                    a.answer,
+                    a.error,
+                    a.attempts as i64,
+                    a.duration_ms,
+                ],
+            )?;
+        }
+        if let Some(description) = &result.explanation {
+            // The explanation's score shown in lists: detection's, else the first scorer's.
+            let headline = result
+                .scores
+                .iter()
+                .find(|s| s.scorer == super::interp::ScorerKind::Detection)
+                .or(result.scores.first())
+                .and_then(|s| s.scores.balanced_accuracy);
+            tx.execute(
+                "INSERT INTO explanations (source, unit, description, origin, file,
+                    explainer_model, type_name, score, created_at)
+                 VALUES (?1, ?2, ?3, 'auto-interp', NULL, ?4, ?5, ?6, ?7)",
+                params![
+                    source,
+                    result.unit as i64,
+                    description,
+                    opts.endpoint.model,
+                    opts.explainer.as_str(),
+                    headline,
+                    now(),
+                ],
+            )?;
+            let explanation_id = tx.last_insert_rowid();
+            // A scorer none of whose answers parsed has no score (its requests stay).
+            for s in &result.scores {
+                let Some(accuracy) = s.scores.balanced_accuracy else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO explanation_scores (explanation_id, run_id, scorer,
+                        balanced_accuracy, scores)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        explanation_id,
+                        run_id,
+                        s.scorer.as_str(),
+                        accuracy,
+                        serde_json::to_string(&s.scores)?,
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The scores of a unit's explanations: (explanation text, scorer, balanced accuracy,
+    /// all metrics as JSON), newest first.
+    pub fn explanation_scores(
+        &self,
+        source: &str,
+        unit: usize,
+    ) -> Result<Vec<(String, String, f64, String)>> {
+        self.collect_rows(
+            "SELECT e.description, s.scorer, s.balanced_accuracy, s.scores
+             FROM explanation_scores s JOIN explanations e ON e.id = s.explanation_id
+             WHERE e.source = ?1 AND e.unit = ?2 ORDER BY s.id DESC",
+            params![source, unit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+    }
+
+    /// How many requests a unit's auto-interpretation made (kept for audit).
+    pub fn interp_requests(&self, source: &str, unit: usize) -> Result<usize> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM interp_requests WHERE source = ?1 AND unit = ?2",
+            params![source, unit as i64],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
     }
 
     /// Sets the user's own description of a unit (replacing their previous one; empty

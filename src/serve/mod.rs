@@ -356,16 +356,31 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respons
     let max_completion = request.max_completion_tokens;
     let (mut settings, extension) = request.common.settings()?;
     settings.max_tokens = settings.max_tokens.or(max_completion);
-    let p = state.prepare(
-        prompt,
-        settings,
-        extension,
-        logprobs,
-        DEFAULT_MAX_TOKENS,
-        "chatcmpl",
-    )?;
-    let stream = p.settings.stream;
-    let include_usage = p.settings.include_usage;
+    respond(state, Kind::Chat, prompt, settings, extension, logprobs).await
+}
+
+/// Which endpoint answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Queues the request's generation and answers it, whole or streamed.
+async fn respond(
+    state: Arc<AppState>,
+    kind: Kind,
+    prompt: Vec<u32>,
+    settings: Settings,
+    extension: api::Extension,
+    logprobs: Option<usize>,
+) -> Result<Response, ApiError> {
+    let (default_max, prefix) = match kind {
+        Kind::Chat => (DEFAULT_MAX_TOKENS, "chatcmpl"),
+        Kind::Completion => (DEFAULT_MAX_TOKENS_COMPLETIONS, "cmpl"),
+    };
+    let p = state.prepare(prompt, settings, extension, logprobs, default_max, prefix)?;
+    let (stream, include_usage) = (p.settings.stream, p.settings.include_usage);
     let Prepared {
         job,
         receiver,
@@ -374,13 +389,40 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respons
         ..
     } = p;
     state.submit(job)?;
-    if stream {
-        Ok(chat_stream(state, receiver, id, logprobs.is_some(), include_usage).into_response())
-    } else {
-        chat_whole(&state, receiver, id, logprobs.is_some())
-            .await
-            .map(IntoResponse::into_response)
+    let logprobs = logprobs.is_some();
+    Ok(match (kind, stream) {
+        (Kind::Chat, true) => {
+            chat_stream(state, receiver, id, logprobs, include_usage).into_response()
+        }
+        (Kind::Completion, true) => {
+            completion_stream(state, receiver, id, logprobs, include_usage).into_response()
+        }
+        (Kind::Chat, false) => chat_whole(&state, receiver, id, logprobs)
+            .await?
+            .into_response(),
+        (Kind::Completion, false) => completion_whole(&state, receiver, id, logprobs)
+            .await?
+            .into_response(),
+    })
+}
+
+/// The closing chunks of a stream: the finish reason, then (when asked) the usage, with no
+/// choices, as OpenAI sends it. `chunk(finish_reason, usage)` shapes one.
+fn closing_chunks(
+    f: &Finished,
+    include_usage: bool,
+    mut chunk: impl FnMut(Value, Option<Value>) -> Value,
+) -> Vec<Value> {
+    let mut out = vec![chunk(json!(api::finish_reason(f.stop)), None)];
+    if include_usage {
+        let mut last = chunk(
+            Value::Null,
+            Some(api::usage(f.prompt_tokens, f.completion_tokens)),
+        );
+        last["choices"] = json!([]);
+        out.push(last);
     }
+    out
 }
 
 async fn completions(
@@ -414,34 +456,15 @@ async fn completions(
     };
     let logprobs = request.logprobs;
     let (settings, extension) = request.common.settings()?;
-    let p = state.prepare(
+    respond(
+        state,
+        Kind::Completion,
         prompt,
         settings,
         extension,
         logprobs,
-        DEFAULT_MAX_TOKENS_COMPLETIONS,
-        "cmpl",
-    )?;
-    let stream = p.settings.stream;
-    let include_usage = p.settings.include_usage;
-    let Prepared {
-        job,
-        receiver,
-        id,
-        logprobs,
-        ..
-    } = p;
-    state.submit(job)?;
-    if stream {
-        Ok(
-            completion_stream(state, receiver, id, logprobs.is_some(), include_usage)
-                .into_response(),
-        )
-    } else {
-        completion_whole(&state, receiver, id, logprobs.is_some())
-            .await
-            .map(IntoResponse::into_response)
-    }
+    )
+    .await
 }
 
 /// A completion prompt's ids: the BOS as HF's tokenizer adds it.
@@ -630,25 +653,12 @@ fn chat_stream(
                 true,
             )
         }
-        JobEvent::Done(f) => {
-            let mut out = vec![chunk(
-                json!({}),
-                Value::Null,
-                json!(api::finish_reason(f.stop)),
-                None,
-            )];
-            if include_usage {
-                let mut last = chunk(
-                    json!({}),
-                    Value::Null,
-                    Value::Null,
-                    Some(api::usage(f.prompt_tokens, f.completion_tokens)),
-                );
-                last["choices"] = json!([]);
-                out.push(last);
-            }
-            (out, false)
-        }
+        JobEvent::Done(f) => (
+            closing_chunks(&f, include_usage, |finish, usage| {
+                chunk(json!({}), Value::Null, finish, usage)
+            }),
+            false,
+        ),
         JobEvent::Failed(message) => (vec![generation_error(message).body()], false),
     };
     sse(receiver, first, make)
@@ -691,25 +701,12 @@ fn completion_stream(
             }
             (vec![chunk(&t.delta, lp, Value::Null, None)], true)
         }
-        JobEvent::Done(f) => {
-            let mut out = vec![chunk(
-                "",
-                Value::Null,
-                json!(api::finish_reason(f.stop)),
-                None,
-            )];
-            if include_usage {
-                let mut last = chunk(
-                    "",
-                    Value::Null,
-                    Value::Null,
-                    Some(api::usage(f.prompt_tokens, f.completion_tokens)),
-                );
-                last["choices"] = json!([]);
-                out.push(last);
-            }
-            (out, false)
-        }
+        JobEvent::Done(f) => (
+            closing_chunks(&f, include_usage, |finish, usage| {
+                chunk("", Value::Null, finish, usage)
+            }),
+            false,
+        ),
         JobEvent::Failed(message) => (vec![generation_error(message).body()], false),
     };
     sse(receiver, vec![], make)

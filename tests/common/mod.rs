@@ -87,3 +87,46 @@ pub fn tiny_sae_training(out: PathBuf, steps: usize) -> dendrite::sae::train::Tr
         ..Default::default()
     }
 }
+
+/// A running `dendrite serve` on a free port (stopped when dropped) and its API base URL.
+pub struct Server {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `dendrite serve MODEL --port 0 EXTRA…` and waits for the address it prints.
+pub fn serve(model: &std::path::Path, extra: &[&str]) -> Server {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dendrite"))
+        .arg("serve")
+        .arg(model)
+        .args(["--port", "0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("starting dendrite serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("dendrite serve printed its address");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server { child, base }
+}

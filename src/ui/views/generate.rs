@@ -79,39 +79,45 @@ fn settings_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             action = Some(Action::Generate);
         }
         ui.separator();
-        ui.label("max new tokens");
-        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=2048));
-        ui.label("temperature");
+        let label = ui.label("max new tokens");
+        ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=2048))
+            .labelled_by(label.id);
+        let label = ui.label("temperature");
         ui.add(
             egui::DragValue::new(&mut s.temperature)
                 .range(0.0..=5.0)
                 .speed(0.01)
                 .max_decimals(2),
         )
+        .labelled_by(label.id)
         .on_hover_text("0 = greedy (always the most likely token)");
         let sampling = s.temperature > 0.0;
         ui.add_enabled_ui(sampling, |ui| {
-            ui.label("top-k");
+            let label = ui.label("top-k");
             ui.add(egui::DragValue::new(&mut s.top_k).range(0..=100_000))
+                .labelled_by(label.id)
                 .on_hover_text("0 = off");
-            ui.label("top-p");
+            let label = ui.label("top-p");
             ui.add(
                 egui::DragValue::new(&mut s.top_p)
                     .range(0.01..=1.0)
                     .speed(0.005)
                     .max_decimals(3),
             )
+            .labelled_by(label.id)
             .on_hover_text("1 = off");
-            ui.label("seed");
-            ui.add(egui::DragValue::new(&mut s.seed));
+            let label = ui.label("seed");
+            ui.add(egui::DragValue::new(&mut s.seed))
+                .labelled_by(label.id);
         });
-        ui.label("stop at");
+        let label = ui.label("stop at");
         ui.add(
             egui::TextEdit::singleline(&mut s.stop)
                 .desired_width(60.0)
                 .hint_text("text")
                 .id_salt("generate_stop"),
-        );
+        )
+        .labelled_by(label.id);
         ui.checkbox(&mut s.ignore_eos, "ignore EOS");
     });
     if s != state.generate_settings {
@@ -265,6 +271,10 @@ fn continuation_ui(
                 chip = chip.stroke(Stroke::new(2.0, PARTING));
             }
             let response = ui.add(chip);
+            // Named for screen readers even when the token's text is empty.
+            let name = format!("generated token {i}: {:?}", t.text);
+            response
+                .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, name.clone()));
             response.on_hover_ui(|ui| {
                 let position = prompt_len.map(|p| format!("position {} · ", p + i));
                 ui.label(format!(

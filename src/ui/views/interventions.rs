@@ -16,7 +16,9 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         for (i, item) in state.interventions.iter().enumerate() {
             ui.group(|ui| {
                 let mut on = item.enabled;
-                if ui.checkbox(&mut on, item.label()).changed() {
+                let toggle = ui.checkbox(&mut on, item.label());
+                let label_id = toggle.id;
+                if toggle.changed() {
                     action = Some(Action::ToggleIntervention(i));
                 }
                 // A value slider for the kinds that have one.
@@ -32,6 +34,7 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                     };
                     if ui
                         .add(egui::Slider::new(&mut value, range).show_value(false))
+                        .labelled_by(label_id)
                         .changed()
                     {
                         kind = item.kind.with_value(value);

@@ -1,0 +1,688 @@
+//! A run of auto-interpretation over units of a store: for each unit, an explanation from the
+//! store's examples (delphi's or OpenAI's prompt), then detection and fuzzing scores on
+//! held-out activating examples and non-activating windows (the unit's activations on them
+//! computed with the store's model, so "non-activating" is measured, not assumed). Units run
+//! concurrently up to a bound; every prompt and answer is kept in the store for audit, with
+//! the explanations and their scores.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use super::client::{ChatClient, ChatOptions, Endpoint, Reply, TokenLogprob, map_concurrent};
+use super::prompts::{self, ExplainerKind, Msg, Record};
+use super::scoring::{BinaryScores, binary_scores};
+use crate::describe::store::{ExampleOut, SourceInfo, Store};
+use crate::model::{HookSpec, Model, NoObserver};
+use crate::sae::Sae;
+
+/// A scorer of explanations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorerKind {
+    Detection,
+    Fuzzing,
+}
+
+impl ScorerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScorerKind::Detection => "detection",
+            ScorerKind::Fuzzing => "fuzzing",
+        }
+    }
+}
+
+impl std::str::FromStr for ScorerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "detection" => Ok(ScorerKind::Detection),
+            "fuzzing" => Ok(ScorerKind::Fuzzing),
+            "simulation" => {
+                bail!("the simulation scorer is not built yet: use detection and fuzzing")
+            }
+            other => bail!("unknown scorer \"{other}\" (detection, fuzzing)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainOptions {
+    pub store: PathBuf,
+    pub source: String,
+    pub units: Vec<usize>,
+    pub explainer: ExplainerKind,
+    pub scorers: Vec<ScorerKind>,
+    pub endpoint: Endpoint,
+    /// Units explained at once.
+    pub concurrency: usize,
+    /// Examples shown to the explainer at most (spread over the activation range).
+    pub explain_examples: usize,
+    /// Held-out activating examples scored at most, and as many non-activating windows.
+    pub test_examples: usize,
+    /// Examples per scorer prompt.
+    pub batch: usize,
+    /// Tokens per example, around the peak (delphi: 32).
+    pub window_tokens: usize,
+    pub seed: u64,
+    /// The model the store was scanned with, when it is not at the recorded path.
+    pub subject_model: Option<PathBuf>,
+    /// Ask scorers for log-probabilities (for AUC).
+    pub logprobs: bool,
+}
+
+impl ExplainOptions {
+    /// Requests the run will make at most, before retries.
+    pub fn estimated_requests(&self) -> usize {
+        let per_scorer = (2 * self.test_examples).div_ceil(self.batch.max(1));
+        self.units.len() * (1 + self.scorers.len() * per_scorer)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScorerResult {
+    pub scorer: ScorerKind,
+    pub scores: BinaryScores,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitResult {
+    pub unit: usize,
+    pub explanation: Option<String>,
+    /// Why there is no explanation or score (too few examples, an answer that did not
+    /// parse, an endpoint error).
+    pub problems: Vec<String>,
+    pub scores: Vec<ScorerResult>,
+    pub activating_examples: usize,
+    pub non_activating_examples: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainSummary {
+    pub run_id: i64,
+    pub units: Vec<UnitResult>,
+    pub requests: usize,
+    pub estimated_requests: usize,
+}
+
+/// One request and its answer, for the audit table.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    pub unit: usize,
+    pub purpose: String,
+    pub messages: Vec<Msg>,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub duration_ms: f64,
+}
+
+/// What a unit's work produced.
+struct UnitWork {
+    result: UnitResult,
+    audit: Vec<AuditEntry>,
+}
+
+/// An example: its text pieces and the unit's activations, cropped around its peak.
+fn crop(tokens: &[String], acts: &[f32], centre: usize, len: usize) -> Record {
+    let n = tokens.len().min(acts.len());
+    let len = len.min(n);
+    let start = centre.saturating_sub(len / 2).min(n - len);
+    Record {
+        tokens: tokens[start..start + len].to_vec(),
+        acts: acts[start..start + len].to_vec(),
+    }
+}
+
+/// Runs the explainer and scorers over `opts.units`; `progress(done, total, requests)` after
+/// each unit; `cancel()` is checked between units.
+pub fn explain(
+    opts: &ExplainOptions,
+    progress: &(dyn Fn(usize, usize, usize) + Sync),
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<ExplainSummary> {
+    if opts.units.is_empty() {
+        bail!("no units to explain");
+    }
+    if opts.batch == 0 || opts.window_tokens == 0 {
+        bail!("the batch and the example length must be at least 1");
+    }
+    let mut store = Store::open_existing(&opts.store)?;
+    let info = store.source(&opts.source)?;
+    if let Some(bad) = opts.units.iter().find(|&&u| u >= info.width) {
+        bail!(
+            "unit {bad} is beyond source {}'s {} units",
+            opts.source,
+            info.width
+        );
+    }
+    let scan = store.held_scan()?;
+    let skip_first = usize::from(scan.bos_id.is_some());
+    let vocab: std::collections::HashMap<u32, String> = store.vocab()?.into_iter().collect();
+    let text_of = |id: &u32| vocab.get(id).cloned().unwrap_or_else(|| format!("<{id}>"));
+
+    // Non-activating candidates: random windows of the store, with the units' activations
+    // measured on them.
+    let mut non_activating: Vec<Vec<Record>> = vec![Vec::new(); opts.units.len()];
+    if !opts.scorers.is_empty() {
+        let model_path = opts
+            .subject_model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&scan.model_path));
+        if !model_path.exists() {
+            bail!(
+                "the store's model {} is not at {}: give it with --subject-model (it is needed \
+                 to find windows where the units do not fire)",
+                scan.model_name,
+                model_path.display()
+            );
+        }
+        let fingerprint = crate::describe::corpus::model_fingerprint(&model_path)?;
+        if fingerprint != scan.model_fingerprint {
+            bail!(
+                "{} is not the model this store was scanned with ({})",
+                model_path.display(),
+                scan.model_name
+            );
+        }
+        let model = crate::model::open(&model_path)?;
+        let sae = match &info.sae_path {
+            Some(p) => Some(
+                crate::sae::open(std::path::Path::new(p))
+                    .with_context(|| format!("opening the source's SAE {p}"))?,
+            ),
+            None => None,
+        };
+        let mut windows = store.windows()?;
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        windows.shuffle(&mut rng);
+        // Four times as many candidates as needed: most windows do not fire a sparse unit.
+        windows.truncate(opts.test_examples * 4);
+        let acts = unit_activations(&model, sae.as_ref(), &info, &windows, &opts.units)?;
+        for (w, per_unit) in windows.iter().zip(acts) {
+            let tokens: Vec<String> = w.ids.iter().map(text_of).collect();
+            for (u, a) in per_unit.into_iter().enumerate() {
+                let scored = &a[skip_first.min(a.len())..];
+                if non_activating[u].len() < opts.test_examples && scored.iter().all(|&x| x <= 0.0)
+                {
+                    let start = rng_offset(&mut rng, scored.len(), opts.window_tokens);
+                    let record = crop(
+                        &tokens[skip_first..],
+                        scored,
+                        start + opts.window_tokens / 2,
+                        opts.window_tokens,
+                    );
+                    non_activating[u].push(record);
+                }
+            }
+        }
+    }
+
+    // Each unit's activating examples from the store, strongest first.
+    let mut inputs = Vec::with_capacity(opts.units.len());
+    for (i, &unit) in opts.units.iter().enumerate() {
+        let report = store.unit_report(&opts.source, unit, None)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut examples: Vec<&ExampleOut> = report
+            .examples
+            .iter()
+            .chain(report.quantiles.iter().flat_map(|q| &q.examples))
+            .filter(|e| e.max_act > 0.0 && seen.insert(e.window))
+            .collect();
+        examples.sort_by(|a, b| b.max_act.total_cmp(&a.max_act));
+        let records: Vec<Record> = examples
+            .iter()
+            .map(|e| {
+                let n = e.tokens.len().min(e.acts.len());
+                let first = skip_first.min(n);
+                crop(
+                    &e.tokens[first..n],
+                    &e.acts[first..n],
+                    (e.max_pos as usize).saturating_sub(first),
+                    opts.window_tokens,
+                )
+            })
+            .collect();
+        inputs.push((unit, records, std::mem::take(&mut non_activating[i])));
+    }
+
+    let run_id = store.begin_interp_run(opts)?;
+    let client = ChatClient::new(opts.endpoint.clone());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let total = inputs.len();
+    let works: Vec<Option<UnitWork>> =
+        map_concurrent(inputs, opts.concurrency, |_, (unit, active, inactive)| {
+            if cancel() {
+                return None;
+            }
+            let work = explain_unit(opts, &client, unit, active, inactive);
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            progress(n, total, client.requests());
+            Some(work)
+        });
+    let mut units = Vec::new();
+    for work in works.into_iter().flatten() {
+        store.save_interp_unit(run_id, &opts.source, opts, &work.result, &work.audit)?;
+        units.push(work.result);
+    }
+    store.finish_interp_run(run_id, client.requests())?;
+    Ok(ExplainSummary {
+        run_id,
+        units,
+        requests: client.requests(),
+        estimated_requests: opts.estimated_requests(),
+    })
+}
+
+/// A random start so that `len` tokens fit in `n`.
+fn rng_offset(rng: &mut StdRng, n: usize, len: usize) -> usize {
+    use rand::Rng as _;
+    if n <= len {
+        0
+    } else {
+        rng.random_range(0..=n - len)
+    }
+}
+
+/// `[window][unit][position]` activations of `units` of `info` on `windows`.
+fn unit_activations(
+    model: &Model,
+    sae: Option<&Sae>,
+    info: &SourceInfo,
+    windows: &[crate::describe::corpus::Window],
+    units: &[usize],
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let spec = HookSpec::capture([info.hook.clone()]);
+    let mut out = Vec::with_capacity(windows.len());
+    for batch in windows.chunks(8) {
+        let tokens: Vec<Vec<u32>> = batch.iter().map(|w| w.ids.clone()).collect();
+        let captures = model
+            .transformer
+            .forward_captures(&tokens, &spec, &mut NoObserver)?;
+        for b in 0..batch.len() {
+            let (rows, n) = crate::sae::apply::hook_rows(&captures, &info.hook, b)?;
+            let (values, width) = match sae {
+                Some(sae) => {
+                    let encoded = sae.encode(&rows, n)?;
+                    let values: Vec<f32> = (0..n).flat_map(|t| encoded.row(t).to_vec()).collect();
+                    (values, sae.cfg.d_sae)
+                }
+                None => (rows, info.width),
+            };
+            if values.len() != n * width {
+                return Err(anyhow!(
+                    "{} has {} values for {n} positions of width {width}",
+                    info.hook,
+                    values.len()
+                ));
+            }
+            out.push(
+                units
+                    .iter()
+                    .map(|&u| (0..n).map(|t| values[t * width + u]).collect())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Answer lengths: delphi's explainer may reason before its `[EXPLANATION]:` line; OpenAI's
+/// completes one sentence; a scorer writes a list of n digits.
+fn explain_max_tokens(kind: ExplainerKind) -> usize {
+    match kind {
+        ExplainerKind::Delphi => 200,
+        ExplainerKind::Openai => 40,
+    }
+}
+
+fn score_max_tokens(n: usize) -> usize {
+    4 + 3 * n
+}
+
+fn explain_unit(
+    opts: &ExplainOptions,
+    client: &ChatClient,
+    unit: usize,
+    active: Vec<Record>,
+    inactive: Vec<Record>,
+) -> UnitWork {
+    let mut audit = Vec::new();
+    let mut result = UnitResult {
+        unit,
+        explanation: None,
+        problems: Vec::new(),
+        scores: Vec::new(),
+        activating_examples: active.len(),
+        non_activating_examples: inactive.len(),
+    };
+    if active.len() < 2 {
+        result.problems.push(format!(
+            "{} activating example(s) in the store: too few to explain",
+            active.len()
+        ));
+        return UnitWork { result, audit };
+    }
+    // Alternate: the explainer gets every other example (the whole range), scoring the rest.
+    let (mut shown, mut held): (Vec<Record>, Vec<Record>) = (Vec::new(), Vec::new());
+    for (i, r) in active.into_iter().enumerate() {
+        if i % 2 == 0 && shown.len() < opts.explain_examples {
+            shown.push(r);
+        } else if held.len() < opts.test_examples {
+            held.push(r);
+        }
+    }
+    let messages = match opts.explainer {
+        ExplainerKind::Delphi => prompts::delphi_explain(&shown, true),
+        ExplainerKind::Openai => prompts::openai_explain(&shown),
+    };
+    let reply = ask(
+        client,
+        &mut audit,
+        unit,
+        "explain",
+        messages,
+        &ChatOptions {
+            max_tokens: explain_max_tokens(opts.explainer),
+            // OpenAI's explainer samples at 1; a fixed seed would need the endpoint's support.
+            temperature: 1.0,
+            top_logprobs: None,
+        },
+    );
+    let Some(answer) = reply
+        .map(|r| r.text)
+        .map_err(|e| result.problems.push(e))
+        .ok()
+    else {
+        return UnitWork { result, audit };
+    };
+    let parsed = match opts.explainer {
+        ExplainerKind::Delphi => prompts::parse_delphi_explanation(&answer),
+        ExplainerKind::Openai => prompts::parse_openai_explanation(&answer),
+    };
+    let Some(explanation) = parsed else {
+        result.problems.push(format!(
+            "the explainer's answer has no explanation in the {} format",
+            opts.explainer.as_str()
+        ));
+        return UnitWork { result, audit };
+    };
+    result.explanation = Some(explanation.clone());
+    if inactive.is_empty() && !opts.scorers.is_empty() {
+        result
+            .problems
+            .push("no window of the store is free of this unit's activation: not scored".into());
+        return UnitWork { result, audit };
+    }
+    for &scorer in &opts.scorers {
+        let (scores, problems) = score(
+            opts,
+            client,
+            &mut audit,
+            unit,
+            scorer,
+            &explanation,
+            &held,
+            &inactive,
+        );
+        result.problems.extend(problems);
+        result.scores.push(ScorerResult { scorer, scores });
+    }
+    UnitWork { result, audit }
+}
+
+/// One request, kept for the audit.
+fn ask(
+    client: &ChatClient,
+    audit: &mut Vec<AuditEntry>,
+    unit: usize,
+    purpose: &str,
+    messages: Vec<Msg>,
+    opts: &ChatOptions,
+) -> Result<Reply, String> {
+    let reply = client.chat(&messages, opts);
+    let (answer, error, attempts, duration_ms) = match &reply {
+        Ok(r) => (Some(r.text.clone()), None, r.attempts, r.duration_ms),
+        Err(e) => (None, Some(e.to_string()), 0, 0.0),
+    };
+    audit.push(AuditEntry {
+        unit,
+        purpose: purpose.into(),
+        messages,
+        answer,
+        error: error.clone(),
+        attempts,
+        duration_ms,
+    });
+    reply.map_err(|e| format!("{purpose}: {e}"))
+}
+
+/// The probability of "1" for each of `n` answers, from the logprobs of the answer's 0/1
+/// tokens (in order); `None` unless there are exactly `n` of them.
+fn answer_probabilities(logprobs: &[TokenLogprob], n: usize) -> Option<Vec<f64>> {
+    let digits: Vec<&TokenLogprob> = logprobs
+        .iter()
+        .filter(|t| matches!(t.token.trim(), "0" | "1"))
+        .collect();
+    // The answer's first n digits are its list (text may follow it).
+    if digits.len() < n {
+        return None;
+    }
+    Some(
+        digits[..n]
+            .iter()
+            .map(|t| {
+                let p = |d: &str| -> f64 {
+                    t.top
+                        .iter()
+                        .filter(|(tok, _)| tok.trim() == d)
+                        .map(|(_, lp)| (*lp as f64).exp())
+                        .sum()
+                };
+                let (p1, p0) = (p("1"), p("0"));
+                if p1 + p0 > 0.0 {
+                    p1 / (p1 + p0)
+                } else if t.token.trim() == "1" {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score(
+    opts: &ExplainOptions,
+    client: &ChatClient,
+    audit: &mut Vec<AuditEntry>,
+    unit: usize,
+    scorer: ScorerKind,
+    explanation: &str,
+    active: &[Record],
+    inactive: &[Record],
+) -> (BinaryScores, Vec<String>) {
+    let mut rng = StdRng::seed_from_u64(opts.seed ^ (unit as u64).wrapping_mul(0x9E37_79B9));
+    // Fuzzing marks as many random tokens in a non-activating example as an activating one
+    // has marked on average (rounded up).
+    let marked: Vec<usize> = active
+        .iter()
+        .map(|r| prompts::activating(r).iter().filter(|m| **m).count())
+        .collect();
+    let random_marks = marked.iter().sum::<usize>().div_ceil(marked.len().max(1));
+    let mut items: Vec<(bool, String)> = Vec::new();
+    for r in active {
+        let text = match scorer {
+            ScorerKind::Detection => r.text(),
+            ScorerKind::Fuzzing => prompts::highlight(&r.tokens, &prompts::activating(r)),
+        };
+        items.push((true, text));
+    }
+    for r in inactive {
+        let text = match scorer {
+            ScorerKind::Detection => r.text(),
+            ScorerKind::Fuzzing => {
+                let mut positions: Vec<usize> = (0..r.tokens.len()).collect();
+                positions.shuffle(&mut rng);
+                let mut marks = vec![false; r.tokens.len()];
+                for &p in positions.iter().take(random_marks.max(1)) {
+                    marks[p] = true;
+                }
+                prompts::highlight(&r.tokens, &marks)
+            }
+        };
+        items.push((false, text));
+    }
+    items.shuffle(&mut rng);
+    let mut truth = Vec::new();
+    let mut predicted = Vec::new();
+    let mut probability = Vec::new();
+    let mut problems = Vec::new();
+    for batch in items.chunks(opts.batch) {
+        let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
+        let messages = match scorer {
+            ScorerKind::Detection => prompts::detection(explanation, &texts),
+            ScorerKind::Fuzzing => prompts::fuzzing(explanation, &texts),
+        };
+        let reply = ask(
+            client,
+            audit,
+            unit,
+            scorer.as_str(),
+            messages,
+            &ChatOptions {
+                max_tokens: score_max_tokens(batch.len()),
+                temperature: 0.0,
+                top_logprobs: opts.logprobs.then_some(5),
+            },
+        );
+        truth.extend(batch.iter().map(|(t, _)| *t));
+        match reply {
+            Ok(r) => {
+                let parsed = prompts::parse_binary_list(&r.text, batch.len());
+                if parsed.is_none() {
+                    problems.push(format!(
+                        "{}: an answer was not a list of {} 0/1 values",
+                        scorer.as_str(),
+                        batch.len()
+                    ));
+                }
+                let probs = parsed
+                    .as_ref()
+                    .and(r.logprobs.as_deref())
+                    .and_then(|lp| answer_probabilities(lp, batch.len()));
+                for i in 0..batch.len() {
+                    predicted.push(parsed.as_ref().map(|p| p[i]));
+                    probability.push(probs.as_ref().map(|p| p[i]));
+                }
+            }
+            Err(e) => {
+                problems.push(e);
+                predicted.extend(std::iter::repeat_n(None, batch.len()));
+                probability.extend(std::iter::repeat_n(None, batch.len()));
+            }
+        }
+    }
+    let any_probability = probability.iter().any(Option::is_some);
+    let scores = binary_scores(
+        &truth,
+        &predicted,
+        any_probability.then_some(probability.as_slice()),
+    );
+    (scores, problems)
+}
+
+/// Shared with the store: what a run was asked to do.
+pub fn run_settings(opts: &ExplainOptions) -> serde_json::Value {
+    serde_json::json!({
+        "source": opts.source,
+        "units": opts.units.len(),
+        "explainer": opts.explainer.as_str(),
+        "scorers": opts.scorers.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "explain_examples": opts.explain_examples,
+        "test_examples": opts.test_examples,
+        "batch": opts.batch,
+        "window_tokens": opts.window_tokens,
+        "seed": opts.seed,
+        "concurrency": opts.concurrency,
+        "max_requests": opts.endpoint.max_requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_are_cropped_around_their_peak_inside_the_window() {
+        let tokens: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let acts: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        assert_eq!(crop(&tokens, &acts, 5, 4).tokens, ["3", "4", "5", "6"]);
+        assert_eq!(crop(&tokens, &acts, 0, 4).tokens, ["0", "1", "2", "3"]);
+        assert_eq!(crop(&tokens, &acts, 9, 4).tokens, ["6", "7", "8", "9"]);
+        assert_eq!(crop(&tokens, &acts, 3, 40).tokens.len(), 10);
+    }
+
+    #[test]
+    fn probabilities_come_from_the_answers_digit_tokens() {
+        let t = |token: &str, top: &[(&str, f32)]| TokenLogprob {
+            token: token.into(),
+            logprob: 0.0,
+            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        };
+        let lp = [
+            t("[", &[]),
+            t("1", &[("1", (0.75f32).ln()), ("0", (0.25f32).ln())]),
+            t(",", &[]),
+            t(" 0", &[(" 0", (0.9f32).ln()), (" 1", (0.1f32).ln())]),
+            t("]", &[]),
+        ];
+        let p = answer_probabilities(&lp, 2).unwrap();
+        assert!(
+            (p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.1).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(answer_probabilities(&lp, 3), None);
+        assert_eq!(answer_probabilities(&lp, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn scorer_names_parse_and_the_estimate_counts_requests() {
+        assert_eq!(
+            "fuzzing".parse::<ScorerKind>().unwrap(),
+            ScorerKind::Fuzzing
+        );
+        assert!("simulation".parse::<ScorerKind>().is_err());
+        let opts = ExplainOptions {
+            store: "s".into(),
+            source: "x".into(),
+            units: (0..10).collect(),
+            explainer: ExplainerKind::Delphi,
+            scorers: vec![ScorerKind::Detection, ScorerKind::Fuzzing],
+            endpoint: Endpoint {
+                base_url: String::new(),
+                model: String::new(),
+                api_key: None,
+                timeout: std::time::Duration::from_secs(1),
+                retries: 0,
+                max_requests: 1,
+            },
+            concurrency: 1,
+            explain_examples: 20,
+            test_examples: 10,
+            batch: 5,
+            window_tokens: 32,
+            seed: 0,
+            subject_model: None,
+            logprobs: true,
+        };
+        // Per unit: 1 explanation + 2 scorers × ⌈20 / 5⌉ prompts.
+        assert_eq!(opts.estimated_requests(), 10 * (1 + 2 * 4));
+    }
+}
