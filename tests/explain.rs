@@ -64,7 +64,9 @@ fn ten_sae_latents_are_explained_and_scored_against_dendrite_serve() {
             "--test-examples",
             "2",
             "--explain-examples",
-            "6",
+            "4",
+            "--window-tokens",
+            "16",
             "--json",
         ],
     );
