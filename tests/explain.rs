@@ -39,6 +39,8 @@ fn explain(store: &Path, endpoint: &str, model: &str, extra: &[&str]) -> std::pr
         ])
         .arg("--subject-model")
         .arg(subject)
+        .arg("--subject-sae")
+        .arg(dendrite::sample::sae_path().expect("the sample SAE"))
         .args(extra)
         .env_remove("OPENAI_API_KEY")
         .output()

@@ -68,6 +68,9 @@ pub struct ExplainArgs {
     /// The model the store was scanned with, when it is not at the path the store records.
     #[arg(long)]
     pub subject_model: Option<PathBuf>,
+    /// The SAE of an `sae:` source, when it is not at the path the store records.
+    #[arg(long)]
+    pub subject_sae: Option<PathBuf>,
     /// Do not ask the scorers for log-probabilities (no AUC).
     #[arg(long)]
     pub no_logprobs: bool,
@@ -141,6 +144,7 @@ pub fn explain_cmd(args: &ExplainArgs) -> Result<()> {
         window_tokens: args.window_tokens,
         seed: args.seed,
         subject_model: args.subject_model.clone(),
+        subject_sae: args.subject_sae.clone(),
         logprobs: !args.no_logprobs,
     };
     eprintln!(

@@ -351,6 +351,11 @@ impl Tokenizer {
             .unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The texts of the alternatives `(id, logprob)` a generation step reports, in order.
+    pub fn alternative_texts(&self, top: &[(u32, f32)]) -> Vec<String> {
+        top.iter().map(|&(id, _)| self.token_text(id)).collect()
+    }
+
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, false).unwrap_or_default()
     }

@@ -231,11 +231,7 @@ fn run_job(model: &Model, job: &Job, stats: &Stats) -> anyhow::Result<Outcome> {
         let delta = text.next(&decode(&ids), generator.is_done());
         let out = TokenOut {
             text: model.tokenizer.token_text(token.id),
-            top_texts: token
-                .top
-                .iter()
-                .map(|&(id, _)| model.tokenizer.token_text(id))
-                .collect(),
+            top_texts: model.tokenizer.alternative_texts(&token.top),
             token,
             delta,
             visible,

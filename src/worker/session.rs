@@ -333,11 +333,7 @@ impl Session {
                         run_id,
                         variant: *variant,
                         text: model.tokenizer.token_text(token.id),
-                        top_texts: token
-                            .top
-                            .iter()
-                            .map(|&(id, _)| model.tokenizer.token_text(id))
-                            .collect(),
+                        top_texts: model.tokenizer.alternative_texts(&token.top),
                         token,
                         input_activation,
                     }));

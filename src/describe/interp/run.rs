@@ -72,6 +72,8 @@ pub struct ExplainOptions {
     pub seed: u64,
     /// The model the store was scanned with, when it is not at the recorded path.
     pub subject_model: Option<PathBuf>,
+    /// The source's SAE, when it is not at the recorded path.
+    pub subject_sae: Option<PathBuf>,
     /// Ask scorers for log-probabilities (for AUC).
     pub logprobs: bool,
 }
@@ -191,10 +193,19 @@ pub fn explain(
             );
         }
         let model = crate::model::open(&model_path)?;
-        let sae = match &info.sae_path {
+        let sae_path = match (&opts.subject_sae, &info.sae_path) {
+            (Some(given), _) => Some(given.clone()),
+            (None, Some(recorded)) => Some(PathBuf::from(recorded)),
+            (None, None) => None,
+        };
+        let sae = match sae_path {
+            Some(p) if !p.exists() => bail!(
+                "the source's SAE is not at {}: give it with --subject-sae",
+                p.display()
+            ),
             Some(p) => Some(
-                crate::sae::open(std::path::Path::new(p))
-                    .with_context(|| format!("opening the source's SAE {p}"))?,
+                crate::sae::open(&p)
+                    .with_context(|| format!("opening the source's SAE {}", p.display()))?,
             ),
             None => None,
         };
@@ -680,6 +691,7 @@ mod tests {
             window_tokens: 32,
             seed: 0,
             subject_model: None,
+            subject_sae: None,
             logprobs: true,
         };
         // Per unit: 1 explanation + 2 scorers × ⌈20 / 5⌉ prompts.
