@@ -134,6 +134,13 @@ impl DendriteApp {
             if let Command::Generate(g) = &cmd {
                 self.generate_sent = Some((g.run_id, Instant::now()));
             }
+            let mut cmd = cmd;
+            if let Command::ExplainUnits(job) = &mut cmd {
+                // The key stays out of the state (and its logs): read where the job starts.
+                job.opts.endpoint.api_key = std::env::var(&self.state.explain_settings.api_key_env)
+                    .ok()
+                    .filter(|k| !k.is_empty());
+            }
             self.send(cmd);
         }
         self.send_store_requests();

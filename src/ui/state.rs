@@ -43,6 +43,28 @@ pub enum GenerateColour {
     WatchedUnit,
 }
 
+/// Where the inspector's *Explain* sends units (any OpenAI-compatible endpoint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExplainSettings {
+    pub endpoint: String,
+    pub model: String,
+    /// The environment variable holding the key (the app reads it when a job starts).
+    pub api_key_env: String,
+    /// OpenAI's explainer prompt instead of delphi's.
+    pub openai_prompt: bool,
+}
+
+impl Default for ExplainSettings {
+    fn default() -> Self {
+        ExplainSettings {
+            endpoint: "http://127.0.0.1:8080/v1".into(),
+            model: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            openai_prompt: false,
+        }
+    }
+}
+
 /// Which pass a view draws when interventions are active.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Show {
@@ -520,6 +542,9 @@ pub enum Action {
     SetGenerateColour(GenerateColour),
     /// Make the prompt and a continuation the new prompt, and run it.
     UseAsPrompt(Variant),
+    SetExplainSettings(ExplainSettings),
+    /// Explain units of one source with the endpoint and score them (a job).
+    Explain(Vec<UnitRef>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -601,6 +626,7 @@ pub struct AppState {
     /// Commands that follow the one an action returned (a generation restarted after the
     /// rerun of a changed edit); the app sends them in order.
     pub followups: Vec<Command>,
+    pub explain_settings: ExplainSettings,
 }
 
 impl Default for AppState {
@@ -643,6 +669,7 @@ impl Default for AppState {
             generation: None,
             generate_colour: GenerateColour::Probability,
             followups: Vec::new(),
+            explain_settings: ExplainSettings::default(),
         }
     }
 }
@@ -766,6 +793,94 @@ impl AppState {
             options,
             watch: watch.map(|(w, _)| w),
         }))
+    }
+
+    /// The auto-interpretation run the inspector would start for `units` (one source): the
+    /// store that has the source, the open model (and SAE) to measure non-activating windows.
+    pub fn explain_options(
+        &self,
+        units: &[UnitRef],
+    ) -> Option<crate::describe::interp::ExplainOptions> {
+        use crate::describe::interp::{Endpoint, ExplainOptions, ExplainerKind, ScorerKind};
+        let model = self.model.as_ref()?;
+        let source = units.first()?.source.clone();
+        let store = self
+            .stores
+            .open
+            .iter()
+            .rev()
+            .find(|s| s.sources.iter().any(|x| x.name == source))?
+            .path
+            .clone();
+        let s = &self.explain_settings;
+        let mut opts = ExplainOptions {
+            store,
+            units: units.iter().map(|u| u.unit).collect(),
+            explainer: if s.openai_prompt {
+                ExplainerKind::Openai
+            } else {
+                ExplainerKind::Delphi
+            },
+            scorers: vec![ScorerKind::Detection, ScorerKind::Fuzzing],
+            endpoint: Endpoint {
+                base_url: s.endpoint.trim().to_string(),
+                model: s.model.trim().to_string(),
+                api_key: None,
+                timeout: std::time::Duration::from_secs(120),
+                retries: 3,
+                max_requests: 0,
+            },
+            concurrency: 4,
+            explain_examples: 20,
+            test_examples: 10,
+            batch: 5,
+            window_tokens: 32,
+            seed: 0,
+            subject_model: Some(model.path.clone()),
+            subject_sae: self
+                .saes
+                .iter()
+                .find(|e| e.source == source)
+                .map(|e| e.cfg.path.clone()),
+            logprobs: true,
+            source,
+        };
+        // Room for retries beyond the estimate, no more.
+        opts.endpoint.max_requests = opts.estimated_requests() * 2;
+        Some(opts)
+    }
+
+    /// Up to `max` units of `source` that the views show for the current prompt: an SAE's
+    /// latents firing on it (strongest first), or a layer's neurons by peak |activation|.
+    pub fn units_in_view(&self, source: &str, max: usize) -> Vec<UnitRef> {
+        let pass = self.shown();
+        let unit = |u: usize| UnitRef {
+            source: source.to_string(),
+            unit: u,
+        };
+        if let Some(sae) = self.saes.iter().find(|s| s.source == source) {
+            return pass
+                .sae(sae.id)
+                .map(|s| {
+                    s.strongest_latents(max)
+                        .into_iter()
+                        .map(|j| unit(j as usize))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        let Some(layer) = neuron_layer(source).and_then(|l| pass.layer(l)) else {
+            return Vec::new();
+        };
+        let mut peaks = vec![0f32; layer.d_mlp];
+        for row in layer.mlp_post.chunks_exact(layer.d_mlp.max(1)) {
+            for (p, a) in peaks.iter_mut().zip(row) {
+                *p = p.max(a.abs());
+            }
+        }
+        let mut order: Vec<usize> = (0..peaks.len()).collect();
+        order.sort_by(|&a, &b| peaks[b].total_cmp(&peaks[a]).then(a.cmp(&b)));
+        order.into_iter().take(max).map(unit).collect()
     }
 
     fn new_pass_run(&mut self) -> Option<Command> {
@@ -1147,6 +1262,32 @@ impl AppState {
                 self.generate_colour = c;
                 None
             }
+            Action::SetExplainSettings(settings) => {
+                self.explain_settings = settings;
+                None
+            }
+            Action::Explain(units) => {
+                if self.job_running() {
+                    return None;
+                }
+                if self.explain_settings.model.trim().is_empty() {
+                    self.notice =
+                        Some("Name the explainer's model first (Explain with an LLM).".into());
+                    return None;
+                }
+                let opts = self.explain_options(&units)?;
+                let job_id = self.new_job(format!(
+                    "Explaining {} unit(s) of {} with {} (≈ {} requests)",
+                    opts.units.len(),
+                    opts.source,
+                    opts.endpoint.model,
+                    opts.estimated_requests()
+                ));
+                Some(Command::ExplainUnits(crate::worker::ExplainUnitsJob {
+                    job_id,
+                    opts: Box::new(opts),
+                }))
+            }
             Action::UseAsPrompt(variant) => {
                 let g = self.generation.as_ref()?;
                 let prompt = format!("{}{}", g.prompt, g.continuation(variant)?.text());
@@ -1289,6 +1430,23 @@ impl AppState {
             Event::JobFinished(f) => {
                 if let JobOutcome::Evaluated { sae_id, report } = &f.outcome {
                     self.evaluations.insert(*sae_id, (**report).clone());
+                }
+                if let JobOutcome::Explained {
+                    store,
+                    source,
+                    units,
+                    explained,
+                    scored,
+                    requests,
+                } = &f.outcome
+                {
+                    // The inspector reads the new explanations again.
+                    self.stores.reports.retain(|r| &r.unit.source != source);
+                    self.notice = Some(format!(
+                        "Explained {explained} of {units} unit(s) of {source} ({scored} scored, \
+                         {requests} requests) into {}",
+                        store.display()
+                    ));
                 }
                 if let (JobOutcome::Scanned { store, .. }, Some(model)) = (&f.outcome, &self.model)
                 {
@@ -2079,5 +2237,93 @@ mod tests {
         assert!(matches!(cmd, Some(Command::Run(r)) if r.text == "To be, or not"));
         assert_eq!(s.tab, Tab::Neurons);
         assert_eq!(s.act(Action::UseAsPrompt(Variant::Intervened)), None);
+    }
+
+    #[test]
+    fn explaining_units_starts_a_job_on_the_store_that_has_them_and_refreshes_their_reports() {
+        use crate::worker::stores::{ReportReady, UnitRef};
+        let mut s = loaded();
+        let unit = |u| UnitRef {
+            source: neuron_source(0),
+            unit: u,
+        };
+        // No model name yet: a notice, no job.
+        assert_eq!(s.act(Action::Explain(vec![unit(3)])), None);
+        assert!(s.notice.as_deref().unwrap_or("").contains("model"));
+        s.explain_settings.model = "gpt-x".into();
+        assert_eq!(
+            s.act(Action::Explain(vec![unit(3)])),
+            None,
+            "no store has the source"
+        );
+        s.stores
+            .open
+            .push(crate::ui::stores::tests::summary("/s.sqlite", "f"));
+        let Some(Command::ExplainUnits(job)) = s.act(Action::Explain(vec![unit(3), unit(5)]))
+        else {
+            panic!("a job")
+        };
+        let o = &job.opts;
+        assert_eq!(o.store, PathBuf::from("/s.sqlite"));
+        assert_eq!(
+            (o.source.as_str(), o.units.clone()),
+            ("blocks.0.mlp.hook_post", vec![3, 5])
+        );
+        assert_eq!(o.endpoint.model, "gpt-x");
+        assert_eq!(o.endpoint.api_key, None, "the app reads the key");
+        assert_eq!(o.subject_model, Some(PathBuf::from("/m")));
+        assert_eq!(o.endpoint.max_requests, 2 * o.estimated_requests());
+        assert!(s.job_running());
+        assert_eq!(
+            s.act(Action::Explain(vec![unit(3)])),
+            None,
+            "one job at a time"
+        );
+        // When it is done the inspector reads the source's reports again.
+        s.stores.reports.push(ReportReady {
+            unit: unit(3),
+            report: None,
+            store: None,
+            duration_ms: 0.0,
+        });
+        s.apply(Event::JobFinished(crate::worker::JobFinished {
+            job_id: job.job_id,
+            outcome: JobOutcome::Explained {
+                store: "/s.sqlite".into(),
+                source: neuron_source(0),
+                units: 2,
+                explained: 2,
+                scored: 1,
+                requests: 17,
+            },
+        }));
+        assert!(s.stores.reports.is_empty());
+        assert!(
+            s.notice
+                .as_deref()
+                .unwrap_or("")
+                .contains("Explained 2 of 2")
+        );
+        assert!(!s.job_running());
+    }
+
+    #[test]
+    fn units_in_view_are_a_layers_neurons_by_peak_magnitude() {
+        let mut s = loaded();
+        s.act(Action::Run);
+        s.prompt = "ab".into();
+        let Some(Command::Run(r)) = s.act(Action::Run) else {
+            panic!()
+        };
+        s.apply(started(r.run_id, Variant::Baseline));
+        // Two tokens × two neurons: neuron 1 peaks at |−3|.
+        s.apply(layer(r.run_id, Variant::Baseline, 0, [1.0, -3.0, 2.0, 0.5]));
+        let units: Vec<usize> = s
+            .units_in_view(&neuron_source(0), 8)
+            .into_iter()
+            .map(|u| u.unit)
+            .collect();
+        assert_eq!(units, vec![1, 0]);
+        assert!(s.units_in_view("sae:none", 8).is_empty());
     }
 }

@@ -213,13 +213,14 @@ pub fn neuron_layer(source: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::describe::store::{ScanRecord, SourceInfo};
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    fn summary(path: &str, fingerprint: &str) -> StoreSummary {
+    /// A store of layer 0's neurons (other tests use it too).
+    pub(crate) fn summary(path: &str, fingerprint: &str) -> StoreSummary {
         StoreSummary {
             path: path.into(),
             scan: ScanRecord {

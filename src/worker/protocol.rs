@@ -210,9 +210,24 @@ impl PartialEq for ScanCorpusJob {
     }
 }
 
+/// Explain units of a store with an LLM endpoint and score the explanations
+/// (`describe::interp`); the results are written into the store.
+#[derive(Clone, Debug)]
+pub struct ExplainUnitsJob {
+    pub job_id: JobId,
+    pub opts: Box<crate::describe::interp::ExplainOptions>,
+}
+
+impl PartialEq for ExplainUnitsJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.job_id == other.job_id
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     LoadModel(LoadModel),
+    ExplainUnits(ExplainUnitsJob),
     ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
     EvaluateSae(EvaluateSaeJob),
@@ -454,6 +469,15 @@ pub enum JobOutcome {
         tokens: u64,
         tokens_per_s: f64,
         complete: bool,
+    },
+    /// Auto-interpretation wrote `explained` of `units` explanations into `store`.
+    Explained {
+        store: PathBuf,
+        source: String,
+        units: usize,
+        explained: usize,
+        scored: usize,
+        requests: usize,
     },
     Cancelled,
 }

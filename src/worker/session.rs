@@ -184,6 +184,7 @@ impl Session {
             Command::TrainSae(_) => "training an SAE".into(),
             Command::EvaluateSae(_) => "evaluating an SAE".into(),
             Command::ScanCorpus(job) => format!("scanning {}", job.opts.corpus.display()),
+            Command::ExplainUnits(job) => format!("explaining units of {}", job.opts.source),
             Command::DetachSae(_) => "detaching an SAE".into(),
             Command::InspectLatent(l) => format!("inspecting SAE latent {}", l.latent),
             Command::Panic => "a requested panic".into(),
@@ -207,6 +208,15 @@ impl Session {
             Command::TrainSae(job) => self.train_sae(job, cancel, emit),
             Command::EvaluateSae(job) => self.evaluate_sae(job, cancel, emit),
             Command::ScanCorpus(job) => self.scan_corpus(job, cancel, emit),
+            Command::ExplainUnits(job) => {
+                let (id, context) = (
+                    job.job_id,
+                    format!("explaining units of {}", job.opts.source),
+                );
+                self.job(id, context, cancel, emit, move |emit, cancelled| {
+                    explain_job(&job, cancelled, emit)
+                })
+            }
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -828,6 +838,80 @@ fn scan_job(
             tokens: summary.tokens,
             tokens_per_s: summary.tokens_per_s,
             complete: summary.complete,
+        },
+    }));
+    Ok(())
+}
+
+/// Auto-interpretation on its own thread while this one reports its progress (explain's
+/// progress comes from its worker threads) and passes a cancel on.
+fn explain_job(
+    job: &ExplainUnitsJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let id = job.job_id;
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = crossbeam_channel::unbounded::<(usize, usize, usize)>();
+    let estimate = job.opts.estimated_requests();
+    let summary = std::thread::scope(|scope| {
+        let runner = std::thread::Builder::new()
+            .name("dendrite-explain".into())
+            .spawn_scoped(scope, || {
+                crate::describe::interp::explain(
+                    &job.opts,
+                    &|done, total, requests| {
+                        let _ = tx.send((done, total, requests));
+                    },
+                    &|| stop.load(Ordering::SeqCst),
+                )
+            })?;
+        while !runner.is_finished() {
+            if cancelled() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            while let Ok((done, total, requests)) = rx.try_recv() {
+                emit(Event::JobProgress(JobProgress {
+                    job_id: id,
+                    fraction: done as f32 / total.max(1) as f32,
+                    message: format!(
+                        "{done} of {total} units · {requests} of ≈ {estimate} requests"
+                    ),
+                    train: None,
+                }));
+            }
+            std::thread::sleep(PROGRESS_INTERVAL);
+        }
+        match runner.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })?;
+    let explained = summary
+        .units
+        .iter()
+        .filter(|u| u.explanation.is_some())
+        .count();
+    let scored = summary
+        .units
+        .iter()
+        .filter(|u| {
+            u.scores
+                .iter()
+                .any(|s| s.scores.balanced_accuracy.is_some())
+        })
+        .count();
+    emit(Event::JobFinished(JobFinished {
+        job_id: id,
+        // Cancelled or not, what was explained is in the store.
+        outcome: JobOutcome::Explained {
+            store: job.opts.store.clone(),
+            source: job.opts.source.clone(),
+            units: job.opts.units.len(),
+            explained,
+            scored,
+            requests: summary.requests,
         },
     }));
     Ok(())

@@ -43,6 +43,7 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
         return None;
     };
     action = action.or(descriptions_ui(ui, state, unit, report));
+    action = action.or(explain_ui(ui, state, unit));
     ui.add_space(4.0);
     stats_ui(ui, report);
     histogram_ui(ui, unit, report);
@@ -65,6 +66,82 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
             ui.weak(format!("read in {:.1} ms", ready.duration_ms));
         }
     });
+    action
+}
+
+/// Units "Explain all in view" sends at most.
+const EXPLAIN_IN_VIEW: usize = 32;
+
+/// *Explain with an LLM*: the endpoint, and buttons for this unit and the units in view, each
+/// with its request estimate (the run is a job: progress and cancel in the top bar).
+fn explain_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Action> {
+    let mut action = None;
+    egui::CollapsingHeader::new("Explain with an LLM")
+        .id_salt("explain")
+        .show(ui, |ui| {
+            let mut s = state.explain_settings.clone();
+            egui::Grid::new("explain_settings")
+                .num_columns(2)
+                .show(ui, |ui| {
+                    for (name, value, hint) in [
+                        ("endpoint", &mut s.endpoint, "http://127.0.0.1:8080/v1"),
+                        ("model", &mut s.model, "the explainer's name there"),
+                        ("key from $", &mut s.api_key_env, "OPENAI_API_KEY"),
+                    ] {
+                        let label = ui.label(name);
+                        ui.add(
+                            egui::TextEdit::singleline(value)
+                                .hint_text(hint)
+                                .desired_width(180.0),
+                        )
+                        .labelled_by(label.id);
+                        ui.end_row();
+                    }
+                });
+            ui.checkbox(&mut s.openai_prompt, "OpenAI's prompt (else delphi's)");
+            if s != state.explain_settings {
+                action = Some(Action::SetExplainSettings(s));
+            }
+            let busy = state.job_running();
+            let ready = !busy && !state.explain_settings.model.trim().is_empty();
+            let estimate = |units: &[UnitRef]| {
+                state
+                    .explain_options(units)
+                    .map_or(0, |o| o.estimated_requests())
+            };
+            let this = vec![unit.clone()];
+            let in_view = state.units_in_view(&unit.source, EXPLAIN_IN_VIEW);
+            ui.horizontal_wrapped(|ui| {
+                if ui
+                    .add_enabled(ready, egui::Button::new("Explain"))
+                    .on_hover_text(format!(
+                        "Explain and score this unit: ≈ {} requests",
+                        estimate(&this)
+                    ))
+                    .clicked()
+                {
+                    action = Some(Action::Explain(this.clone()));
+                }
+                let label = format!(
+                    "Explain all in view ({} units, ≈ {} requests)",
+                    in_view.len(),
+                    estimate(&in_view)
+                );
+                if ui
+                    .add_enabled(ready && !in_view.is_empty(), egui::Button::new(label))
+                    .on_hover_text(
+                        "The latents firing on the prompt (or the layer's neurons by peak \
+                         |activation|), strongest first",
+                    )
+                    .clicked()
+                {
+                    action = Some(Action::Explain(in_view.clone()));
+                }
+            });
+            if busy {
+                ui.weak("a job is running (top bar)");
+            }
+        });
     action
 }
 
