@@ -1,10 +1,10 @@
 //! The server's engine: one named thread that owns the model and runs queued generation jobs
 //! one at a time, sending each token back to the request that asked for it. The queue is
 //! bounded (a full queue is refused, not waited on); a job whose request has gone (the client
-//! disconnected, so its receiver was dropped) or was cancelled stops at its next token.
+//! disconnected, so its receiver was dropped) stops at its next token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -21,8 +21,7 @@ pub struct Job {
     pub prompt: Vec<u32>,
     pub interventions: Vec<Intervention>,
     pub opts: GenerateOptions,
-    /// Set by the request to stop the job (also stops when `events`' receiver is dropped).
-    pub cancel: Arc<AtomicBool>,
+    /// Dropping the receiver stops the job.
     events: tokio::sync::mpsc::Sender<JobEvent>,
 }
 
@@ -39,7 +38,6 @@ impl Job {
                 prompt,
                 interventions,
                 opts,
-                cancel: Arc::new(AtomicBool::new(false)),
                 events,
             },
             rx,
@@ -175,7 +173,7 @@ impl Drop for Engine {
 
 fn run(model: &Model, jobs: Receiver<Job>, stats: &Stats) {
     for job in jobs {
-        if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
+        if job.events.is_closed() {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             continue;
         }
@@ -218,7 +216,7 @@ fn run_job(model: &Model, job: &Job, stats: &Stats) -> anyhow::Result<Outcome> {
     let decode = |ids: &[u32]| model.tokenizer.decode(ids);
     let mut text = TextStream::new(job.opts.stops.strings.clone());
     loop {
-        if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
+        if job.events.is_closed() {
             return Ok(Outcome::Cancelled);
         }
         let Some(token) = generator.step(&decode)?.cloned() else {

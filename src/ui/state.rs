@@ -801,7 +801,7 @@ impl AppState {
         &self,
         units: &[UnitRef],
     ) -> Option<crate::describe::interp::ExplainOptions> {
-        use crate::describe::interp::{Endpoint, ExplainOptions, ExplainerKind, ScorerKind};
+        use crate::describe::interp::{Endpoint, ExplainOptions, ExplainerKind};
         let model = self.model.as_ref()?;
         let source = units.first()?.source.clone();
         let store = self
@@ -813,38 +813,30 @@ impl AppState {
             .path
             .clone();
         let s = &self.explain_settings;
-        let mut opts = ExplainOptions {
-            store,
-            units: units.iter().map(|u| u.unit).collect(),
-            explainer: if s.openai_prompt {
-                ExplainerKind::Openai
-            } else {
-                ExplainerKind::Delphi
-            },
-            scorers: vec![ScorerKind::Detection, ScorerKind::Fuzzing],
-            endpoint: Endpoint {
-                base_url: s.endpoint.trim().to_string(),
-                model: s.model.trim().to_string(),
-                api_key: None,
-                timeout: std::time::Duration::from_secs(120),
-                retries: 3,
-                max_requests: 0,
-            },
-            concurrency: 4,
-            explain_examples: 20,
-            test_examples: 10,
-            batch: 5,
-            window_tokens: 32,
-            seed: 0,
-            subject_model: Some(model.path.clone()),
-            subject_sae: self
-                .saes
-                .iter()
-                .find(|e| e.source == source)
-                .map(|e| e.cfg.path.clone()),
-            logprobs: true,
-            source,
+        let subject_sae = self
+            .saes
+            .iter()
+            .find(|e| e.source == source)
+            .map(|e| e.cfg.path.clone());
+        let endpoint = Endpoint {
+            base_url: s.endpoint.trim().to_string(),
+            model: s.model.trim().to_string(),
+            api_key: None,
+            timeout: std::time::Duration::from_secs(120),
+            retries: 3,
+            max_requests: 0,
         };
+        let mut opts = ExplainOptions::new(
+            store,
+            source,
+            units.iter().map(|u| u.unit).collect(),
+            endpoint,
+        );
+        if s.openai_prompt {
+            opts.explainer = ExplainerKind::Openai;
+        }
+        opts.subject_model = Some(model.path.clone());
+        opts.subject_sae = subject_sae;
         // Room for retries beyond the estimate, no more.
         opts.endpoint.max_requests = opts.estimated_requests() * 2;
         Some(opts)

@@ -79,6 +79,28 @@ pub struct ExplainOptions {
 }
 
 impl ExplainOptions {
+    /// A run with the usual settings (delphi's prompt, detection and fuzzing, 20 examples
+    /// shown, 10 + 10 scored in prompts of 5, 32-token examples, 4 units at once).
+    pub fn new(store: PathBuf, source: String, units: Vec<usize>, endpoint: Endpoint) -> Self {
+        ExplainOptions {
+            store,
+            source,
+            units,
+            explainer: ExplainerKind::Delphi,
+            scorers: vec![ScorerKind::Detection, ScorerKind::Fuzzing],
+            endpoint,
+            concurrency: 4,
+            explain_examples: 20,
+            test_examples: 10,
+            batch: 5,
+            window_tokens: 32,
+            seed: 0,
+            subject_model: None,
+            subject_sae: None,
+            logprobs: true,
+        }
+    }
+
     /// Requests the run will make at most, before retries.
     pub fn estimated_requests(&self) -> usize {
         let per_scorer = (2 * self.test_examples).div_ceil(self.batch.max(1));
@@ -670,13 +692,11 @@ mod tests {
             ScorerKind::Fuzzing
         );
         assert!("simulation".parse::<ScorerKind>().is_err());
-        let opts = ExplainOptions {
-            store: "s".into(),
-            source: "x".into(),
-            units: (0..10).collect(),
-            explainer: ExplainerKind::Delphi,
-            scorers: vec![ScorerKind::Detection, ScorerKind::Fuzzing],
-            endpoint: Endpoint {
+        let opts = ExplainOptions::new(
+            "s".into(),
+            "x".into(),
+            (0..10).collect(),
+            Endpoint {
                 base_url: String::new(),
                 model: String::new(),
                 api_key: None,
@@ -684,16 +704,7 @@ mod tests {
                 retries: 0,
                 max_requests: 1,
             },
-            concurrency: 1,
-            explain_examples: 20,
-            test_examples: 10,
-            batch: 5,
-            window_tokens: 32,
-            seed: 0,
-            subject_model: None,
-            subject_sae: None,
-            logprobs: true,
-        };
+        );
         // Per unit: 1 explanation + 2 scorers × ⌈20 / 5⌉ prompts.
         assert_eq!(opts.estimated_requests(), 10 * (1 + 2 * 4));
     }
