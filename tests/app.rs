@@ -1,7 +1,8 @@
 //! The app driven like a user with egui_kittest (no GPU needed): open a model, type a prompt,
 //! run it, select a neuron, clamp it and see the prediction change, remove the clamp; a worker
 //! panic leaves the app usable; corpus stores (the sample's, one scanned from the app) show a
-//! unit's examples, take descriptions and imports, and answer searches.
+//! unit's examples, take descriptions and imports, and answer searches; Explain runs
+//! auto-interpretation against `dendrite serve` as a job and shows its scores.
 
 mod common;
 
@@ -612,4 +613,83 @@ fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
     step_until(&mut h, "the continued prompt's run", finished);
     assert_eq!(h.state().state.prompt, expected);
     assert_eq!(h.state().state.tab, Tab::Neurons);
+}
+
+#[test]
+fn explain_in_the_inspector_runs_a_job_against_dendrite_serve_and_shows_the_scores() {
+    let mut h = harness();
+    step_until(&mut h, "the model, its SAE and its store", |s| {
+        s.model.is_some() && !s.saes.is_empty() && !s.stores.open.is_empty() && finished(s)
+    });
+    // A copy of the sample store, opened last: the job writes into it, not the shared one.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("store.sqlite");
+    std::fs::copy(dendrite::sample::store_path().unwrap(), &copy).unwrap();
+    h.state_mut().act(Action::OpenStore(copy.clone()));
+    step_until(&mut h, "the copied store", |s| {
+        s.stores.open.iter().any(|o| o.path == copy)
+    });
+    let server = common::serve(&common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf"), &[]);
+    h.state_mut().act(Action::SetExplainSettings(
+        dendrite::ui::state::ExplainSettings {
+            endpoint: server.base.clone(),
+            model: "SmolLM2-135M-Instruct.Q4_1".into(),
+            api_key_env: "DENDRITE_TEST_NO_KEY".into(),
+            openai_prompt: true,
+        },
+    ));
+    let sae_id = h.state().state.saes[0].id;
+    h.state_mut()
+        .act(Action::SelectLatent { sae_id, latent: 3 });
+    let unit = dendrite::worker::stores::UnitRef {
+        source: h.state().state.saes[0].source.clone(),
+        unit: 3,
+    };
+    report_of(&mut h, &unit);
+    h.run_steps(2);
+    // As a user: open the section, press Explain; the job's title has the estimate. (The
+    // inspector scrolls: accesskit clicks reach widgets out of view.)
+    h.get_by_label("Explain with an LLM").click_accesskit();
+    h.run_steps(2);
+    h.get_by_label_contains("Explain all in view (");
+    h.get_by_label("Explain").click_accesskit();
+    h.run_steps(3);
+    let title = h.state().state.job.as_ref().map(|j| j.title.clone());
+    assert!(
+        title.as_deref().unwrap_or("").contains("≈ 9 requests"),
+        "{title:?}; notice {:?}",
+        h.state().state.notice
+    );
+    let started = Instant::now();
+    while h.state().state.job_running() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the explain job did not end"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+    let notice = h.state().state.notice.clone().unwrap_or_default();
+    assert!(notice.starts_with("Explained 1 of 1 unit(s)"), "{notice}");
+    // The inspector rereads the unit: the explanation with its explainer and scores.
+    let report = report_of(&mut h, &unit);
+    let e = report
+        .explanations
+        .iter()
+        .find(|e| e.origin == "auto-interp")
+        .expect("an auto-interp explanation");
+    assert_eq!(
+        e.explainer_model.as_deref(),
+        Some("SmolLM2-135M-Instruct.Q4_1")
+    );
+    h.run_steps(2);
+    h.get_by_label_contains("auto-interp · SmolLM2-135M-Instruct.Q4_1 · openai");
+    for s in &e.scores {
+        h.get_by_label(&dendrite::ui::views::unit_panel::score_text(s).0);
+    }
+    // Written into the copy, every request kept for audit.
+    let store = dendrite::describe::Store::open_existing(&copy).unwrap();
+    let requests = store.interp_requests(&unit.source, 3).unwrap();
+    assert!((2..=9).contains(&requests), "{requests} requests");
 }

@@ -1,7 +1,7 @@
 //! `dendrite explain` end to end: SmolLM2-135M-Instruct behind `dendrite serve` explains ten
 //! latents of the sample SAE from the sample store and scores the explanations by detection
-//! and fuzzing; the explanations, their scores and every request land in the store, where the
-//! inspector's report finds them. An endpoint that is down is reported, never scored.
+//! and fuzzing, two of them also by simulation; the explanations, their scores and every
+//! request land in the store, where the inspector's report finds them. An endpoint that is down is reported, never scored.
 
 mod common;
 
@@ -146,6 +146,83 @@ fn ten_sae_latents_are_explained_and_scored_against_dendrite_serve() {
     println!("{scores_stored} scores stored for {explained} explanations");
     assert_eq!(explained, 10, "every latent got an explanation: {summary}");
     assert_eq!(requests, summary["requests"].as_u64().unwrap() as usize);
+
+    // OpenAI's simulation score on two of them: one request per sequence (two held-out
+    // activating examples, two random windows), levels read from the answer's logprobs.
+    let out = explain(
+        &store_path,
+        &server.base,
+        "SmolLM2-135M-Instruct.Q4_1",
+        &[
+            "--units",
+            "0-1",
+            "--prompt",
+            "openai",
+            "--scorer",
+            "simulation",
+            "--test-examples",
+            "2",
+            "--explain-examples",
+            "4",
+            "--window-tokens",
+            "8",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "explain --scorer simulation failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("simulation: {summary}");
+    // 2 units × (1 explanation + 4 sequences).
+    assert_eq!(summary["estimated_requests"], 10, "{summary}");
+    for u in summary["units"].as_array().unwrap() {
+        let unit = u["unit"].as_u64().unwrap() as usize;
+        if u["explanation"].is_null() {
+            assert!(!u["problems"].as_array().unwrap().is_empty(), "{u}");
+            continue;
+        }
+        let results = u["scores"].as_array().unwrap();
+        assert_eq!(results.len(), 1, "{u}");
+        assert_eq!(results[0]["scorer"], "simulation");
+        let s = &results[0]["scores"];
+        let (sequences, unparsed) = (
+            s["sequences"].as_u64().unwrap(),
+            s["unparsed"].as_u64().unwrap(),
+        );
+        assert_eq!(sequences + unparsed, 4, "{s}");
+        if sequences > 0 {
+            // dendrite serve returns logprobs: every parsed level is an expected value.
+            assert_eq!(
+                s["from_logprobs"].as_u64().unwrap(),
+                s["tokens"].as_u64().unwrap(),
+                "{s}"
+            );
+        }
+        // A correlation exactly when one is defined; stored beside the explanation, where the
+        // inspector's report shows it.
+        let report = store.unit_report(&source, unit, Some(1)).unwrap();
+        let e = report
+            .explanations
+            .iter()
+            .find(|e| e.description == u["explanation"].as_str().unwrap())
+            .unwrap();
+        let stored: Vec<_> = e
+            .scores
+            .iter()
+            .filter(|s| s.scorer == "simulation")
+            .collect();
+        match s["correlation"].as_f64() {
+            Some(r) => {
+                assert!((-1.0..=1.0).contains(&r), "{s}");
+                assert_eq!(stored.len(), 1, "{e:?}");
+                assert!((stored[0].score - r).abs() < 1e-12);
+            }
+            None => assert!(stored.is_empty(), "no correlation, no score: {e:?}"),
+        }
+    }
 }
 
 #[test]

@@ -38,7 +38,8 @@ pub struct ExplainArgs {
     pub api_key_env: String,
     #[arg(long, value_enum, default_value_t = PromptArg::Delphi)]
     pub prompt: PromptArg,
-    /// Scorers: detection, fuzzing (comma-separated; "none" for explanations only).
+    /// Scorers: detection, fuzzing, simulation (comma-separated; "none" for explanations
+    /// only).
     #[arg(long, value_delimiter = ',', default_value = "detection,fuzzing")]
     pub scorer: Vec<String>,
     /// Units explained at once.
@@ -181,9 +182,9 @@ pub fn explain_cmd(args: &ExplainArgs) -> Result<()> {
         let scores: Vec<String> = u
             .scores
             .iter()
-            .map(|s| match s.scores.balanced_accuracy {
+            .map(|s| match s.scores.headline() {
                 Some(a) => format!("{} {a:.2}", s.scorer.as_str()),
-                None => format!("{} — (no answer parsed)", s.scorer.as_str()),
+                None => format!("{} — (no score)", s.scorer.as_str()),
             })
             .collect();
         outln!(

@@ -81,7 +81,7 @@ pub enum Command {
     /// `dendrite` extension field.
     Serve(ServeArgs),
     /// Explain units of a store with an LLM behind any OpenAI-compatible endpoint, and score
-    /// the explanations (detection, fuzzing); everything is written into the store.
+    /// the explanations (detection, fuzzing, simulation); everything is written into the store.
     Explain(explain::ExplainArgs),
     /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
     /// prefix matching) and per-position loss.

@@ -20,7 +20,9 @@ use super::stats::{Example, HIST_BUCKETS, Keep, N_QUANTILES, SourceStats, UnitSt
 
 /// Version 2 keeps a unit's examples in one row (version 1, never released, kept a row per
 /// example and is refused with a request to rescan).
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: explanation scores hold each scorer's headline in `score` (was `balanced_accuracy`,
+/// which simulation scores are not).
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,8 +145,10 @@ CREATE TABLE IF NOT EXISTS explanation_scores (
     explanation_id INTEGER NOT NULL REFERENCES explanations(id),
     run_id INTEGER REFERENCES interp_runs(id),
     scorer TEXT NOT NULL,
-    balanced_accuracy REAL NOT NULL,
-    -- Every metric (precision, recall, F1, AUC, counts) as JSON.
+    -- The scorer's headline: balanced accuracy (detection, fuzzing) or the pooled correlation
+    -- (simulation).
+    score REAL NOT NULL,
+    -- Every metric (precision, recall, F1, AUC, counts; or the simulation's) as JSON.
     scores TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS explanation_scores_by_explanation ON explanation_scores (explanation_id);
@@ -263,6 +267,27 @@ impl Store {
         Self::open(path)
     }
 
+    /// Version 2 stores differ only in the name of the explanation scores' headline column.
+    fn migrate_from_v2(&self) -> Result<()> {
+        let old_column: bool = self.conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('explanation_scores')
+             WHERE name = 'balanced_accuracy'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if old_column {
+            self.conn.execute(
+                "ALTER TABLE explanation_scores RENAME COLUMN balanced_accuracy TO score",
+                [],
+            )?;
+        }
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        Ok(())
+    }
+
     fn init(&self, existed: bool) -> Result<()> {
         self.conn.busy_timeout(std::time::Duration::from_secs(3))?;
         if !existed {
@@ -300,7 +325,9 @@ impl Store {
                         self.path.display()
                     );
                 }
-                if version < SCHEMA_VERSION {
+                if version == 2 {
+                    self.migrate_from_v2()?;
+                } else if version < SCHEMA_VERSION {
                     bail!(
                         "store {} has schema version {version}, an older development format \
                          this build does not read; scan again into a new store",
@@ -918,7 +945,7 @@ impl Store {
                 .iter()
                 .find(|s| s.scorer == super::interp::ScorerKind::Detection)
                 .or(result.scores.first())
-                .and_then(|s| s.scores.balanced_accuracy);
+                .and_then(|s| s.scores.headline());
             tx.execute(
                 "INSERT INTO explanations (source, unit, description, origin, file,
                     explainer_model, type_name, score, created_at)
@@ -936,18 +963,18 @@ impl Store {
             let explanation_id = tx.last_insert_rowid();
             // A scorer none of whose answers parsed has no score (its requests stay).
             for s in &result.scores {
-                let Some(accuracy) = s.scores.balanced_accuracy else {
+                let Some(headline) = s.scores.headline() else {
                     continue;
                 };
                 tx.execute(
                     "INSERT INTO explanation_scores (explanation_id, run_id, scorer,
-                        balanced_accuracy, scores)
+                        score, scores)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![
                         explanation_id,
                         run_id,
                         s.scorer.as_str(),
-                        accuracy,
+                        headline,
                         serde_json::to_string(&s.scores)?,
                     ],
                 )?;
@@ -957,15 +984,15 @@ impl Store {
         Ok(())
     }
 
-    /// The scores of a unit's explanations: (explanation text, scorer, balanced accuracy,
-    /// all metrics as JSON), newest first.
+    /// The scores of a unit's explanations: (explanation text, scorer, headline score, all
+    /// metrics as JSON), newest first.
     pub fn explanation_scores(
         &self,
         source: &str,
         unit: usize,
     ) -> Result<Vec<(String, String, f64, String)>> {
         self.collect_rows(
-            "SELECT e.description, s.scorer, s.balanced_accuracy, s.scores
+            "SELECT e.description, s.scorer, s.score, s.scores
              FROM explanation_scores s JOIN explanations e ON e.id = s.explanation_id
              WHERE e.source = ?1 AND e.unit = ?2 ORDER BY s.id DESC",
             params![source, unit as i64],
@@ -1002,23 +1029,49 @@ impl Store {
     }
 
     pub fn explanations(&self, source: &str, unit: usize) -> Result<Vec<Explanation>> {
-        self.collect_rows(
-            "SELECT description, origin, file, explainer_model, type_name, score, created_at
+        let rows: Vec<(i64, Explanation)> = self.collect_rows(
+            "SELECT id, description, origin, file, explainer_model, type_name, score, created_at
              FROM explanations WHERE source = ?1 AND unit = ?2
              ORDER BY origin = 'user' DESC, score IS NULL, score DESC, id",
             params![source, unit as i64],
             |r| {
-                Ok(Explanation {
-                    description: r.get(0)?,
-                    origin: r.get(1)?,
-                    file: r.get(2)?,
-                    explainer_model: r.get(3)?,
-                    type_name: r.get(4)?,
-                    score: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
+                Ok((
+                    r.get(0)?,
+                    Explanation {
+                        description: r.get(1)?,
+                        origin: r.get(2)?,
+                        file: r.get(3)?,
+                        explainer_model: r.get(4)?,
+                        type_name: r.get(5)?,
+                        score: r.get(6)?,
+                        created_at: r.get(7)?,
+                        scores: Vec::new(),
+                    },
+                ))
             },
-        )
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, mut e) in rows {
+            if e.origin == "auto-interp" {
+                let scores: Vec<(String, f64, String)> = self.collect_rows(
+                    "SELECT scorer, score, scores FROM explanation_scores
+                     WHERE explanation_id = ?1 ORDER BY id",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                e.scores = scores
+                    .into_iter()
+                    .map(|(scorer, score, detail)| ExplanationScore {
+                        scorer,
+                        score,
+                        // Written by us as JSON; a hand-edited row shows without its detail.
+                        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    })
+                    .collect();
+            }
+            out.push(e);
+        }
+        Ok(out)
     }
 
     /// The best explanation of every described unit: the user's own first, then the best
@@ -1224,6 +1277,18 @@ pub struct Explanation {
     pub type_name: Option<String>,
     pub score: Option<f64>,
     pub created_at: String,
+    /// Auto-interpretation's scores of this explanation, one per scorer run.
+    pub scores: Vec<ExplanationScore>,
+}
+
+/// A scorer's verdict on an explanation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExplanationScore {
+    pub scorer: String,
+    /// Balanced accuracy (detection, fuzzing) or the pooled correlation (simulation).
+    pub score: f64,
+    /// Every metric the scorer computed.
+    pub detail: serde_json::Value,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1305,6 +1370,50 @@ mod tests {
             .unwrap();
         let err = Store::open(&other).err().unwrap().to_string();
         assert!(err.contains("not a Dendrite store"), "{err}");
+    }
+
+    #[test]
+    fn version_2_stores_are_upgraded_keeping_their_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "ALTER TABLE explanation_scores RENAME COLUMN score TO balanced_accuracy;
+                     INSERT INTO explanations (source, unit, description, origin, created_at)
+                        VALUES ('s', 1, 'cats', 'auto-interp', 'then');
+                     INSERT INTO explanation_scores (explanation_id, scorer, balanced_accuracy,
+                        scores) VALUES (1, 'detection', 0.75, '{}');
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let scores = store.explanation_scores("s", 1).unwrap();
+        assert_eq!(scores.len(), 1);
+        assert_eq!((scores[0].1.as_str(), scores[0].2), ("detection", 0.75));
+        let version: String = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // Older development formats are still refused.
+        store
+            .conn
+            .execute(
+                "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        drop(store);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("older development format"), "{err}");
     }
 
     #[test]

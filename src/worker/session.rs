@@ -896,11 +896,7 @@ fn explain_job(
     let scored = summary
         .units
         .iter()
-        .filter(|u| {
-            u.scores
-                .iter()
-                .any(|s| s.scores.balanced_accuracy.is_some())
-        })
+        .filter(|u| u.scores.iter().any(|s| s.scores.headline().is_some()))
         .count();
     emit(Event::JobFinished(JobFinished {
         job_id: id,

@@ -1,6 +1,6 @@
 //! Auto-interpretation (`definitions.md` §9): explanations of units from a store's examples by
-//! an LLM behind any OpenAI-compatible endpoint, scored by detection and fuzzing, every
-//! request kept in the store for audit.
+//! an LLM behind any OpenAI-compatible endpoint, scored by detection, fuzzing and simulation,
+//! every request kept in the store for audit.
 
 pub mod client;
 pub mod prompts;
@@ -13,4 +13,4 @@ pub use run::{
     AuditEntry, ExplainOptions, ExplainSummary, ScorerKind, ScorerResult, UnitResult, explain,
     run_settings,
 };
-pub use scoring::BinaryScores;
+pub use scoring::{BinaryScores, Scores, SimulationScores};

@@ -3,7 +3,8 @@
 //! activations line, the answer ending in `[EXPLANATION]: …`) and OpenAI's (every token with
 //! its 0–10 level, ending "the main thing this neuron does is find"). Scorers: delphi's
 //! detection (plain examples) and fuzzing (highlighted examples), each answered with a list of
-//! 0/1. The wording is ours; the formats are theirs.
+//! 0/1, and OpenAI's simulation (the explanation, then every token with an unknown level for
+//! the simulator to fill in). The wording is ours; the formats are theirs.
 
 use serde::{Deserialize, Serialize};
 
@@ -291,15 +292,52 @@ nothing else, for example [1, 0, 0, 1, 0].";
 
 /// Detection: the explanation and plain examples.
 pub fn detection(explanation: &str, examples: &[String]) -> Vec<Msg> {
-    scorer_prompt(DETECTION_SYSTEM, explanation, examples)
+    scorer_prompt(DETECTION_SYSTEM, false, explanation, examples)
 }
 
 /// Fuzzing: the explanation and highlighted examples.
 pub fn fuzzing(explanation: &str, examples: &[String]) -> Vec<Msg> {
-    scorer_prompt(FUZZING_SYSTEM, explanation, examples)
+    scorer_prompt(FUZZING_SYSTEM, true, explanation, examples)
 }
 
-fn scorer_prompt(system: &str, explanation: &str, examples: &[String]) -> Vec<Msg> {
+/// A demonstration example for the scorers: plain, highlighted, and whether it fits (for
+/// fuzzing: whether its highlight is on what the explanation names).
+type Demo = (&'static str, &'static str, bool);
+
+/// Two worked scorer prompts shown as earlier turns, as delphi's scorers do: they teach the
+/// answer format, which small models do not follow from the instructions alone.
+const SCORER_DEMOS: [(&str, [Demo; 5]); 2] = [
+    (
+        "the word \"cat\" and other pets",
+        [
+            (
+                "The cat sat on the mat.",
+                "The<< cat>> sat on the mat.",
+                true,
+            ),
+            ("It rained all day.", "It<< rained>> all day.", false),
+            ("She fed her dog.", "She fed her<< dog>>.", true),
+            ("He paid the bill.", "He paid<< the>> bill.", false),
+            ("Two kittens slept.", "Two<< kittens>> slept.", true),
+        ],
+    ),
+    (
+        "days of the week",
+        [
+            ("See you then.", "See<< you>> then.", false),
+            ("Come back on Monday.", "Come back on<< Monday>>.", true),
+            (
+                "The shop opens at nine.",
+                "The<< shop>> opens at nine.",
+                false,
+            ),
+            ("Friday was long.", "<<Friday>> was long.", true),
+            ("Pass the salt.", "Pass the<< salt>>.", false),
+        ],
+    ),
+];
+
+fn scorer_question(explanation: &str, examples: &[String]) -> String {
     let mut user = format!("Explanation: {explanation}\n\n");
     for (i, e) in examples.iter().enumerate() {
         user.push_str(&format!("Example {}: {e}\n", i + 1));
@@ -308,44 +346,148 @@ fn scorer_prompt(system: &str, explanation: &str, examples: &[String]) -> Vec<Ms
         "\nAnswer with a list of {} values (0 or 1).",
         examples.len()
     ));
-    vec![Msg::new("system", system), Msg::new("user", user)]
+    user
+}
+
+/// A list as the scorers answer it: `[1, 0, 1]`.
+fn answer_list(values: impl Iterator<Item = impl std::fmt::Display>) -> String {
+    format!(
+        "[{}]",
+        values.map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn scorer_prompt(
+    system: &str,
+    highlighted: bool,
+    explanation: &str,
+    examples: &[String],
+) -> Vec<Msg> {
+    let mut messages = vec![Msg::new("system", system)];
+    // Each demonstration asks about as many examples as the real question.
+    for (demo_explanation, demos) in &SCORER_DEMOS {
+        let picked: Vec<&Demo> = demos.iter().cycle().take(examples.len()).collect();
+        let texts: Vec<String> = picked
+            .iter()
+            .map(|(plain, marked, _)| if highlighted { marked } else { plain }.to_string())
+            .collect();
+        messages.push(Msg::new("user", scorer_question(demo_explanation, &texts)));
+        messages.push(Msg::new(
+            "assistant",
+            answer_list(picked.iter().map(|d| u8::from(d.2))),
+        ));
+    }
+    messages.push(Msg::new("user", scorer_question(explanation, examples)));
+    messages
+}
+
+/// The last bracketed list in `answer` with exactly `n` entries that all parse, each with the
+/// byte offset of its text in `answer`.
+fn last_list<T>(
+    answer: &str,
+    n: usize,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<Vec<(usize, T)>> {
+    let mut found = None;
+    let mut from = 0;
+    while let Some(open) = answer[from..].find('[') {
+        let inner_start = from + open + 1;
+        let Some(close) = answer[inner_start..].find(']') else {
+            break;
+        };
+        let inner = &answer[inner_start..inner_start + close];
+        let mut at = inner_start;
+        let values: Option<Vec<(usize, T)>> = inner
+            .split(',')
+            .map(|v| {
+                let lead = v.len() - v.trim_start().len();
+                let entry = (at + lead, v.trim());
+                at += v.len() + 1;
+                parse(entry.1).map(|x| (entry.0, x))
+            })
+            .collect();
+        if let Some(v) = values.filter(|v| v.len() == n) {
+            found = Some(v);
+        }
+        from = inner_start + close + 1;
+    }
+    found
 }
 
 /// The scorer's list of `n` 0/1 answers: the last bracketed list in the answer that has
 /// exactly `n` entries, each 0 or 1 (for one example, also a bare leading 0 or 1). `None` when
 /// there is no such answer (never guessed).
 pub fn parse_binary_list(answer: &str, n: usize) -> Option<Vec<bool>> {
-    let mut found = None;
-    let mut rest = answer;
-    while let Some(open) = rest.find('[') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find(']') else { break };
-        let inner = &after[..close];
-        let values: Option<Vec<bool>> = inner
-            .split(',')
-            .map(|v| match v.trim() {
-                "1" => Some(true),
-                "0" => Some(false),
-                _ => None,
-            })
-            .collect();
-        if let Some(v) = values.filter(|v| v.len() == n) {
-            found = Some(v);
-        }
-        rest = &after[close + 1..];
-    }
+    let found = last_list(answer, n, |v| match v {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    })
+    .map(|v| v.into_iter().map(|(_, b)| b).collect());
     // One example: a bare 0 or 1 leading the answer counts too ("1", "0. Not active").
     if found.is_none() && n == 1 {
         let mut chars = answer.trim_start().chars();
         let first = chars.next();
         let next_is_digit = chars.next().is_some_and(|c| c.is_ascii_digit());
-        found = match (first, next_is_digit) {
+        return match (first, next_is_digit) {
             (Some('1'), false) => Some(vec![true]),
             (Some('0'), false) => Some(vec![false]),
             _ => None,
         };
     }
     found
+}
+
+const SIMULATION_SYSTEM: &str = "We're studying neurons in a neural network. Each neuron \
+looks for some particular thing in a short document. Read an explanation of what a neuron \
+does and predict its activation on each token of a document: an integer from 0 (most \
+tokens) to 10 (the strongest match).";
+
+fn simulation_question(neuron: usize, explanation: &str, tokens: &[String]) -> String {
+    format!(
+        "Neuron {neuron}\nExplanation of neuron {neuron} behavior: the main thing this neuron \
+         does is find {}\nTokens: {}\n\nAnswer with a list of {} activations (0 to 10), one per \
+         token.",
+        explanation.trim(),
+        serde_json::Value::from(tokens.to_vec()),
+        tokens.len()
+    )
+}
+
+/// OpenAI's simulation, asked through a chat: the explanation and the document's tokens; the
+/// simulator answers with a level per token. The few-shot neurons are earlier turns with their
+/// true levels (OpenAI's prompt puts them before the real neuron too).
+pub fn simulation(explanation: &str, tokens: &[String]) -> Vec<Msg> {
+    let mut messages = vec![Msg::new("system", SIMULATION_SYSTEM)];
+    // One record per few-shot neuron: longer prompts lose small simulators.
+    for (i, shot) in FEW_SHOT.iter().enumerate() {
+        for record in shot.records.iter().take(1) {
+            let shot_tokens: Vec<String> = record.iter().map(|(t, _)| t.to_string()).collect();
+            messages.push(Msg::new(
+                "user",
+                simulation_question(i + 1, shot.explanation, &shot_tokens),
+            ));
+            messages.push(Msg::new(
+                "assistant",
+                answer_list(record.iter().map(|(_, level)| level)),
+            ));
+        }
+    }
+    messages.push(Msg::new(
+        "user",
+        simulation_question(FEW_SHOT.len() + 1, explanation, tokens),
+    ));
+    messages
+}
+
+/// The simulator's levels for `n` tokens: the last list in the answer of `n` integers 0–10,
+/// each as (byte offset of the level in `answer`, level). `None` when there is none (never
+/// guessed).
+pub fn parse_simulation(answer: &str, n: usize) -> Option<Vec<(usize, u8)>> {
+    last_list(answer, n, |v| {
+        let level: u8 = v.parse().ok()?;
+        (level <= 10 && v.bytes().all(|b| b.is_ascii_digit())).then_some(level)
+    })
 }
 
 #[cfg(test)]
@@ -435,6 +577,38 @@ mod tests {
     }
 
     #[test]
+    fn the_simulation_prompt_lists_the_tokens_and_its_answer_parses_with_offsets() {
+        let tokens = vec!["a".to_string(), "\n".to_string(), " b\"".to_string()];
+        let msgs = simulation("the letter b", &tokens);
+        // System, a question and its answer per few-shot neuron, the question.
+        assert_eq!(msgs.len(), 1 + 2 * 2 + 1);
+        assert_eq!(msgs[2].role, "assistant");
+        assert_eq!(msgs[2].content, "[0, 0, 0, 2, 10, 0]");
+        let user = &msgs.last().unwrap().content;
+        assert_eq!(
+            user,
+            "Neuron 3\nExplanation of neuron 3 behavior: the main thing this neuron does is \
+             find the letter b\nTokens: [\"a\",\"\\n\",\" b\\\"\"]\n\nAnswer with a list of 3 \
+             activations (0 to 10), one per token."
+        );
+        let answer = "Sure: [0, 1,10]";
+        let parsed = parse_simulation(answer, 3).unwrap();
+        assert_eq!(
+            parsed.iter().map(|p| p.1).collect::<Vec<_>>(),
+            vec![0, 1, 10]
+        );
+        // Offsets point at the levels, for their logprobs.
+        for (at, level) in &parsed {
+            assert!(answer[*at..].starts_with(&level.to_string()), "{at}");
+        }
+        // Another length, a level above 10, a sign or a word: not parsed.
+        assert_eq!(parse_simulation("[0, 3]", 3), None);
+        assert_eq!(parse_simulation("[0, 11, 2]", 3), None);
+        assert_eq!(parse_simulation("[0, +1, 2]", 3), None);
+        assert_eq!(parse_simulation("[0, one, 2]", 3), None);
+    }
+
+    #[test]
     fn scorer_answers_parse_only_as_lists_of_the_right_length() {
         assert_eq!(
             parse_binary_list("Sure: [1, 0, 1]", 3),
@@ -452,16 +626,19 @@ mod tests {
         assert_eq!(parse_binary_list("Yes", 1), None);
         assert_eq!(parse_binary_list("[1, 0]", 3), None);
         let msgs = detection("cats", &["a".into(), "b".into()]);
-        assert!(
-            msgs[1]
-                .content
-                .contains("Explanation: cats\n\nExample 1: a\nExample 2: b\n")
+        let question = &msgs.last().unwrap().content;
+        assert!(question.contains("Explanation: cats\n\nExample 1: a\nExample 2: b\n"));
+        assert!(question.ends_with("list of 2 values (0 or 1)."));
+        // Two demonstrations of as many examples, answered, before the question.
+        assert_eq!(msgs.len(), 6);
+        assert!(msgs[1].content.contains("Example 2: It rained all day.\n"));
+        assert_eq!(
+            (msgs[2].content.as_str(), msgs[4].content.as_str()),
+            ("[1, 0]", "[0, 1]")
         );
-        assert!(msgs[1].content.ends_with("list of 2 values (0 or 1)."));
-        assert!(
-            fuzzing("cats", &["<<a>>".into()])[0]
-                .content
-                .contains("marked")
-        );
+        let fuzz = fuzzing("cats", &["<<a>>".into()]);
+        assert!(fuzz[0].content.contains("marked"));
+        assert!(fuzz[1].content.contains("Example 1: The<< cat>> sat"));
+        assert_eq!(fuzz[2].content, "[1]");
     }
 }

@@ -1,7 +1,8 @@
 //! A run of auto-interpretation over units of a store: for each unit, an explanation from the
 //! store's examples (delphi's or OpenAI's prompt), then detection and fuzzing scores on
 //! held-out activating examples and non-activating windows (the unit's activations on them
-//! computed with the store's model, so "non-activating" is measured, not assumed). Units run
+//! computed with the store's model, so "non-activating" is measured, not assumed), and
+//! OpenAI's simulation score on held-out activating examples and random windows. Units run
 //! concurrently up to a bound; every prompt and answer is kept in the store for audit, with
 //! the explanations and their scores.
 
@@ -15,7 +16,9 @@ use serde::Serialize;
 
 use super::client::{ChatClient, ChatOptions, Endpoint, Reply, TokenLogprob, map_concurrent};
 use super::prompts::{self, ExplainerKind, Msg, Record};
-use super::scoring::{BinaryScores, binary_scores};
+use super::scoring::{
+    BinaryScores, Scores, SimulationScores, binary_scores, expected_level, simulation_scores,
+};
 use crate::describe::store::{ExampleOut, SourceInfo, Store};
 use crate::model::{HookSpec, Model, NoObserver};
 use crate::sae::Sae;
@@ -26,6 +29,7 @@ use crate::sae::Sae;
 pub enum ScorerKind {
     Detection,
     Fuzzing,
+    Simulation,
 }
 
 impl ScorerKind {
@@ -33,6 +37,7 @@ impl ScorerKind {
         match self {
             ScorerKind::Detection => "detection",
             ScorerKind::Fuzzing => "fuzzing",
+            ScorerKind::Simulation => "simulation",
         }
     }
 }
@@ -43,10 +48,8 @@ impl std::str::FromStr for ScorerKind {
         match s {
             "detection" => Ok(ScorerKind::Detection),
             "fuzzing" => Ok(ScorerKind::Fuzzing),
-            "simulation" => {
-                bail!("the simulation scorer is not built yet: use detection and fuzzing")
-            }
-            other => bail!("unknown scorer \"{other}\" (detection, fuzzing)"),
+            "simulation" => Ok(ScorerKind::Simulation),
+            other => bail!("unknown scorer \"{other}\" (detection, fuzzing, simulation)"),
         }
     }
 }
@@ -101,17 +104,27 @@ impl ExplainOptions {
         }
     }
 
-    /// Requests the run will make at most, before retries.
+    /// Requests the run will make at most, before retries: detection and fuzzing ask about
+    /// `batch` examples at once, simulation about one sequence.
     pub fn estimated_requests(&self) -> usize {
-        let per_scorer = (2 * self.test_examples).div_ceil(self.batch.max(1));
-        self.units.len() * (1 + self.scorers.len() * per_scorer)
+        let per_unit: usize = self
+            .scorers
+            .iter()
+            .map(|s| match s {
+                ScorerKind::Detection | ScorerKind::Fuzzing => {
+                    (2 * self.test_examples).div_ceil(self.batch.max(1))
+                }
+                ScorerKind::Simulation => 2 * self.test_examples,
+            })
+            .sum();
+        self.units.len() * (1 + per_unit)
     }
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ScorerResult {
     pub scorer: ScorerKind,
-    pub scores: BinaryScores,
+    pub scores: Scores,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -144,6 +157,17 @@ pub struct AuditEntry {
     pub error: Option<String>,
     pub attempts: u32,
     pub duration_ms: f64,
+}
+
+/// What a unit is explained and scored on.
+struct UnitInputs {
+    unit: usize,
+    /// Activating examples from the store, strongest first.
+    active: Vec<Record>,
+    /// Windows where the unit does not fire (measured).
+    inactive: Vec<Record>,
+    /// Random windows (simulation only).
+    random: Vec<Record>,
 }
 
 /// What a unit's work produced.
@@ -193,6 +217,10 @@ pub fn explain(
     // Non-activating candidates: random windows of the store, with the units' activations
     // measured on them.
     let mut non_activating: Vec<Vec<Record>> = vec![Vec::new(); opts.units.len()];
+    // Simulation also scores random windows, whatever the unit does on them (OpenAI's
+    // "random" sequences).
+    let mut random: Vec<Vec<Record>> = vec![Vec::new(); opts.units.len()];
+    let simulating = opts.scorers.contains(&ScorerKind::Simulation);
     if !opts.scorers.is_empty() {
         let model_path = opts
             .subject_model
@@ -241,15 +269,23 @@ pub fn explain(
             let tokens: Vec<String> = w.ids.iter().map(text_of).collect();
             for (u, a) in per_unit.into_iter().enumerate() {
                 let scored = &a[skip_first.min(a.len())..];
-                if non_activating[u].len() < opts.test_examples && scored.iter().all(|&x| x <= 0.0)
-                {
-                    let start = rng_offset(&mut rng, scored.len(), opts.window_tokens);
-                    let record = crop(
-                        &tokens[skip_first..],
-                        scored,
-                        start + opts.window_tokens / 2,
-                        opts.window_tokens,
-                    );
+                let inactive = scored.iter().all(|&x| x <= 0.0);
+                let wanted = (non_activating[u].len() < opts.test_examples && inactive)
+                    || (simulating && random[u].len() < opts.test_examples);
+                if !wanted {
+                    continue;
+                }
+                let start = rng_offset(&mut rng, scored.len(), opts.window_tokens);
+                let record = crop(
+                    &tokens[skip_first.min(tokens.len())..],
+                    scored,
+                    start + opts.window_tokens / 2,
+                    opts.window_tokens,
+                );
+                if simulating && random[u].len() < opts.test_examples {
+                    random[u].push(record.clone());
+                }
+                if non_activating[u].len() < opts.test_examples && inactive {
                     non_activating[u].push(record);
                 }
             }
@@ -281,23 +317,27 @@ pub fn explain(
                 )
             })
             .collect();
-        inputs.push((unit, records, std::mem::take(&mut non_activating[i])));
+        inputs.push(UnitInputs {
+            unit,
+            active: records,
+            inactive: std::mem::take(&mut non_activating[i]),
+            random: std::mem::take(&mut random[i]),
+        });
     }
 
     let run_id = store.begin_interp_run(opts)?;
     let client = ChatClient::new(opts.endpoint.clone());
     let done = std::sync::atomic::AtomicUsize::new(0);
     let total = inputs.len();
-    let works: Vec<Option<UnitWork>> =
-        map_concurrent(inputs, opts.concurrency, |_, (unit, active, inactive)| {
-            if cancel() {
-                return None;
-            }
-            let work = explain_unit(opts, &client, unit, active, inactive);
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            progress(n, total, client.requests());
-            Some(work)
-        });
+    let works: Vec<Option<UnitWork>> = map_concurrent(inputs, opts.concurrency, |_, inputs| {
+        if cancel() {
+            return None;
+        }
+        let work = explain_unit(opts, &client, inputs);
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        progress(n, total, client.requests());
+        Some(work)
+    });
     let mut units = Vec::new();
     for work in works.into_iter().flatten() {
         store.save_interp_unit(run_id, &opts.source, opts, &work.result, &work.audit)?;
@@ -378,13 +418,13 @@ fn score_max_tokens(n: usize) -> usize {
     4 + 3 * n
 }
 
-fn explain_unit(
-    opts: &ExplainOptions,
-    client: &ChatClient,
-    unit: usize,
-    active: Vec<Record>,
-    inactive: Vec<Record>,
-) -> UnitWork {
+fn explain_unit(opts: &ExplainOptions, client: &ChatClient, inputs: UnitInputs) -> UnitWork {
+    let UnitInputs {
+        unit,
+        active,
+        inactive,
+        random,
+    } = inputs;
     let mut audit = Vec::new();
     let mut result = UnitResult {
         unit,
@@ -446,13 +486,30 @@ fn explain_unit(
         return UnitWork { result, audit };
     };
     result.explanation = Some(explanation.clone());
-    if inactive.is_empty() && !opts.scorers.is_empty() {
-        result
-            .problems
-            .push("no window of the store is free of this unit's activation: not scored".into());
-        return UnitWork { result, audit };
-    }
     for &scorer in &opts.scorers {
+        if scorer == ScorerKind::Simulation {
+            let (scores, problems) = simulate(
+                opts,
+                client,
+                &mut audit,
+                unit,
+                &explanation,
+                held.iter().chain(&random),
+            );
+            result.problems.extend(problems);
+            result.scores.push(ScorerResult {
+                scorer,
+                scores: Scores::Simulation(scores),
+            });
+            continue;
+        }
+        if inactive.is_empty() {
+            result.problems.push(format!(
+                "{}: no window of the store is free of this unit's activation: not scored",
+                scorer.as_str()
+            ));
+            continue;
+        }
         let (scores, problems) = score(
             opts,
             client,
@@ -464,7 +521,10 @@ fn explain_unit(
             &inactive,
         );
         result.problems.extend(problems);
-        result.scores.push(ScorerResult { scorer, scores });
+        result.scores.push(ScorerResult {
+            scorer,
+            scores: Scores::Binary(scores),
+        });
     }
     UnitWork { result, audit }
 }
@@ -530,6 +590,105 @@ fn answer_probabilities(logprobs: &[TokenLogprob], n: usize) -> Option<Vec<f64>>
     )
 }
 
+/// OpenAI's simulation score: for each sequence (held-out activating examples, then random
+/// windows) the simulator writes a level per token; the prediction is the expected level under
+/// its logprobs where the endpoint returns them, else the written level; the score is the
+/// correlation with the true activations pooled over all tokens.
+fn simulate<'a>(
+    opts: &ExplainOptions,
+    client: &ChatClient,
+    audit: &mut Vec<AuditEntry>,
+    unit: usize,
+    explanation: &str,
+    sequences: impl Iterator<Item = &'a Record>,
+) -> (SimulationScores, Vec<String>) {
+    let mut scored = Vec::new();
+    let mut problems = Vec::new();
+    let mut from_logprobs = 0;
+    for r in sequences {
+        let reply = ask(
+            client,
+            audit,
+            unit,
+            ScorerKind::Simulation.as_str(),
+            prompts::simulation(explanation, &r.tokens),
+            &ChatOptions {
+                max_tokens: simulation_max_tokens(&r.tokens),
+                temperature: 0.0,
+                top_logprobs: opts.logprobs.then_some(SIMULATION_TOP_LOGPROBS),
+            },
+        );
+        let predicted = match reply {
+            Ok(reply) => {
+                let levels = simulated_levels(&reply, r.tokens.len());
+                if levels.is_none() {
+                    problems.push(format!(
+                        "simulation: an answer did not give a level for each of {} tokens",
+                        r.tokens.len()
+                    ));
+                }
+                levels.map(|(levels, n_logprobs)| {
+                    from_logprobs += n_logprobs;
+                    levels
+                })
+            }
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        scored.push((r.acts.clone(), predicted));
+    }
+    (simulation_scores(&scored, from_logprobs), problems)
+}
+
+/// Alternatives asked for at each answer token: enough to cover the eleven levels.
+const SIMULATION_TOP_LOGPROBS: usize = 11;
+
+/// A simulation answer is a list of levels: up to two digits, a comma and a space each.
+fn simulation_max_tokens(tokens: &[String]) -> usize {
+    4 + 4 * tokens.len()
+}
+
+/// The predicted level of each of `n` tokens and how many came from logprobs: the expected
+/// level where the level is one answer token with level alternatives, else the written one.
+fn simulated_levels(reply: &Reply, n: usize) -> Option<(Vec<f64>, usize)> {
+    let written = prompts::parse_simulation(&reply.text, n)?;
+    // Byte spans of the answer's tokens, when they spell the answer exactly.
+    let spans: Option<Vec<(usize, &TokenLogprob)>> = reply.logprobs.as_deref().and_then(|lp| {
+        let mut at = 0;
+        let spans: Vec<(usize, &TokenLogprob)> = lp
+            .iter()
+            .map(|t| {
+                let start = at;
+                at += t.token.len();
+                (start, t)
+            })
+            .collect();
+        (lp.iter().map(|t| t.token.as_str()).collect::<String>() == reply.text).then_some(spans)
+    });
+    let mut from_logprobs = 0;
+    let levels = written
+        .iter()
+        .map(|&(offset, level)| {
+            let expected = spans.as_ref().and_then(|spans| {
+                let (start, token) = spans.iter().rev().find(|(start, _)| *start <= offset)?;
+                let whole = token.token.trim() == level.to_string()
+                    && *start + token.token.len() >= offset + level.to_string().len();
+                whole.then(|| expected_level(&token.top)).flatten()
+            });
+            match expected {
+                Some(e) => {
+                    from_logprobs += 1;
+                    e
+                }
+                None => level as f64,
+            }
+        })
+        .collect();
+    Some((levels, from_logprobs))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn score(
     opts: &ExplainOptions,
@@ -549,26 +708,28 @@ fn score(
         .map(|r| prompts::activating(r).iter().filter(|m| **m).count())
         .collect();
     let random_marks = marked.iter().sum::<usize>().div_ceil(marked.len().max(1));
+    // Detection shows plain text, fuzzing highlighted text.
+    let fuzzing = scorer == ScorerKind::Fuzzing;
     let mut items: Vec<(bool, String)> = Vec::new();
     for r in active {
-        let text = match scorer {
-            ScorerKind::Detection => r.text(),
-            ScorerKind::Fuzzing => prompts::highlight(&r.tokens, &prompts::activating(r)),
+        let text = if fuzzing {
+            prompts::highlight(&r.tokens, &prompts::activating(r))
+        } else {
+            r.text()
         };
         items.push((true, text));
     }
     for r in inactive {
-        let text = match scorer {
-            ScorerKind::Detection => r.text(),
-            ScorerKind::Fuzzing => {
-                let mut positions: Vec<usize> = (0..r.tokens.len()).collect();
-                positions.shuffle(&mut rng);
-                let mut marks = vec![false; r.tokens.len()];
-                for &p in positions.iter().take(random_marks.max(1)) {
-                    marks[p] = true;
-                }
-                prompts::highlight(&r.tokens, &marks)
+        let text = if fuzzing {
+            let mut positions: Vec<usize> = (0..r.tokens.len()).collect();
+            positions.shuffle(&mut rng);
+            let mut marks = vec![false; r.tokens.len()];
+            for &p in positions.iter().take(random_marks.max(1)) {
+                marks[p] = true;
             }
+            prompts::highlight(&r.tokens, &marks)
+        } else {
+            r.text()
         };
         items.push((false, text));
     }
@@ -579,9 +740,10 @@ fn score(
     let mut problems = Vec::new();
     for batch in items.chunks(opts.batch) {
         let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-        let messages = match scorer {
-            ScorerKind::Detection => prompts::detection(explanation, &texts),
-            ScorerKind::Fuzzing => prompts::fuzzing(explanation, &texts),
+        let messages = if fuzzing {
+            prompts::fuzzing(explanation, &texts)
+        } else {
+            prompts::detection(explanation, &texts)
         };
         let reply = ask(
             client,
@@ -686,12 +848,59 @@ mod tests {
     }
 
     #[test]
+    fn simulated_levels_are_expected_values_where_a_level_is_one_token() {
+        let t = |token: &str, top: &[(&str, f32)]| TokenLogprob {
+            token: token.into(),
+            logprob: 0.0,
+            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        };
+        // "[0, 10]": the 0 is one token with level alternatives (E = 0.5·0 + 0.5·4 = 2); the
+        // 10 is two tokens, so its written level stands.
+        let logprobs = vec![
+            t("[", &[]),
+            t("0", &[("0", 0.5f32.ln()), ("4", 0.5f32.ln())]),
+            t(",", &[]),
+            t(" 1", &[(" 1", 0.0)]),
+            t("0", &[]),
+            t("]", &[]),
+        ];
+        let reply = Reply {
+            text: "[0, 10]".into(),
+            logprobs: Some(logprobs.clone()),
+            attempts: 1,
+            duration_ms: 0.0,
+        };
+        let (levels, from_logprobs) = simulated_levels(&reply, 2).unwrap();
+        assert!((levels[0] - 2.0).abs() < 1e-6, "{levels:?}");
+        assert_eq!((levels[1], from_logprobs), (10.0, 1));
+        // Logprobs that do not spell the answer are not used; a wrong length does not parse.
+        let other = Reply {
+            text: "[0, 10] ".into(),
+            ..reply.clone()
+        };
+        assert_eq!(simulated_levels(&other, 2), Some((vec![0.0, 10.0], 0)));
+        assert_eq!(simulated_levels(&reply, 3), None);
+        let no_logprobs = Reply {
+            logprobs: None,
+            ..reply
+        };
+        assert_eq!(
+            simulated_levels(&no_logprobs, 2),
+            Some((vec![0.0, 10.0], 0))
+        );
+    }
+
+    #[test]
     fn scorer_names_parse_and_the_estimate_counts_requests() {
         assert_eq!(
             "fuzzing".parse::<ScorerKind>().unwrap(),
             ScorerKind::Fuzzing
         );
-        assert!("simulation".parse::<ScorerKind>().is_err());
+        assert_eq!(
+            "simulation".parse::<ScorerKind>().unwrap(),
+            ScorerKind::Simulation
+        );
+        assert!("sim".parse::<ScorerKind>().is_err());
         let opts = ExplainOptions::new(
             "s".into(),
             "x".into(),
@@ -707,5 +916,11 @@ mod tests {
         );
         // Per unit: 1 explanation + 2 scorers × ⌈20 / 5⌉ prompts.
         assert_eq!(opts.estimated_requests(), 10 * (1 + 2 * 4));
+        // Simulation asks once per sequence: 10 activating + 10 random.
+        let simulating = ExplainOptions {
+            scorers: vec![ScorerKind::Simulation],
+            ..opts
+        };
+        assert_eq!(simulating.estimated_requests(), 10 * (1 + 20));
     }
 }

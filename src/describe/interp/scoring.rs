@@ -79,6 +79,88 @@ pub fn binary_scores(
     }
 }
 
+/// How well a simulator's predicted activations followed the true ones (OpenAI's score).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimulationScores {
+    /// Sequences whose simulation parsed (the rest are left out, never guessed).
+    pub sequences: usize,
+    /// Tokens in those sequences.
+    pub tokens: usize,
+    /// Pearson correlation of predicted and true activations pooled over every token of every
+    /// simulated sequence. `None` when either side is constant or nothing parsed.
+    pub correlation: Option<f64>,
+    /// Predictions that are expected values from the answer's logprobs (the rest are the
+    /// levels written in the answer).
+    pub from_logprobs: usize,
+    /// Sequences whose answer did not list a level for every token.
+    pub unparsed: usize,
+}
+
+/// The simulation score of `sequences`: each the true activations of a sequence's tokens and
+/// the simulator's predictions for them (`None`: its answer did not parse).
+pub fn simulation_scores(
+    sequences: &[(Vec<f32>, Option<Vec<f64>>)],
+    from_logprobs: usize,
+) -> SimulationScores {
+    let (mut truth, mut predicted) = (Vec::new(), Vec::new());
+    let mut unparsed = 0;
+    let mut simulated = 0;
+    for (real, guess) in sequences {
+        match guess {
+            Some(g) if g.len() == real.len() => {
+                simulated += 1;
+                truth.extend(real.iter().map(|&a| a as f64));
+                predicted.extend_from_slice(g);
+            }
+            _ => unparsed += 1,
+        }
+    }
+    SimulationScores {
+        sequences: simulated,
+        tokens: truth.len(),
+        correlation: pearson(&truth, &predicted),
+        from_logprobs,
+        unparsed,
+    }
+}
+
+/// The expected activation level under a simulator's distribution over its next token: the
+/// alternatives that are levels 0–10, weighted by their probabilities renormalised over those
+/// levels (OpenAI's simulator). `None` when no alternative is a level.
+pub fn expected_level(top: &[(String, f32)]) -> Option<f64> {
+    let (mut weight, mut total) = (0.0, 0.0);
+    for (token, logprob) in top {
+        let Ok(level) = token.trim().parse::<u8>() else {
+            continue;
+        };
+        if level > 10 || token.trim().starts_with('+') {
+            continue;
+        }
+        let p = (*logprob as f64).exp();
+        weight += p * level as f64;
+        total += p;
+    }
+    (total > 0.0).then(|| weight / total)
+}
+
+/// One headline number per scorer: balanced accuracy for detection and fuzzing, the pooled
+/// correlation for simulation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scores {
+    Binary(BinaryScores),
+    Simulation(SimulationScores),
+}
+
+impl Scores {
+    pub fn headline(&self) -> Option<f64> {
+        match self {
+            Scores::Binary(s) => s.balanced_accuracy,
+            Scores::Simulation(s) => s.correlation,
+        }
+    }
+}
+
 /// The probability that a random positive scores above a random negative (ties count half):
 /// the area under the ROC curve. `None` without both classes.
 pub fn roc_auc(pairs: &[(bool, f64)]) -> Option<f64> {
@@ -210,6 +292,45 @@ mod tests {
         assert!((expected + 0.39637).abs() < 1e-4);
         assert!((pearson(&x, &y).unwrap() - expected).abs() < 1e-12);
         assert_eq!(pearson(&[1.0, 1.0], &[0.0, 2.0]), None);
+    }
+
+    #[test]
+    fn simulation_is_scored_on_pooled_tokens_and_skips_unparsed_sequences() {
+        // The worked example of `pearson_is_pooled_over_all_tokens`, as two sequences, plus
+        // one whose answer did not parse and one whose prediction has the wrong length.
+        let sequences = vec![
+            (vec![0.0, 1.0], Some(vec![0.0, 10.0])),
+            (vec![5.0, 6.0], Some(vec![0.0, 1.0])),
+            (vec![3.0], None),
+            (vec![1.0, 2.0], Some(vec![1.0])),
+        ];
+        let s = simulation_scores(&sequences, 3);
+        assert_eq!(
+            (s.sequences, s.tokens, s.unparsed, s.from_logprobs),
+            (2, 4, 2, 3)
+        );
+        let expected = -17.0 / (26.0f64 * 70.75).sqrt();
+        assert!((s.correlation.unwrap() - expected).abs() < 1e-9);
+        assert_eq!(
+            Scores::Simulation(s).headline().map(|r| r < 0.0),
+            Some(true)
+        );
+        // A simulator that predicts the same level everywhere has no correlation.
+        let flat = simulation_scores(&[(vec![0.0, 4.0], Some(vec![2.0, 2.0]))], 0);
+        assert_eq!(flat.correlation, None);
+    }
+
+    #[test]
+    fn expected_levels_renormalise_over_the_level_tokens() {
+        // p(0) = 0.5, p(10) = 0.25, p("the") = 0.25: E = (0·0.5 + 10·0.25) / 0.75 = 10/3.
+        let top = vec![
+            ("0".to_string(), 0.5f32.ln()),
+            ("10".to_string(), 0.25f32.ln()),
+            ("the".to_string(), 0.25f32.ln()),
+            ("11".to_string(), 0.1f32.ln()),
+        ];
+        assert!((expected_level(&top).unwrap() - 10.0 / 3.0).abs() < 1e-6);
+        assert_eq!(expected_level(&[("x".to_string(), 0.0)]), None);
     }
 
     #[test]

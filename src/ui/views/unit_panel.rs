@@ -8,7 +8,7 @@ use egui::{Color32, RichText, Sense, Ui};
 use egui_plot::{BarChart, Plot};
 
 use super::visible;
-use crate::describe::store::{ExampleOut, UnitReport};
+use crate::describe::store::{ExampleOut, ExplanationScore, UnitReport};
 use crate::ui::state::{Action, AppState};
 use crate::worker::stores::UnitRef;
 
@@ -145,6 +145,47 @@ fn explain_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Action> {
     action
 }
 
+/// A scorer's headline, and its other metrics for the hover.
+pub fn score_text(s: &ExplanationScore) -> (String, String) {
+    let metric = |key: &str| s.detail.get(key).and_then(serde_json::Value::as_f64);
+    let count = |key: &str| {
+        s.detail
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    if s.scorer == "simulation" {
+        let label = format!("simulation r {:.2}", s.score);
+        let detail = format!(
+            "Pearson correlation of simulated and true activations, pooled over {} tokens of \
+             {} sequences ({} predictions from logprobs); {} answer(s) unparsed",
+            count("tokens"),
+            count("sequences"),
+            count("from_logprobs"),
+            count("unparsed")
+        );
+        return (label, detail);
+    }
+    let label = format!("{} {:.2}", s.scorer, s.score);
+    let mut parts = vec![format!("balanced accuracy {:.3}", s.score)];
+    for (name, key) in [
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("F1", "f1"),
+        ("AUC", "auc"),
+    ] {
+        if let Some(v) = metric(key) {
+            parts.push(format!("{name} {v:.3}"));
+        }
+    }
+    parts.push(format!(
+        "{} answers, {} unparsed",
+        count("n"),
+        count("unparsed")
+    ));
+    (label, parts.join(" · "))
+}
+
 fn descriptions_ui(
     ui: &mut Ui,
     state: &AppState,
@@ -160,12 +201,21 @@ fn descriptions_ui(
         let mut origin = vec![e.origin.clone()];
         origin.extend(e.explainer_model.clone());
         origin.extend(e.type_name.clone());
-        if let Some(score) = e.score {
+        // Scores of our own runs are listed per scorer below; an imported score stands here.
+        if let (Some(score), true) = (e.score, e.scores.is_empty()) {
             origin.push(format!("score {score:.3}"));
         }
         let line = ui.weak(origin.join(" · "));
         if let Some(file) = &e.file {
             line.on_hover_text(file);
+        }
+        if !e.scores.is_empty() {
+            ui.horizontal_wrapped(|ui| {
+                for s in &e.scores {
+                    let (label, detail) = score_text(s);
+                    ui.label(RichText::new(label).small()).on_hover_text(detail);
+                }
+            });
         }
     }
     // The user's note: a draft in egui memory until saved.
@@ -414,5 +464,34 @@ mod tests {
         };
         assert_eq!(window_text(&e, Some(2)), "To be");
         assert_eq!(window_text(&e, None), "<bos>To be");
+    }
+
+    #[test]
+    fn scores_read_as_their_headline_with_the_rest_on_hover() {
+        let binary = ExplanationScore {
+            scorer: "detection".into(),
+            score: 0.775,
+            detail: serde_json::json!({"n": 9, "precision": 0.75, "recall": 0.75, "f1": 0.75,
+                "auc": null, "unparsed": 1}),
+        };
+        let (label, hover) = score_text(&binary);
+        assert_eq!(label, "detection 0.78");
+        assert_eq!(
+            hover,
+            "balanced accuracy 0.775 · precision 0.750 · recall 0.750 · F1 0.750 · 9 answers, \
+             1 unparsed"
+        );
+        let simulation = ExplanationScore {
+            scorer: "simulation".into(),
+            score: -0.396,
+            detail: serde_json::json!({"sequences": 2, "tokens": 4, "from_logprobs": 3,
+                "unparsed": 0, "correlation": -0.396}),
+        };
+        let (label, hover) = score_text(&simulation);
+        assert_eq!(label, "simulation r -0.40");
+        assert!(
+            hover.contains("pooled over 4 tokens of 2 sequences (3 predictions"),
+            "{hover}"
+        );
     }
 }
