@@ -213,8 +213,13 @@ impl Session {
                     job.job_id,
                     format!("explaining units of {}", job.opts.source),
                 );
+                // The open model measures the windows, when it is the one the job names.
+                let model = self
+                    .model
+                    .clone()
+                    .filter(|m| job.opts.subject_model.as_deref() == Some(m.info.path.as_path()));
                 self.job(id, context, cancel, emit, move |emit, cancelled| {
-                    explain_job(&job, cancelled, emit)
+                    explain_job(&job, model, cancelled, emit)
                 })
             }
             Command::DetachSae(d) => {
@@ -847,6 +852,7 @@ fn scan_job(
 /// progress comes from its worker threads) and passes a cancel on.
 fn explain_job(
     job: &ExplainUnitsJob,
+    model: Option<Arc<Model>>,
     cancelled: &dyn Fn() -> bool,
     emit: &mut dyn FnMut(Event),
 ) -> anyhow::Result<()> {
@@ -859,8 +865,9 @@ fn explain_job(
         let runner = std::thread::Builder::new()
             .name("dendrite-explain".into())
             .spawn_scoped(scope, || {
-                crate::describe::interp::explain(
+                crate::describe::interp::explain_with_model(
                     &job.opts,
+                    model,
                     &|done, total, requests| {
                         let _ = tx.send((done, total, requests));
                     },

@@ -11,6 +11,6 @@ pub use client::{ChatClient, ChatOptions, ClientError, Endpoint};
 pub use prompts::{ExplainerKind, Msg, Record};
 pub use run::{
     AuditEntry, ExplainOptions, ExplainSummary, ScorerKind, ScorerResult, UnitResult, explain,
-    run_settings,
+    explain_with_model, run_settings,
 };
 pub use scoring::{BinaryScores, Scores, SimulationScores};

@@ -7,6 +7,7 @@
 //! the explanations and their scores.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rand::SeedableRng;
@@ -194,6 +195,17 @@ pub fn explain(
     progress: &(dyn Fn(usize, usize, usize) + Sync),
     cancel: &(dyn Fn() -> bool + Sync),
 ) -> Result<ExplainSummary> {
+    explain_with_model(opts, None, progress, cancel)
+}
+
+/// [`explain`], measuring non-activating windows with `loaded` — the model at
+/// `opts.subject_model`, already open (the app's) — instead of opening it a second time.
+pub fn explain_with_model(
+    opts: &ExplainOptions,
+    loaded: Option<Arc<Model>>,
+    progress: &(dyn Fn(usize, usize, usize) + Sync),
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<ExplainSummary> {
     if opts.units.is_empty() {
         bail!("no units to explain");
     }
@@ -242,7 +254,10 @@ pub fn explain(
                 scan.model_name
             );
         }
-        let model = crate::model::open(&model_path)?;
+        let model = match loaded {
+            Some(model) => model,
+            None => Arc::new(crate::model::open(&model_path)?),
+        };
         let sae_path = match (&opts.subject_sae, &info.sae_path) {
             (Some(given), _) => Some(given.clone()),
             (None, Some(recorded)) => Some(PathBuf::from(recorded)),
