@@ -4,6 +4,7 @@
 //! imports egui; the UI never touches candle.
 
 pub mod analysis;
+pub mod bench;
 pub mod cli;
 pub mod describe;
 pub mod edits;

@@ -512,3 +512,65 @@ fn generate_with_sae_steering_and_latent_clamps() {
         dendrite(&[&base[..], &["--sae", sae, "--steer-latent", "99999:1"]].concat());
     assert!(!ok && stderr.contains("out of range"), "{stderr}");
 }
+
+#[test]
+fn bench_json_has_every_timing_of_the_documented_shape() {
+    let model = fixtures().join("tiny/llama");
+    let report = json(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--tokens",
+        "4,9",
+        "--repeats",
+        "2",
+        "--clamp-layers",
+        "0,1",
+        "--json",
+    ]);
+    assert!(report["model"].is_string() && report["cpu"].is_string());
+    assert!(report["threads"].as_u64().unwrap() >= 1);
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r["tokens"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![4, 9]
+    );
+    let timing = |t: &serde_json::Value| {
+        let (median, min, max) = (
+            t["median"].as_f64().unwrap(),
+            t["min"].as_f64().unwrap(),
+            t["max"].as_f64().unwrap(),
+        );
+        assert!(min <= median && median <= max && min >= 0.0, "{t}");
+    };
+    for r in results {
+        for key in [
+            "load_ms",
+            "forward_ms",
+            "capture_ms",
+            "lens_ms",
+            "heads_ms",
+            "matmul_ms",
+        ] {
+            timing(&r[key]);
+        }
+        for key in ["clamp_ms", "clamp_last_position_ms"] {
+            let by_layer = r[key].as_object().unwrap();
+            assert_eq!(
+                by_layer.keys().collect::<Vec<_>>(),
+                vec!["L0", "L1"],
+                "{key}"
+            );
+            by_layer.values().for_each(timing);
+        }
+        assert!(r["gflops"].as_f64().unwrap() > 0.0);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // A layer the model does not have, or a prompt longer than its context: clear errors.
+    let (ok, _, stderr) = dendrite(&["bench", model.to_str().unwrap(), "--clamp-layers", "99"]);
+    assert!(!ok && stderr.contains("beyond the model's"), "{stderr}");
+    let (ok, _, stderr) = dendrite(&["bench", model.to_str().unwrap(), "--tokens", "100000"]);
+    assert!(!ok && stderr.contains("context"), "{stderr}");
+}

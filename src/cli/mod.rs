@@ -86,6 +86,9 @@ pub enum Command {
     /// Attention-head scores on repeated sequences (induction, previous-token, duplicate-token,
     /// prefix matching) and per-position loss.
     Heads(HeadsArgs),
+    /// Time the engine and the worker on a model (forward, capture, clamps, lens, head scores)
+    /// beside the matmul-only roofline, like llama-bench.
+    Bench(bench::BenchArgs),
     /// Train the embedded sample model (corpus: scripts/fetch_corpus.sh).
     TrainSample(TrainSampleArgs),
     /// Redraw a trained sample model's figures (loss_curve.png, induction_probe.png) from its
@@ -302,6 +305,7 @@ macro_rules! outln {
 }
 
 mod analyses;
+mod bench;
 mod describe;
 mod explain;
 mod generate;
@@ -333,6 +337,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run_prompt(&args),
         Some(Command::Generate(args)) => generate::generate_cmd(&args),
         Some(Command::Explain(args)) => explain::explain_cmd(&args),
+        Some(Command::Bench(args)) => bench::bench_cmd(&args),
         Some(Command::Serve(args)) => crate::serve::serve(crate::serve::ServeOptions {
             model: args.model,
             host: args.host,

@@ -240,8 +240,14 @@ impl Session {
         }
     }
 
-    /// The open model, shared with a job thread.
-    fn shared_model(&self) -> anyhow::Result<Arc<Model>> {
+    /// Forgets the baseline's cached logit lens, so the next [`Command::Lens`] computes it
+    /// (`dendrite bench` times that).
+    pub fn forget_lens(&mut self) {
+        self.baseline_lens = None;
+    }
+
+    /// The open model, shared (with a job thread, a benchmark).
+    pub fn shared_model(&self) -> anyhow::Result<Arc<Model>> {
         self.model
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no model is open"))
