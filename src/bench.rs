@@ -13,8 +13,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::analysis::sparsity::Method;
 use crate::model::{BosMode, HookSpec, Intervention, Model, NoObserver, ValueOp};
 use crate::worker::{Command, Edit, Event, LensRequest, LoadModel, RunId, RunPrompt, Session};
+
+/// Sparsity methods whose change `dendrite bench` times.
+const SPARSITY_METHODS: [&str; 4] = ["eps:0.1", "cats:0.5", "chess:0.5", "cett:0.2"];
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -75,6 +79,9 @@ pub struct TokensResult {
     pub clamp_ms: BTreeMap<String, Timing>,
     /// The same with the clamp at the last position only.
     pub clamp_last_position_ms: BTreeMap<String, Timing>,
+    /// The worker's handling of a changed sparsity method (from `zero`, same prompt): per
+    /// method, the whole rerun of the run's summaries.
+    pub sparsity_change_ms: BTreeMap<String, Timing>,
     /// The worker computing the logit lens of a finished run.
     pub lens_ms: Timing,
     /// Every head score on the probe of 4 × (2 × 20) random tokens (independent of `tokens`).
@@ -246,16 +253,19 @@ pub fn run(
         progress(&format!("{n} tokens: matrix multiplies alone"));
         let (matmul_ms, flops) = matmul_roofline(&model, n, repeats);
 
-        let run = |run_id: RunId, interventions: Vec<Edit>, have: Option<RunId>| {
+        let run_with = |run_id: RunId, interventions: Vec<Edit>, have: Option<RunId>, sparsity| {
             Command::Run(RunPrompt {
                 run_id,
                 text: text.clone(),
                 bos: BosMode::Auto,
                 interventions,
-                sparsity: crate::analysis::sparsity::Method::Zero,
+                sparsity,
                 lens: false,
                 have_baseline: have,
             })
+        };
+        let run = |run_id: RunId, interventions: Vec<Edit>, have: Option<RunId>| {
+            run_with(run_id, interventions, have, Method::Zero)
         };
         let mut clamp_ms = BTreeMap::new();
         let mut clamp_last_position_ms = BTreeMap::new();
@@ -298,6 +308,31 @@ pub fn run(
                 }
             }
         }
+        let mut sparsity_change_ms = BTreeMap::new();
+        for method in SPARSITY_METHODS {
+            progress(&format!("{n} tokens: sparsity method {method}"));
+            let method: Method = method.parse().map_err(anyhow::Error::msg)?;
+            run_id += 1;
+            handle(&mut session, run(run_id, Vec::new(), None))?;
+            let mut held = run_id;
+            let mut samples = Vec::new();
+            for _ in 0..=repeats {
+                // Back to zero (untimed), then the change to `method` (timed).
+                run_id += 1;
+                handle(&mut session, run(run_id, Vec::new(), Some(held)))?;
+                held = run_id;
+                run_id += 1;
+                let started = Instant::now();
+                handle(
+                    &mut session,
+                    run_with(run_id, Vec::new(), Some(held), method),
+                )?;
+                samples.push(started.elapsed().as_secs_f64() * 1e3);
+                held = run_id;
+            }
+            // The first change is the warm-up.
+            sparsity_change_ms.insert(method.to_string(), Timing::of(&samples[1..]));
+        }
         progress(&format!("{n} tokens: logit lens"));
         run_id += 1;
         handle(&mut session, run(run_id, Vec::new(), None))?;
@@ -316,6 +351,7 @@ pub fn run(
             capture_ms,
             clamp_ms,
             clamp_last_position_ms,
+            sparsity_change_ms,
             lens_ms,
             heads_ms,
             matmul_ms,

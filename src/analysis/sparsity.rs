@@ -233,6 +233,79 @@ pub fn chess_thresholds(calibration: &[ChessSequence<'_>], channels: usize, k: f
         .collect()
 }
 
+/// Lanes of the CETT accumulators: wide enough for the compiler to vectorise the sums.
+const LANES: usize = 16;
+
+/// `p += a·w`, returning `‖p‖²` of the updated `p` (one pass; lane-wise partial sums so the
+/// loop vectorises).
+fn axpy_norm2(p: &mut [f32], a: f32, w: &[f32]) -> f64 {
+    let mut acc = [0f32; LANES];
+    let mut p_chunks = p.chunks_exact_mut(LANES);
+    let mut w_chunks = w.chunks_exact(LANES);
+    for (pc, wc) in (&mut p_chunks).zip(&mut w_chunks) {
+        for l in 0..LANES {
+            pc[l] += a * wc[l];
+            acc[l] += pc[l] * pc[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (pv, &wv) in p_chunks
+        .into_remainder()
+        .iter_mut()
+        .zip(w_chunks.remainder())
+    {
+        *pv += a * wv;
+        tail += *pv * *pv;
+    }
+    acc.iter().map(|&x| x as f64).sum::<f64>() + tail as f64
+}
+
+/// One token's CETT table: `‖n_i‖` ascending, and the CETT after dropping each prefix of
+/// them. f32 sums (CETT is a ratio of norms; 1e-6 relative is far below what it is read at).
+fn cett_token(
+    row: &[f32],
+    norms: &[f32],
+    w_down_rows: &[f32],
+    d_model: usize,
+) -> (Vec<f32>, Vec<f64>) {
+    let mut order: Vec<(f32, usize)> = row
+        .iter()
+        .zip(norms)
+        .enumerate()
+        .map(|(i, (&ai, &w))| (ai.abs() * w, i))
+        .collect();
+    order.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    let mut ffn = vec![0f32; d_model];
+    let mut ffn_norm2 = 0.0;
+    for (i, &ai) in row.iter().enumerate() {
+        if ai != 0.0 {
+            ffn_norm2 = axpy_norm2(&mut ffn, ai, &w_down_rows[i * d_model..(i + 1) * d_model]);
+        }
+    }
+    let ffn_norm = ffn_norm2.sqrt();
+    let mut partial = vec![0f32; d_model];
+    let mut norm2 = 0.0;
+    let mut cett = Vec::with_capacity(row.len() + 1);
+    cett.push(0.0);
+    for &(_, i) in &order {
+        let ai = row[i];
+        // A silent neuron leaves the partial sum (and its norm) as it was.
+        if ai != 0.0 {
+            norm2 = axpy_norm2(
+                &mut partial,
+                ai,
+                &w_down_rows[i * d_model..(i + 1) * d_model],
+            );
+        }
+        cett.push(if ffn_norm > 0.0 {
+            norm2.sqrt() / ffn_norm
+        } else {
+            0.0
+        });
+    }
+    (order.into_iter().map(|(n, _)| n).collect(), cett)
+}
+
 /// `‖W_down[:, i]‖₂` for each hidden channel `i`, from `w_down` stored as `[channels, d_model]`
 /// rows (row `i` is what channel `i` writes).
 pub fn output_norms(w_down_rows: &[f32], d_model: usize) -> Vec<f32> {
@@ -254,45 +327,36 @@ pub struct Cett {
 
 impl Cett {
     /// `a`: `[tokens, channels]`; `w_down_rows`: `[channels, d_model]` (row `i` = `W_down[:, i]`).
+    /// Tokens are independent: they are split over the machine's threads.
     pub fn new(a: &[f32], channels: usize, w_down_rows: &[f32], d_model: usize) -> Self {
         let norms = output_norms(w_down_rows, d_model);
-        let mut sorted_norms = Vec::new();
-        let mut prefix_cett = Vec::new();
-        for row in a.chunks_exact(channels) {
-            let mut order: Vec<(f32, usize)> = row
-                .iter()
-                .zip(&norms)
-                .enumerate()
-                .map(|(i, (&ai, &w))| (ai.abs() * w, i))
+        let rows: Vec<&[f32]> = a.chunks_exact(channels).collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(rows.len().max(1));
+        let per_thread = rows.len().div_ceil(threads.max(1)).max(1);
+        let results: Vec<(Vec<f32>, Vec<f64>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = rows
+                .chunks(per_thread)
+                .map(|chunk| {
+                    let norms = &norms;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|row| cett_token(row, norms, w_down_rows, d_model))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
-            order.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-            let mut ffn = vec![0f64; d_model];
-            for (i, &ai) in row.iter().enumerate() {
-                if ai != 0.0 {
-                    let w = &w_down_rows[i * d_model..(i + 1) * d_model];
-                    for (f, &wj) in ffn.iter_mut().zip(w) {
-                        *f += ai as f64 * wj as f64;
-                    }
-                }
-            }
-            let ffn_norm = ffn.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let mut partial = vec![0f64; d_model];
-            let mut cett = Vec::with_capacity(channels + 1);
-            cett.push(0.0);
-            for &(_, i) in &order {
-                let ai = row[i] as f64;
-                if ai != 0.0 {
-                    let w = &w_down_rows[i * d_model..(i + 1) * d_model];
-                    for (p, &wj) in partial.iter_mut().zip(w) {
-                        *p += ai * wj as f64;
-                    }
-                }
-                let norm = partial.iter().map(|x| x * x).sum::<f64>().sqrt();
-                cett.push(if ffn_norm > 0.0 { norm / ffn_norm } else { 0.0 });
-            }
-            sorted_norms.push(order.into_iter().map(|(n, _)| n).collect());
-            prefix_cett.push(cett);
-        }
+            workers
+                .into_iter()
+                .flat_map(|w| match w.join() {
+                    Ok(rows) => rows,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        });
+        let (sorted_norms, prefix_cett) = results.into_iter().unzip();
         Cett {
             sorted_norms,
             prefix_cett,

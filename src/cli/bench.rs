@@ -93,6 +93,16 @@ fn print_table(report: &BenchReport) {
             );
         }
     }
+    if let Some(first) = r.first() {
+        for method in first.sparsity_change_ms.keys() {
+            row(
+                format!("sparsity method → {method}"),
+                r.iter()
+                    .map(|x| cell(&x.sparsity_change_ms[method]))
+                    .collect(),
+            );
+        }
+    }
     row(
         "logit lens".into(),
         r.iter().map(|x| cell(&x.lens_ms)).collect(),
