@@ -274,7 +274,9 @@ fn cett_token(
         .enumerate()
         .map(|(i, (&ai, &w))| (ai.abs() * w, i))
         .collect();
-    order.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    // Ties need no order: a threshold drops all of them or none, so every prefix CETT is
+    // read at lands after the whole tie.
+    order.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
     let mut ffn = vec![0f32; d_model];
     let mut ffn_norm2 = 0.0;
     for (i, &ai) in row.iter().enumerate() {

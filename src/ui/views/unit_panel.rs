@@ -213,7 +213,7 @@ fn descriptions_ui(
             ui.horizontal_wrapped(|ui| {
                 for s in &e.scores {
                     let (label, detail) = score_text(s);
-                    ui.label(RichText::new(label).small()).on_hover_text(detail);
+                    ui.weak(label).on_hover_text(detail);
                 }
             });
         }
