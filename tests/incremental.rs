@@ -1,5 +1,5 @@
-//! A changed intervention reruns only from the earliest affected layer, and gives what a full
-//! rerun gives.
+//! A changed intervention reruns only from the earliest affected layer (and, when it touches
+//! only positions ≥ p, only those rows), and gives what a full rerun gives.
 
 mod common;
 
@@ -104,7 +104,8 @@ fn incremental_equals_full_rerun_on_smollm2() {
             )
             .unwrap(),
     ];
-    check_incremental(&model, tokens, 15);
+    check_incremental(&model, tokens.clone(), 15);
+    check_position_incremental(&model, tokens, 15);
 }
 
 struct Recorder {
@@ -184,4 +185,102 @@ fn reordering_interventions_on_one_hook_reruns() {
     assert_eq!(reordered.recomputed_from, 1);
     let full = t.forward(&tokens, &b, &mut NoObserver).unwrap();
     assert!(max_abs_diff(&reordered.logits, &full.logits) <= 1e-6);
+}
+
+/// A change confined to positions ≥ p reruns only those rows of the affected layers, and
+/// gives what a full rerun gives (every capture, logits at every position).
+fn check_position_incremental(model: &model::Model, tokens: Vec<Vec<u32>>, layer: usize) {
+    let t = &model.transformer;
+    let n = tokens[0].len();
+    let capture = HookSpec::capture([
+        "blocks.*.hook_resid_post",
+        "blocks.*.mlp.hook_post",
+        "blocks.*.attn.hook_pattern",
+        "blocks.*.attn.hook_k",
+        "ln_final.hook_normalized",
+    ]);
+    let at = |value: f32, positions: Vec<usize>| clamp(layer, value).at_positions(positions);
+    let mut cache = None;
+    t.forward_cached(&tokens, &capture, &mut cache, &mut NoObserver)
+        .unwrap();
+    // (spec, first position expected to be recomputed; 0 = every position).
+    let steps = [
+        (
+            capture.clone().with_intervention(at(10.0, vec![n - 1])),
+            n - 1,
+        ),
+        (
+            capture.clone().with_intervention(at(-4.0, vec![n - 1])),
+            n - 1,
+        ),
+        // Moving the clamp earlier reruns from the earlier of the two positions.
+        (
+            capture.clone().with_intervention(at(-4.0, vec![5, n - 2])),
+            5,
+        ),
+        // An unchanged clamp stays; a new one later in the sequence reruns only its rows.
+        (
+            capture
+                .clone()
+                .with_intervention(at(-4.0, vec![5, n - 2]))
+                .with_intervention(
+                    Intervention::pattern(
+                        layer + 1,
+                        0,
+                        PatternMode::PreviousToken { strength: 0.7 },
+                    )
+                    .at_positions(vec![n - 3, n - 1]),
+                ),
+            n - 3,
+        ),
+        // Mean ablation mixes positions: every row reruns.
+        (
+            capture
+                .clone()
+                .with_intervention(at(-4.0, vec![5, n - 2]))
+                .with_intervention(
+                    Intervention::ablate_head(layer + 1, 1, AblationMode::Mean)
+                        .at_positions(vec![n - 1]),
+                ),
+            0,
+        ),
+        // A clamp at every position reruns every row.
+        (capture.clone().with_intervention(clamp(layer, 2.0)), 0),
+        (capture.clone(), 0),
+    ];
+    for (spec, expected_first) in &steps {
+        let incremental = t
+            .forward_cached(&tokens, spec, &mut cache, &mut NoObserver)
+            .unwrap();
+        assert_eq!(
+            incremental.recomputed_from_position, *expected_first,
+            "{:?}",
+            spec.interventions
+        );
+        let full = t.forward(&tokens, spec, &mut NoObserver).unwrap();
+        let diff = max_abs_diff(&incremental.logits, &full.logits);
+        assert!(diff <= 1e-5, "logits differ from a full rerun by {diff}");
+        assert_eq!(
+            incremental.captures.keys().collect::<Vec<_>>(),
+            full.captures.keys().collect::<Vec<_>>()
+        );
+        for (name, tensor) in &full.captures {
+            let mine = &incremental.captures[name];
+            assert_eq!(mine.dims(), tensor.dims(), "{name}");
+            let diff = max_abs_diff(&mine.contiguous().unwrap(), &tensor.contiguous().unwrap());
+            assert!(diff <= 1e-5, "{name} differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn position_incremental_equals_full_rerun_on_tiny_models() {
+    for arch in ["gpt2", "llama", "qwen2", "gpt_neox", "gemma3"] {
+        let model = model::open(fixtures().join("tiny").join(arch)).unwrap();
+        check_position_incremental(
+            &model,
+            vec![(0..12).map(|i| (i * 7 % 50) as u32).collect()],
+            0,
+        );
+    }
 }

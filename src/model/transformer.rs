@@ -336,6 +336,8 @@ pub struct ForwardOutput {
     pub captures: Captures,
     /// The first stage that was recomputed (−1 = everything; see `hooks::hook_stage`).
     pub recomputed_from: isize,
+    /// The first position recomputed in those stages (0 = every position).
+    pub recomputed_from_position: usize,
 }
 
 impl ForwardOutput {
@@ -371,6 +373,11 @@ pub struct ResidCache {
     /// final residual before `ln_final`.
     inputs: Vec<Tensor>,
     captures: Captures,
+    /// Every layer's keys and values (one sequence only), so a change at positions ≥ p reruns
+    /// only those rows.
+    kv: Option<KvCache>,
+    /// `[batch, positions, vocab]`.
+    logits: Tensor,
 }
 
 impl ResidCache {
@@ -633,6 +640,13 @@ impl Transformer {
             Some(c) if c.tokens == tokens => self.first_changed_stage(c, spec),
             _ => -1,
         };
+        if let Some(p) = cache
+            .as_ref()
+            .filter(|c| c.tokens == tokens)
+            .and_then(|c| self.first_changed_position(c, spec, start))
+        {
+            return self.forward_from_position(tokens, spec, cache, observer, start as usize, p);
+        }
         let mut hooks = HookState::new(spec, tokens);
         let mut inputs: Vec<Tensor> = Vec::with_capacity(n + 1);
         let mut x = if start < 0 {
@@ -649,7 +663,27 @@ impl Transformer {
             c.inputs[start as usize].clone()
         };
         let first_layer = start.max(0) as usize;
-        let mut tables = PassTables::new(tokens[0].len());
+        // One sequence records its keys and values (reusing the cached ones of the layers it
+        // does not rerun), for a later rerun of only some positions.
+        let t = tokens[0].len();
+        let mut kv = if tokens.len() != 1 {
+            None
+        } else if start > 0 {
+            cache
+                .as_ref()
+                .and_then(|c| c.kv.as_ref())
+                .and_then(|old| old.layers.get(..first_layer))
+                .map(|layers| KvCache {
+                    tokens: Vec::new(),
+                    layers: layers.to_vec(),
+                })
+        } else {
+            Some(KvCache::new())
+        };
+        let mut tables = match kv.as_mut() {
+            Some(kv) => PassTables::step(t, kv),
+            None => PassTables::new(t),
+        };
         for l in first_layer..n {
             if observer.is_cancelled() {
                 return Err(ModelError::Cancelled);
@@ -663,18 +697,179 @@ impl Transformer {
             });
         }
         inputs.push(x.clone());
+        drop(tables);
         let logits = self.final_forward(&x, &mut hooks)?;
+        let captures = hooks.captures;
+        if let Some(kv) = kv.as_mut() {
+            kv.tokens = tokens[0].clone();
+        }
+        *cache = Some(ResidCache {
+            tokens: tokens.to_vec(),
+            spec: spec.clone(),
+            inputs,
+            captures: captures.clone(),
+            kv,
+            logits: logits.clone(),
+        });
+        Ok(ForwardOutput {
+            logits,
+            captures,
+            recomputed_from: start,
+            recomputed_from_position: 0,
+        })
+    }
+
+    /// The first position a rerun from stage `start` must recompute, when that is not the
+    /// first: one sequence, nothing newly captured, and every changed intervention (before and
+    /// after the change) confined to positions ≥ p, with none at or after `start` that mixes
+    /// positions (mean ablation). `None`: rerun every position.
+    fn first_changed_position(
+        &self,
+        cache: &ResidCache,
+        spec: &HookSpec,
+        start: isize,
+    ) -> Option<usize> {
+        use super::hooks::{AblationMode, InterventionKind};
+        let n = self.n_layers();
+        let t = cache.tokens.first()?.len();
+        if cache.tokens.len() != 1 || cache.kv.is_none() || start < 0 {
+            return None;
+        }
+        let newly_captured = self.hook_names().into_iter().any(|name| {
+            spec.capture
+                .iter()
+                .any(|p| super::hooks::glob_matches(p, &name))
+                && !cache.captures.contains_key(&name)
+        });
+        if newly_captured {
+            return None;
+        }
+        let mixes_positions = spec.interventions.iter().any(|i| {
+            hook_stage(&i.hook, n).is_some_and(|s| s >= start)
+                && matches!(
+                    i.kind,
+                    InterventionKind::HeadAblation {
+                        mode: AblationMode::Mean,
+                        ..
+                    }
+                )
+        });
+        if mixes_positions {
+            return None;
+        }
+        let on =
+            |list: &[super::hooks::Intervention], hook: &str| -> Vec<super::hooks::Intervention> {
+                list.iter().filter(|i| i.hook == hook).cloned().collect()
+            };
+        let (old, new) = (&cache.spec.interventions, &spec.interventions);
+        let mut first = t;
+        for hook in old.iter().chain(new).map(|i| i.hook.as_str()) {
+            let (before, after) = (on(old, hook), on(new, hook));
+            if before == after {
+                continue;
+            }
+            for i in before.iter().chain(&after) {
+                let positions = i.positions.as_deref()?;
+                // An empty or out-of-range list is the full pass's to report.
+                if positions.is_empty() || positions.iter().any(|&p| p >= t) {
+                    return None;
+                }
+                first = first.min(positions.iter().copied().min()?);
+            }
+        }
+        (first > 0 && first < t).then_some(first)
+    }
+
+    /// Reruns stages `start..` at positions `p..` only: earlier rows of every layer's input,
+    /// capture and logits are the cached pass's, and their keys and values are what the
+    /// rerun rows attend to (as a generation step does).
+    fn forward_from_position(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        cache: &mut Option<ResidCache>,
+        observer: &mut dyn LayerObserver,
+        start: usize,
+        p: usize,
+    ) -> Result<ForwardOutput> {
+        let n = self.n_layers();
+        let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
+        let t = tokens[0].len();
+        let mut kv = old.kv.clone().ok_or(ModelError::Cancelled)?;
+        let row_width = self.dims.n_kv_heads * self.dims.d_head;
+        for layer in kv.layers.iter_mut().skip(start) {
+            layer.0.truncate(p * row_width);
+            layer.1.truncate(p * row_width);
+        }
+        kv.tokens.truncate(p);
+        let mut hooks = HookState::step(spec, tokens, p);
+        for (name, c) in &old.captures {
+            if hook_stage(name, n).is_some_and(|s| s < start as isize) && hooks.wants(name) {
+                hooks.captures.insert(name.clone(), c.clone());
+            }
+        }
+        // Earlier rows from the cached tensor, these rows from the rerun.
+        let joined = |old_tensor: &Tensor, rows: &Tensor, dim: usize| -> Result<Tensor> {
+            Ok(Tensor::cat(&[&old_tensor.narrow(dim, 0, p)?, rows], dim)?)
+        };
+        let position_dim = |name: &str| {
+            if name.ends_with("hook_pattern") || name.ends_with("hook_attn_scores") {
+                2
+            } else {
+                1
+            }
+        };
+        let merge_stage = |hooks: &mut HookState, stage: isize| -> Result<()> {
+            let names: Vec<String> = hooks
+                .captures
+                .keys()
+                .filter(|name| hook_stage(name, n) == Some(stage))
+                .cloned()
+                .collect();
+            for name in names {
+                let earlier = old.captures.get(&name).ok_or(ModelError::Cancelled)?;
+                let rows = &hooks.captures[&name];
+                let merged = joined(earlier, rows, position_dim(&name))?;
+                hooks.captures.insert(name, merged);
+            }
+            Ok(())
+        };
+        let mut inputs: Vec<Tensor> = old.inputs[..start].to_vec();
+        let mut x = old.inputs[start].narrow(1, p, t - p)?.contiguous()?;
+        let mut tables = PassTables::step(t - p, &mut kv);
+        for l in start..n {
+            if observer.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            inputs.push(joined(&old.inputs[l], &x, 1)?);
+            x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
+            merge_stage(&mut hooks, l as isize)?;
+            observer.layer_done(&LayerDone {
+                layer: l,
+                n_layers: n,
+                captures: &hooks.captures,
+            });
+        }
+        drop(tables);
+        inputs.push(joined(&old.inputs[n], &x, 1)?);
+        let rows_logits = self.final_forward(&x, &mut hooks)?;
+        merge_stage(&mut hooks, n as isize)?;
+        let logits = joined(&old.logits, &rows_logits, 1)?;
+        kv.tokens = tokens[0].clone();
         let captures = hooks.captures;
         *cache = Some(ResidCache {
             tokens: tokens.to_vec(),
             spec: spec.clone(),
             inputs,
             captures: captures.clone(),
+            kv: Some(kv),
+            logits: logits.clone(),
         });
         Ok(ForwardOutput {
             logits,
             captures,
-            recomputed_from: start,
+            recomputed_from: start as isize,
+            recomputed_from_position: p,
         })
     }
 
