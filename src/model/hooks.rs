@@ -206,13 +206,43 @@ pub fn glob_matches(pattern: &str, name: &str) -> bool {
     wildmatch::WildMatch::new(pattern).matches(name)
 }
 
+/// Which hook names a list of capture patterns selects: names without wildcards by lookup,
+/// globs compiled once. (A pass asks at every site, and the worker names each layer's hooks
+/// one by one: compiling or scanning every pattern per question showed up in profiles.)
+pub(crate) struct CaptureMatcher<'a> {
+    names: std::collections::HashSet<&'a str>,
+    globs: Vec<wildmatch::WildMatch>,
+}
+
+impl<'a> CaptureMatcher<'a> {
+    pub(crate) fn new(patterns: &'a [String]) -> Self {
+        let is_glob = |p: &str| p.contains(['*', '?']);
+        CaptureMatcher {
+            names: patterns
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !is_glob(p))
+                .collect(),
+            globs: patterns
+                .iter()
+                .filter(|p| is_glob(p))
+                .map(|p| wildmatch::WildMatch::new(p))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        self.names.contains(name) || self.globs.iter().any(|g| g.matches(name))
+    }
+}
+
 /// Captured activations by hook name.
 pub type Captures = BTreeMap<String, Tensor>;
 
 /// Per-pass hook state: which names to record, the interventions by hook, and the tokens
 /// (pattern clamps need them).
 pub(crate) struct HookState<'a> {
-    capture: Vec<wildmatch::WildMatch>,
+    capture: CaptureMatcher<'a>,
     interventions: BTreeMap<&'a str, Vec<&'a Intervention>>,
     /// Every position's token, the cached ones of a step included.
     tokens: &'a [Vec<u32>],
@@ -256,11 +286,7 @@ impl<'a> HookState<'a> {
             interventions.entry(i.hook.as_str()).or_default().push(i);
         }
         HookState {
-            capture: spec
-                .capture
-                .iter()
-                .map(|p| wildmatch::WildMatch::new(p))
-                .collect(),
+            capture: CaptureMatcher::new(&spec.capture),
             interventions,
             tokens,
             window,
@@ -273,7 +299,7 @@ impl<'a> HookState<'a> {
     }
 
     fn captured(&self, name: &str) -> bool {
-        self.capture.iter().any(|p| p.matches(name))
+        self.capture.matches(name)
     }
 
     /// Pass an activation through the hook point `name`: apply its interventions, then record

@@ -578,7 +578,9 @@ impl Transformer {
             }
         }
         for pattern in &spec.capture {
-            if !names.iter().any(|n| super::hooks::glob_matches(pattern, n)) {
+            let one = std::slice::from_ref(pattern);
+            let matcher = super::hooks::CaptureMatcher::new(one);
+            if !names.iter().any(|n| matcher.matches(n)) {
                 return Err(ModelError::UnknownHook(pattern.clone()));
             }
         }
@@ -735,12 +737,11 @@ impl Transformer {
         if cache.tokens.len() != 1 || cache.kv.is_none() || start < 0 {
             return None;
         }
-        let newly_captured = self.hook_names().into_iter().any(|name| {
-            spec.capture
-                .iter()
-                .any(|p| super::hooks::glob_matches(p, &name))
-                && !cache.captures.contains_key(&name)
-        });
+        let capture = super::hooks::CaptureMatcher::new(&spec.capture);
+        let newly_captured = self
+            .hook_names()
+            .into_iter()
+            .any(|name| capture.matches(&name) && !cache.captures.contains_key(&name));
         if newly_captured {
             return None;
         }
@@ -940,14 +941,11 @@ impl Transformer {
         self.check_tokens(tokens)?;
         self.validate(spec)?;
         let n = self.n_layers();
+        let capture = super::hooks::CaptureMatcher::new(&spec.capture);
         let last = self
             .hook_names()
             .iter()
-            .filter(|name| {
-                spec.capture
-                    .iter()
-                    .any(|p| super::hooks::glob_matches(p, name))
-            })
+            .filter(|name| capture.matches(name))
             .filter_map(|name| hook_stage(name, n))
             .max()
             .unwrap_or(-1);
@@ -1006,12 +1004,9 @@ impl Transformer {
             }
         }
         // Hooks captured now but not then must be recomputed to be recorded.
+        let capture = super::hooks::CaptureMatcher::new(&spec.capture);
         for name in self.hook_names() {
-            let wanted = spec
-                .capture
-                .iter()
-                .any(|p| super::hooks::glob_matches(p, &name));
-            if wanted && !cache.captures.contains_key(&name) {
+            if capture.matches(&name) && !cache.captures.contains_key(&name) {
                 start = start.min(hook_stage(&name, n).unwrap_or(-1));
             }
         }
