@@ -851,3 +851,68 @@ fn a_watched_neuron_reports_its_activation_at_each_generated_position() {
         }
     }
 }
+
+#[test]
+fn a_last_position_clamp_reports_what_a_fresh_run_reports() {
+    let clamp_at_last = |v: f32, last: usize| {
+        Intervention::neurons("blocks.1.mlp.hook_post", vec![3], ValueOp::Set(v))
+            .at_positions(vec![last])
+    };
+    let run = |id: RunId, edits: Vec<Edit>, have: Option<RunId>| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
+            interventions: edits,
+            sparsity: Method::Zero,
+            lens: false,
+            have_baseline: have,
+        })
+    };
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let first = handle(&mut session, run(1, Vec::new(), None));
+    let n = finished(&first, Variant::Baseline).predictions.len();
+    let mut have = 1;
+    let mut last = Vec::new();
+    for (id, v) in [(2, 30.0), (3, -30.0), (4, 5.0)] {
+        last = handle(
+            &mut session,
+            run(id, vec![Edit::Hook(clamp_at_last(v, n - 1))], Some(have)),
+        );
+        have = id;
+    }
+    let mut fresh = Session::new();
+    handle(&mut fresh, Command::LoadModel(LoadModel { path: tiny() }));
+    let direct = handle(
+        &mut fresh,
+        run(1, vec![Edit::Hook(clamp_at_last(5.0, n - 1))], None),
+    );
+    let (mine, theirs) = (
+        finished(&last, Variant::Intervened),
+        finished(&direct, Variant::Intervened),
+    );
+    assert_eq!(mine.predictions.len(), theirs.predictions.len());
+    for (a, b) in mine.predictions.iter().zip(&theirs.predictions) {
+        assert_eq!(
+            a.iter().map(|p| p.id).collect::<Vec<_>>(),
+            b.iter().map(|p| p.id).collect::<Vec<_>>()
+        );
+        for (x, y) in a.iter().zip(b) {
+            assert!((x.prob - y.prob).abs() < 1e-5);
+        }
+    }
+    assert_eq!(mine.per_token_nll.len(), theirs.per_token_nll.len());
+    for (x, y) in mine.per_token_nll.iter().zip(&theirs.per_token_nll) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+    // The clamp moved the last position's prediction (the comparison is not vacuous).
+    let baseline = &finished(&first, Variant::Baseline).predictions[n - 1];
+    assert_ne!(
+        baseline.iter().map(|p| p.id).collect::<Vec<_>>(),
+        mine.predictions[n - 1]
+            .iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+    );
+}

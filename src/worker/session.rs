@@ -27,6 +27,9 @@ pub struct Session {
     /// the first layer a change affects.
     baseline: Option<ResidCache>,
     intervened: Option<ResidCache>,
+    /// The intervened pass's predictions and losses, in step with `intervened`: a rerun of
+    /// only the last rows recomputes only theirs.
+    intervened_outputs: Option<PassOutputs>,
     /// The last baseline sent in full: the UI holds it, so an unchanged one is not resent.
     sent_baseline: Option<SentBaseline>,
     /// The last run's passes, kept for a logit lens asked for after the run.
@@ -59,6 +62,13 @@ struct SentBaseline {
     sparsity: Method,
     /// The SAEs whose feature maps were sent with it.
     saes: Vec<SaeId>,
+}
+
+/// A pass's next-token predictions and per-token losses, as sent.
+struct PassOutputs {
+    ids: Vec<u32>,
+    predictions: Vec<Vec<TokenPrediction>>,
+    per_token_nll: Vec<f32>,
 }
 
 struct LastRun {
@@ -147,6 +157,7 @@ impl Session {
             model: None,
             baseline: None,
             intervened: None,
+            intervened_outputs: None,
             sent_baseline: None,
             last_run: None,
             baseline_lens: None,
@@ -293,6 +304,7 @@ impl Session {
         self.model = Some(Arc::new(model));
         self.baseline = None;
         self.intervened = None;
+        self.intervened_outputs = None;
         self.sent_baseline = None;
         self.last_run = None;
         self.baseline_lens = None;
@@ -425,6 +437,7 @@ impl Session {
                     &ids,
                     &spec,
                     &mut self.baseline,
+                    &mut None,
                     None,
                     &run,
                     Variant::Baseline,
@@ -467,6 +480,7 @@ impl Session {
                 &ids,
                 &spec,
                 &mut self.intervened,
+                &mut self.intervened_outputs,
                 Some((&baseline, first_edited)),
                 &run,
                 Variant::Intervened,
@@ -478,6 +492,7 @@ impl Session {
             }
         } else {
             self.intervened = None;
+            self.intervened_outputs = None;
         }
         if run.lens && !cancel.is_cancelled(run.run_id) {
             self.lens(run.run_id, cancel, emit)?;
@@ -1221,6 +1236,7 @@ fn run_pass(
     ids: &[u32],
     spec: &HookSpec,
     cache: &mut Option<ResidCache>,
+    outputs: &mut Option<PassOutputs>,
     baseline: Option<(&Captures, usize)>,
     run: &RunPrompt,
     variant: Variant,
@@ -1229,6 +1245,8 @@ fn run_pass(
 ) -> anyhow::Result<Captures> {
     let started = Instant::now();
     let t = &model.transformer;
+    // Set again only when this pass completes, so they always match `cache`.
+    let previous = outputs.take();
     emit(Event::RunStarted(RunStarted {
         run_id: run.run_id,
         variant,
@@ -1275,16 +1293,37 @@ fn run_pass(
     }
     let logits = out.logits.get(0)?;
     let vocab = logits.dim(1)?;
-    let (predictions, per_token_nll) =
-        next_tokens(&logits.flatten_all()?.to_vec1()?, vocab, ids, TOP_K);
+    // Rows before the first recomputed position kept their logits: keep their predictions.
+    let first = out.recomputed_from_position;
+    let kept = previous
+        .filter(|o| first > 0 && o.ids == ids && o.predictions.len() == ids.len())
+        .map(|o| {
+            (
+                o.predictions[..first].to_vec(),
+                o.per_token_nll[..first.min(o.per_token_nll.len())].to_vec(),
+            )
+        });
+    let (from, (mut predictions, mut per_token_nll)) = match kept {
+        Some(kept) => (first, kept),
+        None => (0, (Vec::new(), Vec::new())),
+    };
+    let rows = logits.narrow(0, from, ids.len() - from)?;
+    let (top, nll) = next_tokens(&rows.flatten_all()?.to_vec1()?, vocab, &ids[from..], TOP_K);
+    predictions.extend(top.iter().map(|p| named(model, p)));
+    per_token_nll.extend(nll);
     emit(Event::RunFinished(RunFinished {
         run_id: run.run_id,
         variant,
-        per_token_nll,
-        predictions: predictions.iter().map(|p| named(model, p)).collect(),
+        per_token_nll: per_token_nll.clone(),
+        predictions: predictions.clone(),
         recomputed_from: out.recomputed_from,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
     }));
+    *outputs = Some(PassOutputs {
+        ids: ids.to_vec(),
+        predictions,
+        per_token_nll,
+    });
     Ok(out.captures)
 }
 
