@@ -104,19 +104,11 @@ pub struct BenchReport {
     pub results: Vec<TokensResult>,
 }
 
-/// The worker never cancels a benchmark's runs.
-struct NeverCancel;
-
-impl crate::worker::session::Cancel for NeverCancel {
-    fn is_cancelled(&self, _run_id: RunId) -> bool {
-        false
-    }
-}
-
 /// Handles `command`, failing on the worker's first error.
 fn handle(session: &mut Session, command: Command) -> Result<()> {
     let mut error = None;
-    session.handle(command, &NeverCancel, &mut |e| {
+    // A benchmark never cancels its runs.
+    session.handle(command, &|_: RunId| false, &mut |e| {
         if let Event::Error(e) = e {
             error.get_or_insert(format!("{}: {}", e.context, e.message));
         }

@@ -758,14 +758,10 @@ impl Transformer {
         if mixes_positions {
             return None;
         }
-        let on =
-            |list: &[super::hooks::Intervention], hook: &str| -> Vec<super::hooks::Intervention> {
-                list.iter().filter(|i| i.hook == hook).cloned().collect()
-            };
         let (old, new) = (&cache.spec.interventions, &spec.interventions);
         let mut first = t;
         for hook in old.iter().chain(new).map(|i| i.hook.as_str()) {
-            let (before, after) = (on(old, hook), on(new, hook));
+            let (before, after) = (interventions_on(old, hook), interventions_on(new, hook));
             if before == after {
                 continue;
             }
@@ -993,13 +989,9 @@ impl Transformer {
         let n = self.n_layers();
         let mut start = n as isize + 1;
         // Interventions on one hook apply in list order, so compare each hook's ordered list.
-        let on =
-            |list: &[super::hooks::Intervention], hook: &str| -> Vec<super::hooks::Intervention> {
-                list.iter().filter(|i| i.hook == hook).cloned().collect()
-            };
         let (old, new) = (&cache.spec.interventions, &spec.interventions);
         for hook in old.iter().chain(new).map(|i| i.hook.as_str()) {
-            if on(old, hook) != on(new, hook) {
+            if interventions_on(old, hook) != interventions_on(new, hook) {
                 start = start.min(hook_stage(hook, n).unwrap_or(-1));
             }
         }
@@ -1094,6 +1086,14 @@ impl Transformer {
         };
         hooks.site(&name("hook_resid_post"), resid_post)
     }
+}
+
+/// The interventions on `hook`, in the order they apply.
+fn interventions_on(
+    list: &[super::hooks::Intervention],
+    hook: &str,
+) -> Vec<super::hooks::Intervention> {
+    list.iter().filter(|i| i.hook == hook).cloned().collect()
 }
 
 impl Mlp {
