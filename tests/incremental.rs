@@ -157,9 +157,12 @@ fn layers_stream_in_order_and_cancel_between_layers() {
         .forward_cached(&tokens, &spec, &mut cache, &mut NoObserver)
         .unwrap();
     assert_eq!(
-        again.recomputed_from, 2,
-        "only the final stage reruns for an unchanged spec"
+        again.recomputed_from, 3,
+        "nothing reruns for an unchanged spec, not even the unembedding"
     );
+    assert_eq!(again.recomputed_from_position, tokens[0].len());
+    let full = t.forward(&tokens, &spec, &mut NoObserver).unwrap();
+    assert!(max_abs_diff(&again.logits, &full.logits) <= 1e-6);
 }
 
 /// Interventions on one hook apply in order: reordering them is a change.

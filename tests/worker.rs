@@ -184,10 +184,10 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
     );
     assert_eq!(intervened_layers(&second), (0..n).collect::<Vec<_>>());
     assert!(finished(&second, Variant::Intervened).recomputed_from >= 1);
-    // The baseline was cached entirely.
+    // The baseline was cached entirely, its logits included.
     assert_eq!(
         finished(&second, Variant::Baseline).recomputed_from,
-        n as isize
+        n as isize + 1
     );
     assert_eq!(
         finished(&second, Variant::Baseline).per_token_nll,

@@ -10,9 +10,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::model::hooks::glob_matches;
+use crate::model::packed::{PackedMatrix, Segment};
 use crate::model::{HookSpec, ModelError, NoObserver, Transformer};
 
 /// A sparsity convention and its parameters.
@@ -137,37 +139,51 @@ pub fn mean(values: &[f64]) -> f64 {
 /// of `|s|` over edges `[−∞, linspace(−1, 1, 1001), +∞]`, normalised, and
 /// `t = edge[searchsorted(cumsum, k, side=right)]` (the left edge of the first bin whose
 /// cumulative share exceeds `k`). Thresholds are thus multiples of 0.002, capped at 1.
-pub fn cats_threshold(abs_values: impl IntoIterator<Item = f32>, k: f64) -> f64 {
+pub fn cats_threshold(abs_values: &[f32], k: f64) -> f64 {
     const BINS: usize = 1000;
-    let edge = |i: usize| -> f64 {
-        // edges[0] = −∞, edges[1..=1001] = linspace(−1, 1, 1001), edges[1002] = +∞.
-        match i {
+    // edges[0] = −∞, edges[1..=1001] = linspace(−1, 1, 1001), edges[1002] = +∞.
+    let edges: Vec<f64> = (0..=BINS + 2)
+        .map(|i| match i {
             0 => f64::NEG_INFINITY,
             i if i > BINS + 1 => f64::INFINITY,
             i => -1.0 + (i - 1) as f64 * (2.0 / BINS as f64),
+        })
+        .collect();
+    let bin_of = |v: f32| -> usize {
+        let v = v.abs() as f64;
+        if v >= 1.0 {
+            return BINS + 1;
+        }
+        // Bin j ≥ 1 covers [edge(j), edge(j+1)). (The product is positive: truncation is its
+        // floor, without a libm call on CPUs lacking SSE4.1's `round`; the checks below settle
+        // any rounding at an edge against the exact edges.)
+        let j = ((v + 1.0) * (BINS as f64 / 2.0)) as usize + 1;
+        if v < edges[j] {
+            j - 1
+        } else if v >= edges[j + 1] {
+            j + 1
+        } else {
+            j
         }
     };
-    let mut counts = vec![0u64; BINS + 2];
-    let mut total = 0u64;
-    for v in abs_values {
-        let v = v.abs() as f64;
-        let bin = if v >= 1.0 {
-            BINS + 1
-        } else {
-            // Bin j ≥ 1 covers [edge(j), edge(j+1)).
-            let j = ((v + 1.0) / (2.0 / BINS as f64)).floor() as usize + 1;
-            // Guard the float rounding at bin boundaries against the exact edges.
-            if v < edge(j) {
-                j - 1
-            } else if v >= edge(j + 1) {
-                j + 1
-            } else {
-                j
+    // Counted in parallel: a method change histograms every layer's activations.
+    let counts = abs_values
+        .par_chunks(16_384)
+        .map(|chunk| {
+            let mut counts = vec![0u64; BINS + 2];
+            for &v in chunk {
+                counts[bin_of(v)] += 1;
             }
-        };
-        counts[bin] += 1;
-        total += 1;
-    }
+            counts
+        })
+        .reduce(
+            || vec![0u64; BINS + 2],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let total = abs_values.len() as u64;
     if total == 0 {
         return 0.0;
     }
@@ -175,10 +191,10 @@ pub fn cats_threshold(abs_values: impl IntoIterator<Item = f32>, k: f64) -> f64 
     for (i, &c) in counts.iter().enumerate() {
         cumulative += c;
         if cumulative as f64 / total as f64 > k {
-            return edge(i);
+            return edges[i];
         }
     }
-    edge(BINS + 2)
+    edges[BINS + 2]
 }
 
 /// One calibration sequence for CHESS: `s` and (gated MLPs) `u`, both `[tokens, channels]`.
@@ -233,186 +249,324 @@ pub fn chess_thresholds(calibration: &[ChessSequence<'_>], channels: usize, k: f
         .collect()
 }
 
-/// Lanes of the CETT accumulators: wide enough for the compiler to vectorise the sums.
-const LANES: usize = 16;
+/// Candidates of the CETT threshold search (definitions.md §4).
+const CETT_CANDIDATES: usize = 65_536;
+/// Boundaries per refinement step of the search, spread evenly over the candidates left ...
+const EVEN_BOUNDARIES: usize = 8;
+/// ... and at quantiles of the neurons left, so each step leaves few of either.
+const QUANTILE_BOUNDARIES: usize = 8;
 
-/// `p += a·w`, returning `‖p‖²` of the updated `p` (one pass; lane-wise partial sums so the
-/// loop vectorises).
-fn axpy_norm2(p: &mut [f32], a: f32, w: &[f32]) -> f64 {
-    let mut acc = [0f32; LANES];
-    let mut p_chunks = p.chunks_exact_mut(LANES);
-    let mut w_chunks = w.chunks_exact(LANES);
-    for (pc, wc) in (&mut p_chunks).zip(&mut w_chunks) {
-        for l in 0..LANES {
-            pc[l] += a * wc[l];
-            acc[l] += pc[l] * pc[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (pv, &wv) in p_chunks
-        .into_remainder()
-        .iter_mut()
-        .zip(w_chunks.remainder())
-    {
-        *pv += a * wv;
-        tail += *pv * *pv;
-    }
-    acc.iter().map(|&x| x as f64).sum::<f64>() + tail as f64
+/// CETT (Sparsing Law §2.2) of one layer's neurons on a prompt: `n_ti = a_ti · W_down[:, i]`,
+/// `CETT_t(ε) = ‖Σ_{‖n_ti‖ < ε} n_ti‖ / ‖Σ_i n_ti‖`.
+///
+/// Every CETT here is a sum of what a set of neurons writes, computed straight from the packed
+/// `W_down` ([`PackedMatrix::group_sums`]): one read of the matrix serves all tokens and every
+/// threshold being tried at once, instead of each token walking all its neurons in its own
+/// sorted order.
+pub struct Cett<'a> {
+    /// `[tokens, channels]`.
+    a: &'a [f32],
+    down: &'a PackedMatrix,
+    tokens: usize,
+    /// `‖n_ti‖ = |a_ti| · ‖W_down[:, i]‖`, `[tokens, channels]`.
+    norms: Vec<f32>,
 }
 
-/// One token's CETT table: `‖n_i‖` ascending, and the CETT after dropping each prefix of
-/// them. f32 sums (CETT is a ratio of norms; 1e-6 relative is far below what it is read at).
-fn cett_token(
-    row: &[f32],
-    norms: &[f32],
-    w_down_rows: &[f32],
+/// One refinement step of the CETT search: per token, the norm of what its neurons below each
+/// boundary write, and the sums behind them (to carry forward the ones below the boundary
+/// the search keeps).
+struct Step {
+    /// `[tokens, bounds]`: `‖base_t + Σ_{neurons of t below bound j}‖`.
+    norms: Vec<f64>,
+    bounds: usize,
+    /// With the rest: per token the norm of everything (the whole FFN output).
+    totals: Option<Vec<f64>>,
+    /// Per token, its nonempty groups: `(group, row of sums)`; group `j` holds the neurons
+    /// between boundaries `j − 1` and `j`.
+    groups: Vec<Vec<(usize, usize)>>,
+    /// `[segments, d_model]`.
+    sums: Vec<f32>,
     d_model: usize,
-) -> (Vec<f32>, Vec<f64>) {
-    let mut order: Vec<(f32, usize)> = row
-        .iter()
-        .zip(norms)
-        .enumerate()
-        .map(|(i, (&ai, &w))| (ai.abs() * w, i))
-        .collect();
-    // Ties need no order: a threshold drops all of them or none, so every prefix CETT is
-    // read at lands after the whole tie.
-    order.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
-    let mut ffn = vec![0f32; d_model];
-    let mut ffn_norm2 = 0.0;
-    for (i, &ai) in row.iter().enumerate() {
-        if ai != 0.0 {
-            ffn_norm2 = axpy_norm2(&mut ffn, ai, &w_down_rows[i * d_model..(i + 1) * d_model]);
+    /// Per token, the live neurons of each group (`bounds + 1` of them, the last above every
+    /// boundary), for the next step.
+    by_group: Vec<Vec<Vec<u32>>>,
+}
+
+impl Step {
+    /// `base` (`[tokens, d_model]`) plus every token's groups up to and including `bound`.
+    fn carry(&self, base: &mut [f32], bound: usize) {
+        for (t, groups) in self.groups.iter().enumerate() {
+            let base_t = &mut base[t * self.d_model..(t + 1) * self.d_model];
+            for &(_, row) in groups.iter().take_while(|(g, _)| *g <= bound) {
+                let sum = &self.sums[row * self.d_model..(row + 1) * self.d_model];
+                base_t.iter_mut().zip(sum).for_each(|(b, s)| *b += s);
+            }
         }
     }
-    let ffn_norm = ffn_norm2.sqrt();
-    let mut partial = vec![0f32; d_model];
-    let mut norm2 = 0.0;
-    let mut cett = Vec::with_capacity(row.len() + 1);
-    cett.push(0.0);
-    for &(_, i) in &order {
-        let ai = row[i];
-        // A silent neuron leaves the partial sum (and its norm) as it was.
-        if ai != 0.0 {
-            norm2 = axpy_norm2(
-                &mut partial,
-                ai,
-                &w_down_rows[i * d_model..(i + 1) * d_model],
-            );
-        }
-        cett.push(if ffn_norm > 0.0 {
-            norm2.sqrt() / ffn_norm
-        } else {
-            0.0
-        });
-    }
-    (order.into_iter().map(|(n, _)| n).collect(), cett)
 }
 
-/// `‖W_down[:, i]‖₂` for each hidden channel `i`, from `w_down` stored as `[channels, d_model]`
-/// rows (row `i` is what channel `i` writes).
-pub fn output_norms(w_down_rows: &[f32], d_model: usize) -> Vec<f32> {
-    w_down_rows
-        .chunks_exact(d_model)
-        .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
-        .collect()
+fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
-/// CETT (Sparsing Law §2.2) for one layer, precomputed so that any ε is cheap: per token the
-/// neurons sorted by `‖n_i‖` and `‖Σ_{first j} n_i‖ / ‖FFN(x)‖` for every prefix `j`.
-pub struct Cett {
-    /// Per token: `‖n_i‖` ascending.
-    sorted_norms: Vec<Vec<f32>>,
-    /// Per token: CETT when the first `j` neurons (by `‖n_i‖`) are dropped, `j = 0..=channels`.
-    prefix_cett: Vec<Vec<f64>>,
-    channels: usize,
-}
-
-impl Cett {
-    /// `a`: `[tokens, channels]`; `w_down_rows`: `[channels, d_model]` (row `i` = `W_down[:, i]`).
-    /// Tokens are independent: they are split over the machine's threads.
-    pub fn new(a: &[f32], channels: usize, w_down_rows: &[f32], d_model: usize) -> Self {
-        let norms = output_norms(w_down_rows, d_model);
-        let rows: Vec<&[f32]> = a.chunks_exact(channels).collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(rows.len().max(1));
-        let per_thread = rows.len().div_ceil(threads.max(1)).max(1);
-        let results: Vec<(Vec<f32>, Vec<f64>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = rows
-                .chunks(per_thread)
-                .map(|chunk| {
-                    let norms = &norms;
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|row| cett_token(row, norms, w_down_rows, d_model))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| match w.join() {
-                    Ok(rows) => rows,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        });
-        let (sorted_norms, prefix_cett) = results.into_iter().unzip();
+impl<'a> Cett<'a> {
+    /// `a`: `[tokens, channels]`; `down`: `W_down` as the model packs it (`[d_model, channels]`).
+    pub fn new(a: &'a [f32], down: &'a PackedMatrix) -> Self {
+        let channels = down.cols();
+        let column_norms = down.column_norms();
+        let norms = a
+            .chunks_exact(channels.max(1))
+            .flat_map(|row| row.iter().zip(column_norms).map(|(&x, &w)| x.abs() * w))
+            .collect();
         Cett {
-            sorted_norms,
-            prefix_cett,
-            channels,
+            a,
+            down,
+            tokens: a.len() / channels.max(1),
+            norms,
         }
     }
 
-    fn dropped(&self, token: usize, eps: f64) -> usize {
-        self.sorted_norms[token].partition_point(|&n| (n as f64) < eps)
+    fn channels(&self) -> usize {
+        self.down.cols()
+    }
+
+    fn norms_of(&self, token: usize) -> &[f32] {
+        let c = self.channels();
+        &self.norms[token * c..(token + 1) * c]
+    }
+
+    fn all_live(&self) -> Vec<Vec<u32>> {
+        (0..self.tokens)
+            .map(|_| (0..self.channels() as u32).collect())
+            .collect()
+    }
+
+    /// Splits each token's `live` neurons at `bounds` (by `‖n‖`) and sums each group through
+    /// the packed `W_down`; `with_rest` also sums the group above the last boundary.
+    fn step(&self, live: &[Vec<u32>], base: &[f32], bounds: &[f64], with_rest: bool) -> Step {
+        let summed = bounds.len() + usize::from(with_rest);
+        let mut members = Vec::new();
+        let mut segments = Vec::new();
+        let mut groups = Vec::with_capacity(self.tokens);
+        let mut by_group = Vec::with_capacity(self.tokens);
+        for (t, live) in live.iter().enumerate() {
+            let norms = self.norms_of(t);
+            let mut split: Vec<Vec<u32>> = vec![Vec::new(); bounds.len() + 1];
+            for &i in live {
+                let n = norms[i as usize] as f64;
+                split[bounds.partition_point(|&b| b <= n)].push(i);
+            }
+            let mut token_groups = Vec::new();
+            for (g, list) in split[..summed].iter().enumerate() {
+                if list.is_empty() {
+                    continue;
+                }
+                token_groups.push((g, segments.len()));
+                let start = members.len() as u32;
+                members.extend_from_slice(list);
+                segments.push(Segment {
+                    row: t as u32,
+                    start,
+                    end: members.len() as u32,
+                });
+            }
+            groups.push(token_groups);
+            by_group.push(split);
+        }
+        let d_model = self.down.rows();
+        let sums = self
+            .down
+            .group_sums(self.a, self.tokens, &members, &segments);
+        let mut norms = vec![0f64; self.tokens * bounds.len()];
+        let mut totals = with_rest.then(|| vec![0f64; self.tokens]);
+        for (t, token_groups) in groups.iter().enumerate() {
+            let mut running = base[t * d_model..(t + 1) * d_model].to_vec();
+            let mut now = norm(&running);
+            let mut next = token_groups.iter().peekable();
+            for j in 0..summed {
+                if let Some(&(_, row)) = next.next_if(|(g, _)| *g == j) {
+                    let sum = &sums[row * d_model..(row + 1) * d_model];
+                    running.iter_mut().zip(sum).for_each(|(r, s)| *r += s);
+                    now = norm(&running);
+                }
+                if j < bounds.len() {
+                    norms[t * bounds.len() + j] = now;
+                } else if let Some(totals) = totals.as_mut() {
+                    totals[t] = now;
+                }
+            }
+        }
+        Step {
+            norms,
+            bounds: bounds.len(),
+            totals,
+            groups,
+            sums,
+            d_model,
+            by_group,
+        }
     }
 
     /// Per token: CETT at `eps`.
     pub fn per_token(&self, eps: f64) -> Vec<f64> {
-        (0..self.sorted_norms.len())
-            .map(|t| self.prefix_cett[t][self.dropped(t, eps)])
+        let base = vec![0f32; self.tokens * self.down.rows()];
+        let step = self.step(&self.all_live(), &base, &[eps], true);
+        let totals = step.totals.unwrap_or_default();
+        (0..self.tokens)
+            .map(|t| ratio(step.norms[t], totals[t]))
             .collect()
     }
 
     /// Per token: the fraction of neurons with `‖n_i‖ ≥ eps` (active).
     pub fn per_token_frac_active(&self, eps: f64) -> Vec<f64> {
-        (0..self.sorted_norms.len())
-            .map(|t| 1.0 - self.dropped(t, eps) as f64 / self.channels as f64)
+        (0..self.tokens)
+            .map(|t| {
+                let norms = self.norms_of(t);
+                norms.iter().filter(|&&n| n as f64 >= eps).count() as f64 / norms.len() as f64
+            })
             .collect()
     }
 
     /// The largest of 65 536 candidates on `linspace(min‖n‖, q0.99(‖n‖))` whose mean CETT is
-    /// at most `target` (binary search; CETT grows with ε). The smallest candidate if none is.
-    pub fn threshold_for(&self, target: f64) -> f64 {
-        let mut all: Vec<f64> = self
-            .sorted_norms
-            .iter()
-            .flatten()
-            .map(|&n| n as f64)
-            .collect();
-        if all.is_empty() {
-            return 0.0;
+    /// at most `target` (CETT grows with ε; the smallest candidate if none is), and each
+    /// token's CETT there.
+    ///
+    /// The same answer as a binary search over the candidates, in a few refinement steps:
+    /// each step tries up to 16 candidates of the range left at once (one
+    /// [`PackedMatrix::group_sums`] over the neurons between the range's ends), keeps the
+    /// range between the last one within target and the next, and carries the sums below it
+    /// forward, so later steps read only the few neurons inside the range.
+    pub fn search(&self, target: f64) -> (f64, Vec<f64>) {
+        if self.norms.is_empty() {
+            return (0.0, vec![0.0; self.tokens]);
         }
-        all.sort_by(f64::total_cmp);
-        let lo_value = all[0];
-        let hi_value = quantile_sorted(&all, 0.99);
-        const N: usize = 65_536;
-        let candidate = |i: usize| lo_value + (hi_value - lo_value) * i as f64 / (N - 1) as f64;
-        let ok = |i: usize| mean(&self.per_token(candidate(i))) <= target;
-        // Largest i with ok(i); ok is monotone (true then false).
-        let (mut lo, mut hi) = (0usize, N);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if mid < N && ok(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
+        let lo_value = self.norms.iter().fold(f32::INFINITY, |m, &n| m.min(n)) as f64;
+        let hi_value = quantile(&self.norms, 0.99);
+        let candidate =
+            |i: usize| lo_value + (hi_value - lo_value) * i as f64 / (CETT_CANDIDATES - 1) as f64;
+        // Candidates [low, high] are left; `low` is within target (or the first, taken when
+        // none is). `base`: per token, what its neurons below candidate `low` write.
+        let (mut low, mut high) = (0usize, CETT_CANDIDATES - 1);
+        let mut base = vec![0f32; self.tokens * self.down.rows()];
+        let mut ffn_norms: Option<Vec<f64>> = None;
+        let mut at_low: Option<Vec<f64>> = None;
+        let mut live = self.all_live();
+        while low < high {
+            let tried = self.boundaries(&live, low, high, &candidate);
+            let bounds: Vec<f64> = tried.iter().map(|&i| candidate(i)).collect();
+            // The first step holds every neuron: its rest completes the whole FFN output.
+            let step = self.step(&live, &base, &bounds, ffn_norms.is_none());
+            let ffn = ffn_norms.get_or_insert_with(|| step.totals.clone().unwrap_or_default());
+            let cett_at = |j: usize| -> Vec<f64> {
+                (0..self.tokens)
+                    .map(|t| ratio(step.norms[t * step.bounds + j], ffn[t]))
+                    .collect()
+            };
+            // The last boundary within target (CETT is monotone in ε).
+            let within = (0..tried.len())
+                .rev()
+                .map(|j| (j, cett_at(j)))
+                .find(|(_, cett)| mean(cett) <= target);
+            let next_group = match within {
+                Some((j, cett)) => {
+                    low = tried[j];
+                    high = tried.get(j + 1).map_or(high, |&i| i - 1);
+                    at_low = Some(cett);
+                    step.carry(&mut base, j);
+                    j + 1
+                }
+                None => {
+                    high = tried[0] - 1;
+                    0
+                }
+            };
+            live = step
+                .by_group
+                .into_iter()
+                .map(|mut groups| std::mem::take(&mut groups[next_group]))
+                .collect();
+        }
+        let eps = candidate(low);
+        let per_token = at_low.unwrap_or_else(|| self.per_token(eps));
+        (eps, per_token)
+    }
+
+    /// The candidates one step tries in `(low, high]`: evenly spaced, and at quantiles of the
+    /// live neurons' norms (so that a range holding most neurons is split among them).
+    fn boundaries(
+        &self,
+        live: &[Vec<u32>],
+        low: usize,
+        high: usize,
+        candidate: &dyn Fn(usize) -> f64,
+    ) -> Vec<usize> {
+        let span = high - low;
+        let mut tried: Vec<usize> = (1..=EVEN_BOUNDARIES)
+            .map(|u| low + (span * u).div_ceil(EVEN_BOUNDARIES))
+            .collect();
+        let (lo_value, step) = (candidate(0), candidate(1) - candidate(0));
+        let live_count: usize = live.iter().map(Vec::len).sum();
+        if step > 0.0 && live_count > 0 {
+            // A sample of at most ~4096 live norms is plenty to place quantiles.
+            let stride = live_count.div_ceil(4096).max(1);
+            let mut sample: Vec<f32> = live
+                .iter()
+                .enumerate()
+                .flat_map(|(t, list)| list.iter().map(move |&i| self.norms_of(t)[i as usize]))
+                .step_by(stride)
+                .collect();
+            sample.sort_unstable_by(f32::total_cmp);
+            for q in 1..=QUANTILE_BOUNDARIES {
+                let value = sample[(sample.len() - 1) * q / (QUANTILE_BOUNDARIES + 1)] as f64;
+                let i = ((value - lo_value) / step).ceil();
+                if i.is_finite() {
+                    tried.push((i.max(0.0) as usize).clamp(low + 1, high));
+                }
             }
         }
-        candidate(lo)
+        tried.sort_unstable();
+        tried.dedup();
+        tried
+    }
+}
+
+/// `part / whole`, 0 when `whole` is (a token whose FFN writes nothing).
+fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
+/// Linear-interpolation quantile (numpy's default) of unsorted values, without sorting them
+/// all: the two order statistics it needs are found among the values above a sampled bound.
+pub fn quantile(values: &[f32], q: f64) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let (rank, frac) = (pos.floor() as usize, pos - pos.floor());
+    // The values at ranks ≥ `rank` (ascending), from a bound a sample puts safely below it.
+    let stride = (n / 2048).max(1);
+    let mut sample: Vec<f32> = values.iter().copied().step_by(stride).collect();
+    sample.sort_unstable_by(f32::total_cmp);
+    let margin = sample.len() / 64 + 2;
+    let guess = rank * sample.len() / n;
+    let bound = sample[guess.saturating_sub(margin)];
+    let mut top: Vec<f32> = values.iter().copied().filter(|&v| v >= bound).collect();
+    let below = n - top.len();
+    if below > rank {
+        // The sample misled (it cannot be far off, but exactness first): use every value.
+        top = values.to_vec();
+    }
+    let below = n - top.len();
+    let i = rank - below;
+    let (_, &mut at, rest) = top.select_nth_unstable_by(i, f32::total_cmp);
+    let at = at as f64;
+    match rest.iter().copied().reduce(f32::min) {
+        Some(next) => at + (next as f64 - at) * frac,
+        None => at,
     }
 }
 
@@ -457,7 +611,8 @@ fn rows(t: &Tensor) -> Result<(Vec<f32>, usize), ModelError> {
     let t = t.get(0)?;
     let tokens = t.dim(0)?;
     let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    Ok((values.clone(), values.len() / tokens.max(1)))
+    let channels = values.len() / tokens.max(1);
+    Ok((values, channels))
 }
 
 fn captured<'a>(c: &'a crate::model::Captures, name: &str) -> Result<&'a Tensor, ModelError> {
@@ -560,8 +715,9 @@ pub fn measure_mlp_layer(
     let hook = format!("blocks.{l}.mlp.hook_post");
     // s = act(hook_pre): the activation-function output CATS and CHESS threshold.
     let s_of = |c: &crate::model::Captures| -> Result<(Vec<f32>, usize), ModelError> {
-        let pre = captured(c, &format!("blocks.{l}.mlp.hook_pre"))?;
-        rows(&block.mlp.act.forward(pre)?)
+        let (mut pre, channels) = rows(captured(c, &format!("blocks.{l}.mlp.hook_pre"))?)?;
+        block.mlp.act.apply_in_place(&mut pre)?;
+        Ok((pre, channels))
     };
     let u_of = |c: &crate::model::Captures| -> Result<Option<Vec<f32>>, ModelError> {
         if block.mlp.gate.is_none() {
@@ -570,6 +726,9 @@ pub fn measure_mlp_layer(
         Ok(Some(
             rows(captured(c, &format!("blocks.{l}.mlp.hook_pre_linear"))?)?.0,
         ))
+    };
+    let is_self = |calibration: &[&crate::model::Captures]| {
+        calibration.len() == 1 && std::ptr::eq(calibration[0], captures)
     };
     let (per_token, threshold, mean_cett) = match method {
         Method::Zero | Method::Eps { .. } => {
@@ -586,11 +745,15 @@ pub fn measure_mlp_layer(
         }
         Method::Cats { k } => {
             let (s, channels) = s_of(captures)?;
-            let mut abs = Vec::new();
-            for c in calibration {
-                abs.extend(s_of(c)?.0);
-            }
-            let t = cats_threshold(abs, k);
+            let t = if is_self(calibration) {
+                cats_threshold(&s, k)
+            } else {
+                let mut abs = Vec::new();
+                for c in calibration {
+                    abs.extend(s_of(c)?.0);
+                }
+                cats_threshold(&abs, k)
+            };
             let f = per_token_frac_active(&s, channels, |_, v| (v.abs() as f64) >= t);
             (f, Some(t), None)
         }
@@ -598,11 +761,20 @@ pub fn measure_mlp_layer(
             let (s, channels) = s_of(captures)?;
             let mut data = Vec::new();
             for c in calibration {
-                data.push((s_of(c)?.0, u_of(c)?));
+                // The prompt calibrating itself (the worker's baseline): its `s` is at hand.
+                let s_c = if std::ptr::eq(*c, captures) {
+                    None
+                } else {
+                    Some(s_of(c)?.0)
+                };
+                data.push((s_c, u_of(c)?));
             }
             let seqs: Vec<ChessSequence<'_>> = data
                 .iter()
-                .map(|(s, u)| ChessSequence { s, u: u.as_deref() })
+                .map(|(s_c, u)| ChessSequence {
+                    s: s_c.as_deref().unwrap_or(&s),
+                    u: u.as_deref(),
+                })
                 .collect();
             let t = chess_thresholds(&seqs, channels, k);
             let f = per_token_frac_active(&s, channels, |i, v| (v.abs() as f64) >= t[i]);
@@ -630,14 +802,21 @@ fn cett_layer(
     hook: &str,
     eps_or_target: Result<f64, f64>,
 ) -> Result<LayerResult, ModelError> {
-    let (a, channels) = rows(captured(captures, hook)?)?;
+    let (a, _) = rows(captured(captures, hook)?)?;
     let down = &block.mlp.down.weight;
-    // Rows of W_downᵀ: what each hidden channel writes.
-    let w_rows: Vec<f32> = down.to_tensor()?.t()?.flatten_all()?.to_vec1()?;
-    let cett = Cett::new(&a, channels, &w_rows, down.rows());
-    let eps = eps_or_target.unwrap_or_else(|target| cett.threshold_for(target));
+    if a.len() % down.cols().max(1) != 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "{hook} is not {} wide, as W_down expects",
+            down.cols()
+        )));
+    }
+    let cett = Cett::new(&a, down);
+    let (eps, per_token) = match eps_or_target {
+        Ok(eps) => (eps, cett.per_token(eps)),
+        Err(target) => cett.search(target),
+    };
     let f = cett.per_token_frac_active(eps);
-    Ok((f, Some(eps), Some(mean(&cett.per_token(eps)))))
+    Ok((f, Some(eps), Some(mean(&per_token))))
 }
 
 #[cfg(test)]
@@ -675,14 +854,14 @@ mod tests {
     #[test]
     fn cats_worked_example() {
         let s = [0.01f32, -0.02, 0.05, 0.1, -0.3, 0.8];
-        let t = cats_threshold(s, 0.5);
+        let t = cats_threshold(&s, 0.5);
         assert!((t - 0.1).abs() < 1e-9, "t = {t}");
         let frac = per_token_frac_active(&s, 6, |_, v| (v.abs() as f64) >= t);
         assert_eq!(frac, vec![0.5]);
         // Another k moves the threshold to the next value's bin.
-        assert!((cats_threshold(s, 0.7) - 0.3).abs() < 1e-9);
+        assert!((cats_threshold(&s, 0.7) - 0.3).abs() < 1e-9);
         // Values ≥ 1 share the top bin: the threshold caps at 1.
-        assert_eq!(cats_threshold([2.0f32, 3.0], 0.5), 1.0);
+        assert_eq!(cats_threshold(&[2.0f32, 3.0], 0.5), 1.0);
     }
 
     /// definitions.md §3: t_i = τ / m_i with τ the k-quantile of |s|·m.
@@ -714,8 +893,9 @@ mod tests {
     #[test]
     fn cett_worked_example() {
         let a = [0.1f32, 0.2, 1.0, 2.0];
-        let w_down_rows = [1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
-        let cett = Cett::new(&a, 4, &w_down_rows, 2);
+        // W_down [d_model = 2, channels = 4]: channel i writes (1, 0) or (0, 1).
+        let w_down = PackedMatrix::from_rows(&[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0], 2, 4);
+        let cett = Cett::new(&a, &w_down);
         let c = cett.per_token(0.25)[0];
         let expected = (0.1f64.powi(2) + 0.2f64.powi(2)).sqrt() / (1.1f64.hypot(2.2));
         assert!(
@@ -728,9 +908,81 @@ mod tests {
         assert!((cett.per_token(10.0)[0] - 1.0).abs() < 1e-7);
         // The threshold search finds the largest candidate ε with CETT ≤ target: with target
         // 0.1 it may drop n₁ and n₂ (CETT .091) but not n₃ (CETT ≥ .41).
-        let eps = cett.threshold_for(0.1);
+        let (eps, at_eps) = cett.search(0.1);
         assert!(eps > 0.2 && eps <= 1.0, "{eps}");
         assert!(mean(&cett.per_token(eps)) <= 0.1);
+        assert_eq!(at_eps, cett.per_token(eps));
+    }
+
+    /// The stepwise search finds what a plain binary search over the 65 536 candidates finds
+    /// (definitions.md §4), on layers shaped like a real model's and on awkward ones.
+    #[test]
+    fn cett_search_matches_a_binary_search() {
+        let mut seed = 0x2545_f491_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for &(tokens, channels, d_model) in &[(7, 96, 40), (3, 33, 5), (12, 200, 64), (1, 1, 1)] {
+            let w: Vec<f32> = (0..d_model * channels)
+                .map(|_| (next() - 0.5) as f32)
+                .collect();
+            // Heavy-tailed activations (most near zero), some exact zeros, as SiLU·up gives.
+            let a: Vec<f32> = (0..tokens * channels)
+                .map(|i| {
+                    if i % 11 == 0 {
+                        0.0
+                    } else {
+                        ((next() - 0.5) * (-4.0 * next().max(1e-9).ln())) as f32
+                    }
+                })
+                .collect();
+            let down = PackedMatrix::from_rows(&w, d_model, channels);
+            let cett = Cett::new(&a, &down);
+            for target in [0.0, 0.05, 0.2, 0.5, 0.9, 1.0] {
+                let (eps, at_eps) = cett.search(target);
+                // definitions.md's binary search, CETT evaluated afresh at each candidate.
+                let mut norms: Vec<f64> = cett.norms.iter().map(|&n| n as f64).collect();
+                norms.sort_by(f64::total_cmp);
+                let (lo_v, hi_v) = (norms[0], quantile_sorted(&norms, 0.99));
+                let cand = |i: usize| lo_v + (hi_v - lo_v) * i as f64 / 65_535.0;
+                let ok = |i: usize| mean(&cett.per_token(cand(i))) <= target;
+                let (mut lo, mut hi) = (0usize, 65_536usize);
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    if mid < 65_536 && ok(mid) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                assert_eq!(
+                    eps,
+                    cand(lo),
+                    "{tokens}x{channels}x{d_model} target {target}"
+                );
+                let fresh = cett.per_token(eps);
+                for (x, y) in at_eps.iter().zip(&fresh) {
+                    assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantile_without_sorting_matches_the_sorted_one() {
+        let values: Vec<f32> = (0..10_007)
+            .map(|i| ((i * 7919) % 10_007) as f32 * 0.5)
+            .collect();
+        let mut sorted: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.3, 0.5, 0.99, 0.999, 1.0] {
+            assert_eq!(quantile(&values, q), quantile_sorted(&sorted, q), "q = {q}");
+        }
+        assert_eq!(quantile(&[3.0], 0.99), 3.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct PackedMatrix {
     k: usize,
     /// `ceil(n / NR)` panels of `k × NR`, zero-padded past `n`.
     panels: Vec<f32>,
+    /// [`PackedMatrix::column_norms`], computed on first use (CETT reads them at every
+    /// method change).
+    column_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl PackedMatrix {
@@ -56,7 +59,12 @@ impl PackedMatrix {
                 panels[base + p * NR] = *v;
             }
         }
-        PackedMatrix { n, k, panels }
+        PackedMatrix {
+            n,
+            k,
+            panels,
+            column_norms: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -72,6 +80,20 @@ impl PackedMatrix {
         let (panel, lane) = (r / NR, r % NR);
         let base = panel * self.k * NR + lane;
         (0..self.k).map(|p| self.panels[base + p * NR]).collect()
+    }
+
+    /// `‖W[:, p]‖₂` for each input `p` (what input `p` writes, over every output).
+    pub fn column_norms(&self) -> &[f32] {
+        self.column_norms.get_or_init(|| {
+            let k = self.k;
+            let mut sums = vec![0f32; k];
+            for panel in self.panels.chunks_exact((k * NR).max(1)) {
+                for (sum, row) in sums.iter_mut().zip(panel.chunks_exact(NR)) {
+                    *sum += row.iter().map(|x| x * x).sum::<f32>();
+                }
+            }
+            sums.into_iter().map(f32::sqrt).collect()
+        })
     }
 
     /// `W` as a `[n, k]` tensor.
@@ -158,6 +180,141 @@ impl PackedMatrix {
         PACKED_ROWS.with(|cell| cell.set(a_packed));
         y
     }
+}
+
+/// One sum of [`PackedMatrix::group_sums`]: inputs `members[start..end]` (ascending) of row
+/// `row` of `x`.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub row: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl PackedMatrix {
+    /// Sums of weighted input columns: for each segment, `Σ_{p ∈ members[start..end]}
+    /// x[row, p] · W[:, p]`. Returns `[segments, n]` row-major.
+    ///
+    /// This is a matmul with products kept apart by segment, as CETT's threshold search needs
+    /// (what the neurons below each threshold write, per token). Each panel holds `NR` outputs
+    /// of every input contiguously, so a segment's sum is `NR` register accumulators fed by one
+    /// panel row per member (a panel, `k × NR` floats, stays in L2 while every segment reads
+    /// it). Panels are split across threads. (Blocking the inputs for L1 measured slower: a
+    /// block then holds only a few members of each of the many segments.)
+    pub fn group_sums(
+        &self,
+        x: &[f32],
+        m: usize,
+        members: &[u32],
+        segments: &[Segment],
+    ) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "group_sums: x has the wrong length");
+        for seg in segments {
+            let list = members.get(seg.start as usize..seg.end as usize);
+            assert!(
+                (seg.row as usize) < m
+                    && list.is_some_and(|l| {
+                        l.windows(2).all(|w| w[0] < w[1]) && l.iter().all(|&p| (p as usize) < k)
+                    }),
+                "group_sums: a segment out of bounds or not ascending"
+            );
+        }
+        let mut y = vec![0f32; segments.len() * n];
+        let out = SharedOut(y.as_mut_ptr());
+        let kernel = Kernel::detect();
+        let run_panel = |panel: usize| {
+            let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
+            let col0 = panel * NR;
+            let width = NR.min(n - col0);
+            let mut acc = vec![[0f32; NR]; segments.len()];
+            for (seg, sum) in segments.iter().zip(&mut acc) {
+                let list = &members[seg.start as usize..seg.end as usize];
+                let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // Safety: AVX-512F was detected at runtime.
+                    Kernel::Avx512 => unsafe { weighted_rows_avx512(row, list, b_panel, sum) },
+                    #[cfg(target_arch = "x86_64")]
+                    // Safety: AVX2 and FMA were detected at runtime.
+                    Kernel::Avx2 => unsafe { weighted_rows_avx2(row, list, b_panel, sum) },
+                    Kernel::Portable => weighted_rows(row, list, b_panel, sum),
+                }
+            }
+            for (i, sum) in acc.iter().enumerate() {
+                // Safety: columns [col0, col0 + width) of output row `i` belong to this
+                // panel's task alone, inside `y`.
+                unsafe {
+                    let dst = out.ptr().add(i * n + col0);
+                    std::ptr::copy_nonoverlapping(sum.as_ptr(), dst, width);
+                }
+            }
+        };
+        // A few members (the search's last steps) are not worth waking other threads for.
+        if members.len() * n < 1 << 16 {
+            (0..n.div_ceil(NR)).for_each(run_panel);
+        } else {
+            (0..n.div_ceil(NR)).into_par_iter().for_each(run_panel);
+        }
+        y
+    }
+}
+
+/// `acc += Σ_{p ∈ list} row[p] · panel[p·NR..][..NR]`, for CPUs without FMA.
+fn weighted_rows(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    let mut sum = *acc;
+    for &p in list {
+        let p = p as usize;
+        let a = row[p];
+        for (c, &w) in sum.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
+            *c += a * w;
+        }
+    }
+    *acc = sum;
+}
+
+/// [`weighted_rows`] with fused multiply-adds, inlined into each instruction set's wrapper
+/// (where the `NR`-wide loop becomes vector FMAs; without FMA hardware `mul_add` is a slow
+/// library call, hence the separate plain version).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn weighted_rows_fused(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    // Summed in a local (registers): a bounds check's panic path could observe `acc`, which
+    // made the compiler store it back after every row.
+    // Three independent chains of sums: one chain waits out each FMA's latency.
+    let mut sums = [*acc, [0f32; NR], [0f32; NR]];
+    let mut chunks = list.chunks_exact(3);
+    for ps in &mut chunks {
+        for (sum, &p) in sums.iter_mut().zip(ps) {
+            let p = p as usize;
+            let a = row[p];
+            for (c, &w) in sum.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
+                *c = a.mul_add(w, *c);
+            }
+        }
+    }
+    for &p in chunks.remainder() {
+        let p = p as usize;
+        let a = row[p];
+        for (c, &w) in sums[0].iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
+            *c = a.mul_add(w, *c);
+        }
+    }
+    for j in 0..NR {
+        acc[j] = sums[0][j] + sums[1][j] + sums[2][j];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_rows_avx512(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_fused(row, list, panel, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_rows_avx2(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_fused(row, list, panel, acc)
 }
 
 thread_local! {
@@ -416,6 +573,79 @@ mod tests {
         y
     }
 
+    /// Deterministic `W: [n, k]` and `x: [m, k]` of no particular meaning.
+    fn weights_and_inputs(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let x = (0..m * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
+        (w, x)
+    }
+
+    /// Each segment's sum equals the naive weighted sum of its members' columns, on a width
+    /// that leaves a narrow last panel.
+    #[test]
+    fn group_sums_match_naive_sums() {
+        let (m, n, k) = (3, 45, 300);
+        let (w, x) = weights_and_inputs(m, n, k);
+        let packed = PackedMatrix::from_rows(&w, n, k);
+        // Row 0: every input; row 2: every third; row 1: one input, then an empty segment.
+        let mut members: Vec<u32> = (0..k as u32).collect();
+        members.extend((0..k as u32).step_by(3));
+        members.push(137);
+        let segments = [
+            Segment {
+                row: 0,
+                start: 0,
+                end: k as u32,
+            },
+            Segment {
+                row: 2,
+                start: k as u32,
+                end: (k + 100) as u32,
+            },
+            Segment {
+                row: 1,
+                start: (k + 100) as u32,
+                end: (k + 101) as u32,
+            },
+            Segment {
+                row: 1,
+                start: (k + 101) as u32,
+                end: (k + 101) as u32,
+            },
+        ];
+        let sums = packed.group_sums(&x, m, &members, &segments);
+        assert_eq!(sums.len(), segments.len() * n);
+        for (s, seg) in segments.iter().enumerate() {
+            for j in 0..n {
+                let expected: f64 = members[seg.start as usize..seg.end as usize]
+                    .iter()
+                    .map(|&p| {
+                        x[seg.row as usize * k + p as usize] as f64 * w[j * k + p as usize] as f64
+                    })
+                    .sum();
+                let got = sums[s * n + j] as f64;
+                assert!(
+                    (got - expected).abs() <= 1e-3 * (1.0 + expected.abs()),
+                    "{s} {j}"
+                );
+            }
+        }
+        let norms = packed.column_norms();
+        let expected = (0..k).map(|p| {
+            (0..n)
+                .map(|j| (w[j * k + p] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        });
+        for (a, b) in norms.iter().zip(expected) {
+            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b));
+        }
+    }
+
     #[test]
     fn matches_naive_product_on_awkward_shapes() {
         for &(m, n, k) in &[
@@ -426,12 +656,7 @@ mod tests {
             (25, 64, 3),
             (30, 40, 700),
         ] {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
-                .collect();
+            let (w, x) = weights_and_inputs(m, n, k);
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
             let packed =
                 PackedMatrix::pack(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap())

@@ -173,6 +173,25 @@ impl Activation {
         Ok(Tensor::from_vec(y, gate.shape(), gate.device())?)
     }
 
+    /// The activation over plain values, as [`Activation::forward`] computes it (SiLU and
+    /// ReLU directly, the GELUs through candle's kernels so every value stays the same).
+    pub fn apply_in_place(self, values: &mut [f32]) -> Result<()> {
+        match self {
+            // candle's SiLU, `v / (1 + e^-v)`, to the bit.
+            Activation::Silu => values
+                .par_iter_mut()
+                .with_min_len(16_384)
+                .for_each(|v| *v = *v / (1.0 + (-*v).exp())),
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Gelu | Activation::GeluTanh => {
+                let x = Tensor::from_slice(values, values.len(), &Device::Cpu)?;
+                let y: Vec<f32> = self.forward(&x)?.to_vec1()?;
+                values.copy_from_slice(&y);
+            }
+        }
+        Ok(())
+    }
+
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Relu => x.relu()?,
@@ -334,7 +353,8 @@ pub struct ForwardOutput {
     /// `[batch, positions, vocab]`.
     pub logits: Tensor,
     pub captures: Captures,
-    /// The first stage that was recomputed (−1 = everything; see `hooks::hook_stage`).
+    /// The first stage that was recomputed (−1 = everything, `n_layers + 1` = nothing; see
+    /// `hooks::hook_stage`).
     pub recomputed_from: isize,
     /// The first position recomputed in those stages (0 = every position).
     pub recomputed_from_position: usize,
@@ -638,6 +658,19 @@ impl Transformer {
         self.check_tokens(tokens)?;
         self.validate(spec)?;
         let n = self.n_layers();
+        // Nothing differs (a new sparsity method on the same pass, say): everything, the
+        // logits included, is the cached pass's.
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| c.tokens == tokens && self.first_differing_stage(c, spec).is_none())
+        {
+            return Ok(ForwardOutput {
+                logits: c.logits.clone(),
+                captures: c.captures.clone(),
+                recomputed_from: n as isize + 1,
+                recomputed_from_position: tokens[0].len(),
+            });
+        }
         let start = match cache.as_ref() {
             Some(c) if c.tokens == tokens => self.first_changed_stage(c, spec),
             _ => -1,

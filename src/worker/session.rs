@@ -6,6 +6,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
 use crate::analysis::lens::{LENS_HOOKS, logit_lens_layer, next_tokens};
@@ -27,8 +29,10 @@ pub struct Session {
     /// the first layer a change affects.
     baseline: Option<ResidCache>,
     intervened: Option<ResidCache>,
-    /// The intervened pass's predictions and losses, in step with `intervened`: a rerun of
-    /// only the last rows recomputes only theirs.
+    /// Each pass's predictions and losses, in step with its cache: a rerun of only the last
+    /// rows recomputes only theirs, and a pass that reruns nothing (a new sparsity method)
+    /// none.
+    baseline_outputs: Option<PassOutputs>,
     intervened_outputs: Option<PassOutputs>,
     /// The last baseline sent in full: the UI holds it, so an unchanged one is not resent.
     sent_baseline: Option<SentBaseline>,
@@ -157,6 +161,7 @@ impl Session {
             model: None,
             baseline: None,
             intervened: None,
+            baseline_outputs: None,
             intervened_outputs: None,
             sent_baseline: None,
             last_run: None,
@@ -304,6 +309,7 @@ impl Session {
         self.model = Some(Arc::new(model));
         self.baseline = None;
         self.intervened = None;
+        self.baseline_outputs = None;
         self.intervened_outputs = None;
         self.sent_baseline = None;
         self.last_run = None;
@@ -437,7 +443,7 @@ impl Session {
                     &ids,
                     &spec,
                     &mut self.baseline,
-                    &mut None,
+                    &mut self.baseline_outputs,
                     None,
                     &run,
                     Variant::Baseline,
@@ -1307,10 +1313,12 @@ fn run_pass(
         Some(kept) => (first, kept),
         None => (0, (Vec::new(), Vec::new())),
     };
-    let rows = logits.narrow(0, from, ids.len() - from)?;
-    let (top, nll) = next_tokens(&rows.flatten_all()?.to_vec1()?, vocab, &ids[from..], TOP_K);
-    predictions.extend(top.iter().map(|p| named(model, p)));
-    per_token_nll.extend(nll);
+    if from < ids.len() {
+        let rows = logits.narrow(0, from, ids.len() - from)?;
+        let (top, nll) = next_tokens(&rows.flatten_all()?.to_vec1()?, vocab, &ids[from..], TOP_K);
+        predictions.extend(top.iter().map(|p| named(model, p)));
+        per_token_nll.extend(nll);
+    }
     emit(Event::RunFinished(RunFinished {
         run_id: run.run_id,
         variant,
@@ -1437,15 +1445,25 @@ impl Streamer<'_> {
     /// complete, in order.
     fn report_through(&mut self, end: usize, captures: &Captures, pass_done: bool) {
         let n = self.model.transformer.n_layers();
-        while self.error.is_none() && self.next_layer < end {
-            let layer = self.next_layer;
-            match summarize(
-                self.model,
-                layer,
-                captures,
-                self.calibration,
-                self.run.sparsity,
-            ) {
+        // Layers that are all ready at once (a new sparsity method, a pass reused from the
+        // cache) are summarised in parallel, then sent in order.
+        let summaries: Vec<anyhow::Result<LayerSummary>> = (self.next_layer..end)
+            .into_par_iter()
+            .map(|layer| {
+                summarize(
+                    self.model,
+                    layer,
+                    captures,
+                    self.calibration,
+                    self.run.sparsity,
+                )
+            })
+            .collect();
+        for summary in summaries {
+            if self.error.is_some() {
+                break;
+            }
+            match summary {
                 Ok(summary) => (self.emit)(Event::LayerReady(LayerReady {
                     run_id: self.run.run_id,
                     variant: self.variant,
