@@ -658,12 +658,14 @@ impl Transformer {
         self.check_tokens(tokens)?;
         self.validate(spec)?;
         let n = self.n_layers();
+        // The earliest stage that differs from the cached pass (`Some(None)`: none does).
+        let differing = cache
+            .as_ref()
+            .filter(|c| c.tokens == tokens)
+            .map(|c| self.first_differing_stage(c, spec));
         // Nothing differs (a new sparsity method on the same pass, say): everything, the
         // logits included, is the cached pass's.
-        if let Some(c) = cache
-            .as_ref()
-            .filter(|c| c.tokens == tokens && self.first_differing_stage(c, spec).is_none())
-        {
+        if let (Some(None), Some(c)) = (differing, cache.as_ref()) {
             return Ok(ForwardOutput {
                 logits: c.logits.clone(),
                 captures: c.captures.clone(),
@@ -671,9 +673,10 @@ impl Transformer {
                 recomputed_from_position: tokens[0].len(),
             });
         }
-        let start = match cache.as_ref() {
-            Some(c) if c.tokens == tokens => self.first_changed_stage(c, spec),
-            _ => -1,
+        // The final stage always runs: it is what produces the logits.
+        let start = match differing {
+            Some(stage) => stage.unwrap_or(n as isize).min(n as isize),
+            None => -1,
         };
         if let Some(p) = cache
             .as_ref()
@@ -1008,13 +1011,6 @@ impl Transformer {
     ) -> Option<&'c Captures> {
         (cache.tokens == tokens && self.first_differing_stage(cache, spec).is_none())
             .then_some(&cache.captures)
-    }
-
-    /// The earliest stage whose result may differ from the cached pass (the final stage always
-    /// runs: it is what produces the logits).
-    fn first_changed_stage(&self, cache: &ResidCache, spec: &HookSpec) -> isize {
-        let n = self.n_layers() as isize;
-        self.first_differing_stage(cache, spec).unwrap_or(n).min(n)
     }
 
     /// The earliest stage whose interventions or captures differ from the cached pass's.
