@@ -422,12 +422,7 @@ impl<'a> Cett<'a> {
 
     /// Per token: the fraction of neurons with `‖n_i‖ ≥ eps` (active).
     pub fn per_token_frac_active(&self, eps: f64) -> Vec<f64> {
-        (0..self.tokens)
-            .map(|t| {
-                let norms = self.norms_of(t);
-                norms.iter().filter(|&&n| n as f64 >= eps).count() as f64 / norms.len() as f64
-            })
-            .collect()
+        per_token_frac_active(&self.norms, self.channels(), |_, n| n as f64 >= eps)
     }
 
     /// The largest of 65 536 candidates on `linspace(min‖n‖, q0.99(‖n‖))` whose mean CETT is
@@ -567,19 +562,6 @@ pub fn quantile(values: &[f32], q: f64) -> f64 {
     match rest.iter().copied().reduce(f32::min) {
         Some(next) => at + (next as f64 - at) * frac,
         None => at,
-    }
-}
-
-/// Linear-interpolation quantile of sorted values (numpy/torch default).
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (i, frac) = (pos.floor() as usize, pos - pos.floor());
-    match sorted.get(i + 1) {
-        Some(&next) => sorted[i] + (next - sorted[i]) * frac,
-        None => sorted[i],
     }
 }
 
@@ -727,8 +709,14 @@ pub fn measure_mlp_layer(
             rows(captured(c, &format!("blocks.{l}.mlp.hook_pre_linear"))?)?.0,
         ))
     };
-    let is_self = |calibration: &[&crate::model::Captures]| {
-        calibration.len() == 1 && std::ptr::eq(calibration[0], captures)
+    // A calibration pass's `s`; `None` for the prompt calibrating itself (the worker's
+    // baseline), whose `s` is at hand.
+    let calibration_s = |c: &&crate::model::Captures| -> Result<Option<Vec<f32>>, ModelError> {
+        if std::ptr::eq(*c, captures) {
+            Ok(None)
+        } else {
+            Ok(Some(s_of(c)?.0))
+        }
     };
     let (per_token, threshold, mean_cett) = match method {
         Method::Zero | Method::Eps { .. } => {
@@ -745,14 +733,20 @@ pub fn measure_mlp_layer(
         }
         Method::Cats { k } => {
             let (s, channels) = s_of(captures)?;
-            let t = if is_self(calibration) {
-                cats_threshold(&s, k)
-            } else {
-                let mut abs = Vec::new();
-                for c in calibration {
-                    abs.extend(s_of(c)?.0);
+            let parts = calibration
+                .iter()
+                .map(calibration_s)
+                .collect::<Result<Vec<_>, _>>()?;
+            let t = match parts.as_slice() {
+                [None] => cats_threshold(&s, k),
+                _ => {
+                    let all: Vec<f32> = parts
+                        .iter()
+                        .flat_map(|part| part.as_deref().unwrap_or(&s))
+                        .copied()
+                        .collect();
+                    cats_threshold(&all, k)
                 }
-                cats_threshold(&abs, k)
             };
             let f = per_token_frac_active(&s, channels, |_, v| (v.abs() as f64) >= t);
             (f, Some(t), None)
@@ -761,13 +755,7 @@ pub fn measure_mlp_layer(
             let (s, channels) = s_of(captures)?;
             let mut data = Vec::new();
             for c in calibration {
-                // The prompt calibrating itself (the worker's baseline): its `s` is at hand.
-                let s_c = if std::ptr::eq(*c, captures) {
-                    None
-                } else {
-                    Some(s_of(c)?.0)
-                };
-                data.push((s_c, u_of(c)?));
+                data.push((calibration_s(c)?, u_of(c)?));
             }
             let seqs: Vec<ChessSequence<'_>> = data
                 .iter()
@@ -822,6 +810,19 @@ fn cett_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Linear-interpolation quantile of sorted values (numpy/torch default).
+    fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let pos = q * (sorted.len() - 1) as f64;
+        let (i, frac) = (pos.floor() as usize, pos - pos.floor());
+        match sorted.get(i + 1) {
+            Some(&next) => sorted[i] + (next - sorted[i]) * frac,
+            None => sorted[i],
+        }
+    }
 
     #[test]
     fn methods_parse_and_print() {

@@ -260,61 +260,57 @@ impl PackedMatrix {
     }
 }
 
-/// `acc += Σ_{p ∈ list} row[p] · panel[p·NR..][..NR]`, for CPUs without FMA.
-fn weighted_rows(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    let mut sum = *acc;
-    for &p in list {
+/// `acc += Σ_{p ∈ list} row[p] · panel[p·NR..][..NR]`, each product added by `madd(a, w, c)`
+/// (inlined into each instruction set's wrapper, where the `NR`-wide loop becomes vector
+/// registers).
+#[inline(always)]
+fn weighted_rows_by(
+    row: &[f32],
+    list: &[u32],
+    panel: &[f32],
+    acc: &mut [f32; NR],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    // Three independent chains of sums in locals (registers): one chain waits out each
+    // multiply-add's latency, and a bounds check's panic path could observe `acc`, which made
+    // the compiler store it back after every row.
+    let mut sums = [*acc, [0f32; NR], [0f32; NR]];
+    let add_row = |sum: &mut [f32; NR], p: u32| {
         let p = p as usize;
         let a = row[p];
         for (c, &w) in sum.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
-            *c += a * w;
+            *c = madd(a, w, *c);
         }
-    }
-    *acc = sum;
-}
-
-/// [`weighted_rows`] with fused multiply-adds, inlined into each instruction set's wrapper
-/// (where the `NR`-wide loop becomes vector FMAs; without FMA hardware `mul_add` is a slow
-/// library call, hence the separate plain version).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn weighted_rows_fused(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    // Summed in a local (registers): a bounds check's panic path could observe `acc`, which
-    // made the compiler store it back after every row.
-    // Three independent chains of sums: one chain waits out each FMA's latency.
-    let mut sums = [*acc, [0f32; NR], [0f32; NR]];
+    };
     let mut chunks = list.chunks_exact(3);
     for ps in &mut chunks {
         for (sum, &p) in sums.iter_mut().zip(ps) {
-            let p = p as usize;
-            let a = row[p];
-            for (c, &w) in sum.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
-                *c = a.mul_add(w, *c);
-            }
+            add_row(sum, p);
         }
     }
     for &p in chunks.remainder() {
-        let p = p as usize;
-        let a = row[p];
-        for (c, &w) in sums[0].iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
-            *c = a.mul_add(w, *c);
-        }
+        add_row(&mut sums[0], p);
     }
     for j in 0..NR {
         acc[j] = sums[0][j] + sums[1][j] + sums[2][j];
     }
 }
 
+/// [`weighted_rows_by`] for CPUs without FMA (where `mul_add` is a slow library call).
+fn weighted_rows(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_by(row, list, panel, acc, |a, w, c| c + a * w)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted_rows_avx512(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    weighted_rows_fused(row, list, panel, acc)
+    weighted_rows_by(row, list, panel, acc, f32::mul_add)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weighted_rows_avx2(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    weighted_rows_fused(row, list, panel, acc)
+    weighted_rows_by(row, list, panel, acc, f32::mul_add)
 }
 
 thread_local! {

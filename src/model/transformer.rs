@@ -162,11 +162,10 @@ impl Activation {
         }
         let y = with_f32_slice(gate, |g| {
             with_f32_slice(linear, |u| {
-                // candle's SiLU, `v / (1 + e^-v)`, to the bit.
                 g.par_iter()
                     .zip(u.par_iter())
                     .with_min_len(4096)
-                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                    .map(|(&g, &u)| silu(g) * u)
                     .collect::<Vec<f32>>()
             })
         })??;
@@ -177,11 +176,10 @@ impl Activation {
     /// ReLU directly, the GELUs through candle's kernels so every value stays the same).
     pub fn apply_in_place(self, values: &mut [f32]) -> Result<()> {
         match self {
-            // candle's SiLU, `v / (1 + e^-v)`, to the bit.
             Activation::Silu => values
                 .par_iter_mut()
                 .with_min_len(16_384)
-                .for_each(|v| *v = *v / (1.0 + (-*v).exp())),
+                .for_each(|v| *v = silu(*v)),
             Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
             Activation::Gelu | Activation::GeluTanh => {
                 let x = Tensor::from_slice(values, values.len(), &Device::Cpu)?;
@@ -200,6 +198,11 @@ impl Activation {
             Activation::Silu => x.silu()?,
         })
     }
+}
+
+/// candle's SiLU, `v / (1 + e^-v)`, to the bit.
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
 }
 
 /// Rotary position embedding in HF's half-split ("rotate_half") layout over the first
@@ -673,10 +676,9 @@ impl Transformer {
                 recomputed_from_position: tokens[0].len(),
             });
         }
-        // The final stage always runs: it is what produces the logits.
         let start = match differing {
-            Some(stage) => stage.unwrap_or(n as isize).min(n as isize),
-            None => -1,
+            Some(Some(stage)) => stage,
+            _ => -1,
         };
         if let Some(p) = cache
             .as_ref()
