@@ -160,9 +160,14 @@ impl PackedMatrix {
                     for (g, row) in (0..m).step_by(group).enumerate() {
                         let rows = group.min(m - row);
                         let a = &a_packed[(g * k + k0) * group..(g * k + k0 + kc) * group];
+                        // The first group of rows fetches the next block of weights (the rest
+                        // of this panel, then the next panel: they follow in memory) into L2
+                        // while it computes, so reading the weights from memory overlaps the
+                        // arithmetic instead of stalling the next block's first group.
+                        let prefetch = (g == 0).then(|| b.as_ptr().wrapping_add(kc * NR));
                         // Safety: rows [row, row + rows) of this task's `NR` columns, written
                         // above, are inside `c`'s buffer and touched by no other task.
-                        unsafe { kernel.run(rows, kc, a, b, c.add(row * ldc), ldc) };
+                        unsafe { kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, prefetch) };
                     }
                 }
                 if width < NR {
@@ -402,12 +407,25 @@ impl Kernel {
     }
 
     /// `c[i·ldc + j] += Σ_{p<kc} a[p·G + i] · b[p·NR + j]` for `i < rows`, `j < NR`, with `a`
-    /// one block of packed rows (`G = self.group()`).
+    /// one block of packed rows (`G = self.group()`). With `prefetch`, the `kc · NR` floats
+    /// from there are hinted into L2 along the way (a hint: any address is allowed).
     ///
     /// # Safety
     /// `c` is valid for reads and writes of `NR` floats at each of `rows` rows `ldc` apart,
     /// initialized, and accessed by nothing else during the call.
-    unsafe fn run(self, rows: usize, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+    unsafe fn run(
+        self,
+        rows: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        prefetch: Option<*const f32>,
+    ) {
+        // The kernels take no hint as a null pointer (and never dereference a hint).
+        let hint = |offset: usize| prefetch.map_or(std::ptr::null(), |p| p.wrapping_add(offset));
+        let pf = hint(0);
         let group = self.group();
         assert!((1..=group).contains(&rows) && kc >= 1 && ldc >= NR);
         assert!(a.len() >= kc * group && b.len() >= kc * NR);
@@ -417,18 +435,18 @@ impl Kernel {
             // the caller `c`.
             Kernel::Avx512 => unsafe {
                 match rows {
-                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc),
-                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc),
-                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc),
-                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc),
-                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc),
-                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc),
-                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc),
-                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc),
-                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc),
-                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc),
-                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc),
-                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc),
+                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc, pf),
+                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc, pf),
+                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc, pf),
+                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc, pf),
+                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc, pf),
+                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc, pf),
+                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc, pf),
+                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc, pf),
+                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc, pf),
+                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc, pf),
+                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc, pf),
+                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc, pf),
                 }
             },
             #[cfg(target_arch = "x86_64")]
@@ -436,14 +454,14 @@ impl Kernel {
             // `b`, the caller `c`; each half reads and writes 16 of the panel's `NR` columns.
             Kernel::Avx2 => unsafe {
                 for half in [0, 16] {
-                    let (b, c) = (&b[half..], c.add(half));
+                    let (b, c, pf) = (&b[half..], c.add(half), hint(half));
                     match rows {
-                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc),
-                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc),
-                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc),
-                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc),
-                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc),
-                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc),
+                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc, pf),
+                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc, pf),
+                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc, pf),
+                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc, pf),
+                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc, pf),
+                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc, pf),
                     }
                 }
             },
@@ -490,8 +508,12 @@ macro_rules! tile {
             b: &[f32],
             c: *mut f32,
             ldc: usize,
+            prefetch: *const f32,
         ) {
             let (a, b) = (a.as_ptr(), b.as_ptr());
+            // A prefetch never faults, so the hint may point past the weights (it is formed
+            // with `wrapping_add`, never `add`); null means none.
+            let wanted = !prefetch.is_null();
             // Safety (whole body): the caller checked every bound (see `Kernel::run`).
             unsafe {
                 let mut acc0 = [$zero(); ROWS];
@@ -501,6 +523,13 @@ macro_rules! tile {
                     acc1[i] = $load(c.add(i * ldc + $lanes));
                 }
                 for p in 0..kc {
+                    if wanted {
+                        // One 64-byte line per 16 floats of the tile's width.
+                        for line in (0..2 * $lanes).step_by(16) {
+                            let at = prefetch.wrapping_add(p * NR + line);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        }
+                    }
                     let b0 = $load(b.add(p * NR));
                     let b1 = $load(b.add(p * NR + $lanes));
                     for i in 0..ROWS {
