@@ -367,9 +367,7 @@ fn matmul_roofline(model: &Model, n: usize, repeats: usize) -> (Timing, f64) {
     let t = &model.transformer;
     let mut linears = Vec::new();
     for b in &t.blocks {
-        linears.extend([&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o]);
-        linears.extend(b.mlp.gate.iter());
-        linears.extend([&b.mlp.up, &b.mlp.down]);
+        linears.extend([&b.attn.qkv, &b.attn.o, &b.mlp.w_in, &b.mlp.down]);
     }
     linears.push(&t.unembed);
     let widest = linears.iter().map(|l| l.weight.cols()).max().unwrap_or(0);

@@ -338,7 +338,7 @@ impl<'a> Cett<'a> {
         total: Option<Vec<f32>>,
     ) -> Result<Self, ModelError> {
         let channels = down.cols();
-        if a.len() % channels.max(1) != 0 {
+        if !a.len().is_multiple_of(channels.max(1)) {
             return Err(ModelError::InvalidInput(format!(
                 "CETT: activations of length {} are not rows of {channels}, as W_down expects",
                 a.len()
@@ -591,7 +591,7 @@ impl<'a> Cett<'a> {
     ) -> Vec<usize> {
         let last = CETT_CANDIDATES - 1;
         let width = (hi_value - lo_value) / ESTIMATE_BUCKETS as f64;
-        if !(width > 0.0) {
+        if width.is_nan() || width <= 0.0 {
             return vec![last];
         }
         // Per token, Σ‖n‖² per bucket of the candidates' range (norms above it are never
@@ -827,7 +827,7 @@ pub fn mlp_hooks(model: &Transformer, l: usize) -> Vec<String> {
         format!("blocks.{l}.mlp.hook_post"),
         format!("blocks.{l}.hook_mlp_out"),
     ];
-    if model.blocks.get(l).is_some_and(|b| b.mlp.gate.is_some()) {
+    if model.blocks.get(l).is_some_and(|b| b.mlp.gated) {
         v.push(format!("blocks.{l}.mlp.hook_pre_linear"));
     }
     v
@@ -854,7 +854,7 @@ pub fn measure_mlp_layer(
         Ok((pre, channels))
     };
     let u_of = |c: &crate::model::Captures| -> Result<Option<Vec<f32>>, ModelError> {
-        if block.mlp.gate.is_none() {
+        if !block.mlp.gated {
             return Ok(None);
         }
         Ok(Some(

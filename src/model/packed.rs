@@ -67,6 +67,38 @@ impl PackedMatrix {
         }
     }
 
+    /// The rows of `parts` (each with the same columns) one after another. Parts whose rows
+    /// fill whole panels are joined panel by panel; otherwise the rows are repacked.
+    pub fn stack(parts: &[&PackedMatrix]) -> Self {
+        let k = parts.first().map_or(0, |p| p.k);
+        assert!(
+            parts.iter().all(|p| p.k == k),
+            "stack: parts differ in width"
+        );
+        let n = parts.iter().map(|p| p.n).sum();
+        let whole_panels = parts
+            .split_last()
+            .is_none_or(|(_, init)| init.iter().all(|p| p.n.is_multiple_of(NR)));
+        let panels = if whole_panels {
+            parts
+                .iter()
+                .flat_map(|p| p.panels.iter().copied())
+                .collect()
+        } else {
+            let rows: Vec<f32> = parts
+                .iter()
+                .flat_map(|p| (0..p.n).flat_map(|r| p.row(r)))
+                .collect();
+            return Self::from_rows(&rows, n, k);
+        };
+        PackedMatrix {
+            n,
+            k,
+            panels,
+            column_norms: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.n
     }
@@ -413,6 +445,8 @@ impl Kernel {
     /// # Safety
     /// `c` is valid for reads and writes of `NR` floats at each of `rows` rows `ldc` apart,
     /// initialized, and accessed by nothing else during the call.
+    // The kernel's whole contract in one call: splitting it would only hide the bounds checked here.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run(
         self,
         rows: usize,
@@ -668,6 +702,31 @@ mod tests {
         });
         for (a, b) in norms.iter().zip(expected) {
             assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b));
+        }
+    }
+
+    #[test]
+    fn stacked_matrices_are_their_rows_one_after_another() {
+        let k = 7;
+        // Whole panels joined directly, and a part that ends mid-panel (repacked).
+        for sizes in [&[64, 32, 5][..], &[33, 32], &[3]] {
+            let parts: Vec<Vec<f32>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let rows = weights_and_inputs(1, n, k).0;
+                    rows.into_iter().map(|v| v + i as f32).collect()
+                })
+                .collect();
+            let packed: Vec<PackedMatrix> = parts
+                .iter()
+                .zip(sizes)
+                .map(|(rows, &n)| PackedMatrix::from_rows(rows, n, k))
+                .collect();
+            let stacked = PackedMatrix::stack(&packed.iter().collect::<Vec<_>>());
+            let all = PackedMatrix::from_rows(&parts.concat(), sizes.iter().sum(), k);
+            assert_eq!((stacked.rows(), stacked.cols()), (all.rows(), k));
+            assert_eq!(stacked.panels, all.panels, "{sizes:?}");
         }
     }
 

@@ -64,6 +64,31 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// The rows of layers that read the same input, one after another (`[W_q; W_k; W_v]`,
+    /// `[W_gate; W_up]`): one matmul computes every part's outputs, so each layer makes fewer,
+    /// larger kernel calls. A part without a bias gets zeros in the stacked bias.
+    pub fn stack(parts: Vec<Linear>) -> Result<Self> {
+        let cols = parts.first().map_or(0, |p| p.weight.cols());
+        if let Some(odd) = parts.iter().find(|p| p.weight.cols() != cols) {
+            return Err(ModelError::InvalidInput(format!(
+                "stacked layers must read the same input width: {cols} and {}",
+                odd.weight.cols()
+            )));
+        }
+        let matrices: Vec<&PackedMatrix> = parts.iter().map(|p| &*p.weight).collect();
+        let weight = Arc::new(PackedMatrix::stack(&matrices));
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| {
+            parts
+                .iter()
+                .flat_map(|p| match &p.bias {
+                    Some(b) => b.to_vec(),
+                    None => vec![0.0; p.out_dim()],
+                })
+                .collect()
+        });
+        Ok(Linear { weight, bias })
+    }
+
     pub fn out_dim(&self) -> usize {
         self.weight.rows()
     }
@@ -172,6 +197,39 @@ impl Activation {
         Ok(Tensor::from_vec(y, gate.shape(), gate.device())?)
     }
 
+    /// `act(gate) ⊙ linear` from `[.., 2·width]` inputs holding `gate` then `linear` in each
+    /// row (a stacked `[W_gate; W_up]`'s output), without splitting them first.
+    pub fn gated_halves(self, inputs: &Tensor, width: usize) -> Result<Tensor> {
+        let mut shape = inputs.dims().to_vec();
+        if shape.last() != Some(&(2 * width)) {
+            return Err(ModelError::InvalidInput(format!(
+                "gated inputs must be {} wide, got shape {shape:?}",
+                2 * width
+            )));
+        }
+        if let Some(last) = shape.last_mut() {
+            *last = width;
+        }
+        if self != Activation::Silu {
+            let half = |i: usize| inputs.narrow(D::Minus1, i * width, width);
+            return Ok((self.forward(&half(0)?)? * half(1)?)?);
+        }
+        let y = with_f32_slice(inputs, |x| {
+            let mut y = vec![0f32; x.len() / 2];
+            y.par_chunks_mut(width.max(1))
+                .zip(x.par_chunks(2 * width.max(1)))
+                .with_min_len((4096 / width.max(1)).max(1))
+                .for_each(|(out, row)| {
+                    let (gate, linear) = row.split_at(width);
+                    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(linear) {
+                        *o = silu(g) * u;
+                    }
+                });
+            y
+        })?;
+        Ok(Tensor::from_vec(y, shape, inputs.device())?)
+    }
+
     /// The activation over plain values, as [`Activation::forward`] computes it (SiLU and
     /// ReLU directly, the GELUs through candle's kernels so every value stays the same).
     pub fn apply_in_place(self, values: &mut [f32]) -> Result<()> {
@@ -262,9 +320,9 @@ impl Rotary {
 
 #[derive(Clone, Debug)]
 pub struct Attention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// `[W_q; W_k; W_v]` stacked ([`Linear::stack`]): outputs `n_heads · d_head` queries,
+    /// then `n_kv_heads · d_head` keys and as many values.
+    pub qkv: Linear,
     pub o: Linear,
     /// Per-head RMS norms on queries and keys (Gemma 3, Qwen 3).
     pub q_norm: Option<Norm>,
@@ -282,11 +340,35 @@ pub struct Attention {
 
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    /// Present for gated MLPs: `act(x W_gate) ⊙ (x W_up)`.
-    pub gate: Option<Linear>,
-    pub up: Linear,
+    /// `W_in`; for gated MLPs (`act(x W_gate) ⊙ (x W_in)`) `[W_gate; W_in]` stacked
+    /// ([`Linear::stack`]), so both come from one matmul.
+    pub w_in: Linear,
+    pub gated: bool,
     pub down: Linear,
     pub act: Activation,
+}
+
+impl Mlp {
+    /// `act(x W_gate) ⊙ (x W_up)` (`gate` present) or `act(x W_in)`, the layer's inputs stacked
+    /// into one matrix.
+    pub fn new(gate: Option<Linear>, up: Linear, down: Linear, act: Activation) -> Result<Self> {
+        let gated = gate.is_some();
+        let w_in = match gate {
+            Some(gate) => Linear::stack(vec![gate, up])?,
+            None => up,
+        };
+        Ok(Mlp {
+            w_in,
+            gated,
+            down,
+            act,
+        })
+    }
+
+    /// Neurons per layer (`d_mlp`).
+    pub fn width(&self) -> usize {
+        self.down.weight.cols()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -484,7 +566,7 @@ impl Transformer {
             n_heads: first.attn.n_heads,
             n_kv_heads: first.attn.n_kv_heads,
             d_head: first.attn.d_head,
-            d_mlp: first.mlp.up.out_dim(),
+            d_mlp: first.mlp.width(),
             d_vocab: unembed.out_dim(),
             n_ctx,
         };
@@ -518,16 +600,13 @@ impl Transformer {
             .map(|b| {
                 let a = &b.attn;
                 nrm(&b.ln1)
-                    + lin(&a.q)
-                    + lin(&a.k)
-                    + lin(&a.v)
+                    + lin(&a.qkv)
                     + lin(&a.o)
                     + onrm(&a.q_norm)
                     + onrm(&a.k_norm)
                     + onrm(&b.attn_post_norm)
                     + nrm(&b.ln2)
-                    + b.mlp.gate.as_ref().map_or(0, lin)
-                    + lin(&b.mlp.up)
+                    + lin(&b.mlp.w_in)
                     + lin(&b.mlp.down)
                     + onrm(&b.mlp_post_norm)
             })
@@ -561,7 +640,7 @@ impl Transformer {
             }
             site("ln2.hook_normalized");
             site("mlp.hook_pre");
-            if block.mlp.gate.is_some() {
+            if block.mlp.gated {
                 site("mlp.hook_pre_linear");
             }
             site("mlp.hook_post");
@@ -1130,16 +1209,21 @@ fn interventions_on(
 impl Mlp {
     fn forward(&self, l: usize, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
         let name = |s: &str| format!("blocks.{l}.mlp.{s}");
-        let post = match &self.gate {
-            Some(gate) => {
-                let pre = hooks.site(&name("hook_pre"), gate.forward(x)?)?;
-                let linear = hooks.site(&name("hook_pre_linear"), self.up.forward(x)?)?;
+        let inputs = self.w_in.forward(x)?;
+        let post = if self.gated {
+            let (pre_name, linear_name) = (name("hook_pre"), name("hook_pre_linear"));
+            let d_mlp = self.width();
+            if hooks.wants(&pre_name) || hooks.wants(&linear_name) {
+                let half = |i: usize| inputs.narrow(D::Minus1, i * d_mlp, d_mlp)?.contiguous();
+                let pre = hooks.site(&pre_name, half(0)?)?;
+                let linear = hooks.site(&linear_name, half(1)?)?;
                 self.act.gated(&pre, &linear)?
+            } else {
+                self.act.gated_halves(&inputs, d_mlp)?
             }
-            None => {
-                let pre = hooks.site(&name("hook_pre"), self.up.forward(x)?)?;
-                self.act.forward(&pre)?
-            }
+        } else {
+            let pre = hooks.site(&name("hook_pre"), inputs)?;
+            self.act.forward(&pre)?
         };
         let post = hooks.site(&name("hook_post"), post)?;
         self.down.forward(&post)
@@ -1199,9 +1283,14 @@ impl Attention {
         let t = tables.t;
         let b = x.dim(0)?;
         let (nh, nkv, dh) = (self.n_heads, self.n_kv_heads, self.d_head);
-        let mut q = self.q.forward(x)?.reshape((b, t, nh, dh))?;
-        let mut k = self.k.forward(x)?.reshape((b, t, nkv, dh))?;
-        let v = self.v.forward(x)?.reshape((b, t, nkv, dh))?;
+        let qkv = self.qkv.forward(x)?;
+        let part = |start: usize, heads: usize| {
+            qkv.narrow(D::Minus1, start * dh, heads * dh)?
+                .reshape((b, t, heads, dh))
+        };
+        let mut q = part(0, nh)?;
+        let mut k = part(nh, nkv)?;
+        let v = part(nh + nkv, nkv)?;
         if let Some(norm) = &self.q_norm {
             q = norm.forward(&q)?;
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::RopeParameters;
 use crate::model::error::{ModelError, Result};
 use crate::model::transformer::{
-    Attention, Block, Mlp, NormKind, Transformer, embeddings, linear, norm,
+    Attention, Block, Linear, Mlp, NormKind, Transformer, embeddings, linear, norm,
 };
 use crate::model::weights::Weights;
 
@@ -138,9 +138,11 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         blocks.push(Block {
             ln1: rms(&lw, "input_layernorm", d)?,
             attn: Attention {
-                q: linear(&lw, "self_attn.q_proj", nh * dh, d, bias)?,
-                k: linear(&lw, "self_attn.k_proj", nkv * dh, d, bias)?,
-                v: linear(&lw, "self_attn.v_proj", nkv * dh, d, bias)?,
+                qkv: Linear::stack(vec![
+                    linear(&lw, "self_attn.q_proj", nh * dh, d, bias)?,
+                    linear(&lw, "self_attn.k_proj", nkv * dh, d, bias)?,
+                    linear(&lw, "self_attn.v_proj", nkv * dh, d, bias)?,
+                ])?,
                 o: linear(&lw, "self_attn.o_proj", d, nh * dh, bias)?,
                 q_norm: Some(rms(&lw, "self_attn.q_norm", dh)?),
                 k_norm: Some(rms(&lw, "self_attn.k_norm", dh)?),
@@ -158,18 +160,18 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             },
             attn_post_norm: Some(rms(&lw, "post_attention_layernorm", d)?),
             ln2: rms(&lw, "pre_feedforward_layernorm", d)?,
-            mlp: Mlp {
-                gate: Some(linear(
+            mlp: Mlp::new(
+                Some(linear(
                     &lw,
                     "mlp.gate_proj",
                     cfg.intermediate_size,
                     d,
                     false,
                 )?),
-                up: linear(&lw, "mlp.up_proj", cfg.intermediate_size, d, false)?,
-                down: linear(&lw, "mlp.down_proj", d, cfg.intermediate_size, false)?,
+                linear(&lw, "mlp.up_proj", cfg.intermediate_size, d, false)?,
+                linear(&lw, "mlp.down_proj", d, cfg.intermediate_size, false)?,
                 act,
-            },
+            )?,
             mlp_post_norm: Some(rms(&lw, "post_feedforward_layernorm", d)?),
             parallel_residual: false,
         });

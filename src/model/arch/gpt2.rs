@@ -109,14 +109,6 @@ fn conv1d_linear(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Resu
     Linear::new(&weight, Some(&bias))
 }
 
-/// Rows `[start, start + len)` of a fused projection.
-fn split(fused: &(Tensor, Tensor), start: usize, len: usize) -> Result<Linear> {
-    Linear::new(
-        &fused.0.narrow(0, start, len)?,
-        Some(&fused.1.narrow(0, start, len)?),
-    )
-}
-
 pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer> {
     let d = cfg.n_embd;
     let nh = cfg.n_head;
@@ -140,7 +132,6 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     let mut blocks = Vec::with_capacity(cfg.n_layer);
     for l in 0..cfg.n_layer {
         let lw = base.pp(format!("h.{l}"));
-        let qkv = conv1d(&lw, "attn.c_attn", d, 3 * d)?;
         let mut scale = if cfg.scale_attn_weights {
             (dh as f64).powf(-0.5)
         } else {
@@ -152,9 +143,8 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
         blocks.push(Block {
             ln1: norm(&lw, "ln_1", NormKind::LayerNorm, d, eps, false)?,
             attn: Attention {
-                q: split(&qkv, 0, d)?,
-                k: split(&qkv, d, d)?,
-                v: split(&qkv, 2 * d, d)?,
+                // `c_attn` already stacks queries, keys and values.
+                qkv: conv1d_linear(&lw, "attn.c_attn", d, 3 * d)?,
                 o: conv1d_linear(&lw, "attn.c_proj", d, d)?,
                 q_norm: None,
                 k_norm: None,
@@ -168,12 +158,12 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             },
             attn_post_norm: None,
             ln2: norm(&lw, "ln_2", NormKind::LayerNorm, d, eps, false)?,
-            mlp: Mlp {
-                gate: None,
-                up: conv1d_linear(&lw, "mlp.c_fc", d, d_mlp)?,
-                down: conv1d_linear(&lw, "mlp.c_proj", d_mlp, d)?,
+            mlp: Mlp::new(
+                None,
+                conv1d_linear(&lw, "mlp.c_fc", d, d_mlp)?,
+                conv1d_linear(&lw, "mlp.c_proj", d_mlp, d)?,
                 act,
-            },
+            )?,
             mlp_post_norm: None,
             parallel_residual: false,
         });

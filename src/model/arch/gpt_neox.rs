@@ -106,12 +106,11 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
     for l in 0..cfg.num_hidden_layers {
         let lw = base.pp(format!("layers.{l}"));
         let [q, k, v] = split_qkv(&lw, nh, dh, d, cfg.attention_bias)?;
+        let qkv = Linear::stack(vec![q, k, v])?;
         blocks.push(Block {
             ln1: norm(&lw, "input_layernorm", NormKind::LayerNorm, d, eps, false)?,
             attn: Attention {
-                q,
-                k,
-                v,
+                qkv,
                 o: linear(&lw, "attention.dense", d, d, cfg.attention_bias)?,
                 q_norm: None,
                 k_norm: None,
@@ -132,12 +131,12 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
                 eps,
                 false,
             )?,
-            mlp: Mlp {
-                gate: None,
-                up: linear(&lw, "mlp.dense_h_to_4h", cfg.intermediate_size, d, true)?,
-                down: linear(&lw, "mlp.dense_4h_to_h", d, cfg.intermediate_size, true)?,
+            mlp: Mlp::new(
+                None,
+                linear(&lw, "mlp.dense_h_to_4h", cfg.intermediate_size, d, true)?,
+                linear(&lw, "mlp.dense_4h_to_h", d, cfg.intermediate_size, true)?,
                 act,
-            },
+            )?,
             mlp_post_norm: None,
             parallel_residual: cfg.use_parallel_residual,
         });

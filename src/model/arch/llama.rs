@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::RopeParameters;
 use crate::model::error::Result;
 use crate::model::transformer::{
-    Attention, Block, Mlp, NormKind, Transformer, embeddings, linear, norm,
+    Attention, Block, Linear, Mlp, NormKind, Transformer, embeddings, linear, norm,
 };
 use crate::model::weights::Weights;
 
@@ -93,9 +93,11 @@ pub(crate) fn load_variant(
         blocks.push(Block {
             ln1: norm(&lw, "input_layernorm", NormKind::RmsNorm, d, eps, false)?,
             attn: Attention {
-                q: linear(&lw, "self_attn.q_proj", nh * dh, d, variant.qkv_bias)?,
-                k: linear(&lw, "self_attn.k_proj", nkv * dh, d, variant.qkv_bias)?,
-                v: linear(&lw, "self_attn.v_proj", nkv * dh, d, variant.qkv_bias)?,
+                qkv: Linear::stack(vec![
+                    linear(&lw, "self_attn.q_proj", nh * dh, d, variant.qkv_bias)?,
+                    linear(&lw, "self_attn.k_proj", nkv * dh, d, variant.qkv_bias)?,
+                    linear(&lw, "self_attn.v_proj", nkv * dh, d, variant.qkv_bias)?,
+                ])?,
                 o: linear(&lw, "self_attn.o_proj", d, nh * dh, false)?,
                 q_norm: None,
                 k_norm: None,
@@ -116,18 +118,18 @@ pub(crate) fn load_variant(
                 eps,
                 false,
             )?,
-            mlp: Mlp {
-                gate: Some(linear(
+            mlp: Mlp::new(
+                Some(linear(
                     &lw,
                     "mlp.gate_proj",
                     cfg.intermediate_size,
                     d,
                     cfg.mlp_bias,
                 )?),
-                up: linear(&lw, "mlp.up_proj", cfg.intermediate_size, d, cfg.mlp_bias)?,
-                down: linear(&lw, "mlp.down_proj", d, cfg.intermediate_size, cfg.mlp_bias)?,
+                linear(&lw, "mlp.up_proj", cfg.intermediate_size, d, cfg.mlp_bias)?,
+                linear(&lw, "mlp.down_proj", d, cfg.intermediate_size, cfg.mlp_bias)?,
                 act,
-            },
+            )?,
             mlp_post_norm: None,
             parallel_residual: false,
         });
