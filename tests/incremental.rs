@@ -287,3 +287,47 @@ fn position_incremental_equals_full_rerun_on_tiny_models() {
         );
     }
 }
+
+/// A rerun of only the last rows that is cancelled half-way leaves the cache whole: its keys
+/// and values are taken for the rerun and must be put back, so the next position-incremental
+/// pass still equals a full rerun.
+#[test]
+fn cancelled_position_rerun_keeps_the_cache() {
+    let model = model::open(fixtures().join("tiny/llama")).unwrap();
+    let t = &model.transformer;
+    let tokens = vec![(0..12).map(|i| (i * 7 % 50) as u32).collect::<Vec<u32>>()];
+    let n = tokens[0].len();
+    let capture = HookSpec::capture(["blocks.*.hook_resid_post", "blocks.*.attn.hook_k"]);
+    let mut cache = None;
+    t.forward_cached(&tokens, &capture, &mut cache, &mut NoObserver)
+        .unwrap();
+    let at_last = |value: f32| {
+        capture
+            .clone()
+            .with_intervention(clamp(0, value).at_positions(vec![n - 1]))
+    };
+    let mut rec = Recorder {
+        layers: vec![],
+        cancel_after: Some(1),
+    };
+    let e = t
+        .forward_cached(&tokens, &at_last(7.0), &mut cache, &mut rec)
+        .err()
+        .unwrap();
+    assert!(matches!(e, ModelError::Cancelled));
+    assert_eq!(rec.layers, vec![0]);
+    for value in [7.0, -3.0] {
+        let spec = at_last(value);
+        let incremental = t
+            .forward_cached(&tokens, &spec, &mut cache, &mut NoObserver)
+            .unwrap();
+        assert_eq!(incremental.recomputed_from_position, n - 1);
+        let full = t.forward(&tokens, &spec, &mut NoObserver).unwrap();
+        assert!(max_abs_diff(&incremental.logits, &full.logits) <= 1e-5);
+        for (name, tensor) in &full.captures {
+            let mine = &incremental.captures[name];
+            let diff = max_abs_diff(&mine.contiguous().unwrap(), &tensor.contiguous().unwrap());
+            assert!(diff <= 1e-5, "{name} differs by {diff}");
+        }
+    }
+}

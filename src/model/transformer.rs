@@ -528,6 +528,44 @@ impl KvCache {
         &mut self.layers[l]
     }
 
+    /// Removes rows `positions..` of layers `first_layer..` (and the tokens there), returning
+    /// the removed rows for [`KvCache::restore_rows`].
+    fn split_off_rows(
+        &mut self,
+        first_layer: usize,
+        positions: usize,
+        row_width: usize,
+    ) -> Vec<(Vec<f32>, Vec<f32>)> {
+        self.tokens.truncate(positions);
+        let at = positions * row_width;
+        self.layers
+            .iter_mut()
+            .skip(first_layer)
+            .map(|(k, v)| {
+                let split = |x: &mut Vec<f32>| x.split_off(at.min(x.len()));
+                (split(k), split(v))
+            })
+            .collect()
+    }
+
+    /// Undoes [`KvCache::split_off_rows`] after a rerun of those rows failed half-way. The
+    /// tokens are the caller's to set back.
+    fn restore_rows(
+        &mut self,
+        first_layer: usize,
+        positions: usize,
+        row_width: usize,
+        replaced: Vec<(Vec<f32>, Vec<f32>)>,
+    ) {
+        let at = positions * row_width;
+        for ((k, v), (old_k, old_v)) in self.layers.iter_mut().skip(first_layer).zip(replaced) {
+            k.truncate(at);
+            v.truncate(at);
+            k.extend(old_k);
+            v.extend(old_v);
+        }
+    }
+
     /// Keeps the first `positions` (undoes a step that failed half-way).
     fn truncate(&mut self, positions: usize, row_width: usize) {
         self.tokens.truncate(positions);
@@ -906,16 +944,60 @@ impl Transformer {
         start: usize,
         p: usize,
     ) -> Result<ForwardOutput> {
-        let n = self.n_layers();
-        let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
-        let t = tokens[0].len();
-        let mut kv = old.kv.clone().ok_or(ModelError::Cancelled)?;
         let row_width = self.dims.n_kv_heads * self.dims.d_head;
-        for layer in kv.layers.iter_mut().skip(start) {
-            layer.0.truncate(p * row_width);
-            layer.1.truncate(p * row_width);
+        // The cached keys and values are taken, not copied (at 256 tokens a copy of every
+        // layer's was 12 MB per rerun): the rows the rerun replaces are set aside and put back
+        // if it fails, so the cache stays whole.
+        let mut kv = cache
+            .as_mut()
+            .and_then(|c| c.kv.take())
+            .ok_or(ModelError::Cancelled)?;
+        let replaced = kv.split_off_rows(start, p, row_width);
+        let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
+        match self.rerun_rows(tokens, spec, old, &mut kv, observer, start, p) {
+            Ok((inputs, captures, logits)) => {
+                kv.tokens = tokens[0].clone();
+                *cache = Some(ResidCache {
+                    tokens: tokens.to_vec(),
+                    spec: spec.clone(),
+                    inputs,
+                    captures: captures.clone(),
+                    kv: Some(kv),
+                    logits: logits.clone(),
+                });
+                Ok(ForwardOutput {
+                    logits,
+                    captures,
+                    recomputed_from: start as isize,
+                    recomputed_from_position: p,
+                })
+            }
+            Err(e) => {
+                kv.restore_rows(start, p, row_width, replaced);
+                kv.tokens = tokens[0].clone();
+                if let Some(c) = cache.as_mut() {
+                    c.kv = Some(kv);
+                }
+                Err(e)
+            }
         }
-        kv.tokens.truncate(p);
+    }
+
+    /// [`Transformer::forward_from_position`]'s pass over `kv` (holding rows `..p` of stages
+    /// `start..`): the new cache's inputs, captures and logits.
+    #[allow(clippy::too_many_arguments)]
+    fn rerun_rows(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        old: &ResidCache,
+        kv: &mut KvCache,
+        observer: &mut dyn LayerObserver,
+        start: usize,
+        p: usize,
+    ) -> Result<(Vec<Tensor>, Captures, Tensor)> {
+        let n = self.n_layers();
+        let t = tokens[0].len();
         let mut hooks = HookState::step(spec, tokens, p);
         for (name, c) in &old.captures {
             if hook_stage(name, n).is_some_and(|s| s < start as isize) && hooks.wants(name) {
@@ -950,7 +1032,7 @@ impl Transformer {
         };
         let mut inputs: Vec<Tensor> = old.inputs[..start].to_vec();
         let mut x = old.inputs[start].narrow(1, p, t - p)?.contiguous()?;
-        let mut tables = PassTables::step(t - p, &mut kv);
+        let mut tables = PassTables::step(t - p, kv);
         for l in start..n {
             if observer.is_cancelled() {
                 return Err(ModelError::Cancelled);
@@ -969,22 +1051,7 @@ impl Transformer {
         let rows_logits = self.final_forward(&x, &mut hooks)?;
         merge_stage(&mut hooks, n as isize)?;
         let logits = joined(&old.logits, &rows_logits, 1)?;
-        kv.tokens = tokens[0].clone();
-        let captures = hooks.captures;
-        *cache = Some(ResidCache {
-            tokens: tokens.to_vec(),
-            spec: spec.clone(),
-            inputs,
-            captures: captures.clone(),
-            kv: Some(kv),
-            logits: logits.clone(),
-        });
-        Ok(ForwardOutput {
-            logits,
-            captures,
-            recomputed_from: start as isize,
-            recomputed_from_position: p,
-        })
+        Ok((inputs, hooks.captures, logits))
     }
 
     /// Runs `new` tokens after the positions `cache` holds (one sequence) and appends their
