@@ -9,11 +9,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 
 use super::error::{ModelError, Result};
+use super::packed::PackedMatrix;
 use super::weights::TensorSource;
+
+/// Rows dequantized at a time when a matrix is packed piecewise (≈ 1 MB of f32 per piece at a
+/// width of 576).
+const PIECE_FLOATS: usize = 1 << 18;
 
 pub fn metadata_str(md: &HashMap<String, Value>, key: &str) -> Option<String> {
     md.get(key).and_then(|v| v.to_string().ok()).cloned()
@@ -65,6 +71,26 @@ impl GgufFile {
             content,
             mmap,
         })
+    }
+
+    /// Lets the OS drop the mapped pages of a tensor that has been read (they would otherwise
+    /// count toward the process's memory until the file is closed, ~100 MB for SmolLM2).
+    fn release(&self, info: &gguf_file::TensorInfo) {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size().max(1);
+        let len = elems / block * info.ggml_dtype.type_size();
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        let Ok(start) = usize::try_from(start) else {
+            return;
+        };
+        if start.saturating_add(len) <= self.mmap.len() && len > 0 {
+            // Safety: the map is read-only and private, so dropping its pages loses nothing:
+            // a later read faults them in again from the file. Only a hint: errors are moot.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
     }
 
     pub fn architecture(&self) -> Option<String> {
@@ -272,6 +298,7 @@ impl TensorSource for GgufSource {
                 &Device::Cpu,
             )
             .map_err(corrupt)?;
+        self.file.release(info);
         let mut tensor = qtensor.dequantize(&Device::Cpu).map_err(corrupt)?;
         if self.arch == "llama" {
             if name.ends_with("q_proj.weight") {
@@ -284,5 +311,97 @@ impl TensorSource for GgufSource {
             tensor = (tensor - 1.0)?;
         }
         Ok(Some(tensor))
+    }
+
+    /// Dequantizes a few hundred rows at a time straight into the packed matrix (Llama's Q/K
+    /// rows, which must be permuted back first, go through [`GgufSource::load`]).
+    fn load_packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedMatrix>> {
+        let Some(gguf_name) = self.resolve(name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.content.tensor_infos.get(&gguf_name) else {
+            return Ok(None);
+        };
+        let permuted = self.arch == "llama"
+            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"));
+        let dtype = info.ggml_dtype;
+        let block = dtype.block_size();
+        if permuted
+            || info.shape.dims() != [rows, cols]
+            || block == 0
+            || !cols.is_multiple_of(block)
+        {
+            return self.load_whole_packed(name, rows, cols);
+        }
+        let corrupt = |reason: String| ModelError::CorruptGguf {
+            path: self.file.path.clone(),
+            reason: format!("tensor {gguf_name}: {reason}"),
+        };
+        let row_bytes = cols / block * dtype.type_size();
+        let bytes = row_bytes
+            .checked_mul(rows)
+            .ok_or_else(|| corrupt(format!("{rows} × {cols} is too large")))?;
+        let start = usize::try_from(self.file.content.tensor_data_offset)
+            .ok()
+            .and_then(|base| base.checked_add(usize::try_from(info.offset).ok()?))
+            .ok_or_else(|| corrupt("its offset is beyond the file".into()))?;
+        let data = start
+            .checked_add(bytes)
+            .and_then(|end| self.file.mmap.get(start..end))
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "needs {bytes} bytes at offset {start}; the file has {}",
+                    self.file.mmap.len()
+                ))
+            })?;
+        let piece_rows = (PIECE_FLOATS / cols.max(1)).max(1);
+        let packed = PackedMatrix::from_row_pieces(rows, cols, piece_rows, |first, count| {
+            let raw = &data[first * row_bytes..(first + count) * row_bytes];
+            // candle reads the blocks in place as their struct type: give it an 8-aligned
+            // copy (mapped tensor data need not be aligned).
+            let mut aligned = vec![0u64; raw.len().div_ceil(8)];
+            // Safety: a u64 buffer viewed as its bytes (any alignment is fine for u8).
+            let view = unsafe {
+                std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), raw.len())
+            };
+            view.copy_from_slice(raw);
+            let values = qtensor_from_ggml(dtype, view, vec![count, cols], &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| corrupt(e.to_string()))?;
+            if values.len() != count * cols {
+                return Err(corrupt(format!(
+                    "rows {first}..{} dequantized to {} values",
+                    first + count,
+                    values.len()
+                )));
+            }
+            Ok(values)
+        })?;
+        self.file.release(info);
+        Ok(Some(packed))
+    }
+}
+
+impl GgufSource {
+    /// [`TensorSource::load_packed`]'s whole-tensor path.
+    fn load_whole_packed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<PackedMatrix>> {
+        let Some(tensor) = self.load(name)? else {
+            return Ok(None);
+        };
+        if tensor.dims() != [rows, cols] {
+            return Err(ModelError::ShapeMismatch {
+                path: self.file.path.clone(),
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: tensor.dims().to_vec(),
+            });
+        }
+        Ok(Some(PackedMatrix::pack(&tensor)?))
     }
 }

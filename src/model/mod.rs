@@ -126,10 +126,12 @@ pub fn open(path: impl AsRef<Path>) -> Result<Model> {
 
 /// Like [`open`], counting loaded weights into `progress` (another thread may poll it).
 pub fn open_with_progress(path: impl AsRef<Path>, progress: &Arc<LoadProgress>) -> Result<Model> {
-    match classify(path.as_ref())? {
+    let model = match classify(path.as_ref())? {
         Source::HfDir(dir) => open_hf_dir(&dir, progress),
         Source::Gguf(file) => open_gguf(&file, progress),
-    }
+    };
+    crate::release_freed_memory();
+    model
 }
 
 /// Opens only the tokenizer of a model path (a GGUF holding just a vocabulary works too).

@@ -52,18 +52,53 @@ impl PackedMatrix {
     /// Packs `n` rows of length `k` given row-major.
     pub fn from_rows(rows: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(rows.len(), n * k, "from_rows: wrong length");
-        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
-        for (row, values) in rows.chunks_exact(k.max(1)).enumerate().take(n) {
-            let base = (row / NR) * k * NR + row % NR;
-            for (p, v) in values.iter().enumerate() {
-                panels[base + p * NR] = *v;
-            }
+        let mut packed = Self::zeros(n, k);
+        packed.write_rows(0, rows);
+        packed
+    }
+
+    /// Packs `n` rows of length `k` that arrive in pieces of at most `piece_rows`:
+    /// `piece(first, count)` returns rows `first..first + count` row-major. A source that makes
+    /// rows piecewise (dequantizing a GGUF tensor) never holds the whole unpacked matrix beside
+    /// its packed copy: for a 262 144-token vocabulary that pair was 1.3 GB at load.
+    pub fn from_row_pieces<E>(
+        n: usize,
+        k: usize,
+        piece_rows: usize,
+        mut piece: impl FnMut(usize, usize) -> Result<Vec<f32>, E>,
+    ) -> Result<Self, E> {
+        let mut packed = Self::zeros(n, k);
+        for first in (0..n).step_by(piece_rows.max(1)) {
+            let count = piece_rows.max(1).min(n - first);
+            let rows = piece(first, count)?;
+            assert_eq!(
+                rows.len(),
+                count * k,
+                "from_row_pieces: a piece of the wrong length"
+            );
+            packed.write_rows(first, &rows);
         }
+        Ok(packed)
+    }
+
+    fn zeros(n: usize, k: usize) -> Self {
         PackedMatrix {
             n,
             k,
-            panels,
+            panels: vec![0f32; n.div_ceil(NR) * k * NR],
             column_norms: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Writes row-major `rows` as rows `first..` of `W`.
+    fn write_rows(&mut self, first: usize, rows: &[f32]) {
+        let k = self.k;
+        for (i, values) in rows.chunks_exact(k.max(1)).enumerate() {
+            let row = first + i;
+            let base = (row / NR) * k * NR + row % NR;
+            for (p, v) in values.iter().enumerate() {
+                self.panels[base + p * NR] = *v;
+            }
         }
     }
 
@@ -703,6 +738,33 @@ mod tests {
         for (a, b) in norms.iter().zip(expected) {
             assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b));
         }
+    }
+
+    /// Rows packed as they arrive, in pieces that do not line up with the panels, give the
+    /// same matrix as packing them all at once; a piece's error stops the packing.
+    #[test]
+    fn rows_packed_piecewise_equal_rows_packed_at_once() {
+        let (n, k) = (77, 9);
+        let rows = weights_and_inputs(1, n, k).0;
+        let whole = PackedMatrix::from_rows(&rows, n, k);
+        for piece_rows in [1, 5, 32, 40, 77, 100] {
+            let mut asked = Vec::new();
+            let pieced = PackedMatrix::from_row_pieces(n, k, piece_rows, |first, count| {
+                asked.push((first, count));
+                Ok::<_, ()>(rows[first * k..(first + count) * k].to_vec())
+            })
+            .unwrap();
+            assert_eq!(pieced.panels, whole.panels, "pieces of {piece_rows}");
+            assert_eq!(asked.iter().map(|(_, c)| c).sum::<usize>(), n);
+        }
+        let failed = PackedMatrix::from_row_pieces(n, k, 10, |first, _| {
+            if first >= 30 {
+                Err(first)
+            } else {
+                Ok(vec![0.0; 10 * k])
+            }
+        });
+        assert_eq!(failed.err(), Some(30));
     }
 
     #[test]

@@ -56,12 +56,18 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let weight = Arc::new(PackedMatrix::pack(weight)?);
+        Self::from_packed(PackedMatrix::pack(weight)?, bias)
+    }
+
+    pub fn from_packed(weight: PackedMatrix, bias: Option<&Tensor>) -> Result<Self> {
         let bias = match bias {
             Some(b) => Some(b.to_vec1::<f32>()?.into()),
             None => None,
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight: Arc::new(weight),
+            bias,
+        })
     }
 
     /// The rows of layers that read the same input, one after another (`[W_q; W_k; W_v]`,
@@ -761,8 +767,10 @@ impl Transformer {
         spec: &HookSpec,
         observer: &mut dyn LayerObserver,
     ) -> Result<ForwardOutput> {
-        let mut cache = None;
-        self.forward_cached(tokens, spec, &mut cache, observer)
+        self.check_tokens(tokens)?;
+        self.validate(spec)?;
+        // Nothing is kept for a later pass: no layer inputs, keys or values are held.
+        self.forward_full(tokens, spec, &mut None, observer, -1, false)
     }
 
     /// A pass that reuses `cache` from the previous pass where it can: with the same tokens,
@@ -804,6 +812,21 @@ impl Transformer {
         {
             return self.forward_from_position(tokens, spec, cache, observer, start as usize, p);
         }
+        self.forward_full(tokens, spec, cache, observer, start, true)
+    }
+
+    /// Every position of stages `start..` (`start < 0`: the embeddings too), the earlier
+    /// stages from `cache`. With `keep`, the pass replaces `cache` when it completes.
+    fn forward_full(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        cache: &mut Option<ResidCache>,
+        observer: &mut dyn LayerObserver,
+        start: isize,
+        keep: bool,
+    ) -> Result<ForwardOutput> {
+        let n = self.n_layers();
         let mut hooks = HookState::new(spec, tokens);
         let mut inputs: Vec<Tensor> = Vec::with_capacity(n + 1);
         let mut x = if start < 0 {
@@ -823,7 +846,7 @@ impl Transformer {
         // One sequence records its keys and values (reusing the cached ones of the layers it
         // does not rerun), for a later rerun of only some positions.
         let t = tokens[0].len();
-        let mut kv = if tokens.len() != 1 {
+        let mut kv = if tokens.len() != 1 || !keep {
             None
         } else if start > 0 {
             cache
@@ -845,7 +868,9 @@ impl Transformer {
             if observer.is_cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            inputs.push(x.clone());
+            if keep {
+                inputs.push(x.clone());
+            }
             x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
             observer.layer_done(&LayerDone {
                 layer: l,
@@ -860,14 +885,16 @@ impl Transformer {
         if let Some(kv) = kv.as_mut() {
             kv.tokens = tokens[0].clone();
         }
-        *cache = Some(ResidCache {
-            tokens: tokens.to_vec(),
-            spec: spec.clone(),
-            inputs,
-            captures: captures.clone(),
-            kv,
-            logits: logits.clone(),
-        });
+        if keep {
+            *cache = Some(ResidCache {
+                tokens: tokens.to_vec(),
+                spec: spec.clone(),
+                inputs,
+                captures: captures.clone(),
+                kv,
+                logits: logits.clone(),
+            });
+        }
         Ok(ForwardOutput {
             logits,
             captures,
@@ -1439,25 +1466,34 @@ pub fn linear(
     in_dim: usize,
     bias: bool,
 ) -> Result<Linear> {
-    let weight = w.get(&format!("{name}.weight"), (out_dim, in_dim))?;
+    let weight = w.get_packed(&format!("{name}.weight"), (out_dim, in_dim))?;
     let bias = if bias {
         Some(w.get(&format!("{name}.bias"), out_dim)?)
     } else {
         w.get_opt(&format!("{name}.bias"), out_dim)?
     };
-    Linear::new(&weight, bias.as_ref())
+    Linear::from_packed(weight, bias.as_ref())
 }
 
-/// The output head and the embedding it may share: `head` is `None` (or `tied`) when the
-/// checkpoint ties them.
-pub fn embeddings(embed: Tensor, head: Option<Tensor>, tied: bool) -> Result<(Embedding, Linear)> {
-    match head {
-        Some(head) if !tied => Ok((Embedding::Table(embed), Linear::new(&head, None)?)),
-        _ => {
-            let unembed = Linear::new(&embed, None)?;
-            Ok((Embedding::Tied(unembed.weight.clone()), unembed))
-        }
+/// The token embedding `embed` and the output head `head` (each a prefix and a tensor name),
+/// `[vocab, d_model]` both. The head shares the embedding's packed matrix when the config ties
+/// them or the checkpoint has no head; a tied embedding is loaded straight into its packed form.
+pub fn embeddings(
+    (embed_weights, embed_name): (&super::weights::Weights, &str),
+    (head_weights, head_name): (&super::weights::Weights, &str),
+    (vocab, d_model): (usize, usize),
+    tied: bool,
+) -> Result<(Embedding, Linear)> {
+    if !tied && head_weights.contains(head_name) {
+        let table = embed_weights.get(embed_name, (vocab, d_model))?;
+        let head = head_weights.get_packed(head_name, (vocab, d_model))?;
+        return Ok((Embedding::Table(table), Linear::from_packed(head, None)?));
     }
+    let unembed = Linear::from_packed(
+        embed_weights.get_packed(embed_name, (vocab, d_model))?,
+        None,
+    )?;
+    Ok((Embedding::Tied(unembed.weight.clone()), unembed))
 }
 
 /// Loads a norm's weight (and bias for LayerNorm). `unit_offset` stores Gemma's `1 + w`.

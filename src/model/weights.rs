@@ -11,6 +11,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 
 use super::error::{ModelError, Result};
+use super::packed::PackedMatrix;
 
 pub trait TensorSource: Send + Sync {
     /// The file (or first shard) tensors are read from, for error messages.
@@ -18,6 +19,24 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
     /// The tensor as f32, or `None` when the file has no tensor of that name.
     fn load(&self, name: &str) -> Result<Option<Tensor>>;
+    /// The `[rows, cols]` matrix `name` packed for the matmul kernel, or `None` when the file
+    /// has no tensor of that name; another shape is an error. This loads the tensor whole and
+    /// packs it; a source that can produce rows piecewise packs them as they come, so the f32
+    /// matrix and its packed copy are never both in memory.
+    fn load_packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedMatrix>> {
+        let Some(tensor) = self.load(name)? else {
+            return Ok(None);
+        };
+        if tensor.dims() != [rows, cols] {
+            return Err(ModelError::ShapeMismatch {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: tensor.dims().to_vec(),
+            });
+        }
+        Ok(Some(PackedMatrix::pack(&tensor)?))
+    }
     /// Elements over all tensors in the file(s): what loading progress is measured against.
     fn total_elements(&self) -> u64;
 }
@@ -241,6 +260,22 @@ impl Weights {
                 path: self.path(),
                 name: full,
             })
+    }
+
+    /// The `[rows, cols]` matrix `name` (under this prefix), packed for the matmul kernel
+    /// ([`TensorSource::load_packed`]).
+    pub fn get_packed(&self, name: &str, (rows, cols): (usize, usize)) -> Result<PackedMatrix> {
+        let full = self.full_name(name);
+        let packed = self.source.load_packed(&full, rows, cols)?.ok_or_else(|| {
+            ModelError::MissingTensor {
+                path: self.path(),
+                name: full,
+            }
+        })?;
+        if let Some(progress) = &self.progress {
+            progress.add((rows * cols) as u64);
+        }
+        Ok(packed)
     }
 
     /// Like `get`, but a missing tensor is `None` (optional biases, tied heads).

@@ -176,9 +176,12 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             parallel_residual: false,
         });
     }
-    let embed = model.get("embed_tokens.weight", (cfg.vocab_size, d))?;
-    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
-    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
+    let (embed, unembed) = embeddings(
+        (&model, "embed_tokens.weight"),
+        (w, "lm_head.weight"),
+        (cfg.vocab_size, d),
+        cfg.tie_word_embeddings,
+    )?;
     Ok(Transformer {
         // As HF, the scale is rounded to the weights' dtype (f32) before multiplying.
         embed_scale: Some((d as f32).sqrt()),

@@ -168,9 +168,12 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             parallel_residual: false,
         });
     }
-    let embed = base.get("wte.weight", (cfg.vocab_size, d))?;
-    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
-    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
+    let (embed, unembed) = embeddings(
+        (&base, "wte.weight"),
+        (w, "lm_head.weight"),
+        (cfg.vocab_size, d),
+        cfg.tie_word_embeddings,
+    )?;
     Ok(Transformer {
         pos_embed: Some(base.get("wpe.weight", (cfg.n_positions, d))?),
         ..Transformer::from_parts(

@@ -141,9 +141,12 @@ pub fn load(w: &Weights, cfg: &Config, config_path: &Path) -> Result<Transformer
             parallel_residual: cfg.use_parallel_residual,
         });
     }
-    let embed = base.get("embed_in.weight", (cfg.vocab_size, d))?;
-    let head = w.get_opt("embed_out.weight", (cfg.vocab_size, d))?;
-    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
+    let (embed, unembed) = embeddings(
+        (&base, "embed_in.weight"),
+        (w, "embed_out.weight"),
+        (cfg.vocab_size, d),
+        cfg.tie_word_embeddings,
+    )?;
     let ln_final = norm(
         &base,
         "final_layer_norm",

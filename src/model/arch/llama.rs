@@ -134,9 +134,12 @@ pub(crate) fn load_variant(
             parallel_residual: false,
         });
     }
-    let embed = model.get("embed_tokens.weight", (cfg.vocab_size, d))?;
-    let head = w.get_opt("lm_head.weight", (cfg.vocab_size, d))?;
-    let (embed, unembed) = embeddings(embed, head, cfg.tie_word_embeddings)?;
+    let (embed, unembed) = embeddings(
+        (&model, "embed_tokens.weight"),
+        (w, "lm_head.weight"),
+        (cfg.vocab_size, d),
+        cfg.tie_word_embeddings,
+    )?;
     let ln_final = norm(&model, "norm", NormKind::RmsNorm, d, eps, false)?;
     Transformer::from_parts(
         blocks,
