@@ -396,7 +396,9 @@ thread_local! {
 /// last block zero-padded): `out[(g·k + p)·group + i] = x[(g·group + i)·k + p]`.
 fn pack_rows(x: &[f32], m: usize, k: usize, group: usize, out: &mut Vec<f32>) {
     let len = m.div_ceil(group) * k * group;
-    out.clear();
+    // Every element is written below, so the reused buffer is not zeroed first (that was a
+    // whole extra pass over it per matmul).
+    out.truncate(len);
     out.resize(len, 0.0);
     if k == 0 {
         return;
@@ -405,9 +407,16 @@ fn pack_rows(x: &[f32], m: usize, k: usize, group: usize, out: &mut Vec<f32>) {
         .zip(x.par_chunks(k * group))
         .with_min_len(4)
         .for_each(|(block, rows)| {
+            let n_rows = rows.len() / k;
             for (i, row) in rows.chunks_exact(k).enumerate() {
                 for (p, &v) in row.iter().enumerate() {
                     block[p * group + i] = v;
+                }
+            }
+            // A short last block: its missing rows are zeros.
+            if n_rows < group {
+                for lanes in block.chunks_exact_mut(group) {
+                    lanes[n_rows..].fill(0.0);
                 }
             }
         });
