@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 
 use super::error::{ModelError, Result};
 use super::packed::PackedMatrix;
-use super::weights::TensorSource;
+use super::weights::{TensorSource, pack_whole};
 
 /// Rows dequantized at a time when a matrix is packed piecewise (≈ 1 MB of f32 per piece at a
 /// width of 576).
@@ -331,7 +331,7 @@ impl TensorSource for GgufSource {
             || block == 0
             || !cols.is_multiple_of(block)
         {
-            return self.load_whole_packed(name, rows, cols);
+            return pack_whole(self.path(), name, self.load(name)?, rows, cols);
         }
         let corrupt = |reason: String| ModelError::CorruptGguf {
             path: self.file.path.clone(),
@@ -380,28 +380,5 @@ impl TensorSource for GgufSource {
         })?;
         self.file.release(info);
         Ok(Some(packed))
-    }
-}
-
-impl GgufSource {
-    /// [`TensorSource::load_packed`]'s whole-tensor path.
-    fn load_whole_packed(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Option<PackedMatrix>> {
-        let Some(tensor) = self.load(name)? else {
-            return Ok(None);
-        };
-        if tensor.dims() != [rows, cols] {
-            return Err(ModelError::ShapeMismatch {
-                path: self.file.path.clone(),
-                name: name.to_string(),
-                expected: vec![rows, cols],
-                found: tensor.dims().to_vec(),
-            });
-        }
-        Ok(Some(PackedMatrix::pack(&tensor)?))
     }
 }

@@ -24,21 +24,32 @@ pub trait TensorSource: Send + Sync {
     /// packs it; a source that can produce rows piecewise packs them as they come, so the f32
     /// matrix and its packed copy are never both in memory.
     fn load_packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedMatrix>> {
-        let Some(tensor) = self.load(name)? else {
-            return Ok(None);
-        };
-        if tensor.dims() != [rows, cols] {
-            return Err(ModelError::ShapeMismatch {
-                path: self.path().to_path_buf(),
-                name: name.to_string(),
-                expected: vec![rows, cols],
-                found: tensor.dims().to_vec(),
-            });
-        }
-        Ok(Some(PackedMatrix::pack(&tensor)?))
+        pack_whole(self.path(), name, self.load(name)?, rows, cols)
     }
     /// Elements over all tensors in the file(s): what loading progress is measured against.
     fn total_elements(&self) -> u64;
+}
+
+/// [`TensorSource::load_packed`] from a whole loaded tensor (`None`: the file has none).
+pub(crate) fn pack_whole(
+    path: &Path,
+    name: &str,
+    tensor: Option<Tensor>,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<PackedMatrix>> {
+    let Some(tensor) = tensor else {
+        return Ok(None);
+    };
+    if tensor.dims() != [rows, cols] {
+        return Err(ModelError::ShapeMismatch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            expected: vec![rows, cols],
+            found: tensor.dims().to_vec(),
+        });
+    }
+    Ok(Some(PackedMatrix::pack(&tensor)?))
 }
 
 /// How far loading has got, shared with whoever shows it (another thread polls it).
