@@ -747,6 +747,13 @@ fn rows(t: &Tensor) -> Result<(Vec<f32>, usize), ModelError> {
     Ok((values, channels))
 }
 
+/// [`rows`] read in place: `f(values, channels)`.
+fn with_rows<T>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> T) -> Result<T, ModelError> {
+    let t = t.get(0)?;
+    let tokens = t.dim(0)?;
+    crate::model::transformer::with_f32_slice(&t, |values| f(values, values.len() / tokens.max(1)))
+}
+
 fn captured<'a>(c: &'a crate::model::Captures, name: &str) -> Result<&'a Tensor, ModelError> {
     c.get(name)
         .ok_or_else(|| ModelError::InvalidInput(format!("{name} was not captured")))
@@ -872,15 +879,14 @@ pub fn measure_mlp_layer(
     };
     let (per_token, threshold, mean_cett) = match method {
         Method::Zero | Method::Eps { .. } => {
-            let (a, channels) = rows(captured(captures, &hook)?)?;
             let eps = match method {
                 Method::Eps { eps } => Some(eps),
                 _ => None,
             };
-            let f = match eps {
-                Some(e) => per_token_frac_active(&a, channels, |_, v| (v.abs() as f64) >= e),
-                None => per_token_frac_active(&a, channels, |_, v| v != 0.0),
-            };
+            let f = with_rows(captured(captures, &hook)?, |a, channels| match eps {
+                Some(e) => per_token_frac_active(a, channels, |_, v| (v.abs() as f64) >= e),
+                None => per_token_frac_active(a, channels, |_, v| v != 0.0),
+            })?;
             (f, eps, None)
         }
         Method::Cats { k } => {

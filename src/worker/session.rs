@@ -1314,8 +1314,11 @@ fn run_pass(
         None => (0, (Vec::new(), Vec::new())),
     };
     if from < ids.len() {
+        // Read in place: a copy of every row's logits was 48 MiB at 256 tokens.
         let rows = logits.narrow(0, from, ids.len() - from)?;
-        let (top, nll) = next_tokens(&rows.flatten_all()?.to_vec1()?, vocab, &ids[from..], TOP_K);
+        let (top, nll) = model::transformer::with_f32_slice(&rows, |rows| {
+            next_tokens(rows, vocab, &ids[from..], TOP_K)
+        })?;
         predictions.extend(top.iter().map(|p| named(model, p)));
         per_token_nll.extend(nll);
     }
@@ -1411,14 +1414,17 @@ fn summarize(
     // CATS/CHESS thresholds come from the baseline pass (the pass itself when it is the baseline).
     let calibration = [calibration.unwrap_or(captures)];
     let sparsity = measure_mlp_layer(&model.transformer, layer, captures, &calibration, method)?;
+    // Copied once, straight into the event's buffer (a `Vec` first, then an `Arc`, was two).
+    let shared =
+        |t: &candle_core::Tensor| model::transformer::with_f32_slice(t, |v| Arc::<[f32]>::from(v));
     Ok(LayerSummary {
         layer,
         n_tokens,
         d_mlp,
         n_heads,
-        mlp_post: post.flatten_all()?.to_vec1::<f32>()?.into(),
+        mlp_post: shared(&post)?,
         sparsity,
-        patterns: pattern.flatten_all()?.to_vec1::<f32>()?.into(),
+        patterns: shared(&pattern)?,
     })
 }
 
