@@ -740,11 +740,7 @@ fn layer_of(hook: &str) -> Option<usize> {
 
 /// `[tokens, channels]` values of a captured `[1, tokens, …]` hook.
 fn rows(t: &Tensor) -> Result<(Vec<f32>, usize), ModelError> {
-    let t = t.get(0)?;
-    let tokens = t.dim(0)?;
-    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    let channels = values.len() / tokens.max(1);
-    Ok((values, channels))
+    with_rows(t, |values, channels| (values.to_vec(), channels))
 }
 
 /// [`rows`] read in place: `f(values, channels)`.

@@ -76,21 +76,29 @@ impl GgufFile {
     /// Lets the OS drop the mapped pages of a tensor that has been read (they would otherwise
     /// count toward the process's memory until the file is closed, ~100 MB for SmolLM2).
     fn release(&self, info: &gguf_file::TensorInfo) {
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size().max(1);
-        let len = elems / block * info.ggml_dtype.type_size();
-        let start = self.content.tensor_data_offset.saturating_add(info.offset);
-        let Ok(start) = usize::try_from(start) else {
-            return;
-        };
-        if start.saturating_add(len) <= self.mmap.len() && len > 0 {
+        if let Some(data) = self.tensor_bytes(info).filter(|d| !d.is_empty()) {
+            let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
             // Safety: the map is read-only and private, so dropping its pages loses nothing:
             // a later read faults them in again from the file. Only a hint: errors are moot.
             let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    data.len(),
+                )
             };
         }
+    }
+
+    /// The mapped bytes of a tensor's data; `None` when its header puts them (partly) beyond
+    /// the file or its size overflows.
+    fn tensor_bytes(&self, info: &gguf_file::TensorInfo) -> Option<&[u8]> {
+        let dtype = info.ggml_dtype;
+        let len =
+            (info.shape.elem_count() / dtype.block_size().max(1)).checked_mul(dtype.type_size())?;
+        let start =
+            usize::try_from(self.content.tensor_data_offset.checked_add(info.offset)?).ok()?;
+        self.mmap.get(start..start.checked_add(len)?)
     }
 
     pub fn architecture(&self) -> Option<String> {
@@ -338,22 +346,12 @@ impl TensorSource for GgufSource {
             reason: format!("tensor {gguf_name}: {reason}"),
         };
         let row_bytes = cols / block * dtype.type_size();
-        let bytes = row_bytes
-            .checked_mul(rows)
-            .ok_or_else(|| corrupt(format!("{rows} × {cols} is too large")))?;
-        let start = usize::try_from(self.file.content.tensor_data_offset)
-            .ok()
-            .and_then(|base| base.checked_add(usize::try_from(info.offset).ok()?))
-            .ok_or_else(|| corrupt("its offset is beyond the file".into()))?;
-        let data = start
-            .checked_add(bytes)
-            .and_then(|end| self.file.mmap.get(start..end))
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "needs {bytes} bytes at offset {start}; the file has {}",
-                    self.file.mmap.len()
-                ))
-            })?;
+        let data = self.file.tensor_bytes(info).ok_or_else(|| {
+            corrupt(format!(
+                "its {rows} × {cols} values lie beyond the end of the file ({} bytes)",
+                self.file.mmap.len()
+            ))
+        })?;
         let piece_rows = (PIECE_FLOATS / cols.max(1)).max(1);
         let packed = PackedMatrix::from_row_pieces(rows, cols, piece_rows, |first, count| {
             let raw = &data[first * row_bytes..(first + count) * row_bytes];

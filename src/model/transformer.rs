@@ -554,37 +554,46 @@ impl KvCache {
         &mut self.layers[l]
     }
 
-    /// Removes rows `positions..` of layers `first_layer..` (and the tokens there), returning
-    /// the removed rows for [`KvCache::restore_rows`].
+    /// Removes the tokens at `positions..` and those rows of layers `first_layer..`, returning
+    /// them for [`KvCache::restore_rows`].
     fn split_off_rows(
         &mut self,
         first_layer: usize,
         positions: usize,
         row_width: usize,
-    ) -> Vec<(Vec<f32>, Vec<f32>)> {
-        self.tokens.truncate(positions);
+    ) -> SplitRows {
+        let tokens = self.tokens.split_off(positions.min(self.tokens.len()));
         let at = positions * row_width;
-        self.layers
+        let layers = self
+            .layers
             .iter_mut()
             .skip(first_layer)
             .map(|(k, v)| {
                 let split = |x: &mut Vec<f32>| x.split_off(at.min(x.len()));
                 (split(k), split(v))
             })
-            .collect()
+            .collect();
+        SplitRows {
+            first_layer,
+            positions,
+            row_width,
+            tokens,
+            layers,
+        }
     }
 
-    /// Undoes [`KvCache::split_off_rows`] after a rerun of those rows failed half-way. The
-    /// tokens are the caller's to set back.
-    fn restore_rows(
-        &mut self,
-        first_layer: usize,
-        positions: usize,
-        row_width: usize,
-        replaced: Vec<(Vec<f32>, Vec<f32>)>,
-    ) {
-        let at = positions * row_width;
-        for ((k, v), (old_k, old_v)) in self.layers.iter_mut().skip(first_layer).zip(replaced) {
+    /// Puts back what [`KvCache::split_off_rows`] removed, dropping any rows added since (a
+    /// rerun of those rows that failed half-way).
+    fn restore_rows(&mut self, split: SplitRows) {
+        self.tokens.truncate(split.positions);
+        self.tokens.extend(split.tokens);
+        let at = split.positions * split.row_width;
+        for ((k, v), (old_k, old_v)) in self
+            .layers
+            .iter_mut()
+            .skip(split.first_layer)
+            .zip(split.layers)
+        {
             k.truncate(at);
             v.truncate(at);
             k.extend(old_k);
@@ -600,6 +609,15 @@ impl KvCache {
             v.truncate(positions * row_width);
         }
     }
+}
+
+/// Rows [`KvCache::split_off_rows`] set aside.
+struct SplitRows {
+    first_layer: usize,
+    positions: usize,
+    row_width: usize,
+    tokens: Vec<u32>,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// What a step returns.
@@ -898,7 +916,9 @@ impl Transformer {
                 captures: &hooks.captures,
             });
         }
-        inputs.push(x.clone());
+        if keep {
+            inputs.push(x.clone());
+        }
         drop(tables);
         let logits = self.final_forward(&x, &mut hooks)?;
         let captures = hooks.captures;
@@ -1003,7 +1023,8 @@ impl Transformer {
         let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
         match self.rerun_rows(tokens, spec, old, &mut kv, observer, start, p) {
             Ok((inputs, captures, logits)) => {
-                kv.tokens = tokens[0].clone();
+                // Same tokens: only the rows after them were recomputed.
+                kv.tokens.extend(replaced.tokens);
                 *cache = Some(ResidCache {
                     tokens: tokens.to_vec(),
                     spec: spec.clone(),
@@ -1020,8 +1041,7 @@ impl Transformer {
                 })
             }
             Err(e) => {
-                kv.restore_rows(start, p, row_width, replaced);
-                kv.tokens = tokens[0].clone();
+                kv.restore_rows(replaced);
                 if let Some(c) = cache.as_mut() {
                     c.kv = Some(kv);
                 }
