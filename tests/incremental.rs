@@ -331,3 +331,69 @@ fn cancelled_position_rerun_keeps_the_cache() {
         }
     }
 }
+
+/// Logits handed out in blocks (as the worker takes them: no `positions × vocab` tensor kept)
+/// are the full pass's, row for row: on a fresh pass (several blocks), on a rerun of the last
+/// position (that row alone), on a pass that changes nothing (no rows); and a caller that
+/// wants every logit afterwards gets them right from the cache kept without logits.
+#[test]
+fn logits_in_blocks_equal_every_logit() {
+    for arch in ["gpt2", "llama", "gemma3"] {
+        let model = model::open(fixtures().join("tiny").join(arch)).unwrap();
+        let t = &model.transformer;
+        let n = t.dims.n_ctx.min(2 * model::UNEMBED_BLOCK_ROWS + 5);
+        let vocab = t.dims.d_vocab;
+        let tokens = vec![(0..n).map(|i| (i * 7 % 50) as u32).collect::<Vec<u32>>()];
+        let capture = HookSpec::capture(["blocks.*.hook_resid_post"]);
+        let at_last = |value: f32| {
+            capture
+                .clone()
+                .with_intervention(clamp(0, value).at_positions(vec![n - 1]))
+        };
+        let mut cache = None;
+        let mut pass = |spec: &HookSpec, cache: &mut Option<model::ResidCache>| {
+            let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
+            let mut on_rows = |first: usize, logits: &[f32]| {
+                rows.push((first, logits.to_vec()));
+                Ok(())
+            };
+            let out = t
+                .forward_cached_with(
+                    &tokens,
+                    spec,
+                    cache,
+                    &mut NoObserver,
+                    &mut model::Unembed::Blocks(&mut on_rows),
+                )
+                .unwrap();
+            assert!(out.logits.is_none());
+            let full = t.forward(&tokens, spec, &mut NoObserver).unwrap();
+            let full_logits: Vec<f32> = full.logits.flatten_all().unwrap().to_vec1().unwrap();
+            let mut next = out.recomputed_from_position;
+            for (first, logits) in &rows {
+                assert_eq!(*first, next, "{arch}: blocks out of order");
+                let want = &full_logits[first * vocab..first * vocab + logits.len()];
+                let diff = want
+                    .iter()
+                    .zip(logits)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff <= 1e-5, "{arch}: rows from {first} differ by {diff}");
+                next += logits.len() / vocab;
+            }
+            assert_eq!(next, n, "{arch}: every recomputed row handed out");
+            (out.recomputed_from_position, rows.len())
+        };
+        let (from, blocks) = pass(&capture, &mut cache);
+        assert_eq!((from, blocks), (0, n.div_ceil(model::UNEMBED_BLOCK_ROWS)));
+        assert_eq!(pass(&at_last(5.0), &mut cache), (n - 1, 1));
+        assert_eq!(pass(&at_last(5.0), &mut cache), (n, 0));
+        for spec in [at_last(5.0), at_last(-2.0)] {
+            let all = t
+                .forward_cached(&tokens, &spec, &mut cache, &mut NoObserver)
+                .unwrap();
+            let full = t.forward(&tokens, &spec, &mut NoObserver).unwrap();
+            assert!(max_abs_diff(&all.logits, &full.logits) <= 1e-5, "{arch}");
+        }
+    }
+}

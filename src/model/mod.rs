@@ -27,8 +27,8 @@ pub use hooks::{
 };
 pub use tokenizer::{BosMode, Tokenizer};
 pub use transformer::{
-    ForwardOutput, KvCache, LayerDone, LayerObserver, NoObserver, ResidCache, StepOutput,
-    Transformer,
+    ForwardOutput, KvCache, LayerDone, LayerObserver, NoObserver, PassOutput, ResidCache,
+    StepOutput, Transformer, UNEMBED_BLOCK_ROWS, Unembed,
 };
 
 use gguf::{GgufFile, GgufSource};

@@ -494,6 +494,47 @@ impl ForwardOutput {
     }
 }
 
+/// How a pass hands out its logits.
+pub enum Unembed<'a> {
+    /// Every position's logits in one `[batch, positions, vocab]` tensor (HF's output).
+    All,
+    /// One sequence's recomputed rows, [`UNEMBED_BLOCK_ROWS`] at a time, as `(position of the
+    /// block's first row, [rows, vocab] logits)`; none is kept. The app needs each row's top
+    /// tokens and loss, not a `positions × vocab` tensor (48 MiB at 256 tokens on SmolLM2,
+    /// which a rerun of the last positions would also copy to merge its new rows in).
+    Blocks(&'a mut dyn FnMut(usize, &[f32]) -> Result<()>),
+}
+
+/// Rows unembedded at once by [`Unembed::Blocks`]: four of the kernel's 12-row tiles, 9 MiB
+/// of logits for a 49 152-token vocabulary.
+pub const UNEMBED_BLOCK_ROWS: usize = 48;
+
+/// What [`Transformer::forward_cached_with`] returns.
+pub struct PassOutput {
+    /// `[batch, positions, vocab]` with [`Unembed::All`]; `None` with [`Unembed::Blocks`].
+    pub logits: Option<Tensor>,
+    pub captures: Captures,
+    /// As [`ForwardOutput::recomputed_from`].
+    pub recomputed_from: isize,
+    /// As [`ForwardOutput::recomputed_from_position`]: with [`Unembed::Blocks`], the rows
+    /// from here on are the ones handed out.
+    pub recomputed_from_position: usize,
+}
+
+impl PassOutput {
+    /// The output of a pass run with [`Unembed::All`].
+    fn with_logits(self) -> Result<ForwardOutput> {
+        Ok(ForwardOutput {
+            logits: self.logits.ok_or_else(|| {
+                ModelError::InvalidInput("a pass asked for every logit returned none".into())
+            })?,
+            captures: self.captures,
+            recomputed_from: self.recomputed_from,
+            recomputed_from_position: self.recomputed_from_position,
+        })
+    }
+}
+
 /// Residual-stream cache of the last pass, so a changed intervention set reruns only from the
 /// earliest stage it affects.
 #[derive(Clone)]
@@ -507,8 +548,8 @@ pub struct ResidCache {
     /// Every layer's keys and values (one sequence only), so a change at positions ≥ p reruns
     /// only those rows.
     kv: Option<KvCache>,
-    /// `[batch, positions, vocab]`.
-    logits: Tensor,
+    /// `[batch, positions, vocab]`, when the pass returned them ([`Unembed::All`]).
+    logits: Option<Tensor>,
 }
 
 impl ResidCache {
@@ -808,7 +849,16 @@ impl Transformer {
         self.check_tokens(tokens)?;
         self.validate(spec)?;
         // Nothing is kept for a later pass: no layer inputs, keys or values are held.
-        self.forward_full(tokens, spec, &mut None, observer, -1, false)
+        self.forward_full(
+            tokens,
+            spec,
+            &mut None,
+            observer,
+            -1,
+            false,
+            &mut Unembed::All,
+        )?
+        .with_logits()
     }
 
     /// A pass that reuses `cache` from the previous pass where it can: with the same tokens,
@@ -821,6 +871,21 @@ impl Transformer {
         cache: &mut Option<ResidCache>,
         observer: &mut dyn LayerObserver,
     ) -> Result<ForwardOutput> {
+        self.forward_cached_with(tokens, spec, cache, observer, &mut Unembed::All)?
+            .with_logits()
+    }
+
+    /// [`Transformer::forward_cached`], its logits handed out as `unembed` says. With
+    /// [`Unembed::Blocks`] only the recomputed rows are unembedded (none when nothing
+    /// changed), and the cache keeps no logits.
+    pub fn forward_cached_with(
+        &self,
+        tokens: &[Vec<u32>],
+        spec: &HookSpec,
+        cache: &mut Option<ResidCache>,
+        observer: &mut dyn LayerObserver,
+        unembed: &mut Unembed,
+    ) -> Result<PassOutput> {
         self.check_tokens(tokens)?;
         self.validate(spec)?;
         let n = self.n_layers();
@@ -829,11 +894,15 @@ impl Transformer {
             .as_ref()
             .filter(|c| c.tokens == tokens)
             .map(|c| self.first_differing_stage(c, spec));
+        let all = matches!(unembed, Unembed::All);
         // Nothing differs (a new sparsity method on the same pass, say): everything, the
-        // logits included, is the cached pass's.
-        if let (Some(None), Some(c)) = (differing, cache.as_ref()) {
-            return Ok(ForwardOutput {
-                logits: c.logits.clone(),
+        // logits included, is the cached pass's. A cache kept without logits reruns only its
+        // final stage for a caller that wants them.
+        if let (Some(None), Some(c)) = (differing, cache.as_ref())
+            && (!all || c.logits.is_some())
+        {
+            return Ok(PassOutput {
+                logits: c.logits.clone().filter(|_| all),
                 captures: c.captures.clone(),
                 recomputed_from: n as isize + 1,
                 recomputed_from_position: tokens[0].len(),
@@ -841,20 +910,30 @@ impl Transformer {
         }
         let start = match differing {
             Some(Some(stage)) => stage,
-            _ => -1,
+            Some(None) => n as isize,
+            None => -1,
         };
         if let Some(p) = cache
             .as_ref()
-            .filter(|c| c.tokens == tokens)
+            .filter(|c| c.tokens == tokens && (!all || c.logits.is_some()))
             .and_then(|c| self.first_changed_position(c, spec, start))
         {
-            return self.forward_from_position(tokens, spec, cache, observer, start as usize, p);
+            return self.forward_from_position(
+                tokens,
+                spec,
+                cache,
+                observer,
+                start as usize,
+                p,
+                unembed,
+            );
         }
-        self.forward_full(tokens, spec, cache, observer, start, true)
+        self.forward_full(tokens, spec, cache, observer, start, true, unembed)
     }
 
     /// Every position of stages `start..` (`start < 0`: the embeddings too), the earlier
     /// stages from `cache`. With `keep`, the pass replaces `cache` when it completes.
+    #[allow(clippy::too_many_arguments)]
     fn forward_full(
         &self,
         tokens: &[Vec<u32>],
@@ -863,7 +942,8 @@ impl Transformer {
         observer: &mut dyn LayerObserver,
         start: isize,
         keep: bool,
-    ) -> Result<ForwardOutput> {
+        unembed: &mut Unembed,
+    ) -> Result<PassOutput> {
         let n = self.n_layers();
         let mut hooks = HookState::new(spec, tokens);
         let mut inputs: Vec<Tensor> = Vec::with_capacity(n + 1);
@@ -920,7 +1000,7 @@ impl Transformer {
             inputs.push(x.clone());
         }
         drop(tables);
-        let logits = self.final_forward(&x, &mut hooks)?;
+        let logits = self.final_forward(&x, 0, &mut hooks, unembed)?;
         let captures = hooks.captures;
         if let Some(kv) = kv.as_mut() {
             kv.tokens = tokens[0].clone();
@@ -935,7 +1015,7 @@ impl Transformer {
                 logits: logits.clone(),
             });
         }
-        Ok(ForwardOutput {
+        Ok(PassOutput {
             logits,
             captures,
             recomputed_from: start,
@@ -1002,6 +1082,7 @@ impl Transformer {
     /// Reruns stages `start..` at positions `p..` only: earlier rows of every layer's input,
     /// capture and logits are the cached pass's, and their keys and values are what the
     /// rerun rows attend to (as a generation step does).
+    #[allow(clippy::too_many_arguments)]
     fn forward_from_position(
         &self,
         tokens: &[Vec<u32>],
@@ -1010,7 +1091,8 @@ impl Transformer {
         observer: &mut dyn LayerObserver,
         start: usize,
         p: usize,
-    ) -> Result<ForwardOutput> {
+        unembed: &mut Unembed,
+    ) -> Result<PassOutput> {
         let row_width = self.dims.n_kv_heads * self.dims.d_head;
         // The cached keys and values are taken, not copied (at 256 tokens a copy of every
         // layer's was 12 MB per rerun): the rows the rerun replaces are set aside and put back
@@ -1021,7 +1103,7 @@ impl Transformer {
             .ok_or(ModelError::Cancelled)?;
         let replaced = kv.split_off_rows(start, p, row_width);
         let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
-        match self.rerun_rows(tokens, spec, old, &mut kv, observer, start, p) {
+        match self.rerun_rows(tokens, spec, old, &mut kv, observer, start, p, unembed) {
             Ok((inputs, captures, logits)) => {
                 // Same tokens: only the rows after them were recomputed.
                 kv.tokens.extend(replaced.tokens);
@@ -1033,7 +1115,7 @@ impl Transformer {
                     kv: Some(kv),
                     logits: logits.clone(),
                 });
-                Ok(ForwardOutput {
+                Ok(PassOutput {
                     logits,
                     captures,
                     recomputed_from: start as isize,
@@ -1051,7 +1133,7 @@ impl Transformer {
     }
 
     /// [`Transformer::forward_from_position`]'s pass over `kv` (holding rows `..p` of stages
-    /// `start..`): the new cache's inputs, captures and logits.
+    /// `start..`): the new cache's inputs, captures and logits (with [`Unembed::All`]).
     #[allow(clippy::too_many_arguments)]
     fn rerun_rows(
         &self,
@@ -1062,7 +1144,8 @@ impl Transformer {
         observer: &mut dyn LayerObserver,
         start: usize,
         p: usize,
-    ) -> Result<(Vec<Tensor>, Captures, Tensor)> {
+        unembed: &mut Unembed,
+    ) -> Result<(Vec<Tensor>, Captures, Option<Tensor>)> {
         let n = self.n_layers();
         let t = tokens[0].len();
         let mut hooks = HookState::step(spec, tokens, p);
@@ -1115,9 +1198,14 @@ impl Transformer {
         }
         drop(tables);
         inputs.push(joined(&old.inputs[n], &x, 1)?);
-        let rows_logits = self.final_forward(&x, &mut hooks)?;
+        let rows_logits = self.final_forward(&x, p, &mut hooks, unembed)?;
         merge_stage(&mut hooks, n as isize)?;
-        let logits = joined(&old.logits, &rows_logits, 1)?;
+        let logits = match (rows_logits, &old.logits) {
+            (Some(rows), Some(earlier)) => Some(joined(earlier, &rows, 1)?),
+            // Callers that want every logit rerun rows only over a cache that has them.
+            (Some(_), None) => return Err(ModelError::Cancelled),
+            (None, _) => None,
+        };
         Ok((inputs, hooks.captures, logits))
     }
 
@@ -1277,9 +1365,31 @@ impl Transformer {
         Ok(x)
     }
 
-    fn final_forward(&self, x: &Tensor, hooks: &mut HookState) -> Result<Tensor> {
+    /// The final norm (and its hook site) and the unembedding of `x`, whose rows sit at
+    /// positions `first..`.
+    fn final_forward(
+        &self,
+        x: &Tensor,
+        first: usize,
+        hooks: &mut HookState,
+        unembed: &mut Unembed,
+    ) -> Result<Option<Tensor>> {
         let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(x)?)?;
-        self.unembed_normalized(&normed)
+        let Unembed::Blocks(on_rows) = unembed else {
+            return Ok(Some(self.unembed_normalized(&normed)?));
+        };
+        let (batch, t, _) = normed.dims3()?;
+        if batch != 1 {
+            return Err(ModelError::InvalidInput(format!(
+                "logits in blocks are for one sequence, not {batch}"
+            )));
+        }
+        for from in (0..t).step_by(UNEMBED_BLOCK_ROWS) {
+            let rows = UNEMBED_BLOCK_ROWS.min(t - from);
+            let logits = self.unembed_normalized(&normed.narrow(1, from, rows)?)?;
+            with_f32_slice(&logits, |values| on_rows(first + from, values))??;
+        }
+        Ok(None)
     }
 
     /// Logits for residual-stream vectors `[…, d_model]`: final norm, unembedding, softcap

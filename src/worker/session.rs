@@ -10,12 +10,12 @@ use rayon::prelude::*;
 
 use super::protocol::*;
 use crate::analysis::heads::{repeated_random_tokens, score_heads};
-use crate::analysis::lens::{LENS_HOOKS, logit_lens_layer, next_tokens};
+use crate::analysis::lens::{LENS_HOOKS, Prediction, logit_lens_layer, next_tokens};
 use crate::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use crate::analysis::top_k_by_value;
 use crate::model::generate::Generator;
 use crate::model::{
-    self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache,
+    self, Captures, HookSpec, LayerDone, LayerObserver, Model, ModelError, ResidCache, Unembed,
 };
 use crate::sae::Sae;
 use crate::sae::apply as sae_apply;
@@ -1284,8 +1284,30 @@ fn run_pass(
         error: None,
         next_layer: same_as_baseline,
     };
+    // Rows before the first recomputed position keep their predictions and losses, which
+    // only `previous` holds (the pass unembeds only the rows it recomputes): without them,
+    // every row is recomputed.
+    let previous = previous.filter(|o| o.ids == ids && o.predictions.len() == ids.len());
+    if previous.is_none() {
+        *cache = None;
+    }
     let batch = [ids.to_vec()];
-    let result = t.forward_cached(&batch, spec, cache, &mut observer);
+    // Each block of recomputed rows becomes predictions and losses at once; no
+    // `positions × vocab` logits are kept.
+    let vocab = t.dims.d_vocab;
+    let mut rows: Vec<(usize, Vec<Vec<Prediction>>, Vec<f32>)> = Vec::new();
+    let mut on_rows = |first: usize, logits: &[f32]| -> model::Result<()> {
+        let (top, nll) = next_tokens(logits, vocab, ids.get(first..).unwrap_or_default(), TOP_K);
+        rows.push((first, top, nll));
+        Ok(())
+    };
+    let result = t.forward_cached_with(
+        &batch,
+        spec,
+        cache,
+        &mut observer,
+        &mut Unembed::Blocks(&mut on_rows),
+    );
     // A failed summary stops the pass (as a cancellation): report the failure itself.
     if let Some(e) = observer.error.take() {
         return Err(e);
@@ -1297,30 +1319,31 @@ fn run_pass(
     if let Some(e) = observer.error.take() {
         return Err(e);
     }
-    let logits = out.logits.get(0)?;
-    let vocab = logits.dim(1)?;
-    // Rows before the first recomputed position kept their logits: keep their predictions.
-    let first = out.recomputed_from_position;
-    let kept = previous
-        .filter(|o| first > 0 && o.ids == ids && o.predictions.len() == ids.len())
-        .map(|o| {
-            (
-                o.predictions[..first].to_vec(),
-                o.per_token_nll[..first.min(o.per_token_nll.len())].to_vec(),
-            )
-        });
-    let (from, (mut predictions, mut per_token_nll)) = match kept {
-        Some(kept) => (first, kept),
-        None => (0, (Vec::new(), Vec::new())),
+    // Rows before the first recomputed one are the previous pass's.
+    let first = out.recomputed_from_position.min(ids.len());
+    let (mut predictions, mut per_token_nll) = match previous {
+        Some(o) if first > 0 => (
+            o.predictions[..first].to_vec(),
+            o.per_token_nll[..first.min(o.per_token_nll.len())].to_vec(),
+        ),
+        _ => (Vec::new(), Vec::new()),
     };
-    if from < ids.len() {
-        // Read in place: a copy of every row's logits was 48 MiB at 256 tokens.
-        let rows = logits.narrow(0, from, ids.len() - from)?;
-        let (top, nll) = model::transformer::with_f32_slice(&rows, |rows| {
-            next_tokens(rows, vocab, &ids[from..], TOP_K)
-        })?;
+    for (from, top, nll) in rows {
+        if from != predictions.len() {
+            anyhow::bail!(
+                "the pass unembedded rows from position {from}, expected {}",
+                predictions.len()
+            );
+        }
         predictions.extend(top.iter().map(|p| named(model, p)));
         per_token_nll.extend(nll);
+    }
+    if predictions.len() != ids.len() {
+        anyhow::bail!(
+            "the pass left predictions for {} of {} positions",
+            predictions.len(),
+            ids.len()
+        );
     }
     emit(Event::RunFinished(RunFinished {
         run_id: run.run_id,
