@@ -351,7 +351,7 @@ fn logits_in_blocks_equal_every_logit() {
                 .with_intervention(clamp(0, value).at_positions(vec![n - 1]))
         };
         let mut cache = None;
-        let mut pass = |spec: &HookSpec, cache: &mut Option<model::ResidCache>| {
+        let pass = |spec: &HookSpec, cache: &mut Option<model::ResidCache>| {
             let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
             let mut on_rows = |first: usize, logits: &[f32]| {
                 rows.push((first, logits.to_vec()));
