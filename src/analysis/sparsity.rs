@@ -300,9 +300,29 @@ struct Step {
     /// `[segments, d_model]`.
     sums: Vec<f32>,
     d_model: usize,
-    /// Per token, the live neurons of each group (`bounds + 1` of them, the last above every
+    /// Per token, its live neurons grouped (`bounds + 1` groups, the last above every
     /// boundary), for the next step.
-    by_group: Vec<Vec<Vec<u32>>>,
+    by_group: Vec<Grouped>,
+}
+
+/// One token's live neurons in ascending order within each group: group `g` is
+/// `neurons[starts[g]..starts[g + 1]]`. One allocation per token, not one per group.
+struct Grouped {
+    neurons: Vec<u32>,
+    starts: Vec<u32>,
+}
+
+impl Grouped {
+    fn group(&self, g: usize) -> &[u32] {
+        &self.neurons[self.starts[g] as usize..self.starts[g + 1] as usize]
+    }
+}
+
+/// The smallest `f32` at or above `b`: for any `f32` `n`, `n as f64 >= b` exactly when
+/// `n >= up(b)`, so neurons are split by `f32` comparisons that vectorise.
+fn f32_at_or_above(b: f64) -> f32 {
+    let c = b as f32;
+    if (c as f64) < b { c.next_up() } else { c }
 }
 
 impl Step {
@@ -321,11 +341,22 @@ impl Step {
     }
 }
 
+/// `‖v‖` summed in `f64`, in eight interleaved partial sums (one running sum waits out each
+/// addition's latency: it was a tenth of the CETT search).
 fn norm(v: &[f32]) -> f64 {
-    v.iter()
+    let mut sums = [0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(chunk) {
+            *s += (x as f64) * (x as f64);
+        }
+    }
+    let rest: f64 = chunks
+        .remainder()
+        .iter()
         .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt()
+        .sum();
+    (sums.iter().sum::<f64>() + rest).sqrt()
 }
 
 impl<'a> Cett<'a> {
@@ -405,16 +436,35 @@ impl<'a> Cett<'a> {
         // Per token: whether its first group writes anything (exact zeros write nothing, and a
         // difference of sums would leave rounding noise where CETT is exactly 0).
         let mut first_writes = Vec::with_capacity(self.tokens);
+        let bounds_f32: Vec<f32> = bounds.iter().map(|&b| f32_at_or_above(b)).collect();
+        let mut group_of: Vec<u8> = Vec::new();
         for (t, live) in live.iter().enumerate() {
             let norms = self.norms_of(t);
-            let mut split: Vec<Vec<u32>> = vec![Vec::new(); bounds.len() + 1];
-            for &i in live {
-                let n = norms[i as usize] as f64;
-                split[bounds.partition_point(|&b| b <= n)].push(i);
+            // Each neuron's group (how many boundaries are at or below its ‖n‖), then a
+            // counting sort that keeps each group ascending.
+            group_of.clear();
+            group_of.extend(live.iter().map(|&i| {
+                let n = norms[i as usize];
+                bounds_f32.iter().map(|&b| (b <= n) as u8).sum::<u8>()
+            }));
+            let mut starts = vec![0u32; bounds.len() + 2];
+            for &g in &group_of {
+                starts[g as usize + 1] += 1;
             }
+            for g in 1..starts.len() {
+                starts[g] += starts[g - 1];
+            }
+            let mut next = starts.clone();
+            let mut neurons = vec![0u32; live.len()];
+            for (&i, &g) in live.iter().zip(&group_of) {
+                let slot = &mut next[g as usize];
+                neurons[*slot as usize] = i;
+                *slot += 1;
+            }
+            let split = Grouped { neurons, starts };
             let mut token_groups = Vec::new();
             for g in summed.clone() {
-                let list = &split[g];
+                let list = split.group(g);
                 if list.is_empty() {
                     continue;
                 }
@@ -429,7 +479,8 @@ impl<'a> Cett<'a> {
             }
             if from_total {
                 first_writes.push(
-                    split[0]
+                    split
+                        .group(0)
                         .iter()
                         .any(|&i| self.a[t * channels + i as usize] != 0.0),
                 );
@@ -569,8 +620,8 @@ impl<'a> Cett<'a> {
             };
             live = step
                 .by_group
-                .into_iter()
-                .map(|mut groups| std::mem::take(&mut groups[next_group]))
+                .iter()
+                .map(|groups| groups.group(next_group).to_vec())
                 .collect();
         }
         let eps = candidate(low);
@@ -599,18 +650,24 @@ impl<'a> Cett<'a> {
         let channels = self.channels();
         let mut below = vec![0f64; ESTIMATE_BUCKETS];
         let mut squares = vec![0f64; ESTIMATE_BUCKETS];
+        let per_width = 1.0 / width;
         for (t, norms) in self.norms.chunks_exact(channels.max(1)).enumerate() {
             squares.iter_mut().for_each(|s| *s = 0.0);
             for &n in norms {
-                let bucket = ((n as f64 - lo_value) / width) as usize;
+                let bucket = ((n as f64 - lo_value) * per_width) as usize;
                 if let Some(s) = squares.get_mut(bucket) {
                     *s += (n as f64) * (n as f64);
                 }
             }
+            // Prefix sums first, then the square roots in a loop of their own (it vectorises).
             let mut running = 0.0;
+            for s in squares.iter_mut() {
+                running += *s;
+                *s = running;
+            }
+            let inverse = ratio(1.0, self.total_norms[t]);
             for (b, s) in below.iter_mut().zip(&squares) {
-                running += s;
-                *b += ratio(running.sqrt(), self.total_norms[t]);
+                *b += s.sqrt() * inverse;
             }
         }
         let tokens = self.tokens.max(1) as f64;
