@@ -313,13 +313,36 @@ struct Grouped {
 }
 
 impl Grouped {
+    /// A counting sort of `neurons` (ascending) into `groups` groups by `group_of`, keeping
+    /// each group ascending.
+    fn sort(neurons: &[u32], group_of: &[u8], groups: usize) -> Self {
+        let mut starts = vec![0u32; groups + 1];
+        for &g in group_of {
+            starts[g as usize + 1] += 1;
+        }
+        for g in 1..starts.len() {
+            starts[g] += starts[g - 1];
+        }
+        let mut next = starts.clone();
+        let mut sorted = vec![0u32; neurons.len()];
+        for (&i, &g) in neurons.iter().zip(group_of) {
+            let slot = &mut next[g as usize];
+            sorted[*slot as usize] = i;
+            *slot += 1;
+        }
+        Grouped {
+            neurons: sorted,
+            starts,
+        }
+    }
+
     fn group(&self, g: usize) -> &[u32] {
         &self.neurons[self.starts[g] as usize..self.starts[g + 1] as usize]
     }
 }
 
 /// The smallest `f32` at or above `b`: for any `f32` `n`, `n as f64 >= b` exactly when
-/// `n >= up(b)`, so neurons are split by `f32` comparisons that vectorise.
+/// `n >= f32_at_or_above(b)`, so neurons are split by `f32` comparisons that vectorise.
 fn f32_at_or_above(b: f64) -> f32 {
     let c = b as f32;
     if (c as f64) < b { c.next_up() } else { c }
@@ -440,28 +463,14 @@ impl<'a> Cett<'a> {
         let mut group_of: Vec<u8> = Vec::new();
         for (t, live) in live.iter().enumerate() {
             let norms = self.norms_of(t);
-            // Each neuron's group (how many boundaries are at or below its ‖n‖), then a
-            // counting sort that keeps each group ascending.
+            // Each neuron's group: how many boundaries are at or below its ‖n‖ (a `u8`: a step
+            // tries at most a few dozen boundaries).
             group_of.clear();
             group_of.extend(live.iter().map(|&i| {
                 let n = norms[i as usize];
                 bounds_f32.iter().map(|&b| (b <= n) as u8).sum::<u8>()
             }));
-            let mut starts = vec![0u32; bounds.len() + 2];
-            for &g in &group_of {
-                starts[g as usize + 1] += 1;
-            }
-            for g in 1..starts.len() {
-                starts[g] += starts[g - 1];
-            }
-            let mut next = starts.clone();
-            let mut neurons = vec![0u32; live.len()];
-            for (&i, &g) in live.iter().zip(&group_of) {
-                let slot = &mut next[g as usize];
-                neurons[*slot as usize] = i;
-                *slot += 1;
-            }
-            let split = Grouped { neurons, starts };
+            let split = Grouped::sort(live, &group_of, bounds.len() + 1);
             let mut token_groups = Vec::new();
             for g in summed.clone() {
                 let list = split.group(g);
