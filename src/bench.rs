@@ -253,6 +253,7 @@ pub fn run(
                 interventions,
                 sparsity,
                 lens: false,
+                patterns: false,
                 have_baseline: have,
             })
         };

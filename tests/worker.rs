@@ -42,6 +42,7 @@ fn run(id: RunId, text: &str, interventions: Vec<Intervention>) -> Command {
         interventions: interventions.into_iter().map(Edit::Hook).collect(),
         sparsity: Method::Zero,
         lens: true,
+        patterns: true,
         have_baseline: None,
     })
 }
@@ -196,6 +197,50 @@ fn interventions_run_against_the_baseline_and_rerun_incrementally() {
 }
 
 #[test]
+fn patterns_are_captured_only_when_asked_and_asking_reruns_the_baseline() {
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let with_patterns = |id: RunId, have: Option<RunId>, patterns: bool| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
+            interventions: vec![],
+            sparsity: Method::Zero,
+            lens: false,
+            patterns,
+            have_baseline: have,
+        })
+    };
+    let patterns_of = |events: &[Event]| -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerReady(l) => Some(l.summary.patterns.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = handle(&mut session, with_patterns(1, None, false));
+    let sizes = patterns_of(&first);
+    assert!(!sizes.is_empty());
+    assert!(sizes.iter().all(|&s| s == 0), "{sizes:?}");
+    // A head is selected: the held baseline lacks patterns, so it is computed again.
+    let second = handle(&mut session, with_patterns(2, Some(1), true));
+    assert!(!second.iter().any(|e| matches!(e, Event::BaselineReused(_))));
+    let Some(Event::LayerReady(l)) = second.iter().find(|e| matches!(e, Event::LayerReady(_)))
+    else {
+        panic!("{second:?}")
+    };
+    let s = &l.summary;
+    assert_eq!(s.patterns.len(), s.n_heads * s.n_tokens * s.n_tokens);
+    assert_eq!(patterns_of(&second).len(), sizes.len());
+    // Deselected: the baseline held is reused as it is.
+    let third = handle(&mut session, with_patterns(3, Some(2), false));
+    assert!(matches!(&third[0], Event::BaselineReused(r) if r.from_run == 2));
+}
+
+#[test]
 fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
     let mut session = Session::new();
     let events = handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
@@ -211,6 +256,7 @@ fn an_unchanged_baseline_is_not_resent_and_the_lens_waits_until_asked() {
             interventions: vec![Edit::Hook(clamp(v))],
             sparsity: Method::Zero,
             lens: false,
+            patterns: true,
             have_baseline: have,
         })
     };
@@ -419,6 +465,7 @@ fn attached_saes_stream_with_their_layer_and_latents_can_be_clamped() {
             interventions: edits,
             sparsity: Method::Zero,
             lens: false,
+            patterns: true,
             have_baseline: None,
         })
     };
@@ -617,6 +664,7 @@ fn resample_ablation_takes_the_heads_output_from_another_prompt() {
             }],
             sparsity: Method::Zero,
             lens: false,
+            patterns: true,
             have_baseline: None,
         })
     };
@@ -866,6 +914,7 @@ fn a_last_position_clamp_reports_what_a_fresh_run_reports() {
             interventions: edits,
             sparsity: Method::Zero,
             lens: false,
+            patterns: true,
             have_baseline: have,
         })
     };

@@ -582,6 +582,8 @@ pub struct AppState {
     pub loading_fraction: Option<f32>,
     /// The run whose logit lens has been asked for (with the run or afterwards).
     lens_requested: Option<RunId>,
+    /// Whether the current run captures attention patterns.
+    patterns_requested: bool,
     pub prompt: String,
     /// Whether prompts get the model's BOS (auto: as HF's tokenizer does).
     pub bos: BosMode,
@@ -636,6 +638,7 @@ impl Default for AppState {
             loading: None,
             loading_fraction: None,
             lens_requested: None,
+            patterns_requested: false,
             prompt: String::new(),
             bos: BosMode::Auto,
             sparsity: Method::Zero,
@@ -882,6 +885,7 @@ impl AppState {
         }
         let run_id = self.next_id();
         self.current_run = Some(run_id);
+        self.patterns_requested = self.patterns_shown();
         if self.tab == Tab::Lens {
             self.lens_requested = Some(run_id);
         }
@@ -896,8 +900,15 @@ impl AppState {
             interventions: self.active_edits(),
             sparsity: self.sparsity,
             lens: self.lens_requested == Some(run_id),
+            patterns: self.patterns_shown(),
             have_baseline: complete_baseline.then_some(self.baseline.run_id),
         }))
+    }
+
+    /// Whether a head's attention pattern is on screen (the inspector shows the selected
+    /// head's): only then do runs capture patterns.
+    fn patterns_shown(&self) -> bool {
+        self.selection.head.is_some()
     }
 
     /// Asks for the logit lens of the current run when its view is open without it (runs
@@ -1093,6 +1104,11 @@ impl AppState {
             Action::SelectHead { layer, head } => {
                 self.selection.layer = layer;
                 self.selection.head = Some(head);
+                // The current run did not capture patterns: run it again with them (the
+                // worker reruns only what it must).
+                if self.current_run.is_some() && !self.patterns_requested {
+                    return self.new_pass_run();
+                }
                 None
             }
             Action::AttachSae(path) => Some(Command::AttachSae(AttachSae { path, hook: None })),
@@ -2012,6 +2028,33 @@ mod tests {
         };
         assert!(r2.lens);
         assert_eq!(s.act(Action::SetTab(Tab::Lens)), None);
+    }
+
+    #[test]
+    fn selecting_a_head_reruns_once_to_capture_patterns() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let Some(Command::Run(r1)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(!r1.patterns, "no head is on screen");
+        complete_baseline(&mut s, r1.run_id);
+        let Some(Command::Run(r2)) = s.act(Action::SelectHead { layer: 0, head: 1 }) else {
+            panic!("selecting a head asks for its pattern")
+        };
+        assert!(r2.patterns);
+        assert_eq!(r2.have_baseline, Some(r1.run_id));
+        assert_eq!(s.act(Action::SelectHead { layer: 0, head: 0 }), None);
+        // Runs keep capturing while a head is selected, and stop once none is.
+        let Some(Command::Run(r3)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(r3.patterns);
+        s.act(Action::ClearSelection);
+        let Some(Command::Run(r4)) = s.act(Action::Run) else {
+            panic!()
+        };
+        assert!(!r4.patterns);
     }
 
     fn sae_cfg() -> SaeConfig {

@@ -219,6 +219,7 @@ mod tests {
             interventions: vec![],
             sparsity: crate::analysis::sparsity::Method::Zero,
             lens: true,
+            patterns: true,
             have_baseline: None,
         })
     }

@@ -73,6 +73,10 @@ pub struct RunPrompt {
     /// Compute the logit lens with the run (its view is open); otherwise it waits for a
     /// [`Command::Lens`].
     pub lens: bool,
+    /// Capture every layer's attention pattern (a head's pattern is on screen); otherwise
+    /// [`LayerSummary::patterns`] is empty and no pattern is materialised beyond what
+    /// attention itself needs.
+    pub patterns: bool,
     /// The earlier run whose complete baseline the UI holds. When this run's tokens and
     /// sparsity method are the same, the worker answers [`Event::BaselineReused`] instead of
     /// sending the baseline again.
@@ -310,7 +314,8 @@ pub struct LayerSummary {
     /// `mlp.hook_post`, `[n_tokens, d_mlp]` row-major.
     pub mlp_post: Arc<[f32]>,
     pub sparsity: LayerSparsity,
-    /// `attn.hook_pattern`, `[n_heads, n_tokens, n_tokens]` row-major.
+    /// `attn.hook_pattern`, `[n_heads, n_tokens, n_tokens]` row-major; empty when the run
+    /// did not ask for patterns ([`RunPrompt::patterns`]).
     pub patterns: Arc<[f32]>,
 }
 

@@ -399,10 +399,14 @@ impl Session {
     ) -> anyhow::Result<()> {
         let (model, ids) = prompt_ids(self.model.as_ref(), &run.text, run.bos)?;
         let n = model.transformer.n_layers();
+        // Patterns are `heads × t²` per layer, copied at every rerun: only when shown.
+        let patterns = run
+            .patterns
+            .then(|| "blocks.*.attn.hook_pattern".to_string());
         let mut spec = HookSpec::capture(
             (0..n)
                 .flat_map(|l| mlp_hooks(&model.transformer, l))
-                .chain(["blocks.*.attn.hook_pattern".to_string()])
+                .chain(patterns)
                 .chain(LENS_HOOKS.iter().map(|s| s.to_string()))
                 .chain(self.saes.iter().flat_map(|(_, sae)| sae_apply::hooks(sae))),
         );
@@ -1424,6 +1428,7 @@ fn summarize(
     captures: &Captures,
     calibration: Option<&Captures>,
     method: Method,
+    patterns_wanted: bool,
 ) -> anyhow::Result<LayerSummary> {
     let get = |name: String| -> anyhow::Result<&candle_core::Tensor> {
         captures
@@ -1432,14 +1437,19 @@ fn summarize(
     };
     let post = get(format!("blocks.{layer}.mlp.hook_post"))?.get(0)?;
     let (n_tokens, d_mlp) = post.dims2()?;
-    let pattern = get(format!("blocks.{layer}.attn.hook_pattern"))?.get(0)?;
-    let n_heads = pattern.dim(0)?;
+    let n_heads = model.transformer.dims.n_heads;
     // CATS/CHESS thresholds come from the baseline pass (the pass itself when it is the baseline).
     let calibration = [calibration.unwrap_or(captures)];
     let sparsity = measure_mlp_layer(&model.transformer, layer, captures, &calibration, method)?;
     // Copied once, straight into the event's buffer (a `Vec` first, then an `Arc`, was two).
     let shared =
         |t: &candle_core::Tensor| model::transformer::with_f32_slice(t, |v| Arc::<[f32]>::from(v));
+    // A run that did not ask for patterns (or a cached pass that has them when this run
+    // does not need them) sends none.
+    let patterns = match captures.get(&format!("blocks.{layer}.attn.hook_pattern")) {
+        Some(pattern) if patterns_wanted => shared(&pattern.get(0)?)?,
+        _ => Arc::from([]),
+    };
     Ok(LayerSummary {
         layer,
         n_tokens,
@@ -1447,7 +1457,7 @@ fn summarize(
         n_heads,
         mlp_post: shared(&post)?,
         sparsity,
-        patterns: shared(&pattern)?,
+        patterns,
     })
 }
 
@@ -1485,6 +1495,7 @@ impl Streamer<'_> {
                     captures,
                     self.calibration,
                     self.run.sparsity,
+                    self.run.patterns,
                 )
             })
             .collect();

@@ -344,6 +344,9 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
     }
     let pass = state.shown();
     match pass.layer(layer) {
+        Some(l) if head < l.n_heads && l.patterns.is_empty() => {
+            ui.weak("Capturing the attention patterns…");
+        }
         Some(l) if head < l.n_heads => {
             let t = l.n_tokens;
             let pattern = l.pattern(head);
