@@ -7,7 +7,9 @@ same three measurements as `cargo bench --bench forward`:
   clamp_l15_full          a full rerun with neuron 123 of layer 15's hook_post set (HF has no
                           incremental recompute)
 Usage: .cache/venv/bin/python scripts/bench_hf.py [--threads 2] [--repeats 10]
-Prints median milliseconds per measurement and the process's peak RSS.
+Prints median milliseconds per measurement and the process's peak RSS. With --peak-rss N it only
+loads and runs one N-token capturing forward (as `dendrite bench --peak-rss --tokens N`), printing
+the peak RSS after each, in this fresh process.
 """
 import argparse
 import sys
@@ -37,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--peak-rss", type=int, metavar="TOKENS")
     ap.add_argument("--model", default=str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,8 +59,25 @@ def main():
         x[..., 123] = 10.0
         return (x,)
 
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def ids_of(n):
+        return torch.tensor([tok(TEXT * (n // 8 + 2), add_special_tokens=False)["input_ids"][:n]])
+
+    if args.peak_rss:
+        load = peak_mib()
+        ids = ids_of(args.peak_rss)
+        with torch.inference_mode():
+            handles = [l.mlp.down_proj.register_forward_pre_hook(capture(i)) for i, l in enumerate(model.model.layers)]
+            out = model(input_ids=ids, output_attentions=True)
+            del out
+        print(f"peak RSS: load {load:.0f} MiB, + one {args.peak_rss}-token forward capturing every "
+              f"down_proj input and attention {peak_mib():.0f} MiB")
+        return
+
     for n in (16, 64, 256):
-        ids = torch.tensor([tok(TEXT * (n // 8 + 2), add_special_tokens=False)["input_ids"][:n]])
+        ids = ids_of(n)
         with torch.inference_mode():
             plain = median_ms(lambda: model(input_ids=ids), args.repeats)
             handles = [l.mlp.down_proj.register_forward_pre_hook(capture(i)) for i, l in enumerate(model.model.layers)]

@@ -418,3 +418,77 @@ mod tests {
         assert_eq!(Timing::of(&[]).max, 0.0);
     }
 }
+
+/// Peak resident memory of a fresh process: after loading, after one capturing forward
+/// (every `mlp.hook_post` and attention pattern, as HF's baseline captures), and after the
+/// worker's run of the same prompt with patterns (what the app holds and sends).
+#[derive(Clone, Debug, Serialize)]
+pub struct PeakRss {
+    pub model: String,
+    pub tokens: usize,
+    pub load_mib: f64,
+    pub capture_mib: f64,
+    pub worker_run_mib: f64,
+}
+
+/// The process's peak resident set (`VmHWM`), MiB.
+pub fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status (peak memory is measured on Linux)")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("/proc/self/status has no VmHWM line")?;
+    Ok(kib / 1024.0)
+}
+
+/// Measures [`PeakRss`] for an `n`-token prompt; meaningful only as the first thing a process
+/// does (the peak never goes down).
+pub fn peak_rss(path: &Path, n: usize) -> Result<PeakRss> {
+    let mut session = Session::new();
+    handle(
+        &mut session,
+        Command::LoadModel(LoadModel {
+            path: path.to_path_buf(),
+        }),
+    )?;
+    let load_mib = peak_rss_mib()?;
+    let model = session
+        .shared_model()
+        .context("the worker has no model after loading")?;
+    if n == 0 || n > model.info.dims.n_ctx {
+        bail!(
+            "give a prompt length from 1 to the model's context of {} tokens",
+            model.info.dims.n_ctx
+        );
+    }
+    let (text, ids) = prompt_of_length(&model, n)?;
+    let capture = HookSpec::capture(["blocks.*.mlp.hook_post", "blocks.*.attn.hook_pattern"]);
+    drop(
+        model
+            .transformer
+            .forward(&[ids], &capture, &mut NoObserver)?,
+    );
+    let capture_mib = peak_rss_mib()?;
+    handle(
+        &mut session,
+        Command::Run(RunPrompt {
+            run_id: 1,
+            text,
+            bos: BosMode::Auto,
+            interventions: Vec::new(),
+            sparsity: Method::Zero,
+            lens: false,
+            patterns: true,
+            have_baseline: None,
+        }),
+    )?;
+    Ok(PeakRss {
+        model: model.info.name.clone(),
+        tokens: n,
+        load_mib,
+        capture_mib,
+        worker_run_mib: peak_rss_mib()?,
+    })
+}

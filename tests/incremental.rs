@@ -332,6 +332,65 @@ fn cancelled_position_rerun_keeps_the_cache() {
     }
 }
 
+/// A position rerun writes its rows into the cached tensors in place: a clone of the cache
+/// taken before it keeps the earlier pass's values, and a rerun on that clone still equals a
+/// full pass.
+#[test]
+fn a_cloned_cache_keeps_its_rows_when_the_original_reruns_positions() {
+    let model = model::open(fixtures().join("tiny/llama")).unwrap();
+    let t = &model.transformer;
+    let tokens = vec![(0..12).map(|i| (i * 5 % 50) as u32).collect::<Vec<u32>>()];
+    let n = tokens[0].len();
+    let capture = HookSpec::capture(["blocks.*.hook_resid_post", "blocks.*.mlp.hook_post"]);
+    let at_last = |value: f32| {
+        capture
+            .clone()
+            .with_intervention(clamp(0, value).at_positions(vec![n - 1]))
+    };
+    let mut cache = None;
+    t.forward_cached(&tokens, &at_last(2.0), &mut cache, &mut NoObserver)
+        .unwrap();
+    let mut kept = cache.clone();
+    let before: Vec<(String, Vec<f32>)> = cache
+        .as_ref()
+        .unwrap()
+        .captures()
+        .iter()
+        .map(|(name, x)| (name.clone(), x.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    let changed = t
+        .forward_cached(&tokens, &at_last(-9.0), &mut cache, &mut NoObserver)
+        .unwrap();
+    assert_eq!(changed.recomputed_from_position, n - 1);
+    let clone_captures = kept.as_ref().unwrap().captures();
+    for (name, values) in &before {
+        let now: Vec<f32> = clone_captures[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(&now, values, "{name} changed in the clone");
+    }
+    // The original's rows did change (the rerun wrote them).
+    let post = "blocks.0.mlp.hook_post";
+    let original: Vec<f32> = changed.captures[post]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_ne!(original, before.iter().find(|(n, _)| n == post).unwrap().1);
+    let again = t
+        .forward_cached(&tokens, &at_last(4.0), &mut kept, &mut NoObserver)
+        .unwrap();
+    assert_eq!(again.recomputed_from_position, n - 1);
+    let full = t.forward(&tokens, &at_last(4.0), &mut NoObserver).unwrap();
+    assert!(max_abs_diff(&again.logits, &full.logits) <= 1e-5);
+    for (name, tensor) in &full.captures {
+        let diff = max_abs_diff(&again.captures[name], tensor);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+}
+
 /// Logits handed out in blocks (as the worker takes them: no `positions × vocab` tensor kept)
 /// are the full pass's, row for row: on a fresh pass (several blocks), on a rerun of the last
 /// position (that row alone), on a pass that changes nothing (no rows); and a caller that

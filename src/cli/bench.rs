@@ -22,10 +22,31 @@ pub struct BenchArgs {
     pub clamp_layers: Option<Vec<usize>>,
     #[arg(long)]
     pub json: bool,
+    /// Only measure peak memory: load, then one capturing pass of the longest `--tokens`
+    /// prompt, in this fresh process.
+    #[arg(long)]
+    pub peak_rss: bool,
 }
 
 pub fn bench_cmd(args: &BenchArgs) -> Result<()> {
     crate::tune_threads();
+    if args.peak_rss {
+        let n = args.tokens.iter().copied().max().unwrap_or(256);
+        let peak = bench::peak_rss(&args.model, n)?;
+        if args.json {
+            outln!("{}", serde_json::to_string(&peak)?);
+        } else {
+            outln!(
+                "{} · peak RSS: load {:.0} MiB, + one {n}-token forward capturing every \
+                 mlp.hook_post and pattern {:.0} MiB, + the worker's run of it {:.0} MiB",
+                peak.model,
+                peak.load_mib,
+                peak.capture_mib,
+                peak.worker_run_mib
+            );
+        }
+        return Ok(());
+    }
     let opts = BenchOptions {
         tokens: args.tokens.clone(),
         repeats: args.repeats,

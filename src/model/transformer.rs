@@ -537,7 +537,11 @@ impl PassOutput {
 
 /// Residual-stream cache of the last pass, so a changed intervention set reruns only from the
 /// earliest stage it affects.
-#[derive(Clone)]
+///
+/// A rerun of only the last positions writes their rows into the cached tensors in place, so
+/// tensors taken from a pass over this cache ([`PassOutput::captures`],
+/// [`ResidCache::captures`]) show the next such rerun's rows; copy what must outlive it. A
+/// clone owns its tensors: reruns on one never change the other.
 pub struct ResidCache {
     tokens: Vec<Vec<u32>>,
     spec: HookSpec,
@@ -557,6 +561,75 @@ impl ResidCache {
     pub fn captures(&self) -> &Captures {
         &self.captures
     }
+}
+
+impl Clone for ResidCache {
+    fn clone(&self) -> Self {
+        // Deep copies (a candle clone shares storage), since reruns write rows in place.
+        let owned = |t: &Tensor| t.force_contiguous().unwrap_or_else(|_| t.clone());
+        Self {
+            tokens: self.tokens.clone(),
+            spec: self.spec.clone(),
+            inputs: self.inputs.iter().map(owned).collect(),
+            captures: self
+                .captures
+                .iter()
+                .map(|(name, t)| (name.clone(), owned(t)))
+                .collect(),
+            kv: self.kv.clone(),
+            logits: self.logits.as_ref().map(owned),
+        }
+    }
+}
+
+/// Rows a position rerun overwrote in a cached tensor, kept to put back if the rerun fails.
+struct OverwrittenRows {
+    tensor: Tensor,
+    dim: usize,
+    from: usize,
+    rows: Tensor,
+}
+
+/// Writes `rows` into `cached` from index `from` of `dim` in place, keeping what they replace in
+/// `overwritten`; `None` when `cached` cannot be written in place (a strided view, or `rows`
+/// shares its storage), for the caller to join a copy instead.
+fn overwrite_rows(
+    cached: &Tensor,
+    rows: &Tensor,
+    dim: usize,
+    from: usize,
+    overwritten: &mut Vec<OverwrittenRows>,
+) -> Result<Option<Tensor>> {
+    let fits = cached.is_contiguous()
+        && cached.rank() == rows.rank()
+        && cached.dims().get(dim).and_then(|&d| d.checked_sub(from))
+            == rows.dims().get(dim).copied()
+        && (0..cached.rank()).all(|d| d == dim || cached.dim(d).ok() == rows.dim(d).ok());
+    if !fits {
+        return Ok(None);
+    }
+    let n = rows.dim(dim)?;
+    // `force_contiguous` copies just these rows (`copy` would copy the whole storage).
+    let before = cached.narrow(dim, from, n)?.force_contiguous()?;
+    // candle checks everything, storage shared with `rows` included, before it writes.
+    if cached.slice_set(&rows.contiguous()?, dim, from).is_err() {
+        return Ok(None);
+    }
+    overwritten.push(OverwrittenRows {
+        tensor: cached.clone(),
+        dim,
+        from,
+        rows: before,
+    });
+    Ok(Some(cached.clone()))
+}
+
+/// Undoes [`overwrite_rows`], latest first (two cached tensors may share storage).
+fn restore_overwritten(overwritten: Vec<OverwrittenRows>) -> Result<()> {
+    for o in overwritten.into_iter().rev() {
+        o.tensor.slice_set(&o.rows, o.dim, o.from)?;
+    }
+    Ok(())
 }
 
 /// The keys and values of the positions stepped passes have run (one sequence), so each new
@@ -1103,7 +1176,19 @@ impl Transformer {
             .ok_or(ModelError::Cancelled)?;
         let replaced = kv.split_off_rows(start, p, row_width);
         let old = cache.as_ref().ok_or(ModelError::Cancelled)?;
-        match self.rerun_rows(tokens, spec, old, &mut kv, observer, start, p, unembed) {
+        let mut overwritten = Vec::new();
+        let rerun = self.rerun_rows(
+            tokens,
+            spec,
+            old,
+            &mut kv,
+            observer,
+            start,
+            p,
+            unembed,
+            &mut overwritten,
+        );
+        match rerun {
             Ok((inputs, captures, logits)) => {
                 // Same tokens: only the rows after them were recomputed.
                 kv.tokens.extend(replaced.tokens);
@@ -1124,7 +1209,11 @@ impl Transformer {
             }
             Err(e) => {
                 kv.restore_rows(replaced);
-                if let Some(c) = cache.as_mut() {
+                // Rows already written in place go back; if even that fails, the cache is
+                // dropped (the next pass is a full one) rather than kept half-changed.
+                if restore_overwritten(overwritten).is_err() {
+                    *cache = None;
+                } else if let Some(c) = cache.as_mut() {
                     c.kv = Some(kv);
                 }
                 Err(e)
@@ -1133,7 +1222,10 @@ impl Transformer {
     }
 
     /// [`Transformer::forward_from_position`]'s pass over `kv` (holding rows `..p` of stages
-    /// `start..`): the new cache's inputs, captures and logits (with [`Unembed::All`]).
+    /// `start..`): the new cache's inputs, captures and logits (with [`Unembed::All`]). Rows
+    /// `p..` of the cached inputs and captures are overwritten in place (copying every row of
+    /// each per layer was a third of a last-position rerun at 256 tokens), what they held
+    /// recorded in `overwritten`.
     #[allow(clippy::too_many_arguments)]
     fn rerun_rows(
         &self,
@@ -1145,6 +1237,7 @@ impl Transformer {
         start: usize,
         p: usize,
         unembed: &mut Unembed,
+        overwritten: &mut Vec<OverwrittenRows>,
     ) -> Result<(Vec<Tensor>, Captures, Option<Tensor>)> {
         let n = self.n_layers();
         let t = tokens[0].len();
@@ -1154,9 +1247,20 @@ impl Transformer {
                 hooks.captures.insert(name.clone(), c.clone());
             }
         }
-        // Earlier rows from the cached tensor, these rows from the rerun.
+        // Earlier rows from the cached tensor, these rows from the rerun: written into it in
+        // place where it allows, else a joined copy.
         let joined = |old_tensor: &Tensor, rows: &Tensor, dim: usize| -> Result<Tensor> {
             Ok(Tensor::cat(&[&old_tensor.narrow(dim, 0, p)?, rows], dim)?)
+        };
+        let written = |old_tensor: &Tensor,
+                       rows: &Tensor,
+                       dim: usize,
+                       overwritten: &mut Vec<OverwrittenRows>|
+         -> Result<Tensor> {
+            match overwrite_rows(old_tensor, rows, dim, p, overwritten)? {
+                Some(t) => Ok(t),
+                None => joined(old_tensor, rows, dim),
+            }
         };
         let position_dim = |name: &str| {
             if name.ends_with("hook_pattern") || name.ends_with("hook_attn_scores") {
@@ -1165,7 +1269,10 @@ impl Transformer {
                 1
             }
         };
-        let merge_stage = |hooks: &mut HookState, stage: isize| -> Result<()> {
+        let merge_stage = |hooks: &mut HookState,
+                           stage: isize,
+                           overwritten: &mut Vec<OverwrittenRows>|
+         -> Result<()> {
             let names: Vec<String> = hooks
                 .captures
                 .keys()
@@ -1175,7 +1282,7 @@ impl Transformer {
             for name in names {
                 let earlier = old.captures.get(&name).ok_or(ModelError::Cancelled)?;
                 let rows = &hooks.captures[&name];
-                let merged = joined(earlier, rows, position_dim(&name))?;
+                let merged = written(earlier, rows, position_dim(&name), overwritten)?;
                 hooks.captures.insert(name, merged);
             }
             Ok(())
@@ -1187,9 +1294,14 @@ impl Transformer {
             if observer.is_cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            inputs.push(joined(&old.inputs[l], &x, 1)?);
+            // The first rerun stage's input is unchanged (its rows are the cached ones).
+            inputs.push(if l == start {
+                old.inputs[l].clone()
+            } else {
+                written(&old.inputs[l], &x, 1, overwritten)?
+            });
             x = self.block_forward(l, &x, &mut tables, &mut hooks)?;
-            merge_stage(&mut hooks, l as isize)?;
+            merge_stage(&mut hooks, l as isize, overwritten)?;
             observer.layer_done(&LayerDone {
                 layer: l,
                 n_layers: n,
@@ -1197,9 +1309,9 @@ impl Transformer {
             });
         }
         drop(tables);
-        inputs.push(joined(&old.inputs[n], &x, 1)?);
+        inputs.push(written(&old.inputs[n], &x, 1, overwritten)?);
         let rows_logits = self.final_forward(&x, p, &mut hooks, unembed)?;
-        merge_stage(&mut hooks, n as isize)?;
+        merge_stage(&mut hooks, n as isize, overwritten)?;
         let logits = match (rows_logits, &old.logits) {
             (Some(rows), Some(earlier)) => Some(joined(earlier, &rows, 1)?),
             // Callers that want every logit rerun rows only over a cache that has them.
