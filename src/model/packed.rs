@@ -153,12 +153,13 @@ impl PackedMatrix {
             .split_last()
             .is_none_or(|(_, init)| init.iter().all(|p| p.n.is_multiple_of(NR)));
         let panels = if whole_panels {
-            Lines(
-                parts
-                    .iter()
-                    .flat_map(|p| p.panels.0.iter().copied())
-                    .collect(),
-            )
+            // One allocation of the whole size (collecting a flattened iterator grew it step
+            // by step).
+            let mut lines = Vec::with_capacity(parts.iter().map(|p| p.panels.0.len()).sum());
+            for part in parts {
+                lines.extend_from_slice(&part.panels.0);
+            }
+            Lines(lines)
         } else {
             let rows: Vec<f32> = parts
                 .iter()
