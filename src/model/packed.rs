@@ -237,29 +237,23 @@ impl PackedMatrix {
                 let width = NR.min(n - col0);
                 // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
                 // one in a buffer of `NR` columns, copied out after.
+                // A whole panel's first block of inputs starts its sums from the bias (or
+                // zero) in registers and only writes `y`: no pass setting `y` first (it was
+                // 4 % of a forward).
                 let mut narrow = Vec::new();
-                let (c, ldc) = if width == NR {
+                let (c, ldc, first) = if width == NR {
                     // Safety: column `col0` of row 0 is inside `y`'s allocation.
-                    (unsafe { out.ptr().add(col0) }, n)
+                    let c = unsafe { out.ptr().add(col0) };
+                    (c, n, Start::Fresh(bias.map(|b| &b[col0..col0 + NR])))
                 } else {
                     narrow.resize(m * NR, 0f32);
-                    (narrow.as_mut_ptr(), NR)
-                };
-                for row in 0..m {
-                    // Safety: row `row`'s columns [col0, col0 + width) belong to this task
-                    // alone (panels are disjoint), inside `y` or `narrow`.
-                    unsafe {
-                        let dst = c.add(row * ldc);
-                        match bias {
-                            Some(bias) => std::ptr::copy_nonoverlapping(
-                                bias[col0..col0 + width].as_ptr(),
-                                dst,
-                                width,
-                            ),
-                            None => std::ptr::write_bytes(dst, 0, width),
+                    if let Some(bias) = bias {
+                        for row in narrow.chunks_exact_mut(NR) {
+                            row[..width].copy_from_slice(&bias[col0..col0 + width]);
                         }
                     }
-                }
+                    (narrow.as_mut_ptr(), NR, Start::Accumulate)
+                };
                 // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
                 // in L1 while all rows pass over it.
                 for k0 in (0..k).step_by(KC) {
@@ -275,7 +269,10 @@ impl PackedMatrix {
                         let prefetch = (g == 0).then(|| b.as_ptr().wrapping_add(kc * NR));
                         // Safety: rows [row, row + rows) of this task's `NR` columns, written
                         // above, are inside `c`'s buffer and touched by no other task.
-                        unsafe { kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, prefetch) };
+                        let start = if k0 == 0 { first } else { Start::Accumulate };
+                        unsafe {
+                            kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, start, prefetch)
+                        };
                     }
                 }
                 if width < NR {
@@ -545,6 +542,7 @@ impl Kernel {
     /// initialized, and accessed by nothing else during the call.
     // The kernel's whole contract in one call: splitting it would only hide the bounds checked here.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run(
         self,
         rows: usize,
@@ -553,6 +551,7 @@ impl Kernel {
         b: &[f32],
         c: *mut f32,
         ldc: usize,
+        start: Start<'_>,
         prefetch: Option<*const f32>,
     ) {
         // The kernels take no hint as a null pointer (and never dereference a hint).
@@ -561,24 +560,34 @@ impl Kernel {
         let group = self.group();
         assert!((1..=group).contains(&rows) && kc >= 1 && ldc >= NR);
         assert!(a.len() >= kc * group && b.len() >= kc * NR);
+        // The tiles take the start as a flag and a row pointer (null: zero).
+        let (accumulate, init) = match start {
+            Start::Accumulate => (true, std::ptr::null()),
+            Start::Fresh(Some(init)) => {
+                assert!(init.len() >= NR);
+                (false, init.as_ptr())
+            }
+            Start::Fresh(None) => (false, std::ptr::null()),
+        };
+        let sa = (accumulate, init);
         match self {
             #[cfg(target_arch = "x86_64")]
             // Safety: AVX-512F was detected at runtime; the asserts above bound `a` and `b`,
             // the caller `c`.
             Kernel::Avx512 => unsafe {
                 match rows {
-                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc, pf),
-                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc, pf),
-                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc, pf),
-                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc, pf),
-                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc, pf),
-                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc, pf),
-                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc, pf),
-                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc, pf),
-                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc, pf),
-                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc, pf),
-                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc, pf),
-                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc, pf),
+                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc, sa, pf),
+                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc, sa, pf),
+                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc, sa, pf),
+                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc, sa, pf),
+                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc, sa, pf),
+                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc, sa, pf),
+                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc, sa, pf),
+                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc, sa, pf),
+                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc, sa, pf),
+                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc, sa, pf),
+                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc, sa, pf),
+                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc, sa, pf),
                 }
             },
             #[cfg(target_arch = "x86_64")]
@@ -587,13 +596,17 @@ impl Kernel {
             Kernel::Avx2 => unsafe {
                 for half in [0, 16] {
                     let (b, c, pf) = (&b[half..], c.add(half), hint(half));
+                    let sa = (
+                        accumulate,
+                        if init.is_null() { init } else { init.add(half) },
+                    );
                     match rows {
-                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc, pf),
-                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc, pf),
-                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc, pf),
-                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc, pf),
-                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc, pf),
-                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc, pf),
+                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc, sa, pf),
+                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc, sa, pf),
+                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc, sa, pf),
+                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc, sa, pf),
+                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc, sa, pf),
+                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc, sa, pf),
                     }
                 }
             },
@@ -601,11 +614,26 @@ impl Kernel {
                 for i in 0..rows {
                     // Safety: the caller's contract on `c`.
                     let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+                    match start {
+                        Start::Accumulate => {}
+                        Start::Fresh(Some(init)) => row.copy_from_slice(&init[..NR]),
+                        Start::Fresh(None) => row.fill(0.0),
+                    }
                     portable_row(kc, a, group, i, b, row);
                 }
             }
         }
     }
+}
+
+/// Where a tile's sums start.
+#[derive(Clone, Copy, Debug)]
+enum Start<'a> {
+    /// From what `c` holds (the sums of earlier blocks of inputs).
+    Accumulate,
+    /// From this row of `NR` values (the bias) in every row, or from zero: `c` is only
+    /// written.
+    Fresh(Option<&'a [f32]>),
 }
 
 /// One row of [`Kernel::run`] in plain Rust: row `i` of a block of `group` packed rows.
@@ -619,8 +647,8 @@ fn portable_row(kc: usize, a: &[f32], group: usize, i: usize, b: &[f32], acc: &m
     }
 }
 
-/// A `ROWS × 2·LANES` tile: two vector accumulators per row, loaded from and stored back to
-/// `c`, the `kc` loop streaming two vectors of one packed panel row per step (`b` and `c`
+/// A `ROWS × 2·LANES` tile: two vector accumulators per row, started from `c` (`accumulate`),
+/// from the row `init` or from zero, and stored to `c`, the `kc` loop streaming two vectors of one packed panel row per step (`b` and `c`
 /// start at the tile's first column; `b`'s rows are `NR` apart, `c`'s `ldc`). With AVX-512 the tile spans a
 /// whole 32-wide panel; with AVX2 half of one, so that 12 accumulators, the two panel vectors
 /// and one broadcast fit its 16 registers (a `3 × 32` AVX2 tile needs 17 and spilled to the
@@ -640,6 +668,7 @@ macro_rules! tile {
             b: &[f32],
             c: *mut f32,
             ldc: usize,
+            (accumulate, init): (bool, *const f32),
             prefetch: *const f32,
         ) {
             let (a, b) = (a.as_ptr(), b.as_ptr());
@@ -650,9 +679,15 @@ macro_rules! tile {
             unsafe {
                 let mut acc0 = [$zero(); ROWS];
                 let mut acc1 = [$zero(); ROWS];
-                for i in 0..ROWS {
-                    acc0[i] = $load(c.add(i * ldc));
-                    acc1[i] = $load(c.add(i * ldc + $lanes));
+                if accumulate {
+                    for i in 0..ROWS {
+                        acc0[i] = $load(c.add(i * ldc));
+                        acc1[i] = $load(c.add(i * ldc + $lanes));
+                    }
+                } else if !init.is_null() {
+                    let (i0, i1) = ($load(init), $load(init.add($lanes)));
+                    acc0 = [i0; ROWS];
+                    acc1 = [i1; ROWS];
                 }
                 for p in 0..kc {
                     if wanted {
@@ -870,13 +905,17 @@ mod tests {
             let packed =
                 PackedMatrix::pack(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap())
                     .unwrap();
-            let ours = packed.matmul_t(&x, m, Some(&bias));
-            let expected = reference(&x, &w, m, n, k, Some(&bias));
-            for (a, b) in ours.iter().zip(&expected) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{m}x{n}x{k}: {a} vs {b}"
-                );
+            // With a bias (whole panels start from it in registers) and without (from zero).
+            for bias in [Some(bias.as_slice()), None] {
+                let ours = packed.matmul_t(&x, m, bias);
+                let expected = reference(&x, &w, m, n, k, bias);
+                for (a, b) in ours.iter().zip(&expected) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{m}x{n}x{k}, bias {}: {a} vs {b}",
+                        bias.is_some()
+                    );
+                }
             }
             let mut portable = vec![0f32; MR * NR];
             let b = &packed.panels[..k * NR];
