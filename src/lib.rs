@@ -26,12 +26,14 @@ pub fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
-/// Process-wide allocator settings; call first thing in `main`.
+/// Process-wide allocator settings, for the binary's process constructor: they must be set
+/// before mimalloc reserves its first arena, which the Rust runtime's first allocation (before
+/// `main`) does; called from `main` it changed nothing (measured).
 ///
 /// mimalloc commits the whole of each arena it reserves up front on Linux (overcommit), so
 /// freed blocks of a pass stay resident beside the ones it asks for next: a 256-token
-/// capturing pass on SmolLM2 peaked at 780–797 MiB, and at 755 MiB committing on demand
-/// (same speed, measured with `dendrite bench --peak-rss` and `--tokens 64,256`).
+/// capturing pass on SmolLM2 peaked at 780–797 MiB, and at 740 MiB committing on demand
+/// (the same speed within noise; `dendrite bench --peak-rss` and `--tokens 64,256`).
 pub fn tune_allocator() {
     /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (v2 and v3).
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;

@@ -19,8 +19,9 @@ const KC: usize = 192;
 
 /// One cache line of floats. Panels are stored as these so that every panel row (`NR` floats,
 /// two lines) starts on a line boundary: a `Vec<f32>` is only 16-byte aligned, and most rows
-/// then straddled three lines, every vector load split across two (measured: a CETT search's
-/// gathers took 1.8× as long).
+/// then straddled three lines, splitting one of each row's two vector loads across two lines.
+/// (On the CETT search, whose gathers read single rows, the gain was within this VM's noise:
+/// best of five 124 → 116 ms.)
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);

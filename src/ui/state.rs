@@ -900,7 +900,7 @@ impl AppState {
             interventions: self.active_edits(),
             sparsity: self.sparsity,
             lens: self.lens_requested == Some(run_id),
-            patterns: self.patterns_shown(),
+            patterns: self.patterns_requested,
             have_baseline: complete_baseline.then_some(self.baseline.run_id),
         }))
     }
