@@ -340,8 +340,11 @@ impl PackedMatrix {
             let width = NR.min(n - col0);
             let mut acc = vec![[0f32; NR]; segments.len()];
             // Members come in no order the prefetchers can follow, so their panel rows were
-            // each a cache miss from memory: read the panel through once, in order, first.
-            touch(b_panel);
+            // each a cache miss from memory: read the panel through once, in order, first,
+            // when there are at least as many members as rows (a few read only their own).
+            if members.len() >= k {
+                touch(b_panel);
+            }
             for (seg, sum) in segments.iter().zip(&mut acc) {
                 let list = &members[seg.start as usize..seg.end as usize];
                 let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
