@@ -40,7 +40,12 @@ pub struct Cli {
 pub enum Command {
     /// Open the app on a model (GGUF file or HF folder).
     Open {
-        model: PathBuf,
+        /// Not needed with --session (the session names its model).
+        #[arg(required_unless_present = "session")]
+        model: Option<PathBuf>,
+        /// A saved session (.dendrite): its model, SAEs, stores, prompt, interventions and view.
+        #[arg(long, conflicts_with_all = ["saes", "stores", "prompt"])]
+        session: Option<PathBuf>,
         /// SAEs to attach once it has loaded; repeatable.
         #[arg(long = "sae")]
         saes: Vec<PathBuf>,
@@ -319,13 +324,15 @@ pub fn run(cli: Cli) -> Result<()> {
             cli.saes,
             cli.stores,
             cli.prompt,
+            None,
         ),
         Some(Command::Open {
             model,
+            session,
             saes,
             stores,
             prompt,
-        }) => crate::ui::run_app(Some(model), saes, stores, prompt),
+        }) => crate::ui::run_app(model, saes, stores, prompt, session),
         Some(Command::Info { model, json }) => info(&model, json),
         Some(Command::Tokenize {
             model,

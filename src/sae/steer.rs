@@ -11,7 +11,8 @@ use crate::model::{Intervention, InterventionKind, ProjectionMode, RowEdit, Valu
 /// row): `Add` adds `scale · d`; `SetProjection` is the orthogonal decomposition (keep
 /// everything orthogonal to `d̂`, set the component along it to `value`); `CapProjection` cuts
 /// components along `d̂` above `max` down to it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
 pub enum SteerMode {
     Add { scale: f32 },
     SetProjection { value: f32 },

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use egui::{Key, KeyboardShortcut, Modifiers};
 
+use super::autosave::{self, Autosave};
 use super::export::{Placement, View};
+use super::session::{self, SessionFile, SessionPrompt};
 use super::state::{Action, AppState, Tab};
 use super::views;
 use crate::worker::stores::{StoreCommand, StoreHandle};
@@ -40,6 +42,14 @@ pub struct DendriteApp {
     pub export_dir: PathBuf,
     /// SAEs to attach when the next model has loaded (given on the command line).
     pub attach_on_load: Vec<PathBuf>,
+    /// A session being restored: its model is loading or its SAEs attaching; adopted once
+    /// they all have answered.
+    restoring: Option<Box<SessionFile>>,
+    /// The set-aside interventions whose SAE the user is locating.
+    locating_sae: Option<usize>,
+    /// This process's recovery file, written as the session changes (none under tests that
+    /// do not ask for it).
+    autosave: Option<Autosave>,
     /// Corpus stores to open when the next model has loaded (given on the command line).
     pub stores_on_load: Vec<PathBuf>,
     /// Attach requests not answered yet: the prompt reruns once they all are, so that one
@@ -107,16 +117,166 @@ impl DendriteApp {
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
             attach_on_load: Vec::new(),
+            restoring: None,
+            locating_sae: None,
+            autosave: None,
             stores_on_load: Vec::new(),
             attaches_pending: 0,
             generate_sent: None,
         })
     }
 
+    /// Starts writing the session to a recovery file in `dir` as it changes, and asks whether
+    /// to restore what a process that died left there.
+    pub fn enable_recovery(&mut self, dir: &std::path::Path) -> anyhow::Result<()> {
+        if let Some(orphan) = autosave::orphans(dir).into_iter().next() {
+            let age = orphan
+                .modified
+                .elapsed()
+                .map(|d| format_age(d.as_secs()))
+                .unwrap_or_else(|_| "just now".into());
+            self.state.session_prompt = Some(SessionPrompt::Recover {
+                file: orphan.path,
+                session: Box::new(orphan.session),
+                age,
+            });
+        }
+        self.autosave = Some(Autosave::start(dir)?);
+        Ok(())
+    }
+
+    /// This process's recovery file, once [`Self::enable_recovery`] has started it.
+    pub fn recovery_file(&self) -> Option<&std::path::Path> {
+        self.autosave.as_ref().map(Autosave::path)
+    }
+
+    /// Opens a session file: its model (if the file is where the session says; otherwise
+    /// the window asks to locate it), then its SAEs and stores, then the rest.
+    pub fn open_session(&mut self, path: &std::path::Path) {
+        match session::read(path) {
+            Ok(file) => self.restore(Box::new(file)),
+            Err(e) => self.state.errors.push(crate::worker::ErrorEvent {
+                context: format!("opening the session {}", path.display()),
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+
+    /// Restores a session read from a file.
+    fn restore(&mut self, file: Box<SessionFile>) {
+        self.state.session_prompt = None;
+        let Some(model) = file.model.clone() else {
+            // Nothing to load: the rest applies to whatever is open.
+            self.adopt(&file);
+            return;
+        };
+        if !model.path.exists() {
+            self.state.session_prompt = Some(SessionPrompt::ModelMissing {
+                session: file,
+                missing: model.path,
+            });
+            return;
+        }
+        self.attach_on_load.clear();
+        self.stores_on_load = file.stores.clone();
+        self.restoring = Some(file);
+        self.act(Action::Open(model.path));
+    }
+
+    /// Takes a restored session into the state and sends what brings its picture back.
+    fn adopt(&mut self, file: &SessionFile) {
+        for cmd in self.state.adopt_session(file) {
+            self.send(cmd);
+        }
+        self.act(Action::ProbeHeads);
+    }
+
+    /// Writes the session to `path` (with the `.dendrite` extension added when missing).
+    pub fn save_session(&mut self, path: &std::path::Path) {
+        let mut path = path.to_path_buf();
+        if path.extension().is_none() {
+            path.set_extension(session::EXTENSION);
+        }
+        match session::write(&path, &self.state.session()) {
+            Ok(()) => self.state.notice = Some(format!("Saved the session to {}", path.display())),
+            Err(e) => self.state.errors.push(crate::worker::ErrorEvent {
+                context: "saving the session".into(),
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+
+    /// The session actions: file work and the restore's steps.
+    fn act_on_session(&mut self, action: Action) {
+        match action {
+            Action::SaveSession(path) => self.save_session(&path),
+            Action::OpenSession(path) => self.open_session(&path),
+            Action::LocateModel(path) => {
+                if let Some(SessionPrompt::ModelMissing { mut session, .. }) =
+                    self.state.session_prompt.take()
+                    && let Some(model) = session.model.as_mut()
+                {
+                    model.path = path;
+                    self.restore(session);
+                }
+            }
+            Action::RestoreRecovery => {
+                if let Some(SessionPrompt::Recover { file, session, .. }) =
+                    self.state.session_prompt.take()
+                {
+                    if let Err(e) = autosave::retire(&file) {
+                        self.state.notice =
+                            Some(format!("Could not move {} aside: {e}", file.display()));
+                    }
+                    self.restore(session);
+                }
+            }
+            Action::DismissSessionPrompt => {
+                if let Some(SessionPrompt::Recover { file, .. }) = &self.state.session_prompt {
+                    match autosave::retire(file) {
+                        Ok(()) => {
+                            self.state.notice = Some(
+                                "The unsaved session was kept as previous.dendrite in the                                  recovery folder (Session → Open session… to get it back)"
+                                    .into(),
+                            )
+                        }
+                        Err(e) => {
+                            self.state.notice =
+                                Some(format!("Could not move {} aside: {e}", file.display()))
+                        }
+                    }
+                }
+                self.state.act(Action::DismissSessionPrompt);
+            }
+            Action::LocateSae { index, path } => {
+                let Some(aside) = self.state.set_aside.get(index) else {
+                    return;
+                };
+                self.locating_sae = Some(index);
+                let hook = Some(aside.sae.hook.clone());
+                self.attaches_pending += 1;
+                self.send(Command::AttachSae(crate::worker::AttachSae { path, hook }));
+            }
+            _ => {}
+        }
+    }
+
     /// Applies a user action and forwards the resulting command.
     pub fn act(&mut self, action: Action) {
         if let Action::Export(view) = action {
             self.export(view);
+            return;
+        }
+        if matches!(
+            action,
+            Action::SaveSession(_)
+                | Action::OpenSession(_)
+                | Action::LocateModel(_)
+                | Action::LocateSae { .. }
+                | Action::RestoreRecovery
+                | Action::DismissSessionPrompt
+        ) {
+            self.act_on_session(action);
             return;
         }
         if action == Action::CancelJob {
@@ -242,12 +402,16 @@ impl DendriteApp {
                 Event::ModelLoaded(m) => Some(m.info.path.clone()),
                 _ => None,
             };
-            // An answer to an attach (or the worker attaching a trained SAE), or a detach.
-            let sae_answer = match &event {
-                Event::SaeAttached(_) | Event::SaeDetached(_) => true,
-                Event::Error(e) => e.context.starts_with("attaching"),
-                _ => false,
+            // The SAE the user located for set-aside interventions.
+            let located = match (&event, self.locating_sae) {
+                (Event::SaeAttached(a), Some(index)) => Some((index, a.sae_id)),
+                _ => None,
             };
+            // An answer to an attach (or the worker attaching a trained SAE), or a detach.
+            let attach_failed =
+                matches!(&event, Event::Error(e) if e.context.starts_with("attaching"));
+            let sae_answer =
+                attach_failed || matches!(&event, Event::SaeAttached(_) | Event::SaeDetached(_));
             if let Event::TokenGenerated(t) = &event
                 && let Some((run_id, sent)) = self.generate_sent
                 && t.run_id == run_id
@@ -272,24 +436,58 @@ impl DendriteApp {
                     });
                 }
                 // A freshly opened model gets its default SAEs, then runs the prompt (once
-                // they are attached) and the head probe.
+                // they are attached) and the head probe. A restored session gets its own SAEs
+                // instead, at their hooks, and is adopted once they have answered.
                 self.attaches_pending = 0;
-                let requested = std::mem::take(&mut self.attach_on_load);
-                for sae in crate::sample::default_saes(&model)
-                    .into_iter()
-                    .chain(requested)
+                if self
+                    .restoring
+                    .as_ref()
+                    .is_some_and(|r| r.model.as_ref().is_none_or(|m| m.path != model))
                 {
-                    self.act(Action::AttachSae(sae));
+                    // Another model opened meanwhile: that session is not this model's.
+                    self.restoring = None;
+                }
+                let requested = std::mem::take(&mut self.attach_on_load);
+                match self.restoring.as_ref().map(|r| r.saes.clone()) {
+                    Some(saes) => {
+                        for sae in saes {
+                            self.attaches_pending += 1;
+                            self.send(Command::AttachSae(crate::worker::AttachSae {
+                                path: sae.file.path,
+                                hook: Some(sae.hook),
+                            }));
+                        }
+                    }
+                    None => {
+                        for sae in crate::sample::default_saes(&model)
+                            .into_iter()
+                            .chain(requested)
+                        {
+                            self.act(Action::AttachSae(sae));
+                        }
+                    }
                 }
                 if self.attaches_pending == 0 {
-                    self.act(Action::Run);
+                    self.attaches_answered();
                 }
-                self.act(Action::ProbeHeads);
+                if self.restoring.is_none() {
+                    self.act(Action::ProbeHeads);
+                }
+            } else if let Some((index, sae_id)) = located {
+                // Its set-aside interventions come back, and the prompt reruns with them.
+                self.locating_sae = None;
+                self.attaches_pending = self.attaches_pending.saturating_sub(1);
+                if let Some(cmd) = self.state.restore_set_aside(index, sae_id) {
+                    self.send(cmd);
+                }
             } else if sae_answer {
+                if attach_failed {
+                    // A located SAE that failed to attach leaves its interventions aside.
+                    self.locating_sae = None;
+                }
                 self.attaches_pending = self.attaches_pending.saturating_sub(1);
                 if self.attaches_pending == 0 {
-                    // Feature maps of the new SAEs (an unchanged baseline is not recomputed).
-                    self.act(Action::Run);
+                    self.attaches_answered();
                 }
             }
             if started.elapsed() > DRAIN_BUDGET {
@@ -298,6 +496,33 @@ impl DendriteApp {
             }
         }
         self.send_store_requests();
+    }
+
+    /// Every attach asked for has answered: adopt the session being restored, or rerun the
+    /// prompt (feature maps of the new SAEs; an unchanged baseline is not recomputed).
+    fn attaches_answered(&mut self) {
+        match self.restoring.take() {
+            Some(file) => self.adopt(&file),
+            None => self.act(Action::Run),
+        }
+    }
+
+    /// Hands the session to the recovery writer (it writes once changes rest).
+    fn autosave(&mut self, ctx: &egui::Context) {
+        // A session half restored is not the user's: the file keeps the last whole one.
+        if self.restoring.is_some() || self.state.session_prompt.is_some() {
+            return;
+        }
+        let session = self.state.session();
+        let Some(autosave) = self.autosave.as_mut() else {
+            return;
+        };
+        if let Some(error) = autosave.update(session, Instant::now()) {
+            self.state.notice = Some(error);
+        }
+        if autosave.pending() {
+            ctx.request_repaint_after(Duration::from_millis(200));
+        }
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context) {
@@ -429,9 +654,22 @@ impl DendriteApp {
             action = action.take().or(draw_view(ui, state, view));
         });
         self.placements = placements;
+        if let Some(a) = views::session::session_prompt_ui(ui.ctx(), state) {
+            action = Some(a);
+        }
         if let Some(a) = action {
             self.act(a);
         }
+    }
+}
+
+/// "42 s ago", "12 min ago", "3 h ago", "2 days ago".
+fn format_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
     }
 }
 
@@ -479,6 +717,7 @@ impl eframe::App for DendriteApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.drain_events(ctx);
         self.shortcuts(ctx);
+        self.autosave(ctx);
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {

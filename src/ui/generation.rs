@@ -9,7 +9,8 @@ use crate::worker::{GenerationFinished, RunId, TokenGenerated, Variant, Watch};
 pub const TOP_ALTERNATIVES: usize = 5;
 
 /// Sampling settings as the tab edits them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GenerateSettings {
     pub max_new_tokens: usize,
     /// 0 = greedy (the default: baseline and intervened then differ only by the edit).

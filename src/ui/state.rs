@@ -24,6 +24,7 @@ use crate::worker::{
 
 /// The main view's tabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Tab {
     Neurons,
     Heads,
@@ -36,7 +37,8 @@ pub enum Tab {
 }
 
 /// What colours the Generate tab's tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GenerateColour {
     Probability,
     /// The unit watched while generating (the selected neuron or latent).
@@ -66,7 +68,8 @@ impl Default for ExplainSettings {
 }
 
 /// Which pass a view draws when interventions are active.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Show {
     Baseline,
     Intervened,
@@ -75,7 +78,8 @@ pub enum Show {
 }
 
 /// What colours the token strip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TokenColour {
     Loss,
     SelectedNeuron,
@@ -126,6 +130,8 @@ pub struct SaeEntry {
     pub cfg: SaeConfig,
     /// Its latents' source name in corpus stores (`sae:<folder>`).
     pub source: String,
+    /// Size and header hash of its files when attached (session files compare them).
+    pub fingerprint: Option<String>,
 }
 
 impl SaeEntry {
@@ -139,7 +145,8 @@ impl SaeEntry {
 }
 
 /// The kinds of intervention the UI offers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InterventionKind {
     /// Set (or scale) one MLP neuron at every position.
     Neuron {
@@ -275,7 +282,7 @@ impl InterventionKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InterventionItem {
     pub enabled: bool,
     pub kind: InterventionKind,
@@ -545,9 +552,24 @@ pub enum Action {
     SetExplainSettings(ExplainSettings),
     /// Explain units of one source with the endpoint and score them (a job).
     Explain(Vec<UnitRef>),
+    /// Write the session to a `.dendrite` file (the app does the file work).
+    SaveSession(PathBuf),
+    /// Open a session file: its model, SAEs, stores, interventions and view.
+    OpenSession(PathBuf),
+    /// Answer the open [`SessionPrompt`]: the model file the session names is here instead.
+    LocateModel(PathBuf),
+    /// Attach the SAE of set-aside interventions `index` from `path`, and bring them back.
+    LocateSae {
+        index: usize,
+        path: PathBuf,
+    },
+    /// Restore the session a process that died left behind (the open [`SessionPrompt`]).
+    RestoreRecovery,
+    /// Close the open [`SessionPrompt`] without restoring (a recovery file is kept aside).
+    DismissSessionPrompt,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
     pub layer: usize,
     pub neuron: Option<usize>,
@@ -577,6 +599,8 @@ pub const HISTOGRAM_BINS: usize = 60;
 
 pub struct AppState {
     pub model: Option<ModelInfo>,
+    /// The open model file's size and header hash (session files compare them).
+    pub model_fingerprint: Option<String>,
     pub loading: Option<PathBuf>,
     /// Fraction of the weights loaded so far, once the worker reports it.
     pub loading_fraction: Option<f32>,
@@ -589,8 +613,10 @@ pub struct AppState {
     pub bos: BosMode,
     pub sparsity: Method,
     pub interventions: Vec<InterventionItem>,
-    undo: Vec<Vec<InterventionItem>>,
-    redo: Vec<Vec<InterventionItem>>,
+    /// Interventions of a restored session's SAEs that are not attached, until located.
+    pub set_aside: Vec<crate::ui::session::SetAside>,
+    pub(super) undo: Vec<Vec<InterventionItem>>,
+    pub(super) redo: Vec<Vec<InterventionItem>>,
     next_run_id: RunId,
     /// The run whose events the views show (older runs' late events are ignored).
     pub current_run: Option<RunId>,
@@ -629,12 +655,15 @@ pub struct AppState {
     /// rerun of a changed edit); the app sends them in order.
     pub followups: Vec<Command>,
     pub explain_settings: ExplainSettings,
+    /// A question about a session the window asks before going on.
+    pub session_prompt: Option<crate::ui::session::SessionPrompt>,
 }
 
 impl Default for AppState {
     fn default() -> Self {
         AppState {
             model: None,
+            model_fingerprint: None,
             loading: None,
             loading_fraction: None,
             lens_requested: None,
@@ -643,6 +672,7 @@ impl Default for AppState {
             bos: BosMode::Auto,
             sparsity: Method::Zero,
             interventions: Vec::new(),
+            set_aside: Vec::new(),
             undo: Vec::new(),
             redo: Vec::new(),
             next_run_id: 1,
@@ -673,6 +703,7 @@ impl Default for AppState {
             generate_colour: GenerateColour::Probability,
             followups: Vec::new(),
             explain_settings: ExplainSettings::default(),
+            session_prompt: None,
         }
     }
 }
@@ -980,7 +1011,7 @@ impl AppState {
         id
     }
 
-    fn checkpoint(&mut self) {
+    pub(super) fn checkpoint(&mut self) {
         self.undo.push(self.interventions.clone());
         self.redo.clear();
     }
@@ -1303,6 +1334,17 @@ impl AppState {
                 self.tab = Tab::Neurons;
                 self.new_run()
             }
+            // File work and the worker's answers: the app handles these (see
+            // `DendriteApp::act`); the state only forgets a question it was asked to.
+            Action::DismissSessionPrompt => {
+                self.session_prompt = None;
+                None
+            }
+            Action::SaveSession(_)
+            | Action::OpenSession(_)
+            | Action::LocateModel(_)
+            | Action::LocateSae { .. }
+            | Action::RestoreRecovery => None,
         }
     }
 
@@ -1331,6 +1373,8 @@ impl AppState {
                 self.recent_models.truncate(10);
                 self.histogram_bins = vec![None; m.info.dims.n_layers];
                 self.model = Some(m.info);
+                self.model_fingerprint = m.fingerprint;
+                self.set_aside.clear();
                 self.baseline = PassView::default();
                 self.intervened = None;
                 self.probe = None;
@@ -1400,6 +1444,7 @@ impl AppState {
                     id: a.sae_id,
                     cfg: a.cfg,
                     source: a.source,
+                    fingerprint: a.fingerprint,
                 });
             }
             Event::SaeDetached(d) => {
@@ -1614,12 +1659,12 @@ impl AppState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::analysis::sparsity::LayerSparsity;
     use crate::worker::{LayerReady, ModelLoaded, RunStarted};
 
-    fn info(n_layers: usize) -> ModelInfo {
+    pub(crate) fn info(n_layers: usize) -> ModelInfo {
         ModelInfo {
             name: "tiny".into(),
             path: "/m".into(),
@@ -1666,12 +1711,13 @@ mod tests {
         })
     }
 
-    fn loaded() -> AppState {
+    pub(crate) fn loaded() -> AppState {
         let mut s = AppState::default();
         s.act(Action::Open("/m".into()));
         s.apply(Event::ModelLoaded(ModelLoaded {
             info: info(2),
             duration_ms: 1.0,
+            fingerprint: None,
         }));
         s
     }
@@ -2057,7 +2103,7 @@ mod tests {
         assert!(!r4.patterns);
     }
 
-    fn sae_cfg() -> SaeConfig {
+    pub(crate) fn sae_cfg() -> SaeConfig {
         SaeConfig {
             architecture: "topk".into(),
             activation: crate::sae::Activation::TopK { k: 2 },
@@ -2084,6 +2130,7 @@ mod tests {
             sae_id: 7,
             cfg: sae_cfg(),
             source: "sae:test".into(),
+            fingerprint: None,
         }));
         assert_eq!(s.selected_sae, Some(7));
         s.act(Action::SetPrompt("ab".into()));
@@ -2136,6 +2183,7 @@ mod tests {
             sae_id: 2,
             cfg: sae_cfg(),
             source: "sae:test".into(),
+            fingerprint: None,
         }));
         s.act(Action::SetPrompt("ab".into()));
         let clamp = InterventionKind::Latent {

@@ -283,6 +283,9 @@ pub struct Loading {
 pub struct ModelLoaded {
     pub info: ModelInfo,
     pub duration_ms: f64,
+    /// The file's size and the hash of its first MiB ([`crate::describe::corpus::model_fingerprint`]):
+    /// a session file tells a changed model by it. `None` when it could not be read.
+    pub fingerprint: Option<String>,
 }
 
 /// Which pass an event belongs to.
@@ -403,6 +406,8 @@ pub struct SaeAttached {
     pub cfg: SaeConfig,
     /// Its latents' source name in corpus stores (`sae:<folder>`).
     pub source: String,
+    /// As [`ModelLoaded::fingerprint`], of the SAE's files.
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -316,9 +316,11 @@ impl Session {
         self.baseline_lens = None;
         // SAEs belong to the model they were attached to.
         self.saes.clear();
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         emit(Event::ModelLoaded(ModelLoaded {
+            fingerprint: crate::describe::corpus::model_fingerprint(&info.path).ok(),
             info,
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            duration_ms,
         }));
         Ok(())
     }
@@ -612,6 +614,7 @@ impl Session {
         let source = format!("sae:{}", crate::describe::scan::sae_folder_name(&cfg.path));
         Ok(Event::SaeAttached(SaeAttached {
             sae_id,
+            fingerprint: crate::describe::corpus::model_fingerprint(&cfg.path).ok(),
             cfg,
             source,
         }))

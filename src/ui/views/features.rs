@@ -242,7 +242,7 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
 }
 
 /// A native dialog for an SAE folder (none under tests or without a portal).
-fn pick_sae() -> Option<std::path::PathBuf> {
+pub(crate) fn pick_sae() -> Option<std::path::PathBuf> {
     rfd::FileDialog::new()
         .set_title("Attach an SAE (pick its folder; for Gemma Scope, its params.npz folder)")
         .pick_folder()

@@ -8,6 +8,28 @@ use crate::ui::state::{Action, AppState, InterventionKind, Show};
 
 pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
+    for (index, aside) in state.set_aside.iter().enumerate() {
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!(
+                    "{} intervention(s) on the SAE {} @ {} are kept aside: {}",
+                    aside.interventions.len(),
+                    aside.sae.file.path.display(),
+                    aside.sae.hook,
+                    aside.reason
+                ),
+            );
+            if ui
+                .small_button("Locate SAE…")
+                .on_hover_text("Attach the SAE from where it is now; its interventions come back")
+                .clicked()
+                && let Some(path) = super::features::pick_sae()
+            {
+                action = Some(Action::LocateSae { index, path });
+            }
+        });
+    }
     ui.horizontal_wrapped(|ui| {
         ui.strong("Interventions");
         if state.interventions.is_empty() {

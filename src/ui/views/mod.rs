@@ -13,6 +13,7 @@ pub mod neurons;
 pub mod prompt;
 pub mod sae_jobs;
 pub mod search;
+pub mod session;
 pub mod top_bar;
 pub mod unit_panel;
 

@@ -17,6 +17,9 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         {
             action = Some(Action::Open(path));
         }
+        if let Some(a) = super::session::session_menu_ui(ui, state) {
+            action = Some(a);
+        }
         ui.menu_button("Recent", |ui| {
             if state.recent_models.is_empty() {
                 ui.weak("No recent models");
@@ -113,7 +116,7 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
 }
 
 /// A native file dialog for a model file or folder (none under tests or without a portal).
-fn pick_model() -> Option<std::path::PathBuf> {
+pub(crate) fn pick_model() -> Option<std::path::PathBuf> {
     rfd::FileDialog::new()
         .set_title("Open a model (GGUF file, or pick config.json in an HF folder)")
         .add_filter("Models", &["gguf", "json", "safetensors"])

@@ -1,0 +1,628 @@
+//! Session files (`.dendrite`): the work in the window written down. The model (its path and
+//! fingerprint, to tell a changed file), the attached SAEs, the corpus stores, the prompt, every
+//! intervention with its enabled flag in its order, the selections, the open tab and the view
+//! modes, the sparsity method and the generation settings. JSON with a version number, so a
+//! newer Dendrite can still read an older file and an older one says clearly that it cannot
+//! read a newer one.
+//!
+//! [`AppState::session`] writes the state down and [`AppState::adopt_session`] takes it back
+//! once the model has loaded and the session's SAEs are attached (the app drives that: it
+//! opens the model, attaches, then adopts). Both are pure; [`read`] and [`write`] do the file
+//! work (writes are atomic: a temporary file renamed over the old one, so a crash mid-write
+//! leaves the previous version whole).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::generation::GenerateSettings;
+use super::state::{
+    AppState, GenerateColour, InterventionItem, InterventionKind, Selection, Show, Tab, TokenColour,
+};
+use crate::analysis::sparsity::Method;
+use crate::model::BosMode;
+use crate::worker::{Command, SaeId};
+
+/// The schema version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Session files' extension.
+pub const EXTENSION: &str = "dendrite";
+/// Files larger than this are refused before they are read (a session is a few KiB; its
+/// prompt is the only part that grows).
+const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// A model or SAE as a session names it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileRef {
+    pub path: PathBuf,
+    /// Size and hash of the first MiB when the session was saved
+    /// ([`crate::describe::corpus::model_fingerprint`]); `None` if it could not be read.
+    pub fingerprint: Option<String>,
+}
+
+/// An attached SAE. Interventions and selections name it by `id`, its place in attach order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSae {
+    pub id: SaeId,
+    #[serde(flatten)]
+    pub file: FileRef,
+    /// The hook it was attached at (files with several SAEs, such as Gemma Scope's, name one).
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionFile {
+    /// The schema version ([`FORMAT_VERSION`]).
+    pub dendrite_session: u32,
+    pub model: Option<FileRef>,
+    /// In attach order.
+    #[serde(default)]
+    pub saes: Vec<SavedSae>,
+    /// Corpus stores open for the model.
+    #[serde(default)]
+    pub stores: Vec<PathBuf>,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub bos: BosMode,
+    /// As `dendrite sparsity --method` takes it: `zero`, `eps:0.1`, `cett:0.2`, …
+    pub sparsity: String,
+    /// In order, enabled or not.
+    #[serde(default)]
+    pub interventions: Vec<InterventionItem>,
+    #[serde(default)]
+    pub selection: Selection,
+    #[serde(default)]
+    pub selected_sae: Option<SaeId>,
+    pub tab: Tab,
+    pub show: Show,
+    pub token_colour: TokenColour,
+    #[serde(default)]
+    pub sort_neurons: bool,
+    #[serde(default)]
+    pub generate: GenerateSettings,
+    pub generate_colour: GenerateColour,
+}
+
+/// Interventions of a saved SAE that is not attached (its file is missing, changed shape, or
+/// failed to load): kept aside, shown with a way to locate the SAE, never dropped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetAside {
+    pub sae: SavedSae,
+    /// Why it is not attached.
+    pub reason: String,
+    /// The interventions as saved (their `sae_id` is the saved one).
+    pub interventions: Vec<InterventionItem>,
+}
+
+/// A question about a session the window asks before going on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionPrompt {
+    /// The session's model file is not where it was saved: locate it, or cancel.
+    ModelMissing {
+        session: Box<SessionFile>,
+        missing: PathBuf,
+    },
+    /// A process that died (a crash, `kill -9`) left this session behind: restore it?
+    Recover {
+        /// Its recovery file.
+        file: PathBuf,
+        session: Box<SessionFile>,
+        /// When it was last written, for the question ("12 min ago").
+        age: String,
+    },
+}
+
+/// Reads a session file: size checked before reading, JSON parsed, version checked.
+pub fn read(path: &Path) -> anyhow::Result<SessionFile> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= MAX_FILE_BYTES,
+        "{} is {size} bytes: not a Dendrite session (those are a few KiB; at most {MAX_FILE_BYTES})",
+        path.display()
+    );
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("reading the session {}", path.display()))
+}
+
+/// Parses a session file's bytes.
+pub fn parse(bytes: &[u8]) -> anyhow::Result<SessionFile> {
+    // The version first, so that a newer file says so rather than failing on a field.
+    #[derive(serde::Deserialize)]
+    struct Version {
+        dendrite_session: u32,
+    }
+    let version: Version = serde_json::from_slice(bytes)
+        .context("not a Dendrite session file (JSON with a \"dendrite_session\" version)")?;
+    anyhow::ensure!(
+        version.dendrite_session >= 1 && version.dendrite_session <= FORMAT_VERSION,
+        "the session has format version {}; this Dendrite reads versions 1 to {FORMAT_VERSION} \
+         (a newer Dendrite wrote it)",
+        version.dendrite_session
+    );
+    let file: SessionFile = serde_json::from_slice(bytes).context("the session is malformed")?;
+    file.sparsity
+        .parse::<Method>()
+        .map_err(|e| anyhow::anyhow!("the session's sparsity method: {e}"))?;
+    Ok(file)
+}
+
+/// Writes `session` to `path` atomically: into a temporary file beside it, flushed to disk,
+/// then renamed over `path`.
+pub fn write(path: &Path, session: &SessionFile) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(session).context("writing the session as JSON")?;
+    write_atomically(path, &json)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+impl AppState {
+    /// The session as a file would hold it. SAEs are numbered by attach order, so equal
+    /// pictures give equal files whatever ids the worker handed out.
+    pub fn session(&self) -> SessionFile {
+        let saved_id = |live: SaeId| -> Option<SaeId> {
+            self.saes
+                .iter()
+                .position(|s| s.id == live)
+                .map(|i| i as SaeId)
+        };
+        let mut interventions = Vec::with_capacity(self.interventions.len());
+        for item in &self.interventions {
+            let mut item = item.clone();
+            if let Some(live) = item.sae_id() {
+                // An SAE's interventions go with it when it is detached, so this always maps.
+                let Some(id) = saved_id(live) else { continue };
+                set_sae_id(&mut item.kind, id);
+            }
+            interventions.push(item);
+        }
+        // Set-aside interventions stay in the file, under their SAE (kept after the attached
+        // ones' ids).
+        let mut saes: Vec<SavedSae> = self
+            .saes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SavedSae {
+                id: i as SaeId,
+                file: FileRef {
+                    path: s.cfg.path.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                },
+                hook: s.cfg.hook_name.clone(),
+            })
+            .collect();
+        for aside in &self.set_aside {
+            let id = saes.len() as SaeId;
+            saes.push(SavedSae {
+                id,
+                ..aside.sae.clone()
+            });
+            for item in &aside.interventions {
+                let mut item = item.clone();
+                set_sae_id(&mut item.kind, id);
+                interventions.push(item);
+            }
+        }
+        let mut selection = self.selection.clone();
+        selection.latent = selection
+            .latent
+            .and_then(|(live, latent)| Some((saved_id(live)?, latent)));
+        SessionFile {
+            dendrite_session: FORMAT_VERSION,
+            model: self.model.as_ref().map(|m| FileRef {
+                path: m.path.clone(),
+                fingerprint: self.model_fingerprint.clone(),
+            }),
+            saes,
+            stores: self.stores.open.iter().map(|s| s.path.clone()).collect(),
+            prompt: self.prompt.clone(),
+            bos: self.bos,
+            sparsity: self.sparsity.to_string(),
+            interventions,
+            selection,
+            selected_sae: self.selected_sae.and_then(saved_id),
+            tab: self.tab,
+            show: self.show,
+            token_colour: self.token_colour,
+            sort_neurons: self.sort_neurons,
+            generate: self.generate_settings.clone(),
+            generate_colour: self.generate_colour,
+        }
+    }
+
+    /// Takes back a saved session once its model is open and its SAEs are attached (those
+    /// that could be): SAEs are matched by path and hook, and interventions of one that is not
+    /// attached are set aside (see [`SetAside`]), never dropped. Returns the commands that
+    /// bring the picture back (the selected unit's details, the run), and says in `errors`
+    /// what differs from the saved session (a changed model or SAE file, a missing SAE).
+    pub fn adopt_session(&mut self, file: &SessionFile) -> Vec<Command> {
+        let mut problems = Vec::new();
+        if let (Some(saved), Some(model)) = (&file.model, &self.model)
+            && let (Some(then), Some(now)) = (&saved.fingerprint, &self.model_fingerprint)
+            && then != now
+        {
+            problems.push(format!(
+                "{} has changed since the session was saved (size and header {then} → {now}): \
+                 its numbers may differ from the session's",
+                model.path.display()
+            ));
+        }
+        // Saved id → live id, for each SAE attached from the same file at the same hook.
+        let mut live_of = std::collections::BTreeMap::new();
+        let mut claimed = Vec::new();
+        let mut set_aside = Vec::new();
+        for saved in &file.saes {
+            let found = self.saes.iter().find(|s| {
+                s.cfg.path == saved.file.path
+                    && s.cfg.hook_name == saved.hook
+                    && !claimed.contains(&s.id)
+            });
+            match found {
+                Some(entry) => {
+                    claimed.push(entry.id);
+                    live_of.insert(saved.id, entry.id);
+                    if let (Some(then), Some(now)) = (&saved.file.fingerprint, &entry.fingerprint)
+                        && then != now
+                    {
+                        problems.push(format!(
+                            "the SAE {} has changed since the session was saved: its latents \
+                             may not be the session's",
+                            saved.file.path.display()
+                        ));
+                    }
+                }
+                None => {
+                    // The worker's answer to the attach says why (a missing file, a bad one).
+                    let context = format!("attaching the SAE {}", saved.file.path.display());
+                    let reason = self
+                        .errors
+                        .iter()
+                        .rev()
+                        .find(|e| e.context == context)
+                        .map_or("it was not attached".into(), |e| e.message.clone());
+                    set_aside.push(SetAside {
+                        sae: saved.clone(),
+                        reason,
+                        interventions: Vec::new(),
+                    })
+                }
+            }
+        }
+        self.interventions.clear();
+        for item in &file.interventions {
+            let mut item = item.clone();
+            match item.sae_id() {
+                None => self.interventions.push(item),
+                Some(saved) => match live_of.get(&saved) {
+                    Some(&live) => {
+                        set_sae_id(&mut item.kind, live);
+                        self.interventions.push(item);
+                    }
+                    None => match set_aside.iter_mut().find(|a| a.sae.id == saved) {
+                        Some(aside) => aside.interventions.push(item),
+                        None => problems.push(format!(
+                            "an intervention names SAE #{saved}, which the session does not \
+                             list: it was left out ({})",
+                            item.label()
+                        )),
+                    },
+                },
+            }
+        }
+        for aside in &set_aside {
+            problems.push(format!(
+                "the session's SAE {} @ {} is not attached: {}. Its {} intervention(s) are kept \
+                 aside; locate the SAE to restore them",
+                aside.sae.file.path.display(),
+                aside.sae.hook,
+                aside.reason,
+                aside.interventions.len()
+            ));
+        }
+        self.set_aside = set_aside;
+        self.undo.clear();
+        self.redo.clear();
+        self.prompt = file.prompt.clone();
+        self.bos = file.bos;
+        match file.sparsity.parse::<Method>() {
+            Ok(m) => self.sparsity = m,
+            Err(e) => problems.push(format!("the session's sparsity method: {e}")),
+        }
+        self.tab = file.tab;
+        self.show = file.show;
+        self.sort_neurons = file.sort_neurons;
+        self.generate_settings = file.generate.clone();
+        self.generate_colour = file.generate_colour;
+        let n_layers = self.n_layers();
+        let mut commands = Vec::new();
+        self.selection = Selection {
+            layer: file.selection.layer.min(n_layers.saturating_sub(1)),
+            neuron: None,
+            head: file.selection.head,
+            latent: None,
+        };
+        if let Some(neuron) = file.selection.neuron
+            && let Some(cmd) = self.act(super::state::Action::SelectNeuron {
+                layer: self.selection.layer,
+                neuron,
+            })
+        {
+            commands.push(cmd);
+        }
+        if let Some((saved, latent)) = file.selection.latent
+            && let Some(&sae_id) = live_of.get(&saved)
+            && let Some(cmd) = self.act(super::state::Action::SelectLatent { sae_id, latent })
+        {
+            commands.push(cmd);
+        }
+        self.selected_sae = file
+            .selected_sae
+            .and_then(|saved| live_of.get(&saved).copied())
+            .or(self.selected_sae);
+        // Selecting units sets the token colouring; the session's own wins.
+        self.token_colour = file.token_colour;
+        for message in problems {
+            self.errors.push(crate::worker::ErrorEvent {
+                context: "restoring the session".into(),
+                message,
+            });
+        }
+        commands.extend(self.act(super::state::Action::Run));
+        commands.append(&mut self.followups);
+        commands
+    }
+
+    /// Brings back the interventions set aside for `index`'s SAE once it is attached as
+    /// `sae_id` (the user located it). Returns the rerun.
+    pub fn restore_set_aside(&mut self, index: usize, sae_id: SaeId) -> Option<Command> {
+        if index >= self.set_aside.len() {
+            return None;
+        }
+        let aside = self.set_aside.remove(index);
+        self.checkpoint();
+        for mut item in aside.interventions {
+            set_sae_id(&mut item.kind, sae_id);
+            self.interventions.push(item);
+        }
+        self.act(super::state::Action::Run)
+    }
+}
+
+/// Points an SAE intervention at another SAE id.
+fn set_sae_id(kind: &mut InterventionKind, id: SaeId) {
+    match kind {
+        InterventionKind::Latent { sae_id, .. } | InterventionKind::SteerLatent { sae_id, .. } => {
+            *sae_id = id
+        }
+        InterventionKind::Neuron { .. }
+        | InterventionKind::HeadAblation { .. }
+        | InterventionKind::ResampleHead { .. }
+        | InterventionKind::PatternClamp { .. }
+        | InterventionKind::Steer { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ui::state::tests::{loaded, sae_cfg};
+    use crate::ui::state::Action;
+    use crate::worker::{ErrorEvent, Event, SaeAttached};
+
+    fn attach(s: &mut AppState, sae_id: SaeId, path: &str, fingerprint: &str) {
+        let mut cfg = sae_cfg();
+        cfg.path = path.into();
+        s.apply(Event::SaeAttached(SaeAttached {
+            sae_id,
+            cfg,
+            source: format!("sae:{path}"),
+            fingerprint: Some(fingerprint.into()),
+        }));
+    }
+
+    fn latent(sae_id: SaeId, latent: usize) -> InterventionKind {
+        InterventionKind::Latent {
+            sae_id,
+            latent,
+            value: 3.0,
+            scale: false,
+            positions: Some(vec![1]),
+        }
+    }
+
+    /// A session built up by hand: two SAEs (worker ids 7 and 9), a neuron clamp, a disabled
+    /// steer, a latent clamp on the second SAE, a selected latent, another tab and method.
+    fn built() -> AppState {
+        let mut s = loaded();
+        s.model_fingerprint = Some("100-abc".into());
+        attach(&mut s, 7, "/saes/a", "1-a");
+        attach(&mut s, 9, "/saes/b", "2-b");
+        s.act(Action::SetPrompt("one two one two".into()));
+        s.act(Action::AddIntervention(InterventionKind::Neuron {
+            layer: 1,
+            neuron: 0,
+            value: 5.0,
+            scale: false,
+        }));
+        s.act(Action::AddIntervention(InterventionKind::Steer {
+            layer: 0,
+            neuron: 1,
+            scale: -2.0,
+        }));
+        s.act(Action::ToggleIntervention(1));
+        s.act(Action::AddIntervention(latent(9, 5)));
+        s.act(Action::SelectLatent {
+            sae_id: 9,
+            latent: 5,
+        });
+        s.act(Action::SetTab(Tab::Features));
+        s.act(Action::SetShow(Show::Difference));
+        s.act(Action::SetSparsity(Method::Cett { target: 0.2 }));
+        s
+    }
+
+    /// The same model and SAEs opened again, the worker handing out other ids.
+    fn reopened(second_sae: bool) -> AppState {
+        let mut s = loaded();
+        s.model_fingerprint = Some("100-abc".into());
+        attach(&mut s, 3, "/saes/a", "1-a");
+        if second_sae {
+            attach(&mut s, 4, "/saes/b", "2-b");
+        }
+        s
+    }
+
+    #[test]
+    fn a_saved_session_reopens_as_the_same_state_whatever_ids_the_saes_get() {
+        let original = built();
+        let file = original.session();
+        assert_eq!(file.saes.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1]);
+        let json = serde_json::to_vec_pretty(&file).unwrap();
+        let read = parse(&json).unwrap();
+        assert_eq!(read, file);
+
+        let mut s = reopened(true);
+        let commands = s.adopt_session(&read);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(s.session(), file);
+        // The latent clamp and the selection point at the SAE's new id.
+        assert_eq!(s.interventions[2].kind, latent(4, 5));
+        assert_eq!(s.selection.latent, Some((4, 5)));
+        assert!(!s.interventions[1].enabled);
+        assert_eq!(s.sparsity, Method::Cett { target: 0.2 });
+        assert_eq!((s.tab, s.show), (Tab::Features, Show::Difference));
+        // The latent's details, then the run with the session's edits.
+        assert!(matches!(commands[0], Command::InspectLatent(_)));
+        match commands.last() {
+            Some(Command::Run(run)) => {
+                assert_eq!(run.text, "one two one two");
+                assert_eq!(run.interventions.len(), 2, "the disabled steer is not sent");
+            }
+            other => panic!("expected the run last, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn interventions_of_a_missing_sae_are_kept_aside_and_come_back_when_it_is_located() {
+        let file = built().session();
+        let mut s = reopened(false);
+        s.apply(Event::Error(ErrorEvent {
+            context: "attaching the SAE /saes/b".into(),
+            message: "No such file or directory".into(),
+        }));
+        s.adopt_session(&file);
+        assert_eq!(s.interventions.len(), 2);
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].reason, "No such file or directory");
+        assert_eq!(s.set_aside[0].interventions.len(), 1);
+        assert_eq!(s.selection.latent, None);
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.message.contains("/saes/b") && e.message.contains("kept aside")),
+            "{:?}",
+            s.errors
+        );
+        // Nothing is dropped: saved again, the session is the one it came from.
+        assert_eq!(s.session().interventions, file.interventions);
+        // The user locates the SAE: it attaches as #11 and the clamp is back on it.
+        attach(&mut s, 11, "/elsewhere/b", "2-b");
+        let rerun = s.restore_set_aside(0, 11);
+        assert!(matches!(rerun, Some(Command::Run(_))));
+        assert!(s.set_aside.is_empty());
+        assert_eq!(s.interventions[2].kind, latent(11, 5));
+        // One undo step takes the restored clamp back off.
+        s.act(Action::Undo);
+        assert_eq!(s.interventions.len(), 2);
+    }
+
+    #[test]
+    fn a_changed_model_or_sae_is_named() {
+        let file = built().session();
+        let mut s = reopened(true);
+        s.model_fingerprint = Some("100-def".into());
+        s.saes[1].fingerprint = Some("2-c".into());
+        s.adopt_session(&file);
+        let messages: Vec<&str> = s.errors.iter().map(|e| e.message.as_str()).collect();
+        assert!(
+            messages.iter().any(|m| m.contains("/m has changed")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("/saes/b has changed")),
+            "{messages:?}"
+        );
+        // The session still comes back whole.
+        assert_eq!(s.interventions.len(), 3);
+    }
+
+    #[test]
+    fn bad_session_files_are_refused_with_the_reason() {
+        let file = built().session();
+        let json = serde_json::to_string(&file).unwrap();
+        let error = |bytes: &[u8]| format!("{:#}", parse(bytes).unwrap_err());
+        assert!(error(b"").contains("not a Dendrite session"));
+        assert!(error(b"\x89PNG\r\n").contains("not a Dendrite session"));
+        assert!(error(&json.as_bytes()[..json.len() / 2]).contains("not a Dendrite session"));
+        let newer = json.replace("\"dendrite_session\":1", "\"dendrite_session\":2");
+        assert!(error(newer.as_bytes()).contains("newer Dendrite"));
+        let zero = json.replace("\"dendrite_session\":1", "\"dendrite_session\":0");
+        assert!(error(zero.as_bytes()).contains("version 0"));
+        let method = json.replace("cett:0.2", "cett:lots");
+        assert!(error(method.as_bytes()).contains("sparsity method"));
+        let kind = json.replace("\"kind\":\"neuron\"", "\"kind\":\"teleport\"");
+        assert!(error(kind.as_bytes()).contains("malformed"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.dendrite");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        assert!(format!("{:#}", read(&big).unwrap_err()).contains("not a Dendrite session"));
+        assert!(read(&dir.path().join("missing.dendrite")).is_err());
+    }
+
+    #[test]
+    fn writes_replace_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.dendrite");
+        let mut state = built();
+        write(&path, &state.session()).unwrap();
+        state.prompt = "changed".into();
+        write(&path, &state.session()).unwrap();
+        assert_eq!(read(&path).unwrap().prompt, "changed");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A folder that does not exist is an error, not a panic.
+        assert!(write(&dir.path().join("no/such/s.dendrite"), &state.session()).is_err());
+    }
+}
