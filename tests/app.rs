@@ -20,10 +20,15 @@ fn model_path() -> std::path::PathBuf {
 }
 
 fn harness() -> Harness<'static, DendriteApp> {
+    harness_on(Some(model_path()))
+}
+
+/// The app opened on `model` (or on nothing).
+fn harness_on(model: Option<std::path::PathBuf>) -> Harness<'static, DendriteApp> {
     let h = Harness::builder()
         .with_size(egui::vec2(1400.0, 860.0))
-        .build_eframe(|cc| {
-            let mut app = DendriteApp::new(&cc.egui_ctx, None, Some(model_path())).unwrap();
+        .build_eframe(move |cc| {
+            let mut app = DendriteApp::new(&cc.egui_ctx, None, model).unwrap();
             // Short enough for the tiny test model's 64 positions.
             app.state.prompt = "one two, one two".into();
             app
@@ -692,4 +697,238 @@ fn explain_in_the_inspector_runs_a_job_against_dendrite_serve_and_shows_the_scor
     let store = dendrite::describe::Store::open_existing(&copy).unwrap();
     let requests = store.interp_requests(&unit.source, 3).unwrap();
     assert!((2..=9).contains(&requests), "{requests} requests");
+}
+
+/// The sample model with its SAE, three interventions (a neuron clamp, a disabled head
+/// ablation, a latent clamp on the SAE), a selected neuron, the Heads tab and CETT sparsity,
+/// every pass complete.
+fn built_session() -> Harness<'static, DendriteApp> {
+    use dendrite::ui::state::{InterventionKind, Tab};
+    let mut h = harness();
+    step_until(&mut h, "the model, its SAE and the first run", |s| {
+        s.model.is_some() && !s.saes.is_empty() && finished(s)
+    });
+    let sae_id = h.state().state.saes[0].id;
+    for kind in [
+        InterventionKind::Neuron {
+            layer: 1,
+            neuron: 3,
+            value: 4.0,
+            scale: false,
+        },
+        InterventionKind::HeadAblation {
+            layer: 0,
+            head: 1,
+            mean: false,
+        },
+        InterventionKind::Latent {
+            sae_id,
+            latent: 2,
+            value: 6.0,
+            scale: false,
+            positions: Some(vec![1, 2]),
+        },
+    ] {
+        h.state_mut().act(Action::AddIntervention(kind));
+    }
+    h.state_mut().act(Action::ToggleIntervention(1));
+    h.state_mut().act(Action::SetSparsity(
+        dendrite::analysis::sparsity::Method::Cett { target: 0.2 },
+    ));
+    h.state_mut().act(Action::SelectNeuron {
+        layer: 1,
+        neuron: 3,
+    });
+    h.state_mut().act(Action::SetTab(Tab::Heads));
+    step_until(&mut h, "the session's passes", |s| {
+        finished(s) && s.neuron_info.is_some() && s.probe.is_some()
+    });
+    h
+}
+
+/// What the views show, as the data their exports write.
+fn view_tables(s: &AppState) -> Vec<Option<String>> {
+    use dendrite::ui::export::{View, table};
+    use dendrite::ui::state::Tab;
+    [
+        View::Layers,
+        View::Tab(Tab::Neurons),
+        View::Tab(Tab::Heads),
+        View::Tab(Tab::Histograms),
+        View::Tab(Tab::Features),
+    ]
+    .into_iter()
+    .map(|v| table(s, v).map(|t| t.to_csv().unwrap()))
+    .collect()
+}
+
+#[test]
+fn a_saved_session_reopens_as_the_same_picture() {
+    let mut h = built_session();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("afternoon");
+    h.state_mut().act(Action::SaveSession(path.clone()));
+    h.step();
+    let path = path.with_extension("dendrite");
+    assert!(
+        h.state()
+            .state
+            .notice
+            .as_deref()
+            .unwrap_or("")
+            .contains("Saved"),
+        "{:?}",
+        h.state().state.errors
+    );
+    let saved = h.state().state.session();
+    let tables = view_tables(&h.state().state);
+
+    // A new window with nothing open reopens it.
+    let mut again = harness_on(None);
+    again.state_mut().act(Action::OpenSession(path.clone()));
+    step_until(&mut again, "the reopened session's passes", |s| {
+        s.interventions.len() == 3 && finished(s) && s.neuron_info.is_some() && s.probe.is_some()
+    });
+    let s = &again.state().state;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(s.session(), saved);
+    assert_eq!(view_tables(s), tables);
+    assert!(!s.interventions[1].enabled);
+    assert_eq!(s.tab, dendrite::ui::state::Tab::Heads);
+}
+
+#[test]
+fn a_session_whose_model_moved_asks_for_it_and_opens_with_the_located_file() {
+    use dendrite::ui::session::{self, SessionPrompt};
+    let h = built_session();
+    let mut file = h.state().state.session();
+    let model = file.model.as_ref().unwrap().path.clone();
+    file.model.as_mut().unwrap().path = "/nowhere/model.gguf".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moved.dendrite");
+    session::write(&path, &file).unwrap();
+
+    let mut again = harness_on(None);
+    again.state_mut().act(Action::OpenSession(path));
+    again.step();
+    match &again.state().state.session_prompt {
+        Some(SessionPrompt::ModelMissing { missing, .. }) => {
+            assert_eq!(missing, std::path::Path::new("/nowhere/model.gguf"))
+        }
+        other => panic!("expected the question for the model, got {other:?}"),
+    }
+    assert!(again.state().state.model.is_none());
+    again.state_mut().act(Action::LocateModel(model.clone()));
+    step_until(&mut again, "the session on the located model", |s| {
+        s.interventions.len() == 3 && finished(s)
+    });
+    let s = &again.state().state;
+    assert_eq!(s.session_prompt, None);
+    assert_eq!(s.model.as_ref().unwrap().path, model);
+    assert_eq!(s.session().interventions, file.interventions);
+}
+
+/// A running app (the real binary, in a virtual X display) is killed with SIGKILL after it has
+/// restored a session; its recovery file survives whole, and the next launch offers it back and
+/// restores every intervention.
+#[test]
+fn after_kill_9_the_next_launch_restores_every_intervention() {
+    use dendrite::ui::autosave;
+    assert!(
+        std::process::Command::new("xvfb-run")
+            .arg("--help")
+            .output()
+            .is_ok(),
+        "xvfb-run is missing: apt-get install xvfb xauth (scripts/test.sh installs them)"
+    );
+    let h = built_session();
+    let file = h.state().state.session();
+    drop(h);
+    let dir = tempfile::tempdir().unwrap();
+    let session_path = dir.path().join("work.dendrite");
+    dendrite::ui::session::write(&session_path, &file).unwrap();
+    let recovery = dir.path().join("recovery");
+
+    let mut app = std::process::Command::new("xvfb-run")
+        .args(["-a", "-s", "-screen 0 1400x900x24"])
+        .arg(env!("CARGO_BIN_EXE_dendrite"))
+        .arg("open")
+        .arg("--session")
+        .arg(&session_path)
+        .env("DENDRITE_RECOVERY_DIR", &recovery)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the app under xvfb-run");
+    // The app writes its recovery file once it has restored the session.
+    let started = Instant::now();
+    let written = loop {
+        let found = std::fs::read_dir(&recovery).ok().and_then(|entries| {
+            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                p.extension().is_some_and(|e| e == "dendrite")
+                    && dendrite::ui::session::read(p)
+                        .is_ok_and(|s| s.interventions == file.interventions)
+            })
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        if let Ok(Some(status)) = app.try_wait() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            let _ = app.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the app exited ({status}) before writing its recovery file: {err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no recovery file with the session's interventions in {}",
+            recovery.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // session-<pid>.dendrite: the app's own process (xvfb-run is its parent).
+    let pid = written
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("session-"))
+        .expect("a recovery file named after its process")
+        .to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let waited = Instant::now();
+    while app.try_wait().unwrap().is_none() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "xvfb-run did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The next launch finds it and offers it back.
+    let orphans = autosave::orphans(&recovery);
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let mut next = harness_on(None);
+    next.state_mut().enable_recovery(&recovery).unwrap();
+    next.run();
+    assert!(
+        matches!(
+            next.state().state.session_prompt,
+            Some(dendrite::ui::session::SessionPrompt::Recover { .. })
+        ),
+        "{:?}",
+        next.state().state.session_prompt
+    );
+    next.get_by_label("Restore").click();
+    step_until(&mut next, "the restored session", |s| {
+        s.interventions.len() == 3 && finished(s)
+    });
+    let s = &next.state().state;
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(s.session().interventions, file.interventions);
+    assert_eq!(s.session().prompt, file.prompt);
+    // Restored, it is no orphan any more (this window's own file replaces it).
+    assert!(autosave::orphans(&recovery).is_empty());
 }

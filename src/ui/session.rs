@@ -433,8 +433,8 @@ fn set_sae_id(kind: &mut InterventionKind, id: SaeId) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ui::state::tests::{loaded, sae_cfg};
     use crate::ui::state::Action;
+    use crate::ui::state::tests::{loaded, sae_cfg};
     use crate::worker::{ErrorEvent, Event, SaeAttached};
 
     fn attach(s: &mut AppState, sae_id: SaeId, path: &str, fingerprint: &str) {
