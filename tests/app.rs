@@ -932,3 +932,45 @@ fn after_kill_9_the_next_launch_restores_every_intervention() {
     // Restored, it is no orphan any more (this window's own file replaces it).
     assert!(autosave::orphans(&recovery).is_empty());
 }
+
+#[test]
+fn ctrl_z_in_the_prompt_edits_the_text_and_the_undo_buttons_edit_the_interventions() {
+    let mut h = harness();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.state_mut().act(Action::AddIntervention(
+        dendrite::ui::state::InterventionKind::Neuron {
+            layer: 0,
+            neuron: 2,
+            value: 3.0,
+            scale: false,
+        },
+    ));
+    step_until(&mut h, "the clamped run", finished);
+    let before = h.state().state.prompt.clone();
+
+    // In the prompt, Ctrl+Z takes back typing, not the clamp.
+    h.get_by_label("Prompt").focus();
+    h.step();
+    for _ in 0..90 {
+        // The text field keeps an undo point once its text has rested.
+        h.step();
+    }
+    h.get_by_label("Prompt").type_text(" xyz");
+    h.step();
+    assert_eq!(h.state().state.prompt, format!("{before} xyz"));
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.prompt, before);
+    assert_eq!(h.state().state.interventions.len(), 1);
+
+    // The buttons beside the interventions undo and redo them.
+    h.get_by_label("Undo").click();
+    step_until(&mut h, "the run without the clamp", |s| {
+        s.interventions.is_empty() && finished(s)
+    });
+    h.get_by_label("Redo").click();
+    step_until(&mut h, "the clamp back", |s| {
+        s.interventions.len() == 1 && finished(s)
+    });
+}

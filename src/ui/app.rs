@@ -530,14 +530,18 @@ impl DendriteApp {
         if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter)) {
             self.act(Action::Run);
         }
-        if pressed(KeyboardShortcut::new(
-            Modifiers::COMMAND | Modifiers::SHIFT,
-            Key::Z,
-        )) {
-            self.act(Action::Redo);
-        }
-        if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::Z)) {
-            self.act(Action::Undo);
+        // In a text field, Ctrl+Z edits the text (the field's own undo) rather than the
+        // interventions.
+        if !ctx.egui_wants_keyboard_input() {
+            if pressed(KeyboardShortcut::new(
+                Modifiers::COMMAND | Modifiers::SHIFT,
+                Key::Z,
+            )) {
+                self.act(Action::Redo);
+            }
+            if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::Z)) {
+                self.act(Action::Undo);
+            }
         }
         if pressed(KeyboardShortcut::new(Modifiers::NONE, Key::Escape)) {
             self.act(Action::ClearSelection);

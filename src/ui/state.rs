@@ -512,8 +512,13 @@ pub enum Action {
     SetShow(Show),
     SetTokenColour(TokenColour),
     AddIntervention(InterventionKind),
-    /// Replace item `index`'s kind (e.g. a slider moved).
+    /// Replace item `index`'s kind (a value typed, a slider stepped by key): one undo step.
     EditIntervention(usize, InterventionKind),
+    /// Replace item `index`'s kind while its slider is dragged: the whole drag is one undo
+    /// step, taken when it starts ([`Action::EndDrag`] ends it).
+    DragIntervention(usize, InterventionKind),
+    /// A slider drag ended.
+    EndDrag,
     ToggleIntervention(usize),
     RemoveIntervention(usize),
     Undo,
@@ -617,6 +622,8 @@ pub struct AppState {
     pub set_aside: Vec<crate::ui::session::SetAside>,
     pub(super) undo: Vec<Vec<InterventionItem>>,
     pub(super) redo: Vec<Vec<InterventionItem>>,
+    /// The intervention whose slider is being dragged (its undo step is taken).
+    dragging: Option<usize>,
     next_run_id: RunId,
     /// The run whose events the views show (older runs' late events are ignored).
     pub current_run: Option<RunId>,
@@ -673,6 +680,7 @@ impl Default for AppState {
             sparsity: Method::Zero,
             interventions: Vec::new(),
             set_aside: Vec::new(),
+            dragging: None,
             undo: Vec::new(),
             redo: Vec::new(),
             next_run_id: 1,
@@ -1011,6 +1019,35 @@ impl AppState {
         id
     }
 
+    /// Whether Undo / Redo have a step to take.
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    /// Removes `sae_id`'s interventions from the list and from every undo and redo step
+    /// (steps that then change nothing are dropped).
+    fn forget_sae(&mut self, sae_id: SaeId) {
+        self.interventions.retain(|i| i.sae_id() != Some(sae_id));
+        self.dragging = None;
+        for stack in [&mut self.undo, &mut self.redo] {
+            for step in stack.iter_mut() {
+                step.retain(|i| i.sae_id() != Some(sae_id));
+            }
+            stack.dedup();
+        }
+        let current = &self.interventions;
+        while self.undo.last() == Some(current) {
+            self.undo.pop();
+        }
+        while self.redo.last() == Some(current) {
+            self.redo.pop();
+        }
+    }
+
     pub(super) fn checkpoint(&mut self) {
         self.undo.push(self.interventions.clone());
         self.redo.clear();
@@ -1173,15 +1210,9 @@ impl AppState {
             }
             Action::CancelJob => None,
             Action::DetachSae(sae_id) => {
-                // Edits that need the SAE go with it (undoable).
-                if self
-                    .interventions
-                    .iter()
-                    .any(|i| i.sae_id() == Some(sae_id))
-                {
-                    self.checkpoint();
-                    self.interventions.retain(|i| i.sae_id() != Some(sae_id));
-                }
+                // Edits that need the SAE go with it, from the undo history too: an undo must
+                // not bring back a clamp of an SAE that is gone.
+                self.forget_sae(sae_id);
                 Some(Command::DetachSae(DetachSae { sae_id }))
             }
             Action::SelectSae(sae_id) => {
@@ -1240,6 +1271,22 @@ impl AppState {
                 self.interventions[i].kind = kind;
                 self.new_run()
             }
+            Action::DragIntervention(i, kind) => {
+                let item = self.interventions.get(i)?;
+                if item.kind == kind {
+                    return None;
+                }
+                if self.dragging != Some(i) {
+                    self.checkpoint();
+                    self.dragging = Some(i);
+                }
+                self.interventions[i].kind = kind;
+                self.new_run()
+            }
+            Action::EndDrag => {
+                self.dragging = None;
+                None
+            }
             Action::ToggleIntervention(i) => {
                 self.interventions.get(i)?;
                 self.checkpoint();
@@ -1255,12 +1302,14 @@ impl AppState {
                 self.new_run()
             }
             Action::Undo => {
+                self.dragging = None;
                 let previous = self.undo.pop()?;
                 self.redo
                     .push(std::mem::replace(&mut self.interventions, previous));
                 self.new_run()
             }
             Action::Redo => {
+                self.dragging = None;
                 let next = self.redo.pop()?;
                 self.undo
                     .push(std::mem::replace(&mut self.interventions, next));
@@ -1448,6 +1497,7 @@ impl AppState {
                 });
             }
             Event::SaeDetached(d) => {
+                self.forget_sae(d.sae_id);
                 self.saes.retain(|s| s.id != d.sae_id);
                 if self.selected_sae == Some(d.sae_id) {
                     self.selected_sae = self.saes.first().map(|s| s.id);
@@ -1891,6 +1941,93 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_slider_drag_is_one_undo_step() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        let at = |value| InterventionKind::Neuron {
+            layer: 0,
+            neuron: 1,
+            value,
+            scale: false,
+        };
+        s.act(Action::AddIntervention(at(0.0)));
+        // Every frame of the drag reruns (the views follow the slider) ...
+        for v in [1.0, 2.0, 3.0] {
+            assert!(matches!(
+                s.act(Action::DragIntervention(0, at(v))),
+                Some(Command::Run(_))
+            ));
+        }
+        s.act(Action::EndDrag);
+        // ... but one undo takes the whole drag back.
+        s.act(Action::Undo);
+        assert_eq!(s.interventions[0].kind, at(0.0));
+        s.act(Action::Redo);
+        assert_eq!(s.interventions[0].kind, at(3.0));
+        // A second drag is a step of its own.
+        s.act(Action::DragIntervention(0, at(4.0)));
+        s.act(Action::DragIntervention(0, at(5.0)));
+        s.act(Action::EndDrag);
+        s.act(Action::Undo);
+        assert_eq!(s.interventions[0].kind, at(3.0));
+        s.act(Action::Undo);
+        assert_eq!(s.interventions[0].kind, at(0.0));
+        s.act(Action::Undo);
+        assert!(s.interventions.is_empty());
+        assert!(!s.can_undo() && s.can_redo());
+    }
+
+    #[test]
+    fn undo_after_a_detach_does_not_bring_back_the_saes_clamps() {
+        let mut s = loaded();
+        s.act(Action::SetPrompt("ab".into()));
+        s.apply(Event::SaeAttached(crate::worker::SaeAttached {
+            sae_id: 7,
+            cfg: sae_cfg(),
+            source: "sae:test".into(),
+            fingerprint: None,
+        }));
+        let latent = InterventionKind::Latent {
+            sae_id: 7,
+            latent: 2,
+            value: 1.0,
+            scale: false,
+            positions: None,
+        };
+        let neuron = InterventionKind::Neuron {
+            layer: 0,
+            neuron: 1,
+            value: 2.0,
+            scale: false,
+        };
+        s.act(Action::AddIntervention(latent.clone()));
+        s.act(Action::EditIntervention(
+            0,
+            InterventionKind::Latent {
+                sae_id: 7,
+                latent: 2,
+                value: 5.0,
+                scale: false,
+                positions: None,
+            },
+        ));
+        s.act(Action::AddIntervention(neuron.clone()));
+        assert!(matches!(
+            s.act(Action::DetachSae(7)),
+            Some(Command::DetachSae(_))
+        ));
+        s.apply(Event::SaeDetached(crate::worker::SaeDetached { sae_id: 7 }));
+        assert_eq!(s.interventions.len(), 1);
+        // The only step left takes the neuron clamp off; the latent clamp never returns.
+        s.act(Action::Undo);
+        assert!(s.interventions.is_empty());
+        assert!(!s.can_undo());
+        s.act(Action::Redo);
+        assert_eq!(s.interventions[0].kind, neuron);
+        assert!(!s.can_redo());
+    }
+
+    #[test]
     fn both_passes_are_kept_for_before_and_after() {
         let mut s = loaded();
         s.act(Action::SetPrompt("ab".into()));
@@ -2177,7 +2314,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn detaching_an_sae_takes_its_edits_along_undoably() {
+    fn detaching_an_sae_takes_its_edits_along_for_good() {
         let mut s = loaded();
         s.apply(Event::SaeAttached(crate::worker::SaeAttached {
             sae_id: 2,
@@ -2210,8 +2347,10 @@ pub(crate) mod tests {
         assert!(s.interventions.is_empty());
         s.apply(Event::SaeDetached(crate::worker::SaeDetached { sae_id: 2 }));
         assert!(s.saes.is_empty() && s.selected_sae.is_none());
-        s.act(Action::Undo);
-        assert_eq!(s.interventions[0].kind, clamp);
+        // The SAE is gone, so undo has nothing of it to bring back.
+        assert!(!s.can_undo());
+        assert_eq!(s.act(Action::Undo), None);
+        assert!(s.interventions.is_empty());
         // The slider edits each kind's one value.
         let steer = InterventionKind::SteerLatent {
             sae_id: 2,

@@ -32,10 +32,25 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     }
     ui.horizontal_wrapped(|ui| {
         ui.strong("Interventions");
+        if ui
+            .add_enabled(state.can_undo(), egui::Button::new("Undo").small())
+            .on_hover_text("Undo the last change to the interventions (Ctrl+Z)")
+            .clicked()
+        {
+            action = Some(Action::Undo);
+        }
+        if ui
+            .add_enabled(state.can_redo(), egui::Button::new("Redo").small())
+            .on_hover_text("Redo (Ctrl+Shift+Z)")
+            .clicked()
+        {
+            action = Some(Action::Redo);
+        }
         if state.interventions.is_empty() {
             ui.weak("none: add a clamp from a neuron or head in the inspector");
         }
         for (i, item) in state.interventions.iter().enumerate() {
+            let mut dragging = false;
             ui.group(|ui| {
                 let mut on = item.enabled;
                 let toggle = ui.checkbox(&mut on, item.label());
@@ -54,17 +69,25 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                             -r..=r
                         }
                     };
-                    if ui
+                    let slider = ui
                         .add(egui::Slider::new(&mut value, range).show_value(false))
-                        .labelled_by(label_id)
-                        .changed()
-                    {
+                        .labelled_by(label_id);
+                    if slider.changed() {
                         kind = item.kind.with_value(value);
                         changed = true;
                     }
+                    dragging = slider.dragged();
+                    if slider.drag_stopped() {
+                        action = Some(Action::EndDrag);
+                    }
                 }
                 if changed {
-                    action = Some(Action::EditIntervention(i, kind));
+                    // A drag is one undo step; a step by key is one too.
+                    action = Some(if dragging {
+                        Action::DragIntervention(i, kind)
+                    } else {
+                        Action::EditIntervention(i, kind)
+                    });
                 }
                 if ui
                     .small_button("Remove")
