@@ -47,6 +47,97 @@ pub fn metadata_string_array(md: &HashMap<String, Value>, key: &str) -> Option<V
     }
 }
 
+/// Walks a GGUF header's metadata to its `general.alignment` and refuses one that is not a
+/// power of two (llama.cpp's rule; zero would divide by zero in the parser). Anything it cannot
+/// walk (a short or damaged header) is left for the full parser to report.
+fn check_alignment(bytes: &[u8]) -> std::result::Result<(), String> {
+    struct Cursor<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+    impl Cursor<'_> {
+        fn take(&mut self, n: u64) -> Option<&[u8]> {
+            let end = self.at.checked_add(usize::try_from(n).ok()?)?;
+            let out = self.bytes.get(self.at..end)?;
+            self.at = end;
+            Some(out)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+    }
+    let mut c = Cursor { bytes, at: 0 };
+    let walk = |c: &mut Cursor| -> Option<Option<u64>> {
+        if c.take(4)? != b"GGUF" {
+            return None;
+        }
+        let version = c.u32()?;
+        // Version 1 counts and string lengths are u32; later ones u64.
+        let length = |c: &mut Cursor| {
+            if version == 1 {
+                c.u32().map(u64::from)
+            } else {
+                c.u64()
+            }
+        };
+        let _tensors = length(c)?;
+        let kvs = length(c)?;
+        // Fixed sizes of the scalar value types (GGUF type ids 0–12; 8 string, 9 array).
+        let size = |ty: u32| -> Option<u64> {
+            Some(match ty {
+                0 | 1 | 7 => 1,
+                2 | 3 => 2,
+                4..=6 => 4,
+                10..=12 => 8,
+                _ => return None,
+            })
+        };
+        for _ in 0..kvs {
+            let key_len = length(c)?;
+            let key = c.take(key_len)?.to_vec();
+            let ty = c.u32()?;
+            if key == b"general.alignment" {
+                let n = size(ty)?;
+                let raw = c.take(n)?;
+                let mut le = [0u8; 8];
+                le[..raw.len()].copy_from_slice(raw);
+                return Some(Some(u64::from_le_bytes(le)));
+            }
+            match ty {
+                8 => {
+                    let n = length(c)?;
+                    c.take(n)?;
+                }
+                9 => {
+                    let item = c.u32()?;
+                    let count = length(c)?;
+                    if item == 8 {
+                        for _ in 0..count {
+                            let n = length(c)?;
+                            c.take(n)?;
+                        }
+                    } else {
+                        c.take(count.checked_mul(size(item)?)?)?;
+                    }
+                }
+                ty => {
+                    c.take(size(ty)?)?;
+                }
+            }
+        }
+        Some(None)
+    };
+    match walk(&mut c) {
+        Some(Some(alignment)) if !alignment.is_power_of_two() => Err(format!(
+            "general.alignment is {alignment}: it must be a power of two (32 by default)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An opened GGUF file: its parsed header and the memory map holding the tensor data.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -60,6 +151,11 @@ impl GgufFile {
         // Safety: the map is read-only; a file truncated underneath us is the documented
         // hazard of memory maps, the same one candle and llama.cpp accept.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        // candle divides by the alignment the header declares: a zero must be refused first.
+        check_alignment(&mmap).map_err(|reason| ModelError::CorruptGguf {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let mut cursor = std::io::Cursor::new(&mmap[..]);
         let content =
             gguf_file::Content::read(&mut cursor).map_err(|e| ModelError::CorruptGguf {

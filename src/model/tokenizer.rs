@@ -184,6 +184,31 @@ impl Tokenizer {
                 .collect::<Result<_>>()?,
             _ => Vec::new(),
         };
+        if !token_types.is_empty() && token_types.len() != tokens.len() {
+            return Err(err(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens in tokenizer.ggml.tokens",
+                token_types.len(),
+                tokens.len()
+            )));
+        }
+        // A special token's id beyond the vocabulary would be dropped without a word.
+        for key in [
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.padding_token_id",
+        ] {
+            if let Some(value) = md.get(key) {
+                let id = metadata_u32(md, key)
+                    .ok_or_else(|| err(format!("{key} is not a token id ({value:?})")))?;
+                if id as usize >= tokens.len() {
+                    return Err(err(format!(
+                        "{key} = {id} is beyond the vocabulary of {} tokens",
+                        tokens.len()
+                    )));
+                }
+            }
+        }
         let merges_in_file = metadata_string_array(md, "tokenizer.ggml.merges");
         let special_name =
             |key: &str| metadata_u32(md, key).and_then(|id| tokens.get(id as usize).cloned());

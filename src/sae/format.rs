@@ -131,14 +131,15 @@ impl TensorFile {
         })
     }
 
-    fn npz(path: &Path) -> Result<Self> {
-        let tensors = Tensor::read_npz(path).map_err(|e| SaeError::Corrupt {
+    /// The arrays `names` of an `.npz` (the others are not read).
+    fn npz(path: &Path, names: &[&str]) -> Result<Self> {
+        let tensors = super::npz::read(path, names).map_err(|reason| SaeError::Corrupt {
             path: path.to_path_buf(),
-            reason: root_cause(&e),
+            reason,
         })?;
         Ok(TensorFile {
             path: path.to_path_buf(),
-            tensors: tensors.into_iter().collect(),
+            tensors,
         })
     }
 
@@ -198,6 +199,20 @@ fn root_cause(e: &candle_core::Error) -> String {
 }
 
 /// A config reader that names the file in its errors.
+/// The widest SAE a config may declare (2³¹: well beyond any published one, and small enough
+/// that `d_in × d_sae` cannot overflow).
+const MAX_SAE_WIDTH: usize = 1 << 31;
+
+/// A TopK SAE's `k`: at least 1 and at most its number of latents.
+fn topk_k(cfg: &Cfg<'_>, k: u64, d_sae: usize) -> Result<usize> {
+    if k == 0 || k > d_sae as u64 {
+        return Err(cfg.error(format!(
+            "\"k\" = {k}: a TopK SAE keeps between 1 and its d_sae = {d_sae} latents"
+        )));
+    }
+    Ok(k as usize)
+}
+
 struct Cfg<'a> {
     path: &'a Path,
     value: &'a Value,
@@ -223,6 +238,21 @@ impl Cfg<'_> {
             .and_then(Value::as_u64)
             .map(|v| v as usize)
             .ok_or_else(|| self.error(format!("\"{name}\" is missing or not a whole number")))
+    }
+
+    /// A width (`d_in`, `d_sae`): at least 1 and at most [`MAX_SAE_WIDTH`], so that no size
+    /// computed from it overflows and no empty SAE divides by zero later.
+    fn width(&self, name: &str) -> Result<usize> {
+        let value = self.usize(name)?;
+        if value == 0 {
+            return Err(self.error(format!("\"{name}\" is 0: an SAE needs at least one")));
+        }
+        if value > MAX_SAE_WIDTH {
+            return Err(self.error(format!(
+                "\"{name}\" = {value} is beyond any SAE (at most {MAX_SAE_WIDTH})"
+            )));
+        }
+        Ok(value)
     }
 
     fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
@@ -265,7 +295,7 @@ fn open_sae_lens(dir: &Path) -> Result<Sae> {
             reason: "SAEs on a single attention head (hook_head_index) are not supported".into(),
         });
     }
-    let (d_in, d_sae) = (cfg.usize("d_in")?, cfg.usize("d_sae")?);
+    let (d_in, d_sae) = (cfg.width("d_in")?, cfg.width("d_sae")?);
     let legacy_fn = cfg
         .str("activation_fn")
         .or_else(|| cfg.str("activation_fn_str"));
@@ -294,7 +324,9 @@ fn open_sae_lens(dir: &Path) -> Result<Sae> {
                 .or_else(|| cfg.get("activation_fn_kwargs")?.get("k"))
                 .and_then(Value::as_u64)
                 .ok_or_else(|| cfg.error("a topk SAE needs \"k\""))?;
-            Activation::TopK { k: k as usize }
+            Activation::TopK {
+                k: topk_k(&cfg, k, d_sae)?,
+            }
         }
         other => {
             return Err(SaeError::Unsupported {
@@ -452,7 +484,17 @@ fn gemma_scope_hook(path: &Path) -> Option<String> {
 }
 
 fn open_gemma_scope(file: &Path, hook: Option<&str>) -> Result<Sae> {
-    let weights = TensorFile::npz(file)?;
+    // Gemma Scope names them W_enc…; some copies use lower case.
+    const ARRAYS: [&str; 7] = [
+        "W_enc",
+        "w_enc",
+        "b_enc",
+        "W_dec",
+        "w_dec",
+        "b_dec",
+        "threshold",
+    ];
+    let weights = TensorFile::npz(file, &ARRAYS)?;
     // Gemma Scope names them W_enc…; some copies use lower case.
     let name = |n: &str| -> String {
         if weights.contains(n) {
@@ -568,7 +610,7 @@ fn open_sparsify(dir: &Path, hook: Option<&str>) -> Result<Sae> {
         .dims("W_dec")
         .and_then(|d| d.get(1).copied())
         .unwrap_or(d_in);
-    let k = cfg.usize("k")?;
+    let k = topk_k(&cfg, cfg.usize("k")? as u64, d_sae)?;
     let hookpoint = dir
         .file_name()
         .and_then(|n| n.to_str())

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod format;
 pub mod metrics;
+mod npz;
 pub mod steer;
 pub mod train;
 
