@@ -965,3 +965,56 @@ fn a_last_position_clamp_reports_what_a_fresh_run_reports() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn after_a_panic_the_next_run_recomputes_instead_of_trusting_the_caches() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    let clamp = |v: f32| {
+        vec![Intervention::neurons(
+            "blocks.1.mlp.hook_post",
+            vec![2],
+            ValueOp::Set(v),
+        )]
+    };
+    let lens = |e: &Event| {
+        matches!(e, Event::LensReady(l) if l.variant == Variant::Intervened)
+            || matches!(e, Event::Error(_))
+    };
+    w.send(run(1, "the same prompt", clamp(1.0)));
+    until(&w, lens);
+    // Unchanged up to layer 1, the intervened pass reruns from there ...
+    w.send(run(2, "the same prompt", clamp(2.0)));
+    let events = until(&w, lens);
+    assert!(finished(&events, Variant::Intervened).recomputed_from >= 1);
+    // ... but after a panic the caches may be half written: everything is recomputed.
+    w.send(Command::Panic);
+    assert!(matches!(next(&w), Event::Error(e) if e.message.contains("panic")));
+    w.send(run(3, "the same prompt", clamp(3.0)));
+    let events = until(&w, lens);
+    assert_eq!(finished(&events, Variant::Intervened).recomputed_from, -1);
+    assert_eq!(finished(&events, Variant::Baseline).recomputed_from, -1);
+}
+
+#[test]
+fn a_model_load_can_be_cancelled_and_the_open_model_stays() {
+    let w = WorkerHandle::spawn(|| {}).unwrap();
+    loaded(&w);
+    // SmolLM2 takes a few hundred ms to load: cancelled at once, it never opens.
+    let big = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(w.send(Command::LoadModel(LoadModel { path: big })));
+    w.cancel_load();
+    let events = until(&w, |e| matches!(e, Event::ModelLoaded(_) | Event::Error(_)));
+    match events.last() {
+        Some(Event::Error(e)) => assert!(e.message.contains("cancelled"), "{e:?}"),
+        other => panic!("expected the cancelled load's error, got {other:?}"),
+    }
+    // The tiny model is still the open one.
+    w.send(run(1, "still here", vec![]));
+    let events = until(&w, |e| matches!(e, Event::LensReady(_) | Event::Error(_)));
+    assert!(
+        matches!(events.last(), Some(Event::LensReady(_))),
+        "{events:?}"
+    );
+    finished(&events, Variant::Baseline);
+}

@@ -57,6 +57,8 @@ pub(crate) fn pack_whole(
 pub struct LoadProgress {
     total_elements: AtomicU64,
     loaded_elements: AtomicU64,
+    /// Set by [`LoadProgress::cancel`]: the load stops at its next tensor.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl LoadProgress {
@@ -76,8 +78,18 @@ impl LoadProgress {
         self.loaded_elements.store(0, Ordering::Relaxed);
     }
 
-    fn add(&self, elements: u64) {
+    /// Counts a loaded tensor, and stops the load here if it was cancelled.
+    fn add(&self, elements: u64) -> Result<()> {
         self.loaded_elements.fetch_add(elements, Ordering::Relaxed);
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(ModelError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Stops the load at its next tensor (it then fails with [`ModelError::Cancelled`]).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
     }
 }
 
@@ -284,7 +296,7 @@ impl Weights {
             }
         })?;
         if let Some(progress) = &self.progress {
-            progress.add((rows * cols) as u64);
+            progress.add((rows * cols) as u64)?;
         }
         Ok(packed)
     }
@@ -305,7 +317,7 @@ impl Weights {
             });
         }
         if let Some(progress) = &self.progress {
-            progress.add(tensor.elem_count() as u64);
+            progress.add(tensor.elem_count() as u64)?;
         }
         Ok(Some(tensor))
     }

@@ -279,6 +279,10 @@ impl DendriteApp {
             self.act_on_session(action);
             return;
         }
+        if action == Action::CancelLoad {
+            self.worker.cancel_load();
+            return;
+        }
         if action == Action::CancelJob {
             if let Some(job) = self.state.job.as_ref().filter(|j| j.outcome.is_none()) {
                 self.worker.cancel_job(job.id);

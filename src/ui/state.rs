@@ -501,6 +501,8 @@ pub enum Action {
     },
     /// Cancel the running job (the app tells the worker directly).
     CancelJob,
+    /// Stop loading a model (the app tells the worker directly; the open model stays).
+    CancelLoad,
     DetachSae(SaeId),
     SelectSae(SaeId),
     SelectLatent {
@@ -1208,7 +1210,7 @@ impl AppState {
                     tokens,
                 }))
             }
-            Action::CancelJob => None,
+            Action::CancelJob | Action::CancelLoad => None,
             Action::DetachSae(sae_id) => {
                 // Edits that need the SAE go with it, from the undo history too: an undo must
                 // not bring back a clamp of an SAE that is gone.

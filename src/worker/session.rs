@@ -138,6 +138,12 @@ pub trait Cancel {
     fn is_generation_cancelled(&self, id: RunId) -> bool {
         self.is_cancelled(id)
     }
+
+    /// Whether the model load in progress was cancelled or superseded by a newer one (plain
+    /// closures never cancel loads).
+    fn is_load_cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl<F: Fn(RunId) -> bool> Cancel for F {
@@ -207,7 +213,7 @@ impl Session {
             Command::Shutdown => return,
         };
         let result = match command {
-            Command::LoadModel(load) => self.load(load, emit),
+            Command::LoadModel(load) => self.load(load, cancel, emit),
             Command::Run(run) => {
                 let id = run.run_id;
                 self.run(run, cancel, emit)
@@ -275,8 +281,26 @@ impl Session {
             .ok_or_else(|| anyhow::anyhow!("no model is open"))
     }
 
-    /// Opens the model on a loader thread while this one reports progress.
-    fn load(&mut self, load: LoadModel, emit: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+    /// Drops every cached pass (after a panic, a cache may be half updated: the next run
+    /// recomputes from scratch). The model and the SAEs stay.
+    pub fn forget_caches(&mut self) {
+        self.baseline = None;
+        self.intervened = None;
+        self.baseline_outputs = None;
+        self.intervened_outputs = None;
+        self.sent_baseline = None;
+        self.last_run = None;
+        self.baseline_lens = None;
+    }
+
+    /// Opens the model on a loader thread while this one reports progress; stops it when the
+    /// load is cancelled (the old model stays open).
+    fn load(
+        &mut self,
+        load: LoadModel,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
         emit(Event::Loading(Loading {
             path: load.path.clone(),
             fraction: None,
@@ -291,6 +315,9 @@ impl Session {
             let mut reported = 0.0;
             while !loader.is_finished() {
                 std::thread::sleep(PROGRESS_INTERVAL);
+                if cancel.is_load_cancelled() {
+                    progress.cancel();
+                }
                 let fraction = progress.fraction();
                 if fraction >= reported + 0.01 {
                     reported = fraction;
@@ -301,19 +328,16 @@ impl Session {
                 }
             }
             match loader.join() {
+                Ok(Err(model::ModelError::Cancelled)) => {
+                    anyhow::bail!("cancelled (the open model stays)")
+                }
                 Ok(model) => Ok(model?),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         })?;
         let info = model.info.clone();
         self.model = Some(Arc::new(model));
-        self.baseline = None;
-        self.intervened = None;
-        self.baseline_outputs = None;
-        self.intervened_outputs = None;
-        self.sent_baseline = None;
-        self.last_run = None;
-        self.baseline_lens = None;
+        self.forget_caches();
         // SAEs belong to the model they were attached to.
         self.saes.clear();
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -51,6 +51,13 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             if let Some(path) = &state.loading {
+                if ui
+                    .small_button("Cancel")
+                    .on_hover_text("Stop loading; the open model stays")
+                    .clicked()
+                {
+                    action = Some(Action::CancelLoad);
+                }
                 match state.loading_fraction {
                     Some(f) => {
                         ui.add(
