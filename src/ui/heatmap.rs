@@ -120,6 +120,35 @@ pub fn forget_textures(data: &mut egui::util::IdTypeMap) {
     data.remove_by_type::<Cached>();
 }
 
+/// The grid's colours as an image no side of which exceeds `max_side` (the GPU's largest
+/// texture). A larger grid is pooled: each texel shows the cell of its block with the largest
+/// |value|, so one strong activation among thousands stays visible.
+pub fn texels(
+    grid: &Grid<'_>,
+    colormap: Colormap,
+    placeholder: Color32,
+    max_side: usize,
+) -> ColorImage {
+    let max_side = max_side.max(1);
+    let (width, height) = (grid.cols.min(max_side), grid.rows.min(max_side));
+    // Texel i covers cells [i·n/w, (i+1)·n/w).
+    let span = |i: usize, texels: usize, cells: usize| (i * cells / texels)..((i + 1) * cells / texels);
+    let mut pixels = Vec::with_capacity(width * height);
+    for ty in 0..height {
+        let rows = span(ty, height, grid.rows);
+        for tx in 0..width {
+            let cols = span(tx, width, grid.cols);
+            let strongest = rows
+                .clone()
+                .flat_map(|r| cols.clone().map(move |c| (r, c)))
+                .filter_map(|(r, c)| (grid.value)(r, c))
+                .max_by(|a, b| a.abs().total_cmp(&b.abs()));
+            pixels.push(strongest.map_or(placeholder, |v| colormap.color(v)));
+        }
+    }
+    ColorImage::new([width, height], pixels)
+}
+
 /// Draws `grid` filling `size`. `key` identifies the content: the texture is rebuilt only when
 /// it changes. Scroll (or pinch) zooms columns around the pointer, drag pans.
 pub fn heatmap_ui(
@@ -149,11 +178,8 @@ pub fn heatmap_ui(
                 } else {
                     Color32::from_gray(225)
                 };
-                let pixels: Vec<Color32> = (0..grid.rows)
-                    .flat_map(|r| (0..grid.cols).map(move |c| (r, c)))
-                    .map(|(r, c)| (grid.value)(r, c).map_or(placeholder, |v| colormap.color(v)))
-                    .collect();
-                let image = ColorImage::new([grid.cols, grid.rows], pixels);
+                let max_side = ctx.input(|i| i.max_texture_side);
+                let image = texels(grid, colormap, placeholder, max_side);
                 let texture = ctx.load_texture(format!("{id:?}"), image, TextureOptions::NEAREST);
                 ctx.data_mut(|d| {
                     d.insert_temp(
@@ -278,6 +304,36 @@ mod tests {
         let m = Colormap::Sequential { min: 0.0, max: 1.0 };
         assert_eq!(m.color(0.0), Color32::from_rgb(68, 1, 84));
         assert_eq!(m.color(1.0), Color32::from_rgb(253, 231, 37));
+    }
+
+    #[test]
+    fn grids_beyond_the_largest_texture_are_pooled_to_fit() {
+        let cmap = Colormap::Diverging { max: 1.0 };
+        let grey = Color32::from_gray(45);
+        // 3 × 10 001 cells, one of them strong, on a GPU whose textures stop at 2 048.
+        let value = |r: usize, c: usize| Some(if (r, c) == (1, 7_777) { -1.0 } else { 0.01 });
+        let grid = Grid {
+            rows: 3,
+            cols: 10_001,
+            value: &value,
+        };
+        let image = texels(&grid, cmap, grey, 2048);
+        assert_eq!(image.size, [2048, 3]);
+        let strong = cmap.color(-1.0);
+        let texel = 7_777 * 2048 / 10_001;
+        assert_eq!(image.pixels[2048 + texel], strong);
+        assert_eq!(image.pixels.iter().filter(|&&p| p == strong).count(), 1);
+        // Small grids map cell for cell; cells not computed yet are the placeholder.
+        let value = |r: usize, c: usize| (r == 0).then_some(c as f32 / 4.0);
+        let grid = Grid {
+            rows: 2,
+            cols: 5,
+            value: &value,
+        };
+        let image = texels(&grid, cmap, grey, 2048);
+        assert_eq!(image.size, [5, 2]);
+        assert_eq!(image.pixels[4], cmap.color(1.0));
+        assert_eq!(image.pixels[5], grey);
     }
 
     #[test]
