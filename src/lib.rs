@@ -9,6 +9,7 @@ pub mod cli;
 pub mod describe;
 pub mod edits;
 pub mod export;
+pub mod memory;
 pub mod model;
 pub mod sae;
 pub mod sample;

@@ -66,6 +66,10 @@ pub enum ModelError {
     #[error("cancelled")]
     Cancelled,
 
+    /// Refused by the memory guard ([`crate::memory`]): what it needs, and what to do.
+    #[error("{0}")]
+    NotEnoughMemory(String),
+
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),
 }

@@ -33,7 +33,7 @@ pub use transformer::{
 
 use gguf::{GgufFile, GgufSource};
 pub use weights::LoadProgress;
-use weights::{SafetensorsSource, Weights};
+use weights::{SafetensorsSource, TensorSource as _, Weights};
 
 /// What a model is, for `dendrite info` and the app's title bar.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -145,6 +145,21 @@ pub fn open_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
     }
 }
 
+/// Refuses a model whose weights do not fit in the memory available (the open model stays).
+fn check_memory(elements: u64, path: &Path) -> Result<()> {
+    crate::memory::check(
+        crate::memory::model_bytes(elements),
+        crate::memory::available_bytes(),
+        &format!(
+            "{} ({:.0} M weights in f32)",
+            path.display(),
+            elements as f64 / 1e6
+        ),
+        "close other programs, or open a smaller model",
+    )
+    .map_err(ModelError::NotEnoughMemory)
+}
+
 fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
     if !path.exists() {
@@ -184,6 +199,7 @@ fn open_hf_dir(dir: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
     };
     let source_dtype = source.dtype_summary();
     let tokenizer = hf_tokenizer(dir)?;
+    check_memory(source.total_elements(), dir)?;
     let weights = Weights::with_progress(Arc::new(source), progress.clone());
     let transformer = arch::load(&config, &config_path, &weights)?;
     let name = config
@@ -241,6 +257,7 @@ fn open_gguf(path: &Path, progress: &Arc<LoadProgress>) -> Result<Model> {
         .unwrap_or_default();
     let source_dtype = gguf.quantization_summary();
     let source = GgufSource::new(gguf, n_heads, n_kv);
+    check_memory(source.total_elements(), path)?;
     let weights = Weights::with_progress(Arc::new(source), progress.clone());
     let transformer = arch::load(&config, path, &weights)?;
     let mut info = model_info(

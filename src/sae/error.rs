@@ -8,6 +8,10 @@ pub enum SaeError {
     #[error("{}: no such file or directory", path.display())]
     NotFound { path: PathBuf },
 
+    /// Refused by the memory guard ([`crate::memory`]).
+    #[error("{0}")]
+    NotEnoughMemory(String),
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

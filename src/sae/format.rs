@@ -41,6 +41,52 @@ pub fn open(path: impl AsRef<Path>) -> Result<Sae> {
     open_with_hook(path, None)
 }
 
+/// Refuses an SAE whose weights would not fit in the memory available: its weight files,
+/// twice over (f16 and bf16 files become f32).
+fn check_memory(path: &Path) -> Result<()> {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let weights = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e == "safetensors" || e == "npz")
+    };
+    let bytes: u64 = if path.is_dir() {
+        // The folder's own weight files, and one level down (a sparsify run's hookpoints).
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .map(|p| {
+                        if p.is_dir() {
+                            std::fs::read_dir(&p).map_or(0, |inner| {
+                                inner
+                                    .filter_map(|e| e.ok().map(|e| e.path()))
+                                    .filter(|p| weights(p))
+                                    .map(|p| size(&p))
+                                    .max()
+                                    .unwrap_or(0)
+                            })
+                        } else if weights(&p) {
+                            size(&p)
+                        } else {
+                            0
+                        }
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    } else {
+        size(path)
+    };
+    crate::memory::check(
+        bytes.saturating_mul(2),
+        crate::memory::available_bytes(),
+        &format!("the SAE {}", path.display()),
+        "close other programs, or detach SAEs you do not need",
+    )
+    .map_err(SaeError::NotEnoughMemory)
+}
+
 /// Opens an SAE, attaching it at `hook` when given (required for files that do not name their
 /// hook, e.g. a Gemma Scope `params.npz` outside its release's folder layout).
 pub fn open_with_hook(path: impl AsRef<Path>, hook: Option<&str>) -> Result<Sae> {
@@ -56,6 +102,7 @@ pub fn open_with_hook(path: impl AsRef<Path>, hook: Option<&str>) -> Result<Sae>
         let parent = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         (parent, path.file_name().and_then(|n| n.to_str()))
     };
+    check_memory(path)?;
     let mut sae = if file.is_some_and(|f| f.ends_with(".npz")) {
         open_gemma_scope(path, hook)?
     } else if dir.join("params.npz").exists() && file.is_none() {

@@ -132,7 +132,8 @@ pub fn texels(
     let max_side = max_side.max(1);
     let (width, height) = (grid.cols.min(max_side), grid.rows.min(max_side));
     // Texel i covers cells [i·n/w, (i+1)·n/w).
-    let span = |i: usize, texels: usize, cells: usize| (i * cells / texels)..((i + 1) * cells / texels);
+    let span =
+        |i: usize, texels: usize, cells: usize| (i * cells / texels)..((i + 1) * cells / texels);
     let mut pixels = Vec::with_capacity(width * height);
     for ty in 0..height {
         let rows = span(ty, height, grid.rows);

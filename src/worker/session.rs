@@ -425,6 +425,28 @@ impl Session {
     ) -> anyhow::Result<()> {
         let (model, ids) = prompt_ids(self.model.as_ref(), &run.text, run.bos)?;
         let n = model.transformer.n_layers();
+        let (needed, of_patterns) = crate::memory::run_bytes(
+            &model.transformer.dims,
+            ids.len(),
+            run.patterns,
+            !run.interventions.is_empty(),
+        );
+        let advice = if of_patterns > 0 {
+            format!(
+                "shorten the prompt, or deselect the head ({} of it are the attention patterns \
+                 its inspector shows)",
+                crate::memory::human(of_patterns)
+            )
+        } else {
+            "shorten the prompt".to_string()
+        };
+        crate::memory::check(
+            needed,
+            crate::memory::available_bytes(),
+            &format!("a run of {} tokens", ids.len()),
+            &advice,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         // Patterns are `heads × t²` per layer, copied at every rerun: only when shown.
         let patterns = run
             .patterns
