@@ -50,4 +50,14 @@ if [ ! -f ".cache/pylib/openai-$openai_version.dist-info/METADATA" ]; then
     --target .cache/pylib "openai==$openai_version"
 fi
 
+# The SAELens round trip (tests/sae.rs) loads the SAEs we save in the real sae_lens: a venv in
+# .cache/venv, kept between runs (sae_lens brings torch from PyPI, several GB).
+sae_lens_version=6.54.12
+if ! .cache/venv/bin/python -c "import sae_lens" >/dev/null 2>&1; then
+  echo "installing sae_lens $sae_lens_version (with torch) into .cache/venv for the SAELens round trip"
+  [ -x .cache/venv/bin/python ] || python3 -m venv .cache/venv
+  .cache/venv/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+    "sae-lens==$sae_lens_version"
+fi
+
 cargo test --all-targets --features snapshots "$@"

@@ -156,8 +156,28 @@ impl Drop for WorkerHandle {
         let _ = self.commands.try_send(Command::Shutdown);
         self.events.take();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            join_within(thread, "the worker");
         }
+    }
+}
+
+/// How long dropping a handle waits for its thread (a pass stops at its next layer, a job at
+/// its next step; a thread stuck beyond this is left behind rather than hang the app's exit).
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Joins `thread` if it ends within [`JOIN_TIMEOUT`]; otherwise says so and leaves it.
+pub(crate) fn join_within(thread: JoinHandle<()>, name: &str) {
+    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
+    while !thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        eprintln!(
+            "dendrite: {name} did not stop within {} s; leaving it",
+            JOIN_TIMEOUT.as_secs()
+        );
     }
 }
 

@@ -52,7 +52,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Job threads stop at their next step once the handle has cancelled everything.
         for job in self.jobs.drain(..) {
-            let _ = job.join();
+            super::join_within(job, "a job thread");
         }
     }
 }

@@ -161,7 +161,7 @@ impl Drop for StoreHandle {
         let (dead, _) = bounded(0);
         drop(std::mem::replace(&mut self.commands, dead));
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            super::join_within(thread, "the store reader");
         }
     }
 }
