@@ -140,8 +140,11 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     h.state_mut().export_dir = dir.path().to_path_buf();
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
     let view = dendrite::ui::export::View::Tab(dendrite::ui::state::Tab::Neurons);
-    // Where the view is as the key is pressed (the notice then takes a line).
+    // Where the view is as the key is pressed (the notice then takes a line); the pointer is
+    // over it, so Ctrl+E exports it.
     let rect = h.state().placement(view).unwrap().rect;
+    h.hover_at(rect.center());
+    h.step();
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
     h.run_steps(2);
     let files: Vec<String> = std::fs::read_dir(dir.path())
@@ -173,6 +176,50 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     );
     let colours: std::collections::HashSet<[u8; 4]> = image.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 50, "a drawn view, not a blank image");
+
+    // The activations beside them, as NumPy and safetensors read them: the layer shown as
+    // .npy (equal to the CSV), every layer's mlp.hook_post as .safetensors.
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let npy = dir.path().join(csv.replace(".csv", ".npy"));
+    let svg = csv.replace(".csv", ".svg");
+    let st = dir.path().join(csv.replace(".csv", ".safetensors"));
+    let check = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import csv, sys, numpy as np\n\
+             from safetensors.numpy import load_file\n\
+             a = np.load(sys.argv[1])\n\
+             rows = list(csv.reader(open(sys.argv[3])))[1:]\n\
+             table = np.array([[float(v) for v in r[2:]] for r in rows], dtype=np.float32)\n\
+             assert a.dtype == np.float32 and a.shape == table.shape, (a.shape, table.shape)\n\
+             assert (a == table).all()\n\
+             t = load_file(sys.argv[2])\n\
+             assert (t['blocks.0.mlp.hook_post'] == a).all()\n\
+             import xml.etree.ElementTree as ET\n\
+             svg = ET.parse(sys.argv[4]).getroot()\n\
+             ns = '{http://www.w3.org/2000/svg}'\n\
+             texts = [e.text for e in svg.iter(ns + 'text')]\n\
+             images = list(svg.iter(ns + 'image'))\n\
+             assert len(texts) >= 5 and len(images) == 1, (len(texts), len(images))\n\
+             assert images[0].get('href').startswith('data:image/png;base64,')\n\
+             print(sorted(t), texts)",
+        )
+        .args([&npy, &st, &dir.path().join(csv), &dir.path().join(&svg)])
+        .output()
+        .expect("the venv's python (scripts/test.sh prepares .cache/venv)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let names = String::from_utf8_lossy(&check.stdout);
+    let layers = h.state().state.n_layers();
+    assert!(
+        names.contains(&format!("blocks.{}.mlp.hook_post", layers - 1)),
+        "{names}"
+    );
+    // The SVG's text is text: the legend's words are there to select and search.
+    assert!(names.contains("clipped at"), "{names}");
 }
 
 #[test]
@@ -973,4 +1020,34 @@ fn ctrl_z_in_the_prompt_edits_the_text_and_the_undo_buttons_edit_the_interventio
     step_until(&mut h, "the clamp back", |s| {
         s.interventions.len() == 1 && finished(s)
     });
+}
+
+#[test]
+fn ctrl_e_exports_the_view_under_the_pointer() {
+    let mut h = harness();
+    let dir = tempfile::tempdir().unwrap();
+    h.state_mut().export_dir = dir.path().to_path_buf();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    // Over the layers panel, not the open tab.
+    let rect = h
+        .state()
+        .placement(dendrite::ui::export::View::Layers)
+        .unwrap()
+        .rect;
+    h.hover_at(rect.center());
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.run_steps(2);
+    wait_for_png(&mut h);
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.contains("_layers_") && f.ends_with(".svg")),
+        "{files:?}"
+    );
+    assert!(!files.iter().any(|f| f.contains("_neurons_")), "{files:?}");
 }

@@ -175,7 +175,8 @@ fn exported_figures_match_the_gpu_rendering_at_two_pixels_per_point() {
         );
         let mean = sum / n as f64;
         eprintln!("{name}: mean |Δ| {mean:.3}, {large} of {n} pixels differ by > 64");
-        assert!(mean < 0.5, "{name}: mean |Δ| {mean}");
+        // The README promises < 0.02 levels mean (measured 0.005–0.014).
+        assert!(mean < 0.02, "{name}: mean |Δ| {mean}");
         assert!(
             (large as f64) < 0.0005 * n as f64,
             "{name}: {large} pixels differ by > 64"

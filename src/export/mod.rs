@@ -1,5 +1,7 @@
-//! Figures and tables written to files (no egui): PNG plots drawn with plotters, CSV tables.
+//! Figures and tables written to files (no egui): PNG plots drawn with plotters, CSV tables,
+//! activations as `.npy` and safetensors.
 
+pub mod arrays;
 pub mod csv;
 pub mod plot;
 

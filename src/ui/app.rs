@@ -32,6 +32,8 @@ pub struct DendriteApp {
     last_frame: Option<Instant>,
     /// Where each exportable view was drawn last frame.
     placements: Vec<(View, Placement)>,
+    /// The exportable view clicked last (Ctrl+E exports the one under the pointer, else it).
+    last_clicked_view: Option<View>,
     /// Results of PNG exports, reported by the thread that rasterizes them.
     export_results: (
         crossbeam_channel::Sender<String>,
@@ -113,6 +115,7 @@ impl DendriteApp {
             frame_times_ms: Vec::new(),
             last_frame: None,
             placements: Vec::new(),
+            last_clicked_view: None,
             export_results: crossbeam_channel::bounded(16),
             ctx: ctx.clone(),
             export_dir: super::export::export_dir(),
@@ -340,6 +343,24 @@ impl DendriteApp {
             return;
         }
         self.state.notice = Some(format!("Exported {}", csv.display()));
+        let arrays = super::export::activations(&self.state, view);
+        let has_arrays = arrays.is_some();
+        if let Some(arrays) = arrays {
+            match arrays.write(&dir, &name) {
+                Ok([npy, st]) => {
+                    self.state.notice = Some(format!(
+                        "Exported {}, {} and {}",
+                        csv.display(),
+                        npy.display(),
+                        st.display()
+                    ))
+                }
+                Err(e) => {
+                    self.state.notice = Some(format!("Export failed: {e:#}"));
+                    return;
+                }
+            }
+        }
         if let Some(text) = super::export::text(&self.state, view) {
             let txt = dir.join(format!("{name}.txt"));
             if let Err(e) = std::fs::write(&txt, text) {
@@ -360,14 +381,23 @@ impl DendriteApp {
             },
         );
         let png = dir.join(format!("{name}.png"));
+        let svg = dir.join(format!("{name}.svg"));
         let results = self.export_results.0.clone();
         let repaint = self.ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("dendrite-export".into())
             .spawn(move || {
-                let message = match figure.write_png(&png) {
-                    Ok(()) => format!("Exported {} and its data (.csv)", png.display()),
-                    Err(e) => format!("PNG export failed: {e:#}"),
+                let message = match figure.write_svg(&svg).and_then(|()| figure.write_png(&png)) {
+                    Ok(()) => format!(
+                        "Exported {} (and .svg) with its data (.csv{})",
+                        png.display(),
+                        if has_arrays {
+                            ", .npy, .safetensors"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Err(e) => format!("Figure export failed: {e:#}"),
                 };
                 let _ = results.try_send(message);
                 repaint.request_repaint();
@@ -550,8 +580,23 @@ impl DendriteApp {
         if pressed(KeyboardShortcut::new(Modifiers::NONE, Key::Escape)) {
             self.act(Action::ClearSelection);
         }
+        // The view under the pointer, remembered when clicked: what Ctrl+E exports.
+        let under_pointer = ctx.input(|i| i.pointer.hover_pos()).and_then(|p| {
+            self.placements
+                .iter()
+                .find(|(_, placement)| placement.rect.contains(p))
+                .map(|(view, _)| *view)
+        });
+        if ctx.input(|i| i.pointer.any_click())
+            && let Some(view) = under_pointer
+        {
+            self.last_clicked_view = Some(view);
+        }
         if pressed(KeyboardShortcut::new(Modifiers::COMMAND, Key::E)) {
-            self.act(Action::Export(View::Tab(self.state.tab)));
+            let view = under_pointer
+                .or(self.last_clicked_view)
+                .unwrap_or(View::Tab(self.state.tab));
+            self.act(Action::Export(view));
         }
         while let Ok(message) = self.export_results.1.try_recv() {
             self.state.notice = Some(message);

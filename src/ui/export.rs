@@ -59,6 +59,87 @@ fn timestamp(secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}{m:02}")
 }
 
+/// Layer `l`'s `mlp.hook_post` as the views show it: `(tokens, d_mlp, values)` of the shown
+/// pass, or intervened − baseline in the difference mode.
+pub fn shown_activations(state: &AppState, l: usize) -> Option<(usize, usize, Vec<f32>)> {
+    let layer = state.shown().layer(l)?;
+    let values = match (&state.intervened, state.show) {
+        (Some(after), super::state::Show::Difference) => {
+            let before = state.baseline.layer(l)?;
+            let after = after.layer(l)?;
+            if before.mlp_post.len() != after.mlp_post.len() {
+                return None;
+            }
+            after
+                .mlp_post
+                .iter()
+                .zip(before.mlp_post.iter())
+                .map(|(a, b)| a - b)
+                .collect()
+        }
+        _ => layer.mlp_post.to_vec(),
+    };
+    Some((layer.n_tokens, layer.d_mlp, values))
+}
+
+/// The activations behind a view as arrays: the selected layer's `[tokens, d_mlp]` (`.npy`)
+/// and every layer's `mlp.hook_post`, with the attention patterns when they were captured
+/// (`.safetensors`, named by hook). As shown: the difference mode gives the differences.
+pub fn activations(state: &AppState, view: View) -> Option<Activations> {
+    if !matches!(
+        view,
+        View::Tab(Tab::Neurons | Tab::Histograms) | View::Layers
+    ) {
+        return None;
+    }
+    let hook = |l: usize| format!("blocks.{l}.mlp.hook_post");
+    let l = state.selection.layer;
+    let (t, d, values) = shown_activations(state, l)?;
+    let mut all = Vec::new();
+    for layer in 0..state.n_layers() {
+        if let Some((t, d, values)) = shown_activations(state, layer) {
+            all.push((hook(layer), vec![t, d], values));
+        }
+        if let Some(s) = state.shown().layer(layer)
+            && !s.patterns.is_empty()
+            && s.patterns.len() == s.n_heads * s.n_tokens * s.n_tokens
+        {
+            all.push((
+                format!("blocks.{layer}.attn.hook_pattern"),
+                vec![s.n_heads, s.n_tokens, s.n_tokens],
+                s.patterns.to_vec(),
+            ));
+        }
+    }
+    Some(Activations {
+        selected: (hook(l), vec![t, d], values),
+        all,
+    })
+}
+
+/// See [`activations`]: `(hook, shape, values)` each.
+pub struct Activations {
+    pub selected: (String, Vec<usize>, Vec<f32>),
+    pub all: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Activations {
+    /// Writes `{stem}.npy` (the selected layer) and `{stem}.safetensors` (every layer).
+    pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<[PathBuf; 2]> {
+        let npy = dir.join(format!("{stem}.npy"));
+        let (_, shape, values) = &self.selected;
+        crate::export::arrays::write_npy(&npy, shape, values)?;
+        let st = dir.join(format!("{stem}.safetensors"));
+        let tensors: Vec<(String, Vec<usize>, &[f32])> = self
+            .all
+            .iter()
+            .map(|(name, shape, values)| (name.clone(), shape.clone(), values.as_slice()))
+            .collect();
+        crate::export::arrays::write_safetensors(&st, &tensors)?;
+        Ok([npy, st])
+    }
+}
+
 /// The data behind a view, as a table.
 pub fn table(state: &AppState, view: View) -> Option<Table> {
     let pass = state.shown();
@@ -147,17 +228,17 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             Some(t)
         }
         View::Tab(Tab::Neurons) => {
-            let layer = pass.layer(l)?;
+            let (n_tokens, d_mlp, values) = shown_activations(state, l)?;
             let mut header = vec!["position".to_string(), "token".to_string()];
-            header.extend((0..layer.d_mlp).map(|i| format!("n{i}")));
+            header.extend((0..d_mlp).map(|i| format!("n{i}")));
             let mut t = Table::new(header);
-            for p in 0..layer.n_tokens {
+            for p in 0..n_tokens {
                 let mut row = vec![
                     p.to_string(),
                     pass.tokens.get(p).cloned().unwrap_or_default(),
                 ];
                 row.extend(
-                    layer.mlp_post[p * layer.d_mlp..(p + 1) * layer.d_mlp]
+                    values[p * d_mlp..(p + 1) * d_mlp]
                         .iter()
                         .map(|v| v.to_string()),
                 );
@@ -333,6 +414,8 @@ pub struct Placement {
 /// A view drawn offscreen and tessellated, ready to be rasterized on any thread.
 pub struct Figure {
     primitives: Vec<egui::ClippedPrimitive>,
+    /// The same frame before tessellation, for the SVG.
+    shapes: Vec<egui::epaint::ClippedShape>,
     rasterizer: super::raster::Rasterizer,
     pixels_per_point: f32,
     size_px: [usize; 2],
@@ -386,13 +469,14 @@ pub fn draw_offscreen(
         rasterizer.update_textures(output.textures_delta);
         shapes = output.shapes;
     }
-    let primitives = offscreen.tessellate(shapes, pixels_per_point);
+    let primitives = offscreen.tessellate(shapes.clone(), pixels_per_point);
     let size_px = [
         (size.x * pixels_per_point).round() as usize,
         (size.y * pixels_per_point).round() as usize,
     ];
     Figure {
         primitives,
+        shapes,
         rasterizer,
         pixels_per_point,
         size_px,
@@ -413,6 +497,20 @@ impl Figure {
             self.size_px,
             self.background,
         )
+    }
+
+    /// Writes the figure as SVG (text as text, lines and bars as paths, heatmaps as embedded
+    /// images at their native cell resolution).
+    pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
+        let size = egui::vec2(
+            self.size_px[0] as f32 / self.pixels_per_point,
+            self.size_px[1] as f32 / self.pixels_per_point,
+        );
+        let svg = super::svg::svg(&self.shapes, size, self.background, &self.rasterizer);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     /// Rasterizes and writes the figure as PNG.

@@ -10,6 +10,7 @@ mod raster;
 pub mod session;
 pub mod state;
 pub mod stores;
+pub mod svg;
 pub mod views;
 
 use std::path::PathBuf;

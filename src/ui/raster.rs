@@ -59,6 +59,14 @@ impl Texture {
     }
 }
 
+impl super::svg::Textures for Rasterizer {
+    fn texels(&self, id: TextureId) -> Option<([usize; 2], &[Color32])> {
+        self.textures
+            .get(&id)
+            .map(|t| (t.size, t.pixels.as_slice()))
+    }
+}
+
 /// The textures egui asked for (font atlas, images), kept in step with its texture deltas.
 #[derive(Default)]
 pub struct Rasterizer {
