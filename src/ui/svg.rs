@@ -40,7 +40,8 @@ pub fn svg(
     let mut doc = String::new();
     let _ = write!(
         doc,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" \
+         xmlns:xlink=\"http://www.w3.org/1999/xlink\" width=\"{w}\" height=\"{h}\" \
          viewBox=\"0 0 {w} {h}\">\n<defs>\n{defs}</defs>\n<rect width=\"{w}\" height=\"{h}\" \
          {bg}/>\n{body}</svg>\n",
         w = num(size.x),
@@ -171,7 +172,13 @@ impl Svg<'_> {
                     stroke(r.stroke.width, r.stroke.color)
                 );
             }
-            Shape::Text(t) => text(out, t.pos, &t.galley, t.override_text_color),
+            Shape::Text(t) => text(
+                out,
+                t.pos,
+                &t.galley,
+                t.override_text_color,
+                t.fallback_color,
+            ),
             Shape::Mesh(mesh) => self.mesh(out, mesh),
             Shape::QuadraticBezier(b) => {
                 let [p0, p1, p2] = b.points;
@@ -256,12 +263,13 @@ impl Svg<'_> {
             let _ = write!(
                 out,
                 "<image x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" preserveAspectRatio=\"none\" \
-                 style=\"image-rendering:pixelated\" href=\"data:image/png;base64,{}\"/>",
+                 image-rendering=\"optimizeSpeed\" style=\"image-rendering:pixelated\" \
+                 xlink:href=\"data:image/png;base64,{data}\" href=\"data:image/png;base64,{data}\"/>",
                 num(rect.min.x),
                 num(rect.min.y),
                 num(rect.width()),
                 num(rect.height()),
-                base64::engine::general_purpose::STANDARD.encode(&png)
+                data = base64::engine::general_purpose::STANDARD.encode(&png)
             );
             return;
         }
@@ -289,7 +297,13 @@ impl Svg<'_> {
 
 /// A galley's rows as `<text>` runs, one per stretch of glyphs in one format, each stretched
 /// (`textLength`) to the width egui laid it out at.
-fn text(out: &mut String, pos: Pos2, galley: &Galley, override_colour: Option<Color32>) {
+fn text(
+    out: &mut String,
+    pos: Pos2,
+    galley: &Galley,
+    override_colour: Option<Color32>,
+    fallback: Color32,
+) {
     let job = &galley.job;
     // Glyphs follow the job's characters in order; a row that ends a paragraph drops its '\n'.
     let mut chars = job.text.char_indices();
@@ -305,10 +319,16 @@ fn text(out: &mut String, pos: Pos2, galley: &Galley, override_colour: Option<Co
             let Some(s) = job.sections.get(section) else {
                 return;
             };
-            let colour = override_colour.unwrap_or(s.format.color);
+            // A format that leaves its colour to the widget (the style's text colour) has the
+            // placeholder; the shape carries the colour it was painted with.
+            let colour = override_colour.unwrap_or(if s.format.color == Color32::PLACEHOLDER {
+                fallback
+            } else {
+                s.format.color
+            });
             let family = match s.format.font_id.family {
-                egui::FontFamily::Monospace => "Hack, DejaVu Sans Mono, monospace",
-                _ => "Ubuntu, DejaVu Sans, sans-serif",
+                egui::FontFamily::Monospace => "Hack, 'DejaVu Sans Mono', monospace",
+                _ => "Ubuntu, 'Liberation Sans', Arial, sans-serif",
             };
             let _ = write!(
                 out,
