@@ -54,6 +54,8 @@ pub struct ModelInfo {
     /// Tokens that end generation (`generation_config.json`, else `config.json`; GGUF
     /// `tokenizer.ggml.eos_token_id`).
     pub eos_token_ids: Vec<u32>,
+    /// The MLP's activation function (ReLU makes exact zeros; SiLU and GELU almost never do).
+    pub activation: transformer::Activation,
 }
 
 pub struct Model {
@@ -297,6 +299,10 @@ fn model_info(
         bos_token_id: tokenizer.bos_id(),
         adds_bos: tokenizer.adds_bos(),
         eos_token_ids: Vec::new(),
+        activation: t
+            .blocks
+            .first()
+            .map_or(transformer::Activation::Relu, |b| b.mlp.act),
     }
 }
 

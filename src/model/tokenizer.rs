@@ -369,11 +369,34 @@ impl Tokenizer {
             .collect()
     }
 
-    /// The text a single token stands for (decoded, as a user reads it).
+    /// The text a single token stands for (decoded, as a user reads it). A token that is only
+    /// part of a character's UTF-8 bytes shows those bytes as `<0xE2>` escapes rather than a
+    /// replacement character (a box in most fonts).
     pub fn token_text(&self, id: u32) -> String {
-        self.inner
+        let text = self
+            .inner
             .decode(&[id], false)
-            .unwrap_or_else(|_| format!("<{id}>"))
+            .unwrap_or_else(|_| format!("<{id}>"));
+        if !text.contains('\u{FFFD}') {
+            return text;
+        }
+        let Some(token) = self.inner.id_to_token(id) else {
+            return text;
+        };
+        // Sentencepiece byte fallback tokens are spelled <0xE2> already.
+        if token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') {
+            return token;
+        }
+        // Byte-level BPE spells each byte with one character of GPT-2's alphabet.
+        let alphabet = byte_to_unicode();
+        let bytes: Option<Vec<u8>> = token
+            .chars()
+            .map(|c| alphabet.iter().position(|&a| a == c).map(|b| b as u8))
+            .collect();
+        match bytes {
+            Some(bytes) => escape_partial_utf8(&bytes),
+            None => text,
+        }
     }
 
     /// The texts of the alternatives `(id, logprob)` a generation step reports, in order.
@@ -402,6 +425,18 @@ fn json_component<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
 ) -> std::result::Result<T, String> {
     serde_json::from_value(value).map_err(|e| format!("building tokenizer component: {e}"))
+}
+
+/// `bytes` as text, with each byte that is not part of a whole UTF-8 character as `<0xNN>`.
+fn escape_partial_utf8(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("<0x{b:02X}>"));
+        }
+    }
+    out
 }
 
 /// GPT-2's reversible map from bytes to printable characters.
@@ -582,6 +617,20 @@ fn split_regex(pre: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_utf8_tokens_show_their_bytes() {
+        assert_eq!(escape_partial_utf8("é".as_bytes()), "é");
+        assert_eq!(escape_partial_utf8(&[0xE2, 0x80]), "<0xE2><0x80>");
+        assert_eq!(escape_partial_utf8(&[b'a', 0xE2]), "a<0xE2>");
+        // The tiny GPT-2's byte-level vocabulary: "â" is the byte 0xE2 on its own.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/gpt2");
+        let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let id = tok
+            .token_to_id("â")
+            .expect("the fixture has the byte token â");
+        assert_eq!(tok.token_text(id), "<0xE2>");
+    }
 
     #[test]
     fn byte_map_is_gpt2s() {

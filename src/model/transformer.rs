@@ -166,6 +166,7 @@ impl Embedding {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     Relu,
     /// Exact GELU (erf).

@@ -22,6 +22,16 @@ use crate::worker::{
     SteerMode, TokenPrediction, TrainSaeJob, Variant, Watch,
 };
 
+/// The sparsity method a model opens with: exact zeros where its activation makes them (ReLU);
+/// CETT at c = 0.2 (the Sparsing Law's default) where it does not (SiLU, GELU: every neuron
+/// is "active", so zeros would show 100 % on every layer).
+pub fn default_sparsity(activation: crate::model::transformer::Activation) -> Method {
+    match activation {
+        crate::model::transformer::Activation::Relu => Method::Zero,
+        _ => Method::Cett { target: 0.2 },
+    }
+}
+
 /// The main view's tabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1423,6 +1433,7 @@ impl AppState {
                 self.recent_models.insert(0, path);
                 self.recent_models.truncate(10);
                 self.histogram_bins = vec![None; m.info.dims.n_layers];
+                self.sparsity = default_sparsity(m.info.activation);
                 self.model = Some(m.info);
                 self.model_fingerprint = m.fingerprint;
                 self.set_aside.clear();
@@ -1737,6 +1748,7 @@ pub(crate) mod tests {
             bos_token_id: None,
             adds_bos: false,
             eos_token_ids: Vec::new(),
+            activation: crate::model::transformer::Activation::Relu,
         }
     }
 
@@ -1940,6 +1952,25 @@ pub(crate) mod tests {
         s.act(Action::Undo);
         assert_eq!(s.interventions.len(), 1);
         assert_eq!(s.act(Action::RemoveIntervention(5)), None);
+    }
+
+    #[test]
+    fn a_model_opens_on_a_sparsity_method_that_means_something_for_its_activation() {
+        let mut s = AppState::default();
+        let mut silu = info(2);
+        silu.activation = crate::model::transformer::Activation::Silu;
+        s.apply(Event::ModelLoaded(ModelLoaded {
+            info: silu,
+            duration_ms: 1.0,
+            fingerprint: None,
+        }));
+        assert_eq!(s.sparsity, Method::Cett { target: 0.2 });
+        s.apply(Event::ModelLoaded(ModelLoaded {
+            info: info(2),
+            duration_ms: 1.0,
+            fingerprint: None,
+        }));
+        assert_eq!(s.sparsity, Method::Zero);
     }
 
     #[test]
