@@ -255,6 +255,104 @@ pub fn heatmap_ui(
     }
 }
 
+/// What a heatmap's axes say: the names of its rows and columns and each one's tick label.
+pub struct Axes<'a> {
+    pub rows: &'a str,
+    pub cols: &'a str,
+    pub row_tick: &'a dyn Fn(usize) -> String,
+    pub col_tick: &'a dyn Fn(usize) -> String,
+}
+
+/// Left and bottom margins that [`heatmap_with_axes_ui`] keeps for its tick labels.
+const AXIS_MARGIN: Vec2 = vec2(44.0, 30.0);
+
+/// [`heatmap_ui`] with labelled axes: row ticks on the left, column ticks below (following
+/// zoom and pan, thinned so they never overlap), and the axes' names. `size` includes the
+/// margins.
+pub fn heatmap_with_axes_ui(
+    ui: &mut Ui,
+    id: Id,
+    key: u64,
+    grid: &Grid<'_>,
+    colormap: Colormap,
+    size: Vec2,
+    axes: &Axes<'_>,
+) -> HeatmapResponse {
+    let (outer, _) = ui.allocate_exact_size(size, Sense::hover());
+    let inner = Rect::from_min_max(
+        outer.min + vec2(AXIS_MARGIN.x, 0.0),
+        outer.max - vec2(0.0, AXIS_MARGIN.y),
+    );
+    // A child that does not move this ui's cursor: `outer` is what this ui allocated.
+    let mut child = ui.new_child(egui::UiBuilder::new().max_rect(inner));
+    let response = heatmap_ui(&mut child, id, key, grid, colormap, inner.size());
+    let painter = ui.painter();
+    let font = egui::FontId::proportional(11.0);
+    let colour = ui.visuals().weak_text_color();
+    if grid.rows > 0 {
+        let row_h = inner.height() / grid.rows as f32;
+        let step = (14.0 / row_h).ceil().max(1.0) as usize;
+        for r in (0..grid.rows).step_by(step) {
+            let y = inner.top() + (r as f32 + 0.5) * row_h;
+            painter.text(
+                egui::pos2(inner.left() - 4.0, y),
+                egui::Align2::RIGHT_CENTER,
+                (axes.row_tick)(r),
+                font.clone(),
+                colour,
+            );
+        }
+    }
+    if grid.cols > 0 {
+        let view: View = ui
+            .ctx()
+            .data(|d| d.get_temp(id.with("view")))
+            .unwrap_or(View {
+                first_col: 0.0,
+                visible_cols: grid.cols as f32,
+            });
+        let col_w = inner.width() / view.visible_cols.max(1.0);
+        // Ticks at least as far apart as the widest label.
+        let widest = (0..grid.cols)
+            .step_by((grid.cols / 64).max(1))
+            .map(|c| (axes.col_tick)(c).chars().count())
+            .max()
+            .unwrap_or(1) as f32
+            * 6.5
+            + 8.0;
+        let step = (widest / col_w).ceil().max(1.0) as usize;
+        let first = (view.first_col.floor() as usize).div_ceil(step) * step;
+        for c in (first..grid.cols).step_by(step) {
+            let x = inner.left() + (c as f32 + 0.5 - view.first_col) * col_w;
+            if x > inner.right() {
+                break;
+            }
+            painter.text(
+                egui::pos2(x, inner.bottom() + 2.0),
+                egui::Align2::CENTER_TOP,
+                (axes.col_tick)(c),
+                font.clone(),
+                colour,
+            );
+        }
+    }
+    painter.text(
+        egui::pos2(inner.center().x, outer.bottom()),
+        egui::Align2::CENTER_BOTTOM,
+        axes.cols,
+        font.clone(),
+        colour,
+    );
+    painter.text(
+        egui::pos2(outer.left(), outer.bottom()),
+        egui::Align2::LEFT_BOTTOM,
+        axes.rows,
+        font,
+        colour,
+    );
+    response
+}
+
 /// A horizontal colour bar with its end values, so every heatmap states its scale.
 pub fn legend_ui(ui: &mut Ui, colormap: Colormap, label: &str) {
     ui.horizontal(|ui| {

@@ -4,7 +4,7 @@
 use egui::{Id, Ui};
 use egui_plot::{Line, Plot, PlotPoints};
 
-use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
+use crate::ui::heatmap::{Axes, Colormap, Grid, fingerprint, heatmap_with_axes_ui, legend_ui};
 use crate::ui::state::{Action, AppState};
 
 const SCORES: [&str; 4] = [
@@ -69,16 +69,22 @@ pub fn heads_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         rows as u64,
         (scores.first_half_nll * 1e6) as u64,
     ]);
-    let r = heatmap_ui(
+    let r = heatmap_with_axes_ui(
         ui,
         Id::unique("head_grid"),
         key,
         &grid,
         cmap,
         egui::vec2(
-            cell * cols as f32,
-            (cell * rows as f32).min(ui.available_height() * 0.6),
+            cell * cols as f32 + 44.0,
+            (cell * rows as f32).min(ui.available_height() * 0.6) + 30.0,
         ),
+        &Axes {
+            rows: "layer",
+            cols: "head",
+            row_tick: &|l| format!("L{l}"),
+            col_tick: &|h| format!("H{h}"),
+        },
     );
     if let Some((l, h)) = r.hovered {
         r.response.on_hover_text(format!(

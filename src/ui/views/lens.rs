@@ -4,7 +4,7 @@
 use egui::{Id, Ui};
 
 use super::visible;
-use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
+use crate::ui::heatmap::{Axes, Colormap, Grid, fingerprint, heatmap_with_axes_ui, legend_ui};
 use crate::ui::state::{Action, AppState};
 
 pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
@@ -44,9 +44,30 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let key = fingerprint(&[pass.run_id, state.show as u64, lens.len() as u64]);
     let size = egui::vec2(
         ui.available_width(),
-        (ui.available_height() - 40.0).max(80.0),
+        (ui.available_height() - 52.0).max(110.0),
     );
-    let r = heatmap_ui(ui, Id::unique("lens"), key, &grid, cmap, size);
+    // Positions named by their input token, cut short to fit a tick.
+    let col_tick = |p: usize| {
+        let token: String = visible(pass.tokens.get(p).map_or("", String::as_str))
+            .chars()
+            .take(6)
+            .collect();
+        format!("{p} {token}")
+    };
+    let r = heatmap_with_axes_ui(
+        ui,
+        Id::unique("lens"),
+        key,
+        &grid,
+        cmap,
+        size,
+        &Axes {
+            rows: "layer",
+            cols: "position (input token)",
+            row_tick: &|l| format!("L{l}"),
+            col_tick: &col_tick,
+        },
+    );
     // Top-1 token text on each cell when there is room.
     let cell_w = r.response.rect.width() / cols.max(1) as f32;
     let cell_h = r.response.rect.height() / rows.max(1) as f32;
