@@ -158,6 +158,44 @@ fn run_json_with_interventions_and_saved_activations() {
         .to_vec1()
         .unwrap();
     assert_eq!(clamped[123], 10.0);
+
+    // One hook as NumPy's .npy, as numpy.load reads it; several hooks cannot be one array.
+    let npy = tmp.path().join("l15.npy");
+    let ids = ids.join(",");
+    let args = |out: &std::path::Path, hook: &'static str| {
+        vec![
+            "run".to_string(),
+            smol.to_string(),
+            "--token-ids".into(),
+            ids.clone(),
+            "--clamp".into(),
+            "blocks.15.mlp.hook_post:123=10".into(),
+            "--save-activations".into(),
+            out.to_str().unwrap().into(),
+            "--hooks".into(),
+            hook.into(),
+        ]
+    };
+    let run = |v: Vec<String>| dendrite(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, stderr) = run(args(&npy, "blocks.15.mlp.hook_post"));
+    assert!(ok, "{stderr}");
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let check = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, numpy as np; a = np.load(sys.argv[1]); print(a.dtype, a.shape, a[0, 0, 123])",
+        ])
+        .arg(&npy)
+        .output()
+        .expect("the venv's python (scripts/test.sh prepares .cache/venv)");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("float32 (1, {n}, 1536) 10.0"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let (ok, _, stderr) = run(args(&npy, "blocks.*.mlp.hook_post"));
+    assert!(!ok && stderr.contains("matched 30"), "{stderr}");
 }
 
 #[test]

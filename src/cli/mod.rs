@@ -288,7 +288,8 @@ pub struct RunArgs {
     pub prompt: PromptArgs,
     #[command(flatten)]
     pub interventions: InterventionArgs,
-    /// Save captured activations (tensor names = hook names) to this safetensors file.
+    /// Save captured activations to this file: safetensors (tensor names = hook names), or
+    /// `.npy` (NumPy's format) for a single hook.
     #[arg(long, requires = "hooks")]
     pub save_activations: Option<PathBuf>,
     /// Hooks to save, by name or glob (blocks.*.mlp.hook_post). Repeatable.
@@ -614,8 +615,32 @@ fn run_prompt(args: &RunArgs) -> Result<()> {
             })
             .map(|(name, t)| Ok((name.clone(), t.contiguous()?)))
             .collect::<Result<_, candle_core::Error>>()?;
-        candle_core::safetensors::save(&saved, path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        if path.extension().is_some_and(|e| e == "npy") {
+            let [(name, tensor)]: [(&String, &candle_core::Tensor); 1] = saved
+                .iter()
+                .collect::<Vec<_>>()
+                .try_into()
+                .map_err(|all: Vec<(&String, &candle_core::Tensor)>| {
+                    anyhow::anyhow!(
+                        "an .npy file holds one array but --hooks matched {} ({}): name one hook, \
+                         or save as .safetensors",
+                        all.len(),
+                        all.iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .with_context(|| format!("reading {name}"))?;
+            crate::export::arrays::write_npy(path, tensor.dims(), &values)?;
+        } else {
+            candle_core::safetensors::save(&saved, path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
 
     if args.json {
