@@ -56,6 +56,17 @@ fn step_until(h: &mut Harness<'_, DendriteApp>, what: &str, done: impl Fn(&AppSt
     h.step();
 }
 
+/// Presses Ctrl+E, waits for the figure, and lists the export folder.
+fn export_with_ctrl_e(h: &mut Harness<'_, DendriteApp>, dir: &std::path::Path) -> Vec<String> {
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.run_steps(2);
+    wait_for_png(h);
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Steps until the export thread reports the PNG it wrote.
 fn wait_for_png(h: &mut Harness<'_, DendriteApp>) {
     step_until(h, "the PNG export", |s| {
@@ -631,13 +642,7 @@ fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
     assert_eq!(g.interventions, vec!["L0 N3 = -500.00".to_string()]);
 
     // Export: the continuations as text, the tokens as CSV, the view as PNG.
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
-    h.run_steps(2);
-    wait_for_png(&mut h);
-    let files: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let files = export_with_ctrl_e(&mut h, dir.path());
     let named = |ext: &str| {
         files
             .iter()
@@ -1036,13 +1041,7 @@ fn ctrl_e_exports_the_view_under_the_pointer() {
         .rect;
     h.hover_at(rect.center());
     h.step();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
-    h.run_steps(2);
-    wait_for_png(&mut h);
-    let files: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let files = export_with_ctrl_e(&mut h, dir.path());
     assert!(
         files
             .iter()

@@ -181,43 +181,27 @@ impl Svg<'_> {
             ),
             Shape::Mesh(mesh) => self.mesh(out, mesh),
             Shape::QuadraticBezier(b) => {
-                let [p0, p1, p2] = b.points;
-                let _ = write!(
+                let [p0, p1, p2] = b.points.map(point);
+                let d = format!("M{p0}Q{p1} {p2}");
+                bezier(
                     out,
-                    "<path d=\"M{} {}Q{} {} {} {}\" {} {}/>",
-                    num(p0.x),
-                    num(p0.y),
-                    num(p1.x),
-                    num(p1.y),
-                    num(p2.x),
-                    num(p2.y),
-                    if b.closed {
-                        fill(b.fill)
-                    } else {
-                        "fill=\"none\"".into()
-                    },
-                    stroke(b.stroke.width, solid(&b.stroke.color))
+                    &d,
+                    b.closed,
+                    b.fill,
+                    b.stroke.width,
+                    solid(&b.stroke.color),
                 );
             }
             Shape::CubicBezier(b) => {
-                let [p0, p1, p2, p3] = b.points;
-                let _ = write!(
+                let [p0, p1, p2, p3] = b.points.map(point);
+                let d = format!("M{p0}C{p1} {p2} {p3}");
+                bezier(
                     out,
-                    "<path d=\"M{} {}C{} {} {} {} {} {}\" {} {}/>",
-                    num(p0.x),
-                    num(p0.y),
-                    num(p1.x),
-                    num(p1.y),
-                    num(p2.x),
-                    num(p2.y),
-                    num(p3.x),
-                    num(p3.y),
-                    if b.closed {
-                        fill(b.fill)
-                    } else {
-                        "fill=\"none\"".into()
-                    },
-                    stroke(b.stroke.width, solid(&b.stroke.color))
+                    &d,
+                    b.closed,
+                    b.fill,
+                    b.stroke.width,
+                    solid(&b.stroke.color),
                 );
             }
             // Anything newer is drawn by the PNG export; the SVG leaves it out.
@@ -368,6 +352,32 @@ fn text(
             chars.next();
         }
     }
+}
+
+/// `x y` of a point.
+fn point(p: Pos2) -> String {
+    format!("{} {}", num(p.x), num(p.y))
+}
+
+/// A curve's path: filled when closed.
+fn bezier(
+    out: &mut String,
+    d: &str,
+    closed: bool,
+    fill_colour: Color32,
+    width: f32,
+    colour: Color32,
+) {
+    let _ = write!(
+        out,
+        "<path d=\"{d}\" {} {}/>",
+        if closed {
+            fill(fill_colour)
+        } else {
+            "fill=\"none\"".into()
+        },
+        stroke(width, colour)
+    );
 }
 
 fn solid(c: &ColorMode) -> Color32 {
