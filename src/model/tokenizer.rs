@@ -378,6 +378,13 @@ impl Tokenizer {
             .decode(&[id], false)
             .unwrap_or_else(|_| format!("<{id}>"));
         if !text.contains('\u{FFFD}') {
+            // Control characters (other than whitespace) have no glyph in any font.
+            if text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+            {
+                return escape_partial_utf8_or_controls(text.as_bytes());
+            }
             return text;
         }
         let Some(token) = self.inner.id_to_token(id) else {
@@ -434,6 +441,22 @@ fn escape_partial_utf8(bytes: &[u8]) -> String {
         out.push_str(chunk.valid());
         for b in chunk.invalid() {
             out.push_str(&format!("<0x{b:02X}>"));
+        }
+    }
+    out
+}
+
+/// [`escape_partial_utf8`], with control characters (other than whitespace) escaped too, by
+/// their UTF-8 bytes.
+fn escape_partial_utf8_or_controls(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for c in escape_partial_utf8(bytes).chars() {
+        if c.is_control() && !matches!(c, '\n' | '\t' | '\r') {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("<0x{b:02X}>"));
+            }
+        } else {
+            out.push(c);
         }
     }
     out
@@ -623,6 +646,11 @@ mod tests {
         assert_eq!(escape_partial_utf8("é".as_bytes()), "é");
         assert_eq!(escape_partial_utf8(&[0xE2, 0x80]), "<0xE2><0x80>");
         assert_eq!(escape_partial_utf8(&[b'a', 0xE2]), "a<0xE2>");
+        assert_eq!(escape_partial_utf8_or_controls(b"a\x07\n"), "a<0x07>\n");
+        assert_eq!(
+            escape_partial_utf8_or_controls("\u{85}".as_bytes()),
+            "<0xC2><0x85>"
+        );
         // The tiny GPT-2's byte-level vocabulary: "â" is the byte 0xE2 on its own.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/gpt2");
         let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();

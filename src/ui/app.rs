@@ -82,12 +82,7 @@ impl DendriteApp {
     ) -> std::io::Result<Self> {
         // Token texts come from model vocabularies: draw a box for what no font covers.
         ctx.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
-        // The proportional font has no arrows (→ ←); the monospace one has them and more.
-        let mut fonts = egui::FontDefinitions::default();
-        if let Some(family) = fonts.families.get_mut(&egui::FontFamily::Proportional) {
-            family.push("Hack".into());
-        }
-        ctx.set_fonts(fonts);
+        ctx.set_fonts(font_definitions());
         let repaint = ctx.clone();
         let worker = WorkerHandle::spawn(move || repaint.request_repaint())?;
         let repaint = ctx.clone();
@@ -714,6 +709,26 @@ impl DendriteApp {
             self.act(a);
         }
     }
+}
+
+/// The app's fonts: egui's, with the monospace face behind the proportional one (it has the
+/// arrows → ←) and DejaVu Sans behind both, for the symbols and scripts neither has (token
+/// texts come from whole vocabularies). Figures are drawn with the same.
+pub fn font_definitions() -> egui::FontDefinitions {
+    const DEJAVU: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+    let mut fonts = egui::FontDefinitions::default();
+    fonts.font_data.insert(
+        "DejaVuSans".into(),
+        std::sync::Arc::new(egui::FontData::from_static(DEJAVU)),
+    );
+    if let Some(family) = fonts.families.get_mut(&egui::FontFamily::Proportional) {
+        family.push("Hack".into());
+        family.push("DejaVuSans".into());
+    }
+    if let Some(family) = fonts.families.get_mut(&egui::FontFamily::Monospace) {
+        family.push("DejaVuSans".into());
+    }
+    fonts
 }
 
 /// "42 s ago", "12 min ago", "3 h ago", "2 days ago".

@@ -438,6 +438,7 @@ pub fn draw_offscreen(
     super::heatmap::forget_textures(&mut memory.data);
     offscreen.memory_mut(|m| *m = memory);
     offscreen.set_missing_glyph_policy(egui::MissingGlyphPolicy::Tofu);
+    offscreen.set_fonts(super::app::font_definitions());
 
     let size = placement.rect.size() + egui::Vec2::splat(2.0 * FIGURE_MARGIN);
     let content = egui::Rect::from_min_size(

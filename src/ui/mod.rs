@@ -28,11 +28,17 @@ pub fn run_app(
     prompt: Option<String>,
     session: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("Dendrite")
+        .with_app_id("dendrite")
+        .with_inner_size([1400.0, 860.0])
+        .with_drag_and_drop(true);
+    // The icon is compiled in (assets/icon.png); a window without it still opens.
+    if let Ok(icon) = eframe::icon_data::from_png_bytes(include_bytes!("../../assets/icon.png")) {
+        viewport = viewport.with_icon(icon);
+    }
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Dendrite")
-            .with_inner_size([1400.0, 860.0])
-            .with_drag_and_drop(true),
+        viewport,
         ..Default::default()
     };
     eframe::run_native(
