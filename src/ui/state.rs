@@ -502,6 +502,12 @@ pub enum Action {
     },
     /// Attach an SAE directory or file (at its own hook).
     AttachSae(PathBuf),
+    /// Attach an SAE file that does not name its hook (a Gemma Scope `params.npz` outside its
+    /// release's folder layout) at `hook`.
+    AttachSaeAt {
+        path: PathBuf,
+        hook: String,
+    },
     /// Train a TopK SAE on the open model (a job; the result is attached).
     TrainSae(Box<crate::sae::train::TrainOptions>),
     /// Evaluate the selected SAE over held-out text (a job).
@@ -1192,6 +1198,18 @@ impl AppState {
                 None
             }
             Action::AttachSae(path) => Some(Command::AttachSae(AttachSae { path, hook: None })),
+            Action::AttachSaeAt { path, hook } => {
+                let hook = hook.trim();
+                if hook.is_empty() {
+                    self.notice =
+                        Some("Name the hook the SAE reads (e.g. blocks.6.hook_resid_post).".into());
+                    return None;
+                }
+                Some(Command::AttachSae(AttachSae {
+                    path,
+                    hook: Some(hook.to_string()),
+                }))
+            }
             Action::TrainSae(opts) => {
                 self.model.as_ref()?;
                 if self.job_running() {
@@ -1971,6 +1989,24 @@ pub(crate) mod tests {
             fingerprint: None,
         }));
         assert_eq!(s.sparsity, Method::Zero);
+    }
+
+    #[test]
+    fn an_npz_is_attached_at_the_hook_named() {
+        let mut s = loaded();
+        let attach = |hook: &str| Action::AttachSaeAt {
+            path: "/saes/params.npz".into(),
+            hook: hook.into(),
+        };
+        assert_eq!(
+            s.act(attach(" blocks.1.hook_resid_post ")),
+            Some(Command::AttachSae(AttachSae {
+                path: "/saes/params.npz".into(),
+                hook: Some("blocks.1.hook_resid_post".into()),
+            }))
+        );
+        assert_eq!(s.act(attach("  ")), None);
+        assert!(s.notice.as_deref().unwrap_or("").contains("hook"));
     }
 
     #[test]

@@ -56,8 +56,27 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         {
             action = Some(Action::AttachSae(path));
         }
+        // A params.npz outside its release's folder layout does not say which hook it reads.
+        ui.menu_button("Attach .npz at hook…", |ui| {
+            let id = egui::Id::unique("npz_hook");
+            let mut hook: String = ui.data(|d| d.get_temp(id)).unwrap_or_else(|| {
+                format!("blocks.{}.hook_resid_post", state.selection.layer)
+            });
+            ui.label("hook the SAE reads");
+            ui.text_edit_singleline(&mut hook);
+            ui.data_mut(|d| d.insert_temp(id, hook.clone()));
+            if ui.button("Pick params.npz…").clicked()
+                && let Some(path) = pick_npz()
+            {
+                action = Some(Action::AttachSaeAt { path, hook });
+                ui.close();
+            }
+        });
         if let Some(id) = state.selected_sae
-            && ui.button("Detach").on_hover_text("Also removes its clamps and steering (Ctrl+Z restores them)").clicked()
+            && ui
+                .button("Detach")
+                .on_hover_text("Also removes its clamps and steering")
+                .clicked()
         {
             action = Some(Action::DetachSae(id));
         }
@@ -242,6 +261,14 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
 }
 
 /// A native dialog for an SAE folder (none under tests or without a portal).
+/// A native dialog for a Gemma Scope `params.npz`.
+fn pick_npz() -> Option<std::path::PathBuf> {
+    rfd::FileDialog::new()
+        .set_title("Attach a Gemma Scope params.npz")
+        .add_filter("NumPy archives", &["npz"])
+        .pick_file()
+}
+
 pub(crate) fn pick_sae() -> Option<std::path::PathBuf> {
     rfd::FileDialog::new()
         .set_title("Attach an SAE (pick its folder; for Gemma Scope, its params.npz folder)")
