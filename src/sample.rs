@@ -64,14 +64,9 @@ fn materialize(prefix: &str, name: &str, files: &[(&str, &[u8])]) -> Option<Path
     if !complete {
         std::fs::create_dir_all(&dir).ok()?;
         for (name, bytes) in files {
-            // Write then rename, so a crash never leaves a truncated file behind; the temporary
-            // name is this writer's own, so two threads or processes writing at once (tests do)
-            // each rename a whole file.
-            static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = dir.join(format!("{name}.{}-{n}.partial", std::process::id()));
-            std::fs::write(&tmp, bytes).ok()?;
-            std::fs::rename(&tmp, dir.join(name)).ok()?;
+            // Whole or not at all: two threads or processes writing at once (tests do) each
+            // rename a whole file.
+            crate::export::write_atomically(&dir.join(name), bytes).ok()?;
         }
     }
     Some(dir)

@@ -1,6 +1,6 @@
 //! Crash recovery: every change to the session is written, debounced, to this process's own
 //! recovery file (`session-<pid>.dendrite` in the recovery folder) by a named thread, atomically
-//! (temporary file + rename, see [`session::write_atomically`]). While the app runs it holds an
+//! (temporary file + rename, see [`crate::export::write_atomically`]). While the app runs it holds an
 //! exclusive lock on `session-<pid>.lock`; a recovery file whose lock nobody holds belongs to a
 //! process that died (a crash, `kill -9`), and the next launch offers to restore it. A clean exit
 //! moves the file to `last.dendrite` (*Open last session*).
@@ -206,7 +206,7 @@ fn writer(target: &Path, last: &Path, inbox: &Receiver<Job>, report: &Sender<Str
             }
         }
         if let Some(bytes) = newest
-            && let Err(e) = session::write_atomically(target, &bytes)
+            && let Err(e) = crate::export::write_atomically(target, &bytes)
         {
             let _ = report.try_send(format!("Autosave failed: {e:#}"));
         }

@@ -11,7 +11,6 @@
 //! work (writes are atomic: a temporary file renamed over the old one, so a crash mid-write
 //! leaves the previous version whole).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -154,34 +153,7 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<SessionFile> {
 /// then renamed over `path`.
 pub fn write(path: &Path, session: &SessionFile) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(session).context("writing the session as JSON")?;
-    write_atomically(path, &json)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    crate::export::write_atomically(path, &json)
 }
 
 impl AppState {

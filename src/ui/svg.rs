@@ -114,11 +114,9 @@ impl Svg<'_> {
             Shape::LineSegment { points, stroke: s } => {
                 let _ = write!(
                     out,
-                    "<path d=\"M{} {}L{} {}\" fill=\"none\" {}/>",
-                    num(points[0].x),
-                    num(points[0].y),
-                    num(points[1].x),
-                    num(points[1].y),
+                    "<path d=\"M{}L{}\" fill=\"none\" {}/>",
+                    point(points[0]),
+                    point(points[1]),
                     stroke(s.width, s.color)
                 );
             }
@@ -127,14 +125,8 @@ impl Svg<'_> {
                     return;
                 }
                 let mut d = String::new();
-                for (i, pt) in p.points.iter().enumerate() {
-                    let _ = write!(
-                        d,
-                        "{}{} {}",
-                        if i == 0 { "M" } else { "L" },
-                        num(pt.x),
-                        num(pt.y)
-                    );
+                for (i, &pt) in p.points.iter().enumerate() {
+                    let _ = write!(d, "{}{}", if i == 0 { "M" } else { "L" }, point(pt));
                 }
                 if p.closed {
                     d.push('Z');
@@ -265,13 +257,10 @@ impl Svg<'_> {
             if let [a, b, c] = v.as_slice() {
                 let _ = write!(
                     out,
-                    "<path d=\"M{} {}L{} {}L{} {}Z\" {}/>",
-                    num(a.pos.x),
-                    num(a.pos.y),
-                    num(b.pos.x),
-                    num(b.pos.y),
-                    num(c.pos.x),
-                    num(c.pos.y),
+                    "<path d=\"M{}L{}L{}Z\" {}/>",
+                    point(a.pos),
+                    point(b.pos),
+                    point(c.pos),
                     fill(a.color)
                 );
             }
