@@ -50,7 +50,7 @@ fn activations() -> Vec<f32> {
 
 /// A random TopK SAE with SAELens' default-style init scale.
 fn random_sae() -> Sae {
-    let mut rng = dendrite::train::Rng::new(0);
+    let mut rng = dendrite::rng::Rng::new(0);
     let mut normal = |n: usize, scale: f64| -> Vec<f32> {
         (0..n).map(|_| (rng.normal() * scale) as f32).collect()
     };

@@ -6,11 +6,13 @@
 pub mod analysis;
 pub mod bench;
 pub mod cli;
+pub mod corpus;
 pub mod describe;
 pub mod edits;
 pub mod export;
 pub mod memory;
 pub mod model;
+pub mod rng;
 pub mod sae;
 pub mod sample;
 pub mod serve;

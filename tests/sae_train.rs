@@ -26,7 +26,7 @@ fn corpus(dir: &std::path::Path) -> PathBuf {
         "the", "king", "of", "Britain", "sleeps", "while", "a", "queen", "plots", "and", "her",
         "son", "rides", "to", "Rome", "with", "gold", "rings", "night", "falls",
     ];
-    let mut rng = dendrite::train::Rng::new(5);
+    let mut rng = dendrite::rng::Rng::new(5);
     let mut text = String::new();
     for line in 0..400 {
         for _ in 0..6 + line % 5 {

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::model::{HookSpec, ModelError, NoObserver, Transformer};
-use crate::train::Rng;
+use crate::rng::Rng;
 
 /// `batch` sequences, each `len` random tokens from `[low, high)` repeated twice (no BOS).
 pub fn repeated_random_tokens(

@@ -112,7 +112,7 @@ pub fn sae_eval(args: &SaeEvalArgs) -> Result<()> {
     let model = model::open(&args.model)?;
     let sae = std::sync::Arc::new(sae::open_with_hook(&args.sae, args.hook.as_deref())?);
     sae.check_fits(&model.transformer, &model.info.name)?;
-    let corpus = train::read_corpus(&args.corpus)?;
+    let corpus = crate::corpus::read_corpus(&args.corpus)?;
     let context = train::context_for(&model, args.context)?;
     let sequences = train::token_sequences(&model, &corpus.validation, context, args.tokens)?;
     if sequences.is_empty() {

@@ -918,7 +918,7 @@ fn error_and_norm(e: &[f32], d: usize) -> impl Fn(usize, &mut [f64]) + Sync + '_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Rng;
+    use crate::rng::Rng;
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol

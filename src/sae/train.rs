@@ -42,7 +42,7 @@ use serde::Serialize;
 use super::metrics::FiringCounter;
 use super::{Activation, Normalization, Sae, SaeConfig, SaeFormat, SaeParams, SaveMetadata};
 use crate::model::{HookSpec, LayerDone, LayerObserver, Model, ModelError};
-use crate::train::Rng;
+use crate::rng::Rng;
 
 /// Everything a training run needs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -190,44 +190,7 @@ pub struct Cancelled {
     pub step: usize,
 }
 
-/// Text split into training and held-out parts.
-pub struct Corpus {
-    pub train: Vec<String>,
-    pub validation: Vec<String>,
-}
-
-/// Reads `path`: a directory of `.txt` files (the sample trainer's split) or one text file (its
-/// last 5%, from a line break, held out).
-pub fn read_corpus(path: &Path) -> Result<Corpus> {
-    if !path.exists() {
-        bail!(
-            "corpus {} does not exist (a .txt file or a directory of .txt files)",
-            path.display()
-        );
-    }
-    if path.is_dir() {
-        let (train, validation) = crate::train::sample::read_corpus(path)?;
-        return Ok(Corpus { train, validation });
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-    let mut cut = text.len() - text.len() / 20;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    // Start the held-out part at a line break when there is one near.
-    if let Some(nl) = text[cut..].find('\n').filter(|n| *n < 2000) {
-        cut += nl + 1;
-    }
-    let (train, validation) = text.split_at(cut);
-    if train.trim().is_empty() {
-        bail!("corpus {} is empty", path.display());
-    }
-    Ok(Corpus {
-        train: vec![train.to_string()],
-        validation: vec![validation.to_string()],
-    })
-}
+use crate::corpus::read_corpus;
 
 /// Tokenizes documents lazily into sequences of `context` tokens.
 struct Sequences<'a> {

@@ -4,7 +4,7 @@
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::Rng;
+use crate::rng::Rng;
 
 pub use crate::model::arch::gpt2::Config;
 

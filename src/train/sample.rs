@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Serialize;
 
-use super::Rng;
 use super::gpt2::{Config, Gpt2};
+use crate::rng::Rng;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -78,35 +78,6 @@ pub struct Report {
     pub induction_curve: Vec<(usize, f64, f64, f64)>,
     pub duration_s: f64,
     pub seed: u64,
-}
-
-/// Every `.txt` under `dir`, sorted by name: every 20th document is held out for validation.
-pub(crate) fn read_corpus(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| {
-            format!(
-                "reading corpus {} (run scripts/fetch_corpus.sh)",
-                dir.display()
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .collect();
-    files.sort();
-    if files.len() < 2 {
-        bail!("corpus {} has fewer than 2 .txt files", dir.display());
-    }
-    let (mut train, mut validation) = (Vec::new(), Vec::new());
-    for (i, f) in files.iter().enumerate() {
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-        if i % 20 == 7 {
-            validation.push(text)
-        } else {
-            train.push(text)
-        }
-    }
-    Ok((train, validation))
 }
 
 /// Trains a byte-level BPE tokenizer and writes `tokenizer.json` to `out`.
@@ -236,7 +207,7 @@ pub fn train(
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
-    let (train_docs, validation_docs) = read_corpus(&opts.corpus)?;
+    let (train_docs, validation_docs) = crate::corpus::read_txt_dir(&opts.corpus)?;
     let tokenizer_path = train_tokenizer(&train_docs, opts.vocab_size, &opts.out)?;
     let tokenizer = crate::model::Tokenizer::from_file(&tokenizer_path)?;
     let eot = tokenizer

@@ -1008,7 +1008,7 @@ fn evaluate_job(
     cancelled: &dyn Fn() -> bool,
     emit: &mut dyn FnMut(Event),
 ) -> anyhow::Result<()> {
-    let corpus = crate::sae::train::read_corpus(&job.corpus)?;
+    let corpus = crate::corpus::read_corpus(&job.corpus)?;
     let context = crate::sae::train::context_for(model, None)?;
     let sequences =
         crate::sae::train::token_sequences(model, &corpus.validation, context, job.tokens)?;
