@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dendrite::ui::DendriteApp;
-use dendrite::ui::state::{Action, InterventionKind, Tab};
+use dendrite::ui::state::{Action, EditSpec, Tab};
 use egui_kittest::Harness;
 
 fn model_path() -> String {
@@ -84,6 +84,7 @@ fn wait(h: &mut Harness<'_, DendriteApp>, done: impl Fn(&DendriteApp) -> bool) -
 fn lens_updated(a: &DendriteApp) -> bool {
     a.state.is_complete()
         && a.state
+            .runs
             .intervened
             .as_ref()
             .is_some_and(|p| p.lens_complete())
@@ -127,7 +128,7 @@ fn main() {
     h.state_mut().act(Action::SetPrompt(prompt(256)));
     h.state_mut().act(Action::Run);
     let mut frames = wait(&mut h, |a| a.state.is_complete());
-    let tokens = h.state().state.baseline.tokens.len();
+    let tokens = h.state().state.runs.baseline.tokens.len();
     let (p50, p99) = (percentile(&mut frames, 0.5), percentile(&mut frames, 0.99));
     println!(
         "frames while a {tokens}-token run streams: {} frames, p50 {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
@@ -142,7 +143,7 @@ fn main() {
     h.state_mut().act(Action::SetPrompt(prompt(64)));
     h.state_mut().act(Action::Run);
     wait(&mut h, |a| a.state.is_complete());
-    let tokens = h.state().state.baseline.tokens.len();
+    let tokens = h.state().state.runs.baseline.tokens.len();
     for lens_tab in [false, true] {
         h.state_mut().act(Action::SetTab(if lens_tab {
             Tab::Lens
@@ -150,7 +151,7 @@ fn main() {
             Tab::Neurons
         }));
         for layer in [5, 15, 25] {
-            let clamp = |value: f32| InterventionKind::Neuron {
+            let clamp = |value: f32| EditSpec::Neuron {
                 layer,
                 neuron: 123,
                 value,
@@ -191,13 +192,12 @@ fn main() {
     // 3. Generate with a clamp: time from pressing Continue to the first token on screen,
     //    against the prompt's own forward (the baseline's prefill) and a decode step.
     h.state_mut().act(Action::SetTab(Tab::Generate));
-    h.state_mut()
-        .act(Action::AddIntervention(InterventionKind::Neuron {
-            layer: 15,
-            neuron: 123,
-            value: 10.0,
-            scale: false,
-        }));
+    h.state_mut().act(Action::AddIntervention(EditSpec::Neuron {
+        layer: 15,
+        neuron: 123,
+        value: 10.0,
+        scale: false,
+    }));
     wait(&mut h, |a| a.state.is_complete());
     let mut settings = h.state().state.generate_settings.clone();
     settings.max_new_tokens = 32;

@@ -392,7 +392,8 @@ def make_heads():
 SPARSITY_PROMPT = ("The old lighthouse keeper climbed the stairs every evening at dusk, counting "
                    "each of the 112 steps aloud. When the storm came in 1887, he stayed awake for "
                    "three nights so that the ships could find the harbour.")
-SPARSITY_METHODS = ["zero", "eps:0.05", "cats:0.5", "chess:0.5", "cett:0.2", "cett-eps:0.5"]
+SPARSITY_METHODS = ["zero", "eps:0.05", "cats:0.5", "chess:0.5", "cett:0.2", "cett-eps:0.5",
+                    "delta:0.05"]
 
 
 def cats_threshold(abs_s, k):
@@ -450,7 +451,78 @@ def sparsity_reference(method, s, u, a, w_down):
         eps = cett_threshold(a.double(), w_down.double(), v) if name == "cett" else v
         _, norms = cett_per_token(a.double(), w_down.double(), eps)
         return float((norms >= eps).double().mean()), eps
+    if name == "delta":
+        # definitions.md §13: the share of channels with |a_t - a_{t-1}| > θ, averaged over the
+        # tokens that have a token before them (no BOS here: every token is scored).
+        changed = ((a[1:].double() - a[:-1].double()).abs() > v).double().mean(1)
+        return float(changed.mean()), v
     raise ValueError(method)
+
+
+CORE_PROMPTS = ("The cat sat on the warm mat and purred while the rain fell outside.",
+                "A dog slept on the soft rug and snored while the snow fell outside.")
+
+
+def core_reference(a, alpha, beta, frequency=False):
+    """definitions.md §12 from one layer's down_proj input a [T, F]: token cores (k = round
+    half to even of α·|A+|, largest first, ties to the lower index) and the sentence core."""
+    T, F = a.shape
+    token_cores = []
+    counts = [0] * F
+    for t in range(T):
+        row = a[t].double().tolist()
+        pos = [j for j in range(F) if row[j] > 0]
+        k = int(torch.round(torch.tensor(alpha * len(pos), dtype=torch.float64)))
+        pos.sort(key=lambda j: (-row[j], j))
+        core = pos[:k]
+        token_cores.append(core)
+        for j in core:
+            counts[j] += 1
+    if frequency:
+        sentence = [j for j in range(F) if counts[j] > 0 and counts[j] / T >= beta]
+    else:
+        order = sorted((j for j in range(F) if counts[j] > 0), key=lambda j: (-counts[j], j))
+        sentence = sorted(order[:int(beta * F)])
+    return token_cores, sentence
+
+
+def mlp_activations(model, ids):
+    """Each layer's down_proj input (SiLU(x W_gate) ⊙ x W_up) for one prompt."""
+    acts = {}
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(
+        lambda m, args, l=l: acts.__setitem__(l, args[0][0].detach()))
+        for l, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    return [acts[l] for l in range(len(model.model.layers))]
+
+
+def make_core():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = REAL["smollm2"][0]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    result = {"prompts": CORE_PROMPTS, "alpha": 0.4, "beta": 0.2, "layers": []}
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in CORE_PROMPTS]
+    result["token_ids"] = ids
+    acts = [mlp_activations(model, i) for i in ids]
+    for l in range(len(model.model.layers)):
+        cores = [core_reference(a[l], 0.4, 0.2) for a in acts]
+        _, variant = core_reference(acts[0][l], 0.4, 0.2, frequency=True)
+        a_set, b_set = set(cores[0][1]), set(cores[1][1])
+        result["layers"].append({
+            "token_cores": cores[0][0],
+            "core": cores[0][1],
+            "core_frequency_variant": variant,
+            "compare_core": cores[1][1],
+            "jaccard": len(a_set & b_set) / max(len(a_set | b_set), 1),
+        })
+    (FIXTURES / "real" / "smollm2_core.json").write_text(json.dumps(result) + "\n")
+    print("real/smollm2_core:", [round(x["jaccard"], 3) for x in result["layers"]])
 
 
 def make_sparsity():
@@ -504,7 +576,8 @@ def make_sparsity():
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate"])
+    parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate",
+                                           "core"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -516,3 +589,5 @@ if __name__ == "__main__":
         make_sparsity()
     if args.only in (None, "generate"):
         make_generate()
+    if args.only in (None, "core"):
+        make_core()

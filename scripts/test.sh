@@ -61,3 +61,6 @@ if ! .cache/venv/bin/python -c "import sae_lens" >/dev/null 2>&1; then
 fi
 
 cargo test --all-targets --features snapshots "$@"
+
+# The headless build (servers: no egui, no wgpu) must keep compiling.
+cargo check --no-default-features --bins

@@ -13,7 +13,7 @@ use crate::sae::steer::{SteerMode, latent_clamp};
 
 /// What an edit description does (named after its command-line flag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EditKind {
+pub enum EditFlag {
     /// `HOOK:NEURON=VALUE`: set a neuron.
     Clamp,
     /// `LAYER.HEAD[:zero|mean]`: ablate an attention head.
@@ -24,14 +24,14 @@ pub enum EditKind {
     ClampLatent,
 }
 
-impl EditKind {
+impl EditFlag {
     /// The flag, for messages.
     pub fn flag(self) -> &'static str {
         match self {
-            EditKind::Clamp => "--clamp",
-            EditKind::AblateHead => "--ablate-head",
-            EditKind::SteerLatent => "--steer-latent",
-            EditKind::ClampLatent => "--clamp-latent",
+            EditFlag::Clamp => "--clamp",
+            EditFlag::AblateHead => "--ablate-head",
+            EditFlag::SteerLatent => "--steer-latent",
+            EditFlag::ClampLatent => "--clamp-latent",
         }
     }
 }
@@ -39,7 +39,7 @@ impl EditKind {
 /// One described edit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EditDescription {
-    pub kind: EditKind,
+    pub kind: EditFlag,
     pub value: String,
     /// Which SAE a latent edit means (by name); may be left out when there is one.
     pub sae: Option<String>,
@@ -87,16 +87,16 @@ pub fn build(
         let flag = edit.kind.flag();
         let spec = edit.value.as_str();
         let intervention = match edit.kind {
-            EditKind::Clamp => parse_clamp(spec)?,
-            EditKind::AblateHead => parse_ablation(spec)?,
-            EditKind::SteerLatent => {
+            EditFlag::Clamp => parse_clamp(spec)?,
+            EditFlag::AblateHead => parse_ablation(spec)?,
+            EditFlag::SteerLatent => {
                 let sae = find_sae(saes, edit)?;
                 let (latent, scale) = parse_pair(spec, ':', flag, "LATENT:SCALE")?;
                 sae.sae
                     .steering(latent, SteerMode::Add { scale }, None)
                     .with_context(|| format!("{flag} {spec}"))?
             }
-            EditKind::ClampLatent => {
+            EditFlag::ClampLatent => {
                 let sae = find_sae(saes, edit)?;
                 let (latent, value) = parse_pair(spec, '=', flag, "LATENT=VALUE")?;
                 if latent >= sae.sae.cfg.d_sae {
@@ -207,7 +207,7 @@ fn parse_pair(spec: &str, sep: char, flag: &str, form: &str) -> Result<(usize, f
 mod tests {
     use super::*;
 
-    fn edit(kind: EditKind, value: &str) -> EditDescription {
+    fn edit(kind: EditFlag, value: &str) -> EditDescription {
         EditDescription {
             kind,
             value: value.into(),
@@ -218,8 +218,8 @@ mod tests {
     #[test]
     fn descriptions_become_interventions_at_the_positions_asked() {
         let edits = [
-            edit(EditKind::Clamp, "blocks.1.mlp.hook_post:7=2.5"),
-            edit(EditKind::AblateHead, "0.1"),
+            edit(EditFlag::Clamp, "blocks.1.mlp.hook_post:7=2.5"),
+            edit(EditFlag::AblateHead, "0.1"),
         ];
         let all = build(&edits, &[], At::All, 3, 2).unwrap();
         assert_eq!(all[0].hook, "blocks.1.mlp.hook_post");
@@ -233,15 +233,15 @@ mod tests {
     fn bad_descriptions_say_what_was_expected() {
         for (kind, value, expected) in [
             (
-                EditKind::Clamp,
+                EditFlag::Clamp,
                 "blocks.1.mlp.hook_post=3",
                 "HOOK:NEURON=VALUE",
             ),
-            (EditKind::Clamp, "h:x=3", "bad neuron"),
-            (EditKind::Clamp, "h:1=inf", "finite"),
-            (EditKind::AblateHead, "3", "LAYER.HEAD"),
-            (EditKind::AblateHead, "3.1:half", "unknown mode"),
-            (EditKind::SteerLatent, "1:2", "needs an SAE"),
+            (EditFlag::Clamp, "h:x=3", "bad neuron"),
+            (EditFlag::Clamp, "h:1=inf", "finite"),
+            (EditFlag::AblateHead, "3", "LAYER.HEAD"),
+            (EditFlag::AblateHead, "3.1:half", "unknown mode"),
+            (EditFlag::SteerLatent, "1:2", "needs an SAE"),
         ] {
             let err = build(&[edit(kind, value)], &[], At::All, 1, 1).unwrap_err();
             assert!(format!("{err:#}").contains(expected), "{value}: {err:#}");

@@ -17,6 +17,7 @@ pub mod sae;
 pub mod sample;
 pub mod serve;
 pub mod train;
+#[cfg(feature = "gui")]
 pub mod ui;
 pub mod worker;
 

@@ -23,7 +23,7 @@ fn sparsity_matches_hf_for_every_method() {
         tokens
     );
     let methods = r["methods"].as_object().unwrap();
-    assert_eq!(methods.len(), 6);
+    assert_eq!(methods.len(), 7);
     for (name, rows) in methods {
         let method: Method = name.parse().unwrap();
         let ours = measure(
@@ -32,6 +32,7 @@ fn sparsity_matches_hf_for_every_method() {
             std::slice::from_ref(&tokens),
             method,
             "blocks.*.mlp.hook_post",
+            m.tokenizer.first_scored(&tokens),
         )
         .unwrap();
         let rows = rows.as_array().unwrap();
@@ -97,4 +98,85 @@ fn logit_lens_matches_hf() {
         top1_agree * 100 >= cells * 99,
         "{top1_agree}/{cells} top-1 agree"
     );
+}
+
+/// CoreInfer's core neurons (definitions §12) on SmolLM2 against the same definition computed
+/// from HF transformers' MLP activations (`scripts/make_fixtures.py --only core`). A neuron
+/// whose activation is within float noise of another's at the cut can swap places with it, so
+/// sets are held to a Jaccard overlap, sizes (which count positive activations) to one.
+#[test]
+fn core_neurons_match_hf() {
+    use dendrite::analysis::core_neurons::{CoreOptions, SentenceRule, jaccard, measure};
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let r = real_reference("smollm2_core");
+    let ids: Vec<Vec<u32>> = r["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(json_ids)
+        .collect();
+    let prompts = r["prompts"].as_array().unwrap();
+    for (text, ids) in prompts.iter().zip(&ids) {
+        assert_eq!(&m.encode(text.as_str().unwrap(), false).unwrap(), ids);
+    }
+    let opts = CoreOptions::default();
+    let set = |v: &serde_json::Value| {
+        json_ids(v)
+            .into_iter()
+            .map(|x| x as usize)
+            .collect::<Vec<_>>()
+    };
+    let ours = measure(&m.transformer, &ids[0], "blocks.*.mlp.hook_post", 0, opts).unwrap();
+    let other = measure(&m.transformer, &ids[1], "blocks.*.mlp.hook_post", 0, opts).unwrap();
+    let variant = measure(
+        &m.transformer,
+        &ids[0],
+        "blocks.*.mlp.hook_post",
+        0,
+        CoreOptions {
+            rule: SentenceRule::Frequency,
+            ..opts
+        },
+    )
+    .unwrap();
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(ours.len(), layers.len());
+    let mut worst = 1.0f64;
+    for (l, row) in layers.iter().enumerate() {
+        let hf_core = set(&row["core"]);
+        worst = worst.min(jaccard(&ours[l].core.core, &hf_core));
+        worst = worst.min(jaccard(&other[l].core.core, &set(&row["compare_core"])));
+        worst = worst.min(jaccard(
+            &variant[l].core.core,
+            &set(&row["core_frequency_variant"]),
+        ));
+        let hf_jaccard = row["jaccard"].as_f64().unwrap();
+        let our_jaccard = jaccard(&ours[l].core.core, &other[l].core.core);
+        assert!(
+            (our_jaccard - hf_jaccard).abs() <= 0.01,
+            "layer {l}: Jaccard ours {our_jaccard}, HF {hf_jaccard}"
+        );
+        for (t, (core, hf)) in ours[l]
+            .core
+            .token_cores
+            .iter()
+            .zip(row["token_cores"].as_array().unwrap())
+            .enumerate()
+        {
+            let hf = set(hf);
+            assert!(
+                core.len().abs_diff(hf.len()) <= 1,
+                "layer {l} token {t}: {} vs HF {}",
+                core.len(),
+                hf.len()
+            );
+            let mut a = core.clone();
+            let mut b = hf.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            worst = worst.min(jaccard(&a, &b));
+        }
+    }
+    eprintln!("worst set overlap with HF: {worst:.4}");
+    assert!(worst >= 0.98, "worst Jaccard with HF {worst}");
 }

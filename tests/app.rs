@@ -79,7 +79,7 @@ fn finished(s: &AppState) -> bool {
 }
 
 fn top_prediction(s: &AppState) -> u32 {
-    let pass = s.intervened.as_ref().unwrap_or(&s.baseline);
+    let pass = s.runs.intervened.as_ref().unwrap_or(&s.runs.baseline);
     pass.finished.as_ref().unwrap().predictions.last().unwrap()[0].id
 }
 
@@ -99,7 +99,7 @@ fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
     assert!(h.state().state.prompt.ends_with(" again"));
     h.get_by_label("Run").click();
     step_until(&mut h, "the new prompt's run", |s| {
-        finished(s) && s.baseline.tokens.concat().ends_with(" again")
+        finished(s) && s.runs.baseline.tokens.concat().ends_with(" again")
     });
     let before = top_prediction(&h.state().state);
 
@@ -114,7 +114,7 @@ fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
     });
     h.get_by_label("Clamp to value").click();
     step_until(&mut h, "the clamped run", |s| {
-        s.intervened.is_some() && finished(s)
+        s.runs.intervened.is_some() && finished(s)
     });
     // Push the neuron far enough to change the prediction whatever its sign.
     let mut changed = top_prediction(&h.state().state) != before;
@@ -122,7 +122,7 @@ fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
         if changed {
             break;
         }
-        let kind = dendrite::ui::state::InterventionKind::Neuron {
+        let kind = dendrite::ui::state::EditSpec::Neuron {
             layer: last,
             neuron: 1,
             value,
@@ -138,9 +138,9 @@ fn clamping_a_neuron_changes_the_prediction_and_removing_it_restores_it() {
     // Remove it again: the baseline prediction is back.
     h.get_by_label("Remove").click();
     step_until(&mut h, "the run without the clamp", |s| {
-        s.intervened.is_none() && finished(s)
+        s.runs.intervened.is_none() && finished(s)
     });
-    assert!(h.state().state.interventions.is_empty());
+    assert!(h.state().state.interventions.items.is_empty());
     assert_eq!(top_prediction(&h.state().state), before);
 }
 
@@ -150,7 +150,7 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     let dir = tempfile::tempdir().unwrap();
     h.state_mut().export_dir = dir.path().to_path_buf();
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
-    let view = dendrite::ui::export::View::Tab(dendrite::ui::state::Tab::Neurons);
+    let view = dendrite::ui::state::View::Tab(dendrite::ui::state::Tab::Neurons);
     // Where the view is as the key is pressed (the notice then takes a line); the pointer is
     // over it, so Ctrl+E exports it.
     let rect = h.state().placement(view).unwrap().rect;
@@ -170,7 +170,7 @@ fn ctrl_e_exports_the_focused_views_data_with_a_descriptive_name() {
     let text = std::fs::read_to_string(dir.path().join(csv)).unwrap();
     let mut lines = text.lines();
     assert!(lines.next().unwrap().starts_with("position,token,n0,n1"));
-    assert_eq!(lines.count(), h.state().state.baseline.tokens.len());
+    assert_eq!(lines.count(), h.state().state.runs.baseline.tokens.len());
     // The PNG is the view drawn again at 2 pixels per point (this harness has no renderer at
     // all: the figure does not come from the screen).
     wait_for_png(&mut h);
@@ -264,8 +264,12 @@ fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_predi
     let s = &h.state().state;
     let sae_id = s.saes[0].id;
     assert_eq!(s.saes[0].cfg.hook_name, "blocks.0.hook_resid_post");
-    let summary = s.baseline.sae(sae_id).expect("the feature map streamed");
-    assert_eq!(summary.n_tokens, s.baseline.tokens.len());
+    let summary = s
+        .runs
+        .baseline
+        .sae(sae_id)
+        .expect("the feature map streamed");
+    assert_eq!(summary.n_tokens, s.runs.baseline.tokens.len());
     assert!(summary.l0.iter().all(|&l| l > 0 && l <= 16), "TopK k = 16");
     assert!(summary.fve.unwrap() > 0.5, "fve {:?}", summary.fve);
     let before = top_prediction(s);
@@ -281,14 +285,14 @@ fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_predi
     });
     h.get_by_label("Clamp to value").click();
     step_until(&mut h, "the clamped run", |s| {
-        s.intervened.is_some() && finished(s)
+        s.runs.intervened.is_some() && finished(s)
     });
     let mut changed = top_prediction(&h.state().state) != before;
     for value in [0.0, 200.0, -200.0, 1000.0] {
         if changed {
             break;
         }
-        let kind = dendrite::ui::state::InterventionKind::Latent {
+        let kind = dendrite::ui::state::EditSpec::Latent {
             sae_id,
             latent,
             value,
@@ -307,6 +311,7 @@ fn the_sample_sae_is_attached_by_default_and_clamping_a_latent_changes_the_predi
     assert!(
         h.state()
             .state
+            .runs
             .intervened
             .as_ref()
             .unwrap()
@@ -338,7 +343,7 @@ fn an_sae_trained_from_the_app_reports_curves_and_is_attached() {
         Some(dendrite::worker::JobOutcome::Trained { .. })
     ));
     let new = s.saes.last().unwrap();
-    assert!(s.baseline.sae(new.id).is_some());
+    assert!(s.runs.baseline.sae(new.id).is_some());
 }
 
 /// Steps until the store reader has answered for `unit` (the inspector asks by itself).
@@ -388,7 +393,7 @@ fn the_sample_store_opens_with_the_sample_model_and_shows_a_neurons_examples() {
     let dir = tempfile::tempdir().unwrap();
     h.state_mut().export_dir = dir.path().to_path_buf();
     h.state_mut()
-        .act(Action::Export(dendrite::ui::export::View::Unit));
+        .act(Action::Export(dendrite::ui::state::View::Unit));
     let csv = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -565,7 +570,7 @@ fn a_corpus_scanned_from_the_app_opens_and_takes_descriptions_imports_and_search
 /// prompt, and the tab exports as text, CSV and PNG.
 #[test]
 fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
-    use dendrite::ui::state::{InterventionKind, Tab};
+    use dendrite::ui::state::{EditSpec, Tab};
     use dendrite::worker::Variant;
     let mut h = harness();
     let dir = tempfile::tempdir().unwrap();
@@ -576,7 +581,7 @@ fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
         neuron: 3,
     });
     step_until(&mut h, "the neuron", |s| s.neuron_info.is_some());
-    let clamp = |value| InterventionKind::Neuron {
+    let clamp = |value| EditSpec::Neuron {
         layer: 0,
         neuron: 3,
         value,
@@ -584,7 +589,7 @@ fn generate_shows_both_continuations_restarts_on_a_changed_clamp_and_exports() {
     };
     h.state_mut().act(Action::AddIntervention(clamp(500.0)));
     step_until(&mut h, "the clamped run", |s| {
-        s.intervened.is_some() && finished(s)
+        s.runs.intervened.is_some() && finished(s)
     });
     h.get_by_label("Generate").click();
     h.run_steps(2);
@@ -755,25 +760,25 @@ fn explain_in_the_inspector_runs_a_job_against_dendrite_serve_and_shows_the_scor
 /// ablation, a latent clamp on the SAE), a selected neuron, the Heads tab and CETT sparsity,
 /// every pass complete.
 fn built_session() -> Harness<'static, DendriteApp> {
-    use dendrite::ui::state::{InterventionKind, Tab};
+    use dendrite::ui::state::{EditSpec, Tab};
     let mut h = harness();
     step_until(&mut h, "the model, its SAE and the first run", |s| {
         s.model.is_some() && !s.saes.is_empty() && finished(s)
     });
     let sae_id = h.state().state.saes[0].id;
     for kind in [
-        InterventionKind::Neuron {
+        EditSpec::Neuron {
             layer: 1,
             neuron: 3,
             value: 4.0,
             scale: false,
         },
-        InterventionKind::HeadAblation {
+        EditSpec::HeadAblation {
             layer: 0,
             head: 1,
             mean: false,
         },
-        InterventionKind::Latent {
+        EditSpec::Latent {
             sae_id,
             latent: 2,
             value: 6.0,
@@ -800,8 +805,8 @@ fn built_session() -> Harness<'static, DendriteApp> {
 
 /// What the views show, as the data their exports write.
 fn view_tables(s: &AppState) -> Vec<Option<String>> {
-    use dendrite::ui::export::{View, table};
     use dendrite::ui::state::Tab;
+    use dendrite::ui::{export::table, state::View};
     [
         View::Layers,
         View::Tab(Tab::Neurons),
@@ -839,13 +844,16 @@ fn a_saved_session_reopens_as_the_same_picture() {
     let mut again = harness_on(None);
     again.state_mut().act(Action::OpenSession(path.clone()));
     step_until(&mut again, "the reopened session's passes", |s| {
-        s.interventions.len() == 3 && finished(s) && s.neuron_info.is_some() && s.probe.is_some()
+        s.interventions.items.len() == 3
+            && finished(s)
+            && s.neuron_info.is_some()
+            && s.probe.is_some()
     });
     let s = &again.state().state;
     assert!(s.errors.is_empty(), "{:?}", s.errors);
     assert_eq!(s.session(), saved);
     assert_eq!(view_tables(s), tables);
-    assert!(!s.interventions[1].enabled);
+    assert!(!s.interventions.items[1].enabled);
     assert_eq!(s.tab, dendrite::ui::state::Tab::Heads);
 }
 
@@ -872,7 +880,7 @@ fn a_session_whose_model_moved_asks_for_it_and_opens_with_the_located_file() {
     assert!(again.state().state.model.is_none());
     again.state_mut().act(Action::LocateModel(model.clone()));
     step_until(&mut again, "the session on the located model", |s| {
-        s.interventions.len() == 3 && finished(s)
+        s.interventions.items.len() == 3 && finished(s)
     });
     let s = &again.state().state;
     assert_eq!(s.session_prompt, None);
@@ -975,7 +983,7 @@ fn after_kill_9_the_next_launch_restores_every_intervention() {
     );
     next.get_by_label("Restore").click();
     step_until(&mut next, "the restored session", |s| {
-        s.interventions.len() == 3 && finished(s)
+        s.interventions.items.len() == 3 && finished(s)
     });
     let s = &next.state().state;
     assert!(s.errors.is_empty(), "{:?}", s.errors);
@@ -990,7 +998,7 @@ fn ctrl_z_in_the_prompt_edits_the_text_and_the_undo_buttons_edit_the_interventio
     let mut h = harness();
     step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
     h.state_mut().act(Action::AddIntervention(
-        dendrite::ui::state::InterventionKind::Neuron {
+        dendrite::ui::state::EditSpec::Neuron {
             layer: 0,
             neuron: 2,
             value: 3.0,
@@ -1014,16 +1022,16 @@ fn ctrl_z_in_the_prompt_edits_the_text_and_the_undo_buttons_edit_the_interventio
     h.step();
     h.step();
     assert_eq!(h.state().state.prompt, before);
-    assert_eq!(h.state().state.interventions.len(), 1);
+    assert_eq!(h.state().state.interventions.items.len(), 1);
 
     // The buttons beside the interventions undo and redo them.
     h.get_by_label("Undo").click();
     step_until(&mut h, "the run without the clamp", |s| {
-        s.interventions.is_empty() && finished(s)
+        s.interventions.items.is_empty() && finished(s)
     });
     h.get_by_label("Redo").click();
     step_until(&mut h, "the clamp back", |s| {
-        s.interventions.len() == 1 && finished(s)
+        s.interventions.items.len() == 1 && finished(s)
     });
 }
 
@@ -1036,7 +1044,7 @@ fn ctrl_e_exports_the_view_under_the_pointer() {
     // Over the layers panel, not the open tab.
     let rect = h
         .state()
-        .placement(dendrite::ui::export::View::Layers)
+        .placement(dendrite::ui::state::View::Layers)
         .unwrap()
         .rect;
     h.hover_at(rect.center());
@@ -1049,4 +1057,30 @@ fn ctrl_e_exports_the_view_under_the_pointer() {
         "{files:?}"
     );
     assert!(!files.iter().any(|f| f.contains("_neurons_")), "{files:?}");
+}
+
+#[test]
+fn the_figure_format_chosen_is_the_one_written() {
+    use dendrite::ui::state::FigureFormat;
+    let mut h = harness();
+    let dir = tempfile::tempdir().unwrap();
+    h.state_mut().export_dir = dir.path().to_path_buf();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.state_mut()
+        .act(Action::SetFigureFormat(FigureFormat::Svg));
+    h.step();
+    h.get_by_label("Export view").click();
+    h.run_steps(2);
+    step_until(&mut h, "the SVG export", |s| {
+        s.notice.as_deref().unwrap_or("").contains(".svg")
+    });
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".svg")), "{files:?}");
+    assert!(files.iter().any(|f| f.ends_with(".csv")), "{files:?}");
+    assert!(!files.iter().any(|f| f.ends_with(".png")), "{files:?}");
+    // The choice is part of the session.
+    assert_eq!(h.state().state.session().figure_format, FigureFormat::Svg);
 }

@@ -205,7 +205,7 @@ fn latents_of_a_served_sae_are_steered_and_clamped_per_request() {
     let name = sae_path.file_name().unwrap().to_string_lossy().into_owned();
     let interventions = dendrite::edits::build(
         &[dendrite::edits::EditDescription {
-            kind: dendrite::edits::EditKind::ClampLatent,
+            kind: dendrite::edits::EditFlag::ClampLatent,
             value: "5=30".into(),
             sae: None,
         }],

@@ -77,7 +77,7 @@ fn every_tab_renders() {
     // Generate, with the selected neuron clamped: both continuations, greedy (deterministic).
     h.state_mut().act(Action::SetTab(Tab::Generate));
     h.state_mut().act(Action::AddIntervention(
-        dendrite::ui::state::InterventionKind::Neuron {
+        dendrite::ui::state::EditSpec::Neuron {
             layer: 1,
             neuron: 3,
             value: 20.0,
@@ -107,7 +107,8 @@ fn every_tab_renders() {
 #[test]
 fn exported_figures_match_the_gpu_rendering_at_two_pixels_per_point() {
     use dendrite::ui::app::draw_view;
-    use dendrite::ui::export::{FIGURE_PIXELS_PER_POINT, Placement, View, draw_offscreen};
+    use dendrite::ui::export::{FIGURE_PIXELS_PER_POINT, Placement, draw_offscreen};
+    use dendrite::ui::state::View;
     let h = loaded();
     let state = &h.state().state;
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

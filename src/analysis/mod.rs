@@ -1,6 +1,7 @@
 //! Pure analysis functions over activations and attention patterns (no egui, no I/O).
 //! Formulas follow `definitions.md`; each has its worked example as a test.
 
+pub mod core_neurons;
 pub mod heads;
 pub mod histogram;
 pub mod lens;

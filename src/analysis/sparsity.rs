@@ -35,12 +35,18 @@ pub enum Method {
     Cett { target: f64 },
     /// CETT at a given ε: neuron `i` is inactive iff `‖n_i‖ = |a_i|·‖W_down[:, i]‖ < ε`.
     CettEps { eps: f64 },
+    /// Temporal sparsity (Delta Activation, §13): a channel is "active" at token t iff it
+    /// changed by more than θ since the token before (`|a_t − a_{t−1}| > θ`, strict).
+    Delta { theta: f64 },
 }
 
 impl Method {
     /// Whether the method needs the MLP's internals (and so only applies to MLP layers).
     pub fn needs_mlp(&self) -> bool {
-        !matches!(self, Method::Zero | Method::Eps { .. })
+        !matches!(
+            self,
+            Method::Zero | Method::Eps { .. } | Method::Delta { .. }
+        )
     }
 
     /// Whether the method needs a calibration text.
@@ -58,6 +64,7 @@ impl fmt::Display for Method {
             Method::Chess { k } => write!(f, "chess:{k}"),
             Method::Cett { target } => write!(f, "cett:{target}"),
             Method::CettEps { eps } => write!(f, "cett-eps:{eps}"),
+            Method::Delta { theta } => write!(f, "delta:{theta}"),
         }
     }
 }
@@ -65,7 +72,7 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = String;
 
-    /// `zero`, `eps:E`, `cats:K`, `chess:K`, `cett:C` or `cett-eps:E`.
+    /// `zero`, `eps:E`, `cats:K`, `chess:K`, `cett:C`, `cett-eps:E` or `delta:θ`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, value) = match s.split_once(':') {
             Some((n, v)) => (n, Some(v)),
@@ -98,9 +105,13 @@ impl FromStr for Method {
             "cett-eps" => Method::CettEps {
                 eps: number("E", 0.0, f64::MAX)?,
             },
+            "delta" => Method::Delta {
+                theta: number("θ", 0.0, f64::MAX)?,
+            },
             _ => {
                 return Err(format!(
-                    "unknown sparsity method {s:?} (zero, eps:E, cats:K, chess:K, cett:C, cett-eps:E)"
+                    "unknown sparsity method {s:?} (zero, eps:E, cats:K, chess:K, cett:C, \
+                     cett-eps:E, delta:θ)"
                 ));
             }
         })
@@ -124,6 +135,38 @@ pub fn per_token_frac_active(
             n as f64 / channels as f64
         })
         .collect()
+}
+
+/// Temporal sparsity's rows (§13): per token t, the share ρ_t of `channels` that changed by
+/// more than `theta` since token t − 1, and the layer's mean of ρ over the tokens that have a
+/// delta (those after `first_scored`: a BOS row before it is not part of the text, and the
+/// first scored token has no token before it). Those first rows report their share of nonzero
+/// channels instead, what a delta layer sends for its first frame; the mean leaves them out.
+pub fn delta_frac_changed(
+    values: &[f32],
+    channels: usize,
+    theta: f64,
+    first_scored: usize,
+) -> (Vec<f64>, f64) {
+    let channels = channels.max(1);
+    let rows: Vec<&[f32]> = values.chunks_exact(channels).collect();
+    let per_token: Vec<f64> = (0..rows.len())
+        .map(|t| {
+            let changed = if t > first_scored {
+                rows[t]
+                    .iter()
+                    .zip(rows[t - 1])
+                    .filter(|&(&a, &b)| ((a - b).abs() as f64) > theta)
+                    .count()
+            } else {
+                rows[t].iter().filter(|&&a| a != 0.0).count()
+            };
+            changed as f64 / channels as f64
+        })
+        .collect();
+    let with_delta = per_token.get(first_scored + 1..).unwrap_or(&[]);
+    let mean_changed = mean(with_delta);
+    (per_token, mean_changed)
 }
 
 /// Mean of a slice (0 for an empty one).
@@ -824,13 +867,15 @@ fn captured<'a>(c: &'a crate::model::Captures, name: &str) -> Result<&'a Tensor,
 /// Sparsity of `tokens` under `method`, for every hook matching `hook_glob` (`zero`, `eps`) or
 /// every MLP layer whose `mlp.hook_post` matches it (the other methods, which read the MLP's
 /// internals). `calibration` sequences set the CATS and CHESS thresholds; CETT's ε search runs
-/// on the prompt itself.
+/// on the prompt itself. Rows before `first_scored` (a BOS) are not part of the text: temporal
+/// sparsity starts after them (the other methods measure every row).
 pub fn measure(
     model: &Transformer,
     tokens: &[u32],
     calibration: &[Vec<u32>],
     method: Method,
     hook_glob: &str,
+    first_scored: usize,
 ) -> Result<Vec<LayerSparsity>, ModelError> {
     let prompt = [tokens.to_vec()];
     if !method.needs_mlp() {
@@ -841,21 +886,14 @@ pub fn measure(
                 continue;
             };
             let (values, channels) = rows(t)?;
-            let per_token = match method {
-                Method::Eps { eps } => {
-                    per_token_frac_active(&values, channels, |_, v| (v.abs() as f64) >= eps)
-                }
-                _ => per_token_frac_active(&values, channels, |_, v| v != 0.0),
-            };
+            let (per_token, frac_active, threshold) =
+                activity(&values, channels, method, first_scored);
             result.push(LayerSparsity {
                 layer: layer_of(&name),
                 hook: name,
-                frac_active: mean(&per_token),
+                frac_active,
                 per_token_frac_active: per_token,
-                threshold: match method {
-                    Method::Eps { eps } => Some(eps),
-                    _ => None,
-                },
+                threshold,
                 mean_cett: None,
             });
         }
@@ -884,7 +922,7 @@ pub fn measure(
         calibration_out.iter().map(|o| &o.captures).collect();
     layers
         .iter()
-        .map(|&l| measure_mlp_layer(model, l, &out.captures, &calibration, method))
+        .map(|&l| measure_mlp_layer(model, l, &out.captures, &calibration, method, first_scored))
         .collect()
 }
 
@@ -902,14 +940,42 @@ pub fn mlp_hooks(model: &Transformer, l: usize) -> Vec<String> {
     v
 }
 
+/// Per token and overall, the share of channels a method that reads only the values themselves
+/// (zero, eps, delta) counts as active, and its threshold.
+fn activity(
+    values: &[f32],
+    channels: usize,
+    method: Method,
+    first_scored: usize,
+) -> (Vec<f64>, f64, Option<f64>) {
+    match method {
+        Method::Delta { theta } => {
+            let (per_token, changed) = delta_frac_changed(values, channels, theta, first_scored);
+            (per_token, changed, Some(theta))
+        }
+        Method::Eps { eps } => {
+            let f = per_token_frac_active(values, channels, |_, v| (v.abs() as f64) >= eps);
+            let m = mean(&f);
+            (f, m, Some(eps))
+        }
+        _ => {
+            let f = per_token_frac_active(values, channels, |_, v| v != 0.0);
+            let m = mean(&f);
+            (f, m, None)
+        }
+    }
+}
+
 /// Sparsity of MLP layer `l` from a pass that captured [`mlp_hooks`] (batch row 0), with CATS
 /// and CHESS thresholds calibrated on `calibration` passes (ignored by the other methods).
+/// Rows before `first_scored` are a BOS (see [`measure`]).
 pub fn measure_mlp_layer(
     model: &Transformer,
     l: usize,
     captures: &crate::model::Captures,
     calibration: &[&crate::model::Captures],
     method: Method,
+    first_scored: usize,
 ) -> Result<LayerSparsity, ModelError> {
     let block = model
         .blocks
@@ -940,16 +1006,20 @@ pub fn measure_mlp_layer(
         }
     };
     let (per_token, threshold, mean_cett) = match method {
-        Method::Zero | Method::Eps { .. } => {
-            let eps = match method {
-                Method::Eps { eps } => Some(eps),
-                _ => None,
-            };
-            let f = with_rows(captured(captures, &hook)?, |a, channels| match eps {
-                Some(e) => per_token_frac_active(a, channels, |_, v| (v.abs() as f64) >= e),
-                None => per_token_frac_active(a, channels, |_, v| v != 0.0),
-            })?;
-            (f, eps, None)
+        Method::Zero | Method::Eps { .. } | Method::Delta { .. } => {
+            let (per_token, frac_active, threshold) =
+                with_rows(captured(captures, &hook)?, |a, channels| {
+                    activity(a, channels, method, first_scored)
+                })?;
+            // Temporal sparsity's mean leaves out the rows with no delta.
+            return Ok(LayerSparsity {
+                hook,
+                layer: Some(l),
+                frac_active,
+                per_token_frac_active: per_token,
+                threshold,
+                mean_cett: None,
+            });
         }
         Method::Cats { k } => {
             let (s, channels) = s_of(captures)?;

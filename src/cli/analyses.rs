@@ -18,7 +18,8 @@ pub struct SparsityArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub prompt: PromptArgs,
-    /// zero | eps:E | cats:K | chess:K | cett:C | cett-eps:E (definitions.md §1–4).
+    /// zero | eps:E | cats:K | chess:K | cett:C | cett-eps:E (definitions.md §1–4) |
+    /// delta:θ (temporal sparsity, §13: the share of channels changing by more than θ).
     #[arg(long, default_value = "zero")]
     pub method: Method,
     /// Hooks to measure (zero, eps) or MLP layers to measure (the other methods), by glob.
@@ -85,7 +86,15 @@ pub fn sparsity(args: &SparsityArgs) -> Result<()> {
     } else {
         (Vec::new(), String::new())
     };
-    let layers = sparsity::measure(&model.transformer, &ids, &calib, args.method, &args.hook)?;
+    let first_scored = model.tokenizer.first_scored(&ids);
+    let layers = sparsity::measure(
+        &model.transformer,
+        &ids,
+        &calib,
+        args.method,
+        &args.hook,
+        first_scored,
+    )?;
     if layers.is_empty() {
         bail!("--hook {:?} matches no hook of this model", args.hook);
     }

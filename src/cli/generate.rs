@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 use serde_json::json;
 
 use super::{InterventionArgs, PromptArgs};
-use crate::edits::{self, At, EditDescription, EditKind, NamedSae};
+use crate::edits::{self, At, EditDescription, EditFlag, NamedSae};
 use crate::model::chat::Message;
 use crate::model::generate::{
     GenerateOptions, Generation, Sampling, StopReason, Stops, cut_at_stop, generate,
@@ -109,8 +109,8 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
             sae,
         });
         for (kind, values) in [
-            (EditKind::SteerLatent, &args.steer_latents),
-            (EditKind::ClampLatent, &args.clamp_latents),
+            (EditFlag::SteerLatent, &args.steer_latents),
+            (EditFlag::ClampLatent, &args.clamp_latents),
         ] {
             edits.extend(values.iter().map(|v| EditDescription {
                 kind,

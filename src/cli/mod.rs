@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::analysis::lens::top_k;
-use crate::edits::{At, EditDescription, EditKind};
+use crate::edits::{At, EditDescription, EditFlag};
 use crate::model::{self, BosMode, HookSpec, Intervention, Model, NoObserver};
 
 #[derive(Parser, Debug)]
@@ -99,8 +99,12 @@ pub enum Command {
     /// Redraw a trained sample model's figures (loss_curve.png, induction_probe.png) from its
     /// training.json.
     PlotTraining { dir: PathBuf },
-    /// Activation sparsity per layer and token (zero, eps:E, cats:K, chess:K, cett:C, cett-eps:E).
+    /// Activation sparsity per layer and token (zero, eps:E, cats:K, chess:K, cett:C,
+    /// cett-eps:E, delta:θ).
     Sparsity(analyses::SparsityArgs),
+    /// CoreInfer's core neurons per layer (token-wise and sentence-wise), and their overlap
+    /// with a second prompt's.
+    CoreNeurons(core_neurons::CoreNeuronsArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
@@ -126,7 +130,7 @@ pub enum Command {
 }
 
 /// The tokens to analyse: a prompt or explicit ids.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct PromptArgs {
     /// Prompt text (tokenized like `tokenize`: the BOS as --bos says).
     #[arg(
@@ -248,8 +252,8 @@ impl InterventionArgs {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut out = described(EditKind::Clamp, &self.clamps);
-        out.extend(described(EditKind::AblateHead, &self.ablate_heads));
+        let mut out = described(EditFlag::Clamp, &self.clamps);
+        out.extend(described(EditFlag::AblateHead, &self.ablate_heads));
         out
     }
 
@@ -312,15 +316,44 @@ macro_rules! outln {
 
 mod analyses;
 mod bench;
+mod core_neurons;
 mod describe;
 mod explain;
 mod generate;
 mod sae;
 mod sae_train;
 
+/// Opens the window (`dendrite` alone, or `dendrite open`).
+#[cfg(feature = "gui")]
+fn open_window(
+    model: Option<PathBuf>,
+    saes: Vec<PathBuf>,
+    stores: Vec<PathBuf>,
+    prompt: Option<String>,
+    session: Option<PathBuf>,
+) -> Result<()> {
+    crate::ui::run_app(model, saes, stores, prompt, session)
+}
+
+/// A headless build (`--no-default-features`) has no window to open.
+#[cfg(not(feature = "gui"))]
+fn open_window(
+    _model: Option<PathBuf>,
+    _saes: Vec<PathBuf>,
+    _stores: Vec<PathBuf>,
+    _prompt: Option<String>,
+    _session: Option<PathBuf>,
+) -> Result<()> {
+    anyhow::bail!(
+        "this dendrite was built without its window (cargo build --no-default-features); \
+         the command-line tools work (dendrite --help), or build with the default features \
+         for the app"
+    )
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::ui::run_app(
+        None => open_window(
             cli.model.or_else(crate::sample::path),
             cli.saes,
             cli.stores,
@@ -333,7 +366,7 @@ pub fn run(cli: Cli) -> Result<()> {
             saes,
             stores,
             prompt,
-        }) => crate::ui::run_app(model, saes, stores, prompt, session),
+        }) => open_window(model, saes, stores, prompt, session),
         Some(Command::Info { model, json }) => info(&model, json),
         Some(Command::Tokenize {
             model,
@@ -371,6 +404,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
+        Some(Command::CoreNeurons(args)) => core_neurons::core_neurons(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
         Some(Command::SaeEval(args)) => sae::sae_eval(&args),

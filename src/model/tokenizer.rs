@@ -419,6 +419,12 @@ impl Tokenizer {
         self.special_ids.contains(&id)
     }
 
+    /// How many of `ids` lead with special tokens (a BOS): the positions before the text that
+    /// per-token analyses do not score.
+    pub fn first_scored(&self, ids: &[u32]) -> usize {
+        ids.iter().take_while(|&&id| self.is_special(id)).count()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::edits::{At, EditDescription, EditKind};
+use crate::edits::{At, EditDescription, EditFlag};
 use crate::model::generate::{GeneratedToken, StopReason};
 
 /// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}` with an HTTP
@@ -94,11 +94,11 @@ impl Extension {
     pub fn descriptions(&self) -> Result<(Vec<EditDescription>, At), ApiError> {
         let mut out = Vec::new();
         for (i, e) in self.interventions.iter().enumerate() {
-            let given: Vec<(EditKind, &String)> = [
-                (EditKind::Clamp, &e.clamp),
-                (EditKind::AblateHead, &e.ablate_head),
-                (EditKind::SteerLatent, &e.steer_latent),
-                (EditKind::ClampLatent, &e.clamp_latent),
+            let given: Vec<(EditFlag, &String)> = [
+                (EditFlag::Clamp, &e.clamp),
+                (EditFlag::AblateHead, &e.ablate_head),
+                (EditFlag::SteerLatent, &e.steer_latent),
+                (EditFlag::ClampLatent, &e.clamp_latent),
             ]
             .into_iter()
             .filter_map(|(k, v)| Some((k, v.as_ref()?)))
@@ -111,7 +111,7 @@ impl Extension {
                 ))
                 .param("dendrite"));
             };
-            if e.sae.is_some() && !matches!(kind, EditKind::SteerLatent | EditKind::ClampLatent) {
+            if e.sae.is_some() && !matches!(kind, EditFlag::SteerLatent | EditFlag::ClampLatent) {
                 return Err(ApiError::bad_request(format!(
                     "dendrite.interventions[{i}]: \"sae\" goes with steer_latent or clamp_latent"
                 ))
@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(s.stop, vec!["\n".to_string()]);
         let (edits, at) = ext.descriptions().unwrap();
         assert_eq!(at, At::Generated);
-        assert_eq!(edits[0].kind, EditKind::Clamp);
+        assert_eq!(edits[0].kind, EditFlag::Clamp);
         assert_eq!(edits[1].sae.as_deref(), Some("x"));
 
         let err = common(json!({"dendrite": {"interventions": [{"clamp": "a:1=2", "bogus": 1}]}}))

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use super::autosave::{self, Autosave};
-use super::export::{Placement, View};
+use super::export::Placement;
 use super::session::{self, SessionFile, SessionPrompt};
-use super::state::{Action, AppState, Tab};
+use super::state::{Action, AppState, Effect, FigureFormat, Tab, View};
 use super::views;
 use crate::worker::stores::{StoreCommand, StoreHandle};
 use crate::worker::{Command, Event, WorkerHandle};
@@ -47,8 +47,6 @@ pub struct DendriteApp {
     /// A session being restored: its model is loading or its SAEs attaching; adopted once
     /// they all have answered.
     restoring: Option<Box<SessionFile>>,
-    /// The set-aside interventions whose SAE the user is locating.
-    locating_sae: Option<usize>,
     /// This process's recovery file, written as the session changes (none under tests that
     /// do not ask for it).
     autosave: Option<Autosave>,
@@ -98,10 +96,12 @@ impl DendriteApp {
         } else {
             persisted.prompt
         };
-        if let Some(path) = model
-            && let Some(cmd) = state.act(Action::Open(path))
-        {
-            worker.send(cmd);
+        if let Some(path) = model {
+            for effect in state.act(Action::Open(path)) {
+                if let Effect::Worker(cmd) = effect {
+                    worker.send(cmd);
+                }
+            }
         }
         Ok(DendriteApp {
             state,
@@ -116,7 +116,6 @@ impl DendriteApp {
             export_dir: super::export::export_dir(),
             attach_on_load: Vec::new(),
             restoring: None,
-            locating_sae: None,
             autosave: None,
             stores_on_load: Vec::new(),
             attaches_pending: 0,
@@ -154,6 +153,7 @@ impl DendriteApp {
         match session::read(path) {
             Ok(file) => self.restore(Box::new(file)),
             Err(e) => self.state.errors.push(crate::worker::ErrorEvent {
+                request: crate::worker::Request::Window,
                 context: format!("opening the session {}", path.display()),
                 message: format!("{e:#}"),
             }),
@@ -183,9 +183,8 @@ impl DendriteApp {
 
     /// Takes a restored session into the state and sends what brings its picture back.
     fn adopt(&mut self, file: &SessionFile) {
-        for cmd in self.state.adopt_session(file) {
-            self.send(cmd);
-        }
+        let effects = self.state.adopt_session(file);
+        self.carry_out(effects);
         self.act(Action::ProbeHeads);
     }
 
@@ -198,128 +197,79 @@ impl DendriteApp {
         match session::write(&path, &self.state.session()) {
             Ok(()) => self.state.notice = Some(format!("Saved the session to {}", path.display())),
             Err(e) => self.state.errors.push(crate::worker::ErrorEvent {
+                request: crate::worker::Request::Window,
                 context: "saving the session".into(),
                 message: format!("{e:#}"),
             }),
         }
     }
 
-    /// The session actions: file work and the restore's steps.
-    fn act_on_session(&mut self, action: Action) {
-        match action {
-            Action::SaveSession(path) => self.save_session(&path),
-            Action::OpenSession(path) => self.open_session(&path),
-            Action::LocateModel(path) => {
-                if let Some(SessionPrompt::ModelMissing { mut session, .. }) =
-                    self.state.session_prompt.take()
-                    && let Some(model) = session.model.as_mut()
-                {
-                    model.path = path;
-                    self.restore(session);
-                }
-            }
-            Action::RestoreRecovery => {
-                if let Some(SessionPrompt::Recover { file, session, .. }) =
-                    self.state.session_prompt.take()
-                {
-                    if let Err(e) = autosave::retire(&file) {
-                        self.state.notice =
-                            Some(format!("Could not move {} aside: {e}", file.display()));
-                    }
-                    self.restore(session);
-                }
-            }
-            Action::DismissSessionPrompt => {
-                if let Some(SessionPrompt::Recover { file, .. }) = &self.state.session_prompt {
-                    match autosave::retire(file) {
-                        Ok(()) => {
-                            self.state.notice = Some(
-                                "The unsaved session was kept as previous.dendrite in the                                  recovery folder (Session → Open session… to get it back)"
-                                    .into(),
-                            )
-                        }
+    /// Applies a user action and carries out what it asks for.
+    pub fn act(&mut self, action: Action) {
+        let effects = self.state.act(action);
+        self.carry_out(effects);
+    }
+
+    /// Carries out the state's effects in order, then asks the store reader for the reports
+    /// the inspector now needs.
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Worker(cmd) => self.send_to_worker(cmd),
+                Effect::Store(cmd) => self.send_to_stores(cmd),
+                Effect::Export(view) => self.export(view),
+                Effect::CancelJob(id) => self.worker.cancel_job(id),
+                Effect::CancelLoad => self.worker.cancel_load(),
+                Effect::SaveSession(path) => self.save_session(&path),
+                Effect::OpenSession(path) => self.open_session(&path),
+                Effect::Restore(session) => self.restore(session),
+                Effect::RetireRecovery { file, declined } => {
+                    match autosave::retire(&file) {
+                        Ok(()) if declined => self.state.notice = Some(
+                            "The unsaved session was kept as previous.dendrite in the recovery \
+                             folder (Session → Open session… to get it back)"
+                                .into(),
+                        ),
+                        Ok(()) => {}
                         Err(e) => {
                             self.state.notice =
                                 Some(format!("Could not move {} aside: {e}", file.display()))
                         }
                     }
                 }
-                self.state.act(Action::DismissSessionPrompt);
             }
-            Action::LocateSae { index, path } => {
-                let Some(aside) = self.state.set_aside.get(index) else {
-                    return;
-                };
-                self.locating_sae = Some(index);
-                let hook = Some(aside.sae.hook.clone());
-                self.attaches_pending += 1;
-                self.send(Command::AttachSae(crate::worker::AttachSae { path, hook }));
+        }
+        for effect in self.state.report_requests() {
+            if let Effect::Store(cmd) = effect {
+                self.send_to_stores(cmd);
             }
-            _ => {}
         }
     }
 
-    /// Applies a user action and forwards the resulting command.
-    pub fn act(&mut self, action: Action) {
-        if let Action::Export(view) = action {
-            self.export(view);
-            return;
+    /// Sends a worker command, keeping count of attaches and the time of a generation.
+    fn send_to_worker(&mut self, mut cmd: Command) {
+        if matches!(cmd, Command::AttachSae(_)) {
+            self.attaches_pending += 1;
         }
-        if matches!(
-            action,
-            Action::SaveSession(_)
-                | Action::OpenSession(_)
-                | Action::LocateModel(_)
-                | Action::LocateSae { .. }
-                | Action::RestoreRecovery
-                | Action::DismissSessionPrompt
-        ) {
-            self.act_on_session(action);
-            return;
+        if let Command::Generate(g) = &cmd {
+            self.generate_sent = Some((g.run_id, Instant::now()));
         }
-        if action == Action::CancelLoad {
-            self.worker.cancel_load();
-            return;
+        if let Command::ExplainUnits(job) = &mut cmd {
+            // The key stays out of the state (and its logs): read where the job starts.
+            job.opts.endpoint.api_key = std::env::var(&self.state.explain_settings.api_key_env)
+                .ok()
+                .filter(|k| !k.is_empty());
         }
-        if action == Action::CancelJob {
-            if let Some(job) = self.state.job.as_ref().filter(|j| j.outcome.is_none()) {
-                self.worker.cancel_job(job.id);
-            }
-            return;
-        }
-        let first = self.state.act(action);
-        let followups = std::mem::take(&mut self.state.followups);
-        for cmd in first.into_iter().chain(followups) {
-            if matches!(cmd, Command::AttachSae(_)) {
-                self.attaches_pending += 1;
-            }
-            if let Command::Generate(g) = &cmd {
-                self.generate_sent = Some((g.run_id, Instant::now()));
-            }
-            let mut cmd = cmd;
-            if let Command::ExplainUnits(job) = &mut cmd {
-                // The key stays out of the state (and its logs): read where the job starts.
-                job.opts.endpoint.api_key = std::env::var(&self.state.explain_settings.api_key_env)
-                    .ok()
-                    .filter(|k| !k.is_empty());
-            }
-            self.send(cmd);
-        }
-        self.send_store_requests();
+        self.send(cmd);
     }
 
-    /// Sends what the state wants of the store reader: its queued requests, and the reports
-    /// of the units the inspector shows.
-    fn send_store_requests(&mut self) {
-        let units = self.state.inspected_units();
-        self.state.stores.request(&units);
-        for cmd in std::mem::take(&mut self.state.stores.outbox) {
-            if !self.stores.send(cmd) {
-                self.state.errors.push(crate::worker::ErrorEvent {
-                    context: "the store reader".into(),
-                    message: "the store reader has stopped; restart Dendrite".into(),
-                });
-            }
+    fn send_to_stores(&mut self, cmd: StoreCommand) {
+        if !self.stores.send(cmd) {
+            self.state.errors.push(crate::worker::ErrorEvent {
+                request: crate::worker::Request::Store,
+                context: "the store reader".into(),
+                message: "the store reader has stopped; restart Dendrite".into(),
+            });
         }
     }
 
@@ -375,17 +325,28 @@ impl DendriteApp {
                 let _ = draw_view(ui, state, view);
             },
         );
-        let png = dir.join(format!("{name}.png"));
-        let svg = dir.join(format!("{name}.svg"));
+        let format = self.state.figure_format;
+        let png = format.png().then(|| dir.join(format!("{name}.png")));
+        let svg = format.svg().then(|| dir.join(format!("{name}.svg")));
         let results = self.export_results.0.clone();
         let repaint = self.ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("dendrite-export".into())
             .spawn(move || {
-                let message = match figure.write_svg(&svg).and_then(|()| figure.write_png(&png)) {
+                let written = svg
+                    .iter()
+                    .try_for_each(|p| figure.write_svg(p))
+                    .and_then(|()| png.iter().try_for_each(|p| figure.write_png(p)));
+                let shown = png.as_ref().or(svg.as_ref());
+                let message = match written {
                     Ok(()) => format!(
-                        "Exported {} (and .svg) with its data (.csv{})",
-                        png.display(),
+                        "Exported {}{} with its data (.csv{})",
+                        shown.map_or_else(String::new, |p| p.display().to_string()),
+                        if format == FigureFormat::Both {
+                            " (and .svg)"
+                        } else {
+                            ""
+                        },
                         if has_arrays {
                             ", .npy, .safetensors"
                         } else {
@@ -414,6 +375,7 @@ impl DendriteApp {
     pub fn send(&mut self, cmd: Command) {
         if !self.worker.send(cmd) {
             self.state.errors.push(crate::worker::ErrorEvent {
+                request: crate::worker::Request::Other,
                 context: "the worker".into(),
                 message: "the background worker has stopped; restart Dendrite".into(),
             });
@@ -424,21 +386,21 @@ impl DendriteApp {
     pub fn drain_events(&mut self, ctx: &egui::Context) {
         let started = Instant::now();
         while let Some(event) = self.stores.try_recv() {
-            self.state.apply_store(event);
+            let effects = self.state.apply_store(event);
+            self.carry_out(effects);
         }
         while let Some(event) = self.worker.try_recv() {
             let loaded = match &event {
                 Event::ModelLoaded(m) => Some(m.info.path.clone()),
                 _ => None,
             };
-            // The SAE the user located for set-aside interventions.
-            let located = match (&event, self.locating_sae) {
-                (Event::SaeAttached(a), Some(index)) => Some((index, a.sae_id)),
-                _ => None,
-            };
+            // The SAE the user located for set-aside interventions (the state brings them
+            // back and reruns).
+            let located = self.state.interventions.locating.is_some()
+                && matches!(&event, Event::SaeAttached(_));
             // An answer to an attach (or the worker attaching a trained SAE), or a detach.
-            let attach_failed =
-                matches!(&event, Event::Error(e) if e.context.starts_with("attaching"));
+            let attach_failed = matches!(&event, Event::Error(e)
+                if matches!(e.request, crate::worker::Request::AttachSae(_)));
             let sae_answer =
                 attach_failed || matches!(&event, Event::SaeAttached(_) | Event::SaeDetached(_));
             if let Event::TokenGenerated(t) = &event
@@ -449,7 +411,8 @@ impl DendriteApp {
                 g.first_token_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
                 self.generate_sent = None;
             }
-            self.state.apply(event);
+            let effects = self.state.apply(event);
+            self.carry_out(effects);
             if let Some(model) = loaded {
                 // Its stores (remembered ones of this model, the sample's own) open with it.
                 let mut remembered = self.state.stores.remembered_paths();
@@ -502,18 +465,9 @@ impl DendriteApp {
                 if self.restoring.is_none() {
                     self.act(Action::ProbeHeads);
                 }
-            } else if let Some((index, sae_id)) = located {
-                // Its set-aside interventions come back, and the prompt reruns with them.
-                self.locating_sae = None;
+            } else if located {
                 self.attaches_pending = self.attaches_pending.saturating_sub(1);
-                if let Some(cmd) = self.state.restore_set_aside(index, sae_id) {
-                    self.send(cmd);
-                }
             } else if sae_answer {
-                if attach_failed {
-                    // A located SAE that failed to attach leaves its interventions aside.
-                    self.locating_sae = None;
-                }
                 self.attaches_pending = self.attaches_pending.saturating_sub(1);
                 if self.attaches_pending == 0 {
                     self.attaches_answered();
@@ -524,7 +478,7 @@ impl DendriteApp {
                 break;
             }
         }
-        self.send_store_requests();
+        self.carry_out(Vec::new());
     }
 
     /// Every attach asked for has answered: adopt the session being restored, or rerun the
@@ -690,11 +644,31 @@ impl DendriteApp {
                 ui.weak(format!("layer {} selected", state.selection.layer));
                 if ui
                     .button("Export view")
-                    .on_hover_text("PNG of this view at 2× and its data as CSV (Ctrl+E)")
+                    .on_hover_text(format!(
+                        "This view as {} and its data as CSV (Ctrl+E)",
+                        state.figure_format.label()
+                    ))
                     .clicked()
                 {
                     action = Some(Action::Export(View::Tab(state.tab)));
                 }
+                egui::ComboBox::from_id_salt("figure_format")
+                    .selected_text(state.figure_format.label())
+                    .show_ui(ui, |ui| {
+                        for format in FigureFormat::ALL {
+                            if ui
+                                .selectable_label(state.figure_format == format, format.label())
+                                .clicked()
+                            {
+                                action = Some(Action::SetFigureFormat(format));
+                            }
+                        }
+                    })
+                    .response
+                    .on_hover_text(
+                        "Figure files every export writes: PNG at 2× (slides), SVG with text \
+                         as text (papers), or both",
+                    );
             });
             ui.separator();
             let view = View::Tab(state.tab);

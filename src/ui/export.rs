@@ -3,32 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::state::{AppState, Tab};
+use super::state::{AppState, Tab, View};
 use crate::export::csv::Table;
-
-/// A view that can be exported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
-    Layers,
-    Tab(Tab),
-    /// The inspected unit's corpus panel (its examples as CSV).
-    Unit,
-}
-
-impl View {
-    fn slug(self) -> &'static str {
-        match self {
-            View::Layers => "layers",
-            View::Unit => "unit-examples",
-            View::Tab(Tab::Neurons) => "neurons",
-            View::Tab(Tab::Heads) => "heads",
-            View::Tab(Tab::Histograms) => "histogram",
-            View::Tab(Tab::Lens) => "logit-lens",
-            View::Tab(Tab::Features) => "sae-features",
-            View::Tab(Tab::Generate) => "generation",
-        }
-    }
-}
 
 /// `smollm2-135m_L15_neurons_2026-11-28T1702` (no extension).
 pub fn default_name(state: &AppState, view: View, now: std::time::SystemTime) -> String {
@@ -63,9 +39,9 @@ fn timestamp(secs: u64) -> String {
 /// pass, or intervened − baseline in the difference mode.
 pub fn shown_activations(state: &AppState, l: usize) -> Option<(usize, usize, Vec<f32>)> {
     let layer = state.shown().layer(l)?;
-    let values = match (&state.intervened, state.show) {
+    let values = match (&state.runs.intervened, state.show) {
         (Some(after), super::state::Show::Difference) => {
-            let before = state.baseline.layer(l)?;
+            let before = state.runs.baseline.layer(l)?;
             let after = after.layer(l)?;
             if before.mlp_post.len() != after.mlp_post.len() {
                 return None;
@@ -221,8 +197,8 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
                 t.push([
                     layer.to_string(),
                     state.sparsity.to_string(),
-                    frac(Some(&state.baseline)),
-                    frac(state.intervened.as_ref()),
+                    frac(Some(&state.runs.baseline)),
+                    frac(state.runs.intervened.as_ref()),
                 ]);
             }
             Some(t)
@@ -272,8 +248,9 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             Some(t)
         }
         View::Tab(Tab::Histograms) => {
-            let base = state.histogram(&state.baseline, l)?;
+            let base = state.histogram(&state.runs.baseline, l)?;
             let edited = state
+                .runs
                 .intervened
                 .as_ref()
                 .and_then(|p| state.histogram(p, l));
@@ -372,7 +349,7 @@ pub fn text(state: &AppState, view: View) -> Option<String> {
         s.max_new_tokens
     );
     out += &format!("\n=== prompt ===\n{}\n", g.prompt);
-    let mut section = |title: String, c: &super::generation::Continuation| {
+    let mut section = |title: String, c: &super::state::generation::Continuation| {
         let stop = c.stop().map_or("running", |s| s.as_str());
         out += &format!("\n=== {title} (stopped: {stop}) ===\n{}\n", c.text());
     };

@@ -4,12 +4,10 @@
 pub mod app;
 pub mod autosave;
 pub mod export;
-pub mod generation;
 pub mod heatmap;
 mod raster;
 pub mod session;
 pub mod state;
-pub mod stores;
 pub mod svg;
 pub mod views;
 

@@ -316,6 +316,7 @@ fn serve(
                 }
                 wake();
             };
+            let (request, _) = command.request();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 session.handle(command, &cancel, &mut emit)
             }));
@@ -329,6 +330,7 @@ fn serve(
                 // recomputes everything rather than trust it.
                 session.forget_caches();
                 emit(Event::Error(ErrorEvent {
+                    request,
                     context: "the worker".into(),
                     message: format!("internal error (the worker recovered): {message}"),
                 }));

@@ -245,13 +245,55 @@ pub enum Command {
     Generate(GenerateRequest),
     /// Stops the generation in progress, if older than this id (nothing else happens).
     StopGeneration(RunId),
-    /// Panics inside the worker (tests use it to check that a panic becomes an error event).
-    #[doc(hidden)]
+    /// Panics inside the worker: tests check that a panic becomes an error event and the
+    /// worker recovers. Only in builds with the `fault-injection` feature (the test suite's).
+    #[cfg(feature = "fault-injection")]
     Panic,
     Shutdown,
 }
 
 impl Command {
+    /// The request an error of this command answers, and what it was doing, in words.
+    pub fn request(&self) -> (Request, String) {
+        match self {
+            Command::LoadModel(load) => (
+                Request::Load(load.path.clone()),
+                format!("opening {}", load.path.display()),
+            ),
+            Command::Run(r) => (Request::Run(r.run_id), "running the prompt".into()),
+            Command::ProbeHeads(p) => (Request::Probe(p.run_id), "probing heads".into()),
+            Command::InspectNeuron(n) => (
+                Request::Inspect,
+                format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
+            ),
+            Command::InspectLatent(l) => (
+                Request::Inspect,
+                format!("inspecting SAE latent {}", l.latent),
+            ),
+            Command::Lens(l) => (Request::Lens(l.run_id), "computing the logit lens".into()),
+            Command::Generate(g) => (Request::Generate(g.run_id), "generating".into()),
+            Command::StopGeneration(id) => (Request::Generate(*id), "stopping generation".into()),
+            Command::AttachSae(a) => (
+                Request::AttachSae(a.path.clone()),
+                format!("attaching the SAE {}", a.path.display()),
+            ),
+            Command::DetachSae(d) => (Request::DetachSae(d.sae_id), "detaching an SAE".into()),
+            Command::TrainSae(j) => (Request::Job(j.job_id), "training an SAE".into()),
+            Command::EvaluateSae(j) => (Request::Job(j.job_id), "evaluating an SAE".into()),
+            Command::ScanCorpus(j) => (
+                Request::Job(j.job_id),
+                format!("scanning {}", j.opts.corpus.display()),
+            ),
+            Command::ExplainUnits(j) => (
+                Request::Job(j.job_id),
+                format!("explaining units of {}", j.opts.source),
+            ),
+            #[cfg(feature = "fault-injection")]
+            Command::Panic => (Request::Other, "a requested panic".into()),
+            Command::Shutdown => (Request::Other, "shutting down".into()),
+        }
+    }
+
     /// The id of a prompt run: a newer one cancels older passes.
     pub fn run_id(&self) -> Option<RunId> {
         match self {
@@ -528,9 +570,34 @@ pub struct Cancelled {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorEvent {
-    /// What was being done ("loading /path/model.gguf", "running the prompt").
+    /// The request that failed: the window stops waiting for it by this, not by the words.
+    pub request: Request,
+    /// What was being done ("opening /path/model.gguf", "running the prompt").
     pub context: String,
     pub message: String,
+}
+
+/// The request an error answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Opening the model at this path.
+    Load(PathBuf),
+    Run(RunId),
+    Probe(RunId),
+    Lens(RunId),
+    Generate(RunId),
+    /// A neuron's or latent's details for the inspector.
+    Inspect,
+    /// Attaching the SAE at this path.
+    AttachSae(PathBuf),
+    DetachSae(SaeId),
+    Job(JobId),
+    /// The corpus-store reader.
+    Store,
+    /// The window's own work (saving a session, restoring one, exporting).
+    Window,
+    /// Anything else (the worker itself).
+    Other,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -118,6 +118,7 @@ impl Background {
             Err(_) => "internal error in the job (the worker recovered)".into(),
         };
         emit(Event::Error(ErrorEvent {
+            request: Request::Job(job_id),
             context: context.into(),
             message,
         }));
@@ -194,24 +195,10 @@ impl Session {
     /// Runs one command, reporting through `emit`. Errors become [`Event::Error`]; the session
     /// keeps its model and caches.
     pub fn handle(&mut self, command: Command, cancel: &dyn Cancel, emit: &mut dyn FnMut(Event)) {
-        let context = match &command {
-            Command::LoadModel(load) => format!("opening {}", load.path.display()),
-            Command::Run(_) => "running the prompt".into(),
-            Command::ProbeHeads(_) => "probing heads".into(),
-            Command::InspectNeuron(n) => format!("inspecting neuron L{}.N{}", n.layer, n.neuron),
-            Command::Lens(_) => "computing the logit lens".into(),
-            Command::Generate(_) => "generating".into(),
-            Command::StopGeneration(_) => return,
-            Command::AttachSae(a) => format!("attaching the SAE {}", a.path.display()),
-            Command::TrainSae(_) => "training an SAE".into(),
-            Command::EvaluateSae(_) => "evaluating an SAE".into(),
-            Command::ScanCorpus(job) => format!("scanning {}", job.opts.corpus.display()),
-            Command::ExplainUnits(job) => format!("explaining units of {}", job.opts.source),
-            Command::DetachSae(_) => "detaching an SAE".into(),
-            Command::InspectLatent(l) => format!("inspecting SAE latent {}", l.latent),
-            Command::Panic => "a requested panic".into(),
-            Command::Shutdown => return,
-        };
+        if matches!(command, Command::StopGeneration(_) | Command::Shutdown) {
+            return;
+        }
+        let (request, context) = command.request();
         let result = match command {
             Command::LoadModel(load) => self.load(load, cancel, emit),
             Command::Run(run) => {
@@ -251,11 +238,13 @@ impl Session {
             }
             Command::InspectLatent(l) => self.inspect_latent(l).map(&mut *emit),
             Command::StopGeneration(_) => Ok(()),
+            #[cfg(feature = "fault-injection")]
             Command::Panic => panic!("panic requested by a test"),
             Command::Shutdown => Ok(()),
         };
         if let Err(e) = result {
             emit(Event::Error(ErrorEvent {
+                request,
                 context,
                 message: format!("{e:#}"),
             }));
@@ -1336,6 +1325,7 @@ fn run_pass(
         emit: &mut *emit,
         error: None,
         next_layer: same_as_baseline,
+        first_scored: model.tokenizer.first_scored(ids),
     };
     // Rows before the first recomputed position keep their predictions and losses, which
     // only `previous` holds (the pass unembeds only the rows it recomputes): without them,
@@ -1478,6 +1468,7 @@ fn summarize(
     calibration: Option<&Captures>,
     method: Method,
     patterns_wanted: bool,
+    first_scored: usize,
 ) -> anyhow::Result<LayerSummary> {
     let get = |name: String| -> anyhow::Result<&candle_core::Tensor> {
         captures
@@ -1489,7 +1480,14 @@ fn summarize(
     let n_heads = model.transformer.dims.n_heads;
     // CATS/CHESS thresholds come from the baseline pass (the pass itself when it is the baseline).
     let calibration = [calibration.unwrap_or(captures)];
-    let sparsity = measure_mlp_layer(&model.transformer, layer, captures, &calibration, method)?;
+    let sparsity = measure_mlp_layer(
+        &model.transformer,
+        layer,
+        captures,
+        &calibration,
+        method,
+        first_scored,
+    )?;
     // Copied once, straight into the event's buffer (a `Vec` first, then an `Arc`, was two).
     let shared =
         |t: &candle_core::Tensor| model::transformer::with_f32_slice(t, |v| Arc::<[f32]>::from(v));
@@ -1526,6 +1524,8 @@ struct Streamer<'a> {
     /// The first layer not reported yet (layers reused from the cache are reported, in order,
     /// before the first recomputed one).
     next_layer: usize,
+    /// Leading special tokens (a BOS), which temporal sparsity does not score.
+    first_scored: usize,
 }
 
 impl Streamer<'_> {
@@ -1545,6 +1545,7 @@ impl Streamer<'_> {
                     self.calibration,
                     self.run.sparsity,
                     self.run.patterns,
+                    self.first_scored,
                 )
             })
             .collect();

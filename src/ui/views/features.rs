@@ -108,8 +108,8 @@ fn feature_map_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     )).wrap())
     .on_hover_text("FVE = 1 − Σ|x − x_hat|² / Σ|x − mean x|² over the prompt's tokens; MSE = mean over tokens of |x − x_hat|² (summed over dimensions)");
 
-    let difference = state.show == Show::Difference && state.intervened.is_some();
-    let baseline = state.baseline.sae(sae_id);
+    let difference = state.show == Show::Difference && state.runs.intervened.is_some();
+    let baseline = state.runs.baseline.sae(sae_id);
     let columns = summary.strongest_latents(MAX_COLUMNS);
     let (t, c) = (summary.n_tokens, columns.len());
     // One pass over each token's active latents (this runs every frame).

@@ -5,8 +5,8 @@
 use egui::{Color32, RichText, Stroke, Ui};
 
 use super::{text_colour_on, visible};
-use crate::ui::generation::{Continuation, GenerateSettings, GenerationView};
 use crate::ui::heatmap::{Colormap, legend_ui};
+use crate::ui::state::generation::{Continuation, GenerateSettings, GenerationView};
 use crate::ui::state::{Action, AppState, GenerateColour};
 use crate::worker::Variant;
 

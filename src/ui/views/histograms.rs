@@ -26,11 +26,12 @@ fn bars(h: &Histogram, edges: &[f64]) -> Vec<Bar> {
 
 pub fn histograms_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let l = state.selection.layer;
-    let Some(base) = state.histogram(&state.baseline, l) else {
+    let Some(base) = state.histogram(&state.runs.baseline, l) else {
         ui.weak("Run a prompt to see the activation histogram of the selected layer.");
         return None;
     };
     let edited = state
+        .runs
         .intervened
         .as_ref()
         .and_then(|p| state.histogram(p, l));

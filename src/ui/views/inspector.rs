@@ -7,7 +7,7 @@ use egui_plot::{Bar, BarChart, Plot};
 
 use super::visible;
 use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
-use crate::ui::state::{Action, AppState, InterventionKind, parse_positions};
+use crate::ui::state::{Action, AppState, EditSpec, parse_positions};
 use crate::worker::SteerMode;
 
 pub fn inspector_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
@@ -148,6 +148,7 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
         sae.cfg.architecture, sae.cfg.d_sae, sae.cfg.hook_name
     ));
     let Some(base) = state
+        .runs
         .baseline
         .sae(sae_id)
         .map(|s| s.latent_activations(latent as u32))
@@ -156,6 +157,7 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
         return None;
     };
     let edited = state
+        .runs
         .intervened
         .as_ref()
         .and_then(|p| p.sae(sae_id))
@@ -169,7 +171,7 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
     per_token_bars(
         ui,
         ("latent_acts", sae_id, latent),
-        &state.baseline.tokens,
+        &state.runs.baseline.tokens,
         &base,
         edited.as_deref(),
     );
@@ -219,14 +221,14 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
     let Ok(positions) = parsed else {
         return action;
     };
-    let latent_kind = |scale: bool| InterventionKind::Latent {
+    let latent_kind = |scale: bool| EditSpec::Latent {
         sae_id,
         latent,
         value,
         scale,
         positions: positions.clone(),
     };
-    let steer = |mode: SteerMode| InterventionKind::SteerLatent {
+    let steer = |mode: SteerMode| EditSpec::SteerLatent {
         sae_id,
         latent,
         mode,
@@ -255,8 +257,13 @@ fn latent_ui(ui: &mut Ui, state: &AppState, sae_id: u64, latent: usize) -> Optio
 fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Option<Action> {
     let mut action = None;
     ui.strong(format!("Layer {layer} · neuron {neuron}"));
-    let base = state.baseline.layer(layer).map(|l| l.neuron_column(neuron));
+    let base = state
+        .runs
+        .baseline
+        .layer(layer)
+        .map(|l| l.neuron_column(neuron));
     let edited = state
+        .runs
         .intervened
         .as_ref()
         .and_then(|p| p.layer(layer))
@@ -269,14 +276,14 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
     per_token_bars(
         ui,
         ("neuron_acts", layer, neuron),
-        &state.baseline.tokens,
+        &state.runs.baseline.tokens,
         &base,
         edited.as_deref(),
     );
     let blue = egui::Color32::from_rgb(0, 114, 178);
 
     // This neuron's values on the layer's fixed bins.
-    if let Some(bins) = state.histogram_bins.get(layer).copied().flatten() {
+    if let Some(bins) = state.runs.histogram_bins.get(layer).copied().flatten() {
         let h = crate::analysis::histogram::Histogram::new(bins, &base);
         let edges = bins.edges();
         ui.label("its values over the prompt (count per bin)");
@@ -304,17 +311,17 @@ fn neuron_ui(ui: &mut Ui, state: &AppState, layer: usize, neuron: usize) -> Opti
     let value = value_slider(ui, Id::unique(("clamp_value", layer, neuron)), &base);
     ui.horizontal(|ui| {
         if ui.button("Clamp to value").on_hover_text("Set this neuron to the value at every position").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::Neuron { layer, neuron, value, scale: false }));
+            action = Some(Action::AddIntervention(EditSpec::Neuron { layer, neuron, value, scale: false }));
         }
         if ui.button("Scale by value").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::Neuron { layer, neuron, value, scale: true }));
+            action = Some(Action::AddIntervention(EditSpec::Neuron { layer, neuron, value, scale: true }));
         }
         if ui
             .button("Steer")
             .on_hover_text("Add value × this neuron's output direction W_out[:, i] to the residual stream after this layer")
             .clicked()
         {
-            action = Some(Action::AddIntervention(InterventionKind::Steer { layer, neuron, scale: value }));
+            action = Some(Action::AddIntervention(EditSpec::Steer { layer, neuron, scale: value }));
         }
     });
     action
@@ -400,14 +407,14 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
     ui.data_mut(|d| d.insert_temp(id, strength));
     ui.horizontal_wrapped(|ui| {
         if ui.button("Zero-ablate").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::HeadAblation {
+            action = Some(Action::AddIntervention(EditSpec::HeadAblation {
                 layer,
                 head,
                 mean: false,
             }));
         }
         if ui.button("Mean-ablate").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::HeadAblation {
+            action = Some(Action::AddIntervention(EditSpec::HeadAblation {
                 layer,
                 head,
                 mean: true,
@@ -421,14 +428,14 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
             let source: String = ui
                 .data(|d| d.get_temp(Id::unique(("resample_source", layer, head))))
                 .unwrap_or_default();
-            action = Some(Action::AddIntervention(InterventionKind::ResampleHead {
+            action = Some(Action::AddIntervention(EditSpec::ResampleHead {
                 layer,
                 head,
                 source,
             }));
         }
         if ui.button("Clamp previous-token").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::PatternClamp {
+            action = Some(Action::AddIntervention(EditSpec::PatternClamp {
                 layer,
                 head,
                 induction: false,
@@ -436,7 +443,7 @@ fn head_ui(ui: &mut Ui, state: &AppState, layer: usize, head: usize) -> Option<A
             }));
         }
         if ui.button("Clamp induction").clicked() {
-            action = Some(Action::AddIntervention(InterventionKind::PatternClamp {
+            action = Some(Action::AddIntervention(EditSpec::PatternClamp {
                 layer,
                 head,
                 induction: true,

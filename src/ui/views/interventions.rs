@@ -4,11 +4,11 @@
 use egui::Ui;
 
 use super::visible;
-use crate::ui::state::{Action, AppState, InterventionKind, Show};
+use crate::ui::state::{Action, AppState, EditSpec, Show};
 
 pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let mut action = None;
-    for (index, aside) in state.set_aside.iter().enumerate() {
+    for (index, aside) in state.interventions.set_aside.iter().enumerate() {
         ui.horizontal_wrapped(|ui| {
             ui.colored_label(
                 ui.visuals().warn_fg_color,
@@ -46,10 +46,10 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         {
             action = Some(Action::Redo);
         }
-        if state.interventions.is_empty() {
+        if state.interventions.items.is_empty() {
             ui.weak("none: add a clamp from a neuron or head in the inspector");
         }
-        for (i, item) in state.interventions.iter().enumerate() {
+        for (i, item) in state.interventions.items.iter().enumerate() {
             let mut dragging = false;
             ui.group(|ui| {
                 let mut on = item.enabled;
@@ -59,11 +59,11 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                     action = Some(Action::ToggleIntervention(i));
                 }
                 // A value slider for the kinds that have one.
-                let mut kind = item.kind.clone();
+                let mut kind = item.spec.clone();
                 let mut changed = false;
-                if let Some(mut value) = item.kind.value() {
-                    let range = match item.kind {
-                        InterventionKind::PatternClamp { .. } => 0.0..=1.0,
+                if let Some(mut value) = item.spec.value() {
+                    let range = match item.spec {
+                        EditSpec::PatternClamp { .. } => 0.0..=1.0,
                         _ => {
                             let r = 10f32.max(value.abs() * 2.0);
                             -r..=r
@@ -73,7 +73,7 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                         .add(egui::Slider::new(&mut value, range).show_value(false))
                         .labelled_by(label_id);
                     if slider.changed() {
-                        kind = item.kind.with_value(value);
+                        kind = item.spec.with_value(value);
                         changed = true;
                     }
                     dragging = slider.dragged();
@@ -99,7 +99,7 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             });
         }
     });
-    if state.intervened.is_some() {
+    if state.runs.intervened.is_some() {
         ui.horizontal(|ui| {
             ui.label("views show");
             for (s, name) in [

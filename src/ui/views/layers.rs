@@ -37,10 +37,13 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui.heading("Layers");
         if ui
             .small_button("Export")
-            .on_hover_text("PNG of this panel at 2× and its data as CSV")
+            .on_hover_text(format!(
+                "This panel as {} and its data as CSV",
+                state.figure_format.label()
+            ))
             .clicked()
         {
-            action = Some(Action::Export(crate::ui::export::View::Layers));
+            action = Some(Action::Export(crate::ui::state::View::Layers));
         }
     });
     egui::ComboBox::from_label("sparsity")
@@ -59,8 +62,8 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     }
     ui.label(format!("active fraction ({})", state.sparsity))
         .on_hover_text("Per layer: the mean over tokens of the fraction of MLP channels active under the method (definitions.md §1–4). Click a bar to select the layer.");
-    let base = fractions(&state.baseline);
-    let edited = state.intervened.as_ref().map(fractions);
+    let base = fractions(&state.runs.baseline);
+    let edited = state.runs.intervened.as_ref().map(fractions);
     let selected = state.selection.layer;
     let bars = |values: &[Option<f64>], offset: f64, color: egui::Color32| -> Vec<Bar> {
         values

@@ -11,7 +11,7 @@ pub fn lens_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let pass = state.shown();
     let Some(lens) = &pass.lens else {
         ui.horizontal(|ui| {
-            if state.current_run.is_some() {
+            if state.runs.current.is_some() {
                 ui.spinner();
                 ui.weak(
                     "Computing the logit lens (every layer × position through the unembedding)…",

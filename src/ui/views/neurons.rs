@@ -34,8 +34,8 @@ pub fn neurons_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         });
         return None;
     };
-    let difference = state.show == Show::Difference && state.intervened.is_some();
-    let baseline = state.baseline.layer(l);
+    let difference = state.show == Show::Difference && state.runs.intervened.is_some();
+    let baseline = state.runs.baseline.layer(l);
     let (t, d) = (layer.n_tokens, layer.d_mlp);
     let values: Vec<f32> = match (difference, baseline) {
         (true, Some(b)) if b.mlp_post.len() == layer.mlp_post.len() => layer
@@ -83,7 +83,7 @@ pub fn neurons_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     if let Some((p, c)) = r.hovered {
         let neuron = order[c];
         let unit = crate::worker::stores::UnitRef {
-            source: crate::ui::stores::neuron_source(l),
+            source: crate::ui::state::stores::neuron_source(l),
             unit: neuron,
         };
         r.response.on_hover_text(format!(

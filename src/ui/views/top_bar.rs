@@ -72,7 +72,11 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 }
                 ui.label(format!("Loading {}…", path.display()));
             } else if state.is_running() {
-                let pass = state.intervened.as_ref().unwrap_or(&state.baseline);
+                let pass = state
+                    .runs
+                    .intervened
+                    .as_ref()
+                    .unwrap_or(&state.runs.baseline);
                 let n = pass.layers.len().max(1);
                 ui.add(
                     egui::ProgressBar::new(pass.layers_done() as f32 / n as f32)
@@ -90,6 +94,7 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 ui.spinner();
                 ui.label("Probing heads…");
             } else if let Some(f) = state
+                .runs
                 .baseline
                 .finished
                 .as_ref()
@@ -97,6 +102,7 @@ pub fn top_bar_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             {
                 let ms = f.duration_ms
                     + state
+                        .runs
                         .intervened
                         .as_ref()
                         .and_then(|p| p.finished.as_ref())

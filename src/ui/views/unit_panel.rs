@@ -57,10 +57,13 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
     ui.horizontal(|ui| {
         if ui
             .small_button("Export examples")
-            .on_hover_text("This panel as PNG at 2× and its examples as CSV, a row per token")
+            .on_hover_text(format!(
+                "This panel as {} and its examples as CSV, a row per token",
+                state.figure_format.label()
+            ))
             .clicked()
         {
-            action = Some(Action::Export(crate::ui::export::View::Unit));
+            action = Some(Action::Export(crate::ui::state::View::Unit));
         }
         if state.show_timings {
             ui.weak(format!("read in {:.1} ms", ready.duration_ms));

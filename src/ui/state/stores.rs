@@ -1,8 +1,8 @@
 //! The corpus stores as the window sees them: which are open for the current model, the unit
 //! reports the inspector shows (a small cache), the search box and its results, and the
 //! stores remembered per model fingerprint. Pure state: [`StoresState::apply`] takes the store
-//! reader's events, and requests for it wait in [`StoresState::outbox`] until the app sends
-//! them.
+//! reader's events; every method that needs the reader returns the requests it should get (the
+//! app state hands them on as [`super::Effect::Store`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -37,8 +37,15 @@ pub struct StoresState {
     pub refused_import: Option<RefusedImport>,
     /// Store paths by the fingerprint of the model they were scanned from.
     pub remembered: BTreeMap<String, Vec<PathBuf>>,
-    /// Requests for the store reader, sent by the app after each action.
-    pub outbox: Vec<StoreCommand>,
+}
+
+/// What a store event changed that the window must act on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreUpdate {
+    /// A one-line notice to show.
+    pub notice: Option<String>,
+    /// A request for the store reader (a search to run again).
+    pub request: Option<StoreCommand>,
 }
 
 impl StoresState {
@@ -90,33 +97,40 @@ impl StoresState {
 
     /// Asks for the reports of `units` that some open store has and that are neither here
     /// nor on their way.
-    pub fn request(&mut self, units: &[UnitRef]) {
+    pub fn request(&mut self, units: &[UnitRef]) -> Vec<StoreCommand> {
+        let mut requests = Vec::new();
         for unit in units {
             if self.has_source(&unit.source)
                 && self.report(unit).is_none()
                 && !self.requested.contains(unit)
             {
                 self.requested.insert(unit.clone());
-                self.outbox.push(StoreCommand::Report(unit.clone()));
+                requests.push(StoreCommand::Report(unit.clone()));
             }
         }
+        requests
     }
 
-    pub fn search(&mut self, query: String) {
+    /// Sets the search box's query; returns the search to run (none for an empty query).
+    pub fn search(&mut self, query: String) -> Option<StoreCommand> {
         self.search_query = query.clone();
         if query.trim().is_empty() {
             self.search = None;
-            return;
+            return None;
         }
-        self.outbox.push(StoreCommand::Search {
+        Some(StoreCommand::Search {
             query,
             limit: SEARCH_LIMIT,
-        });
+        })
     }
 
-    /// Applies a store reader event; returns a notice to show, if any (errors go to the
-    /// caller's error list through [`StoreEvent::Error`]).
-    pub fn apply(&mut self, event: StoreEvent) -> Option<String> {
+    /// Applies a store reader event (errors go to the caller's error list through
+    /// [`StoreEvent::Error`]).
+    pub fn apply(&mut self, event: StoreEvent) -> StoreUpdate {
+        let notice = |notice: String| StoreUpdate {
+            notice: Some(notice),
+            request: None,
+        };
         match event {
             StoreEvent::Opened(summary) => {
                 let path = summary.path.clone();
@@ -127,7 +141,7 @@ impl StoresState {
                 if !known.contains(&path) {
                     known.push(path.clone());
                 }
-                let notice = format!(
+                let message = format!(
                     "Opened store {} ({} tokens of {}, {} sources)",
                     path.display(),
                     summary.scan.tokens_scanned,
@@ -138,7 +152,7 @@ impl StoresState {
                 self.open.push(summary);
                 // Units that had no store may have one now.
                 self.reports.retain(|r| r.report.is_some());
-                Some(notice)
+                notice(message)
             }
             StoreEvent::Closed { path } => {
                 self.open.retain(|s| s.path != path);
@@ -146,7 +160,7 @@ impl StoresState {
                 for paths in self.remembered.values_mut() {
                     paths.retain(|p| p != &path);
                 }
-                None
+                StoreUpdate::default()
             }
             StoreEvent::Report(r) => {
                 self.requested.remove(&r.unit);
@@ -155,13 +169,13 @@ impl StoresState {
                 if self.reports.len() > REPORTS_KEPT {
                     self.reports.remove(0);
                 }
-                None
+                StoreUpdate::default()
             }
             StoreEvent::Search(results) => {
                 if results.query == self.search_query {
                     self.search = Some(results);
                 }
-                None
+                StoreUpdate::default()
             }
             StoreEvent::Described { summary, message } => {
                 // Descriptions changed: reports read before are stale.
@@ -171,11 +185,10 @@ impl StoresState {
                     Some(s) => *s = summary,
                     None => self.open.push(summary),
                 }
-                if !self.search_query.trim().is_empty() {
-                    let q = self.search_query.clone();
-                    self.search(q);
+                StoreUpdate {
+                    notice: Some(message),
+                    request: self.search(self.search_query.clone()),
                 }
-                Some(message)
             }
             StoreEvent::ImportRefused {
                 file,
@@ -187,12 +200,12 @@ impl StoresState {
                     source,
                     message,
                 });
-                None
+                StoreUpdate::default()
             }
             StoreEvent::Error { .. } => {
                 // A failed report is not retried on every frame: forget the requests.
                 self.requested.clear();
-                None
+                StoreUpdate::default()
             }
         }
     }
@@ -269,13 +282,14 @@ pub(crate) mod tests {
     #[test]
     fn reports_are_asked_for_once_and_only_where_a_store_has_the_source() {
         let mut s = StoresState::default();
-        s.request(&[unit(0, 1)]);
-        assert!(s.outbox.is_empty(), "no store open yet");
+        assert!(s.request(&[unit(0, 1)]).is_empty(), "no store open yet");
         s.apply(StoreEvent::Opened(summary("/a.sqlite", "fp")));
         assert_eq!(s.remembered["fp"], vec![PathBuf::from("/a.sqlite")]);
-        s.request(&[unit(0, 1), unit(1, 1)]);
-        s.request(&[unit(0, 1)]);
-        assert_eq!(s.outbox, vec![StoreCommand::Report(unit(0, 1))]);
+        assert_eq!(
+            s.request(&[unit(0, 1), unit(1, 1)]),
+            vec![StoreCommand::Report(unit(0, 1))]
+        );
+        assert!(s.request(&[unit(0, 1)]).is_empty(), "on its way");
         s.apply(StoreEvent::Report(ReportReady {
             unit: unit(0, 1),
             report: None,
@@ -283,9 +297,7 @@ pub(crate) mod tests {
             duration_ms: 1.0,
         }));
         assert!(s.requested.is_empty());
-        s.outbox.clear();
-        s.request(&[unit(0, 1)]);
-        assert!(s.outbox.is_empty(), "cached");
+        assert!(s.request(&[unit(0, 1)]).is_empty(), "cached");
         assert_eq!(s.description(&unit(0, 3)), Some("closing brackets"));
         assert_eq!(s.description(&unit(0, 4)), None);
     }
@@ -300,20 +312,19 @@ pub(crate) mod tests {
             store: None,
             duration_ms: 1.0,
         }));
-        s.search("brackets".into());
-        s.outbox.clear();
-        let notice = s.apply(StoreEvent::Described {
+        assert!(s.search("brackets".into()).is_some());
+        let update = s.apply(StoreEvent::Described {
             summary: summary("/a.sqlite", "fp"),
             message: "Saved".into(),
         });
-        assert_eq!(notice.as_deref(), Some("Saved"));
+        assert_eq!(update.notice.as_deref(), Some("Saved"));
         assert!(s.reports.is_empty());
         assert_eq!(
-            s.outbox,
-            vec![StoreCommand::Search {
+            update.request,
+            Some(StoreCommand::Search {
                 query: "brackets".into(),
                 limit: SEARCH_LIMIT
-            }]
+            })
         );
         // Late results of an older query are dropped.
         s.apply(StoreEvent::Search(SearchResults {
