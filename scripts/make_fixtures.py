@@ -574,10 +574,111 @@ def make_sparsity():
                                      for m, rows in result["methods"].items()})
 
 
+PATCH_PAIR = ("When Mary and John went to the store, John gave a drink to",
+              "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+
+
+def make_patching():
+    """definitions.md §16 with plain HF hooks: each cell runs the corrupted prompt with one
+    site replaced by the clean run's value (denoising), the metric the normalised logit
+    difference at the last position. resid_pre, attn_out and mlp_out per layer × position, z
+    (head outputs before o_proj) per layer × head, and resid_pre noising."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = REAL["smollm2"][0]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    clean_text, corrupt_text, answer_text, wrong_text = PATCH_PAIR
+    clean = tok(clean_text, add_special_tokens=False)["input_ids"]
+    corrupt = tok(corrupt_text, add_special_tokens=False)["input_ids"]
+    answer, = tok(answer_text, add_special_tokens=False)["input_ids"]
+    wrong, = tok(wrong_text, add_special_tokens=False)["input_ids"]
+    assert len(clean) == len(corrupt)
+    layers = model.model.layers
+    n_heads = model.config.num_attention_heads
+    d_head = model.config.hidden_size // n_heads
+
+    def modules(site, l):
+        return {"resid_pre": layers[l], "attn_out": layers[l].self_attn,
+                "mlp_out": layers[l].mlp, "z": layers[l].self_attn.o_proj}[site]
+
+    def record(ids):
+        """Every site's activation [t, width] per layer, and the last-position LD."""
+        acts, handles = {}, []
+        for l in range(len(layers)):
+            def pre(m, args, kwargs, l=l, key="resid_pre"):
+                x = args[0] if args else kwargs["hidden_states"]
+                acts[(key, l)] = x[0].detach().clone()
+            handles.append(layers[l].register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(layers[l].self_attn.register_forward_hook(
+                lambda m, a, o, l=l: acts.__setitem__(("attn_out", l), o[0][0].detach().clone())))
+            handles.append(layers[l].mlp.register_forward_hook(
+                lambda m, a, o, l=l: acts.__setitem__(("mlp_out", l), o[0].detach().clone())))
+            handles.append(layers[l].self_attn.o_proj.register_forward_pre_hook(
+                lambda m, a, l=l: acts.__setitem__(("z", l), a[0][0].detach().clone())))
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        for h in handles:
+            h.remove()
+        return acts, float(logits[answer] - logits[wrong])
+
+    def patched_ld(ids, site, l, replace):
+        m = modules(site, l)
+        if site == "resid_pre":
+            def hook(mod, args, kwargs):
+                if args:
+                    return (replace(args[0]),) + tuple(args[1:]), kwargs
+                kwargs = dict(kwargs)
+                kwargs["hidden_states"] = replace(kwargs["hidden_states"])
+                return args, kwargs
+            h = m.register_forward_pre_hook(hook, with_kwargs=True)
+        elif site == "z":
+            h = m.register_forward_pre_hook(lambda mod, a: (replace(a[0]),))
+        elif site == "attn_out":
+            h = m.register_forward_hook(lambda mod, a, o: (replace(o[0]),) + tuple(o[1:]))
+        else:
+            h = m.register_forward_hook(lambda mod, a, o: replace(o))
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        h.remove()
+        return float(logits[answer] - logits[wrong])
+
+    clean_acts, ld_clean = record(clean)
+    corrupt_acts, ld_corrupt = record(corrupt)
+    result = {"clean": clean_text, "corrupt": corrupt_text, "answer": answer_text,
+              "wrong": wrong_text, "clean_ids": clean, "corrupt_ids": corrupt,
+              "metric_clean": ld_clean, "metric_corrupt": ld_corrupt, "sites": {}}
+    norm = lambda ld: (ld - ld_corrupt) / (ld_clean - ld_corrupt)
+    t = len(clean)
+    for site, direction in [("resid_pre", "denoise"), ("attn_out", "denoise"),
+                            ("mlp_out", "denoise"), ("z", "denoise"), ("resid_pre", "noise")]:
+        source, base = (clean_acts, corrupt) if direction == "denoise" else (corrupt_acts, clean)
+        rows = []
+        for l in range(len(layers)):
+            row = []
+            cells = range(n_heads) if site == "z" else range(t)
+            for c in cells:
+                value = source[(site, l)]
+                def replace(x, c=c, value=value):
+                    x = x.clone()
+                    if site == "z":
+                        x[0, :, c * d_head:(c + 1) * d_head] = value[:, c * d_head:(c + 1) * d_head]
+                    else:
+                        x[0, c] = value[c]
+                    return x
+                row.append(norm(patched_ld(base, site, l, replace)))
+            rows.append(row)
+        result["sites"][f"{site}:{direction}"] = rows
+        print(site, direction, "done")
+    (FIXTURES / "real" / "smollm2_patching.json").write_text(json.dumps(result) + "\n")
+    print("real/smollm2_patching: LD", round(ld_clean, 3), round(ld_corrupt, 3))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate",
-                                           "core"])
+                                           "core", "patching"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -591,3 +692,5 @@ if __name__ == "__main__":
         make_generate()
     if args.only in (None, "core"):
         make_core()
+    if args.only in (None, "patching"):
+        make_patching()

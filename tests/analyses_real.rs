@@ -180,3 +180,138 @@ fn core_neurons_match_hf() {
     eprintln!("worst set overlap with HF: {worst:.4}");
     assert!(worst >= 0.98, "worst Jaccard with HF {worst}");
 }
+
+/// Activation patching (definitions §16) on SmolLM2 against plain HF hooks doing the same
+/// (`scripts/make_fixtures.py --only patching`): every site, both directions for resid_pre,
+/// each cell within 1e-3; and the exact cells the definition names.
+#[test]
+fn patching_matches_hf() {
+    use dendrite::analysis::patching::{Direction, PatchRequest, Site, patch};
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let r = real_reference("smollm2_patching");
+    let clean = json_ids(&r["clean_ids"]);
+    let corrupt = json_ids(&r["corrupt_ids"]);
+    assert_eq!(
+        m.encode(r["clean"].as_str().unwrap(), false).unwrap(),
+        clean
+    );
+    assert_eq!(
+        m.encode(r["corrupt"].as_str().unwrap(), false).unwrap(),
+        corrupt
+    );
+    let token = |key: &str| {
+        let ids = m.encode(r[key].as_str().unwrap(), false).unwrap();
+        assert_eq!(ids.len(), 1);
+        ids[0]
+    };
+    let first_differing = clean
+        .iter()
+        .zip(&corrupt)
+        .position(|(a, b)| a != b)
+        .unwrap();
+    for (key, rows) in r["sites"].as_object().unwrap() {
+        let (site, direction) = key.split_once(':').unwrap();
+        let site: Site = site.parse().unwrap();
+        let direction: Direction = direction.parse().unwrap();
+        let result = patch(
+            &m.transformer,
+            &PatchRequest {
+                clean: clean.clone(),
+                corrupt: corrupt.clone(),
+                answer: token("answer"),
+                wrong: token("wrong"),
+                site,
+                direction,
+            },
+            &|_, _| true,
+        )
+        .unwrap();
+        for (name, ours) in [
+            ("metric_clean", result.metric_clean),
+            ("metric_corrupt", result.metric_corrupt),
+        ] {
+            let hf = r[name].as_f64().unwrap();
+            assert!((ours - hf).abs() <= 1e-3, "{name}: ours {ours}, HF {hf}");
+        }
+        let rows = rows.as_array().unwrap();
+        assert_eq!(result.values.len(), rows.len(), "{key}");
+        let mut worst = 0f64;
+        for (l, (ours, hf)) in result.values.iter().zip(rows).enumerate() {
+            let hf = hf.as_array().unwrap();
+            assert_eq!(ours.len(), hf.len(), "{key} layer {l}");
+            for (c, (o, h)) in ours.iter().zip(hf).enumerate() {
+                let h = h.as_f64().unwrap();
+                worst = worst.max((o - h).abs());
+                assert!(
+                    (o - h).abs() <= 1e-3,
+                    "{key} layer {l} cell {c}: ours {o}, HF {h}"
+                );
+                // Under denoising, cells before the first differing token change nothing:
+                // exactly 0, as are layer-0 resid_pre cells wherever the tokens agree.
+                if direction == Direction::Denoise && site != Site::Z {
+                    if c < first_differing
+                        || (l == 0 && site == Site::ResidPre && clean[c] == corrupt[c])
+                    {
+                        assert_eq!(*o, 0.0, "{key} layer {l} cell {c}");
+                    }
+                }
+            }
+        }
+        eprintln!("{key}: worst |ours − HF| = {worst:.2e}");
+    }
+}
+
+/// Patching a whole layer's resid_pre (every position at once) restores the clean run: the
+/// definition's third exact check, through the same intervention path the sweep uses.
+#[test]
+fn patching_every_position_of_a_layer_restores_the_clean_run() {
+    use dendrite::model::hooks::RowEdit;
+    use dendrite::model::{Intervention, InterventionKind};
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let clean = m
+        .encode(
+            "When Mary and John went to the store, John gave a drink to",
+            false,
+        )
+        .unwrap();
+    let corrupt = m
+        .encode(
+            "When Mary and John went to the store, Mary gave a drink to",
+            false,
+        )
+        .unwrap();
+    let hook = "blocks.7.hook_resid_pre";
+    let clean_out = m
+        .transformer
+        .forward(
+            &[clean.clone()],
+            &HookSpec::capture([hook]),
+            &mut NoObserver,
+        )
+        .unwrap();
+    let values: std::sync::Arc<[f32]> = clean_out.captures[hook]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into();
+    let spec = HookSpec::default().with_intervention(Intervention {
+        hook: hook.into(),
+        positions: None,
+        kind: InterventionKind::Rows(RowEdit {
+            key: "whole layer".into(),
+            edit: std::sync::Arc::new(move |rows: &mut [f32], _| {
+                rows.copy_from_slice(&values);
+                Ok(())
+            }),
+        }),
+    });
+    let patched = m
+        .transformer
+        .forward(&[corrupt], &spec, &mut NoObserver)
+        .unwrap();
+    assert_eq!(
+        patched.logits_last(0).unwrap(),
+        clean_out.logits_last(0).unwrap()
+    );
+}

@@ -5,6 +5,7 @@ pub mod core_neurons;
 pub mod heads;
 pub mod histogram;
 pub mod lens;
+pub mod patching;
 pub mod sparsity;
 
 /// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass

@@ -138,19 +138,11 @@ pub fn sparsity(args: &SparsityArgs) -> Result<()> {
     Ok(())
 }
 
-/// A target given as `id:N` or as the text of exactly one token.
-fn parse_target(model: &Model, target: &str) -> Result<u32> {
-    if let Some(id) = target.strip_prefix("id:") {
-        return id.parse().with_context(|| format!("bad token id {id:?}"));
-    }
-    let ids = model.encode(target, false)?;
-    match ids.as_slice() {
-        [id] => Ok(*id),
-        _ => bail!(
-            "--target {target:?} is {} tokens ({ids:?}); give one token's text or id:N",
-            ids.len()
-        ),
-    }
+/// A token given to `flag` as `id:N` or as the text of exactly one token.
+pub(super) fn parse_token(model: &Model, flag: &str, token: &str) -> Result<u32> {
+    model
+        .single_token(token)
+        .with_context(|| format!("{flag} {token:?}"))
 }
 
 pub fn lens(args: &LensArgs) -> Result<()> {
@@ -166,7 +158,7 @@ pub fn lens(args: &LensArgs) -> Result<()> {
     let target = args
         .target
         .as_deref()
-        .map(|t| parse_target(&model, t))
+        .map(|t| parse_token(&model, "--target", t))
         .transpose()?;
     let spec = HookSpec::capture(LENS_HOOKS.iter().chain(DLA_HOOKS).copied());
     let out = model

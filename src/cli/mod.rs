@@ -105,6 +105,9 @@ pub enum Command {
     /// CoreInfer's core neurons per layer (token-wise and sentence-wise), and their overlap
     /// with a second prompt's.
     CoreNeurons(core_neurons::CoreNeuronsArgs),
+    /// Activation patching between a clean and a corrupted prompt: the normalised logit
+    /// difference per layer × position (or layer × head).
+    Patch(patch::PatchArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
@@ -320,6 +323,7 @@ mod core_neurons;
 mod describe;
 mod explain;
 mod generate;
+mod patch;
 mod sae;
 mod sae_train;
 
@@ -405,6 +409,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::CoreNeurons(args)) => core_neurons::core_neurons(&args),
+        Some(Command::Patch(args)) => patch::run(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
         Some(Command::SaeEval(args)) => sae::sae_eval(&args),

@@ -371,4 +371,27 @@ impl Model {
     pub fn encode_prompt(&self, text: &str, bos: BosMode) -> Result<Vec<u32>> {
         self.tokenizer.encode_prompt(text, bos)
     }
+
+    /// One token named by the user: `id:N`, or text that is exactly one token (" Mary").
+    pub fn single_token(&self, token: &str) -> Result<u32> {
+        let vocab = self.info.dims.d_vocab;
+        if let Some(id) = token.strip_prefix("id:") {
+            let id: u32 = id
+                .parse()
+                .map_err(|_| ModelError::InvalidInput(format!("bad token id {id:?}")))?;
+            if id as usize >= vocab {
+                return Err(ModelError::InvalidInput(format!(
+                    "id:{id} is outside the vocabulary ({vocab} tokens)"
+                )));
+            }
+            return Ok(id);
+        }
+        match self.encode(token, false)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(ModelError::InvalidInput(format!(
+                "{token:?} is {} tokens ({ids:?}); give one token's text or id:N",
+                ids.len()
+            ))),
+        }
+    }
 }

@@ -504,6 +504,10 @@ pub enum Unembed<'a> {
     /// tokens and loss, not a `positions × vocab` tensor (48 MiB at 256 tokens on SmolLM2,
     /// which a rerun of the last positions would also copy to merge its new rows in).
     Blocks(&'a mut dyn FnMut(usize, &[f32]) -> Result<()>),
+    /// No logits: the last position's final-norm output (`ln_final.hook_normalized`), for a
+    /// caller that needs only a few of its logits ([`Transformer::logits_of`]; patching reads
+    /// two). Left `None` when the pass recomputed nothing.
+    LastNormalized(&'a mut Option<Vec<f32>>),
 }
 
 /// Rows unembedded at once by [`Unembed::Blocks`]: four of the kernel's 12-row tiles, 9 MiB
@@ -1488,8 +1492,14 @@ impl Transformer {
         unembed: &mut Unembed,
     ) -> Result<Option<Tensor>> {
         let normed = hooks.site("ln_final.hook_normalized", self.ln_final.forward(x)?)?;
-        let Unembed::Blocks(on_rows) = unembed else {
-            return Ok(Some(self.unembed_normalized(&normed)?));
+        let on_rows = match unembed {
+            Unembed::All => return Ok(Some(self.unembed_normalized(&normed)?)),
+            Unembed::LastNormalized(out) => {
+                let (_, t, _) = normed.dims3()?;
+                **out = Some(normed.get(0)?.get(t - 1)?.to_vec1::<f32>()?);
+                return Ok(None);
+            }
+            Unembed::Blocks(on_rows) => on_rows,
         };
         let (batch, t, _) = normed.dims3()?;
         if batch != 1 {
@@ -1503,6 +1513,41 @@ impl Transformer {
             with_f32_slice(&logits, |values| on_rows(first + from, values))??;
         }
         Ok(None)
+    }
+
+    /// The logits of tokens `ids` for one final-norm output row (as [`Unembed::LastNormalized`]
+    /// hands out): their unembedding rows only, the softcap applied.
+    pub fn logits_of(&self, normed: &[f32], ids: &[u32]) -> Result<Vec<f32>> {
+        let w = &self.unembed.weight;
+        if normed.len() != w.cols() {
+            return Err(ModelError::InvalidInput(format!(
+                "a final-norm row of width {} for an unembedding of width {}",
+                normed.len(),
+                w.cols()
+            )));
+        }
+        ids.iter()
+            .map(|&id| {
+                let r = id as usize;
+                if r >= w.rows() {
+                    return Err(ModelError::InvalidInput(format!(
+                        "token {id} is outside the vocabulary ({} tokens)",
+                        w.rows()
+                    )));
+                }
+                let dot: f64 = w
+                    .row(r)
+                    .iter()
+                    .zip(normed)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                let mut logit = dot as f32 + self.unembed.bias.as_ref().map_or(0.0, |b| b[r]);
+                if let Some(cap) = self.final_logit_softcap {
+                    logit = (logit as f64 / cap).tanh() as f32 * cap as f32;
+                }
+                Ok(logit)
+            })
+            .collect()
     }
 
     /// Logits for residual-stream vectors `[…, d_model]`: final norm, unembedding, softcap

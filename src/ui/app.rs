@@ -635,6 +635,7 @@ impl DendriteApp {
                     (Tab::Lens, "Logit lens"),
                     (Tab::Features, "SAE features"),
                     (Tab::Generate, "Generate"),
+                    (Tab::Patching, "Patching"),
                 ] {
                     if ui.selectable_label(state.tab == tab, name).clicked() {
                         action = Some(Action::SetTab(tab));
@@ -748,6 +749,7 @@ pub fn draw_view(ui: &mut egui::Ui, state: &AppState, view: View) -> Option<Acti
         View::Tab(Tab::Lens) => views::lens::lens_ui(ui, state),
         View::Tab(Tab::Features) => views::features::features_ui(ui, state),
         View::Tab(Tab::Generate) => views::generate::generate_ui(ui, state),
+        View::Tab(Tab::Patching) => views::patching::patching_ui(ui, state),
         View::Unit => {
             let unit = state.inspected_units().into_iter().next()?;
             views::unit_panel::unit_panel_ui(ui, state, &unit)

@@ -269,6 +269,40 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             }
             Some(t)
         }
+        View::Tab(Tab::Patching) => {
+            let report = state.patching.report.as_ref()?;
+            let z = report.result.site == crate::analysis::patching::Site::Z;
+            let mut t = Table::new([
+                "site",
+                "direction",
+                "layer",
+                if z { "head" } else { "position" },
+                "clean_token",
+                "corrupt_token",
+                "value",
+            ]);
+            for (l, row) in report.result.values.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    let token = |tokens: &[String]| {
+                        if z {
+                            String::new()
+                        } else {
+                            tokens.get(c).cloned().unwrap_or_default()
+                        }
+                    };
+                    t.push([
+                        report.result.site.name().to_string(),
+                        format!("{:?}", report.result.direction).to_lowercase(),
+                        l.to_string(),
+                        c.to_string(),
+                        token(&report.clean_tokens),
+                        token(&report.corrupt_tokens),
+                        v.to_string(),
+                    ]);
+                }
+            }
+            Some(t)
+        }
         View::Tab(Tab::Generate) => {
             let g = state.generation.as_ref()?;
             let watched = g.watch.as_ref().map_or("", |(_, label)| label.as_str());

@@ -51,6 +51,15 @@ pub enum Edit {
         op: ValueOp,
         positions: Option<Vec<usize>>,
     },
+    /// Activation patching's cell as an edit: `site` of `layer` takes its value from a run of
+    /// `source` (a prompt with as many tokens) at position `cell`, or head `cell`'s at every
+    /// position for `z`.
+    Patch {
+        site: crate::analysis::patching::Site,
+        layer: usize,
+        cell: usize,
+        source: String,
+    },
     /// Steer along an SAE latent's decoder direction at the SAE's (output) hook.
     SteerLatent {
         sae_id: SaeId,
@@ -215,6 +224,32 @@ impl PartialEq for ScanCorpusJob {
 }
 
 /// Explain units of a store with an LLM endpoint and score the explanations
+/// Activation patching between two prompts of equal length (a job; definitions §16).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchJob {
+    pub job_id: JobId,
+    pub clean: String,
+    pub corrupt: String,
+    pub bos: BosMode,
+    /// The token the clean prompt predicts, and the one the corrupted prompt predicts
+    /// instead (text of one token, or `id:N`).
+    pub answer: String,
+    pub wrong: String,
+    pub site: crate::analysis::patching::Site,
+    pub direction: crate::analysis::patching::Direction,
+}
+
+/// A finished patching sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchReport {
+    pub job: PatchJob,
+    pub result: crate::analysis::patching::PatchResult,
+    /// Both prompts' tokens (the heatmap's labels).
+    pub clean_tokens: Vec<String>,
+    pub corrupt_tokens: Vec<String>,
+    pub duration_ms: f64,
+}
+
 /// (`describe::interp`); the results are written into the store.
 #[derive(Clone, Debug)]
 pub struct ExplainUnitsJob {
@@ -232,6 +267,7 @@ impl PartialEq for ExplainUnitsJob {
 pub enum Command {
     LoadModel(LoadModel),
     ExplainUnits(ExplainUnitsJob),
+    Patch(PatchJob),
     ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
     EvaluateSae(EvaluateSaeJob),
@@ -287,6 +323,10 @@ impl Command {
             Command::ExplainUnits(j) => (
                 Request::Job(j.job_id),
                 format!("explaining units of {}", j.opts.source),
+            ),
+            Command::Patch(j) => (
+                Request::Job(j.job_id),
+                format!("patching {}", j.site.name()),
             ),
             #[cfg(feature = "fault-injection")]
             Command::Panic => (Request::Other, "a requested panic".into()),
@@ -531,6 +571,7 @@ pub enum JobOutcome {
         scored: usize,
         requests: usize,
     },
+    Patched(Box<PatchReport>),
     Cancelled,
 }
 

@@ -231,6 +231,7 @@ impl Session {
                     explain_job(&job, model, cancelled, emit)
                 })
             }
+            Command::Patch(job) => self.patch(job, cancel, emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -758,6 +759,20 @@ impl Session {
         })
     }
 
+    /// A patching sweep, on a job thread when the session has a [`Background`].
+    fn patch(
+        &mut self,
+        job: PatchJob,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self.shared_model()?;
+        let (id, context) = (job.job_id, format!("patching {}", job.site.name()));
+        self.job(id, context, cancel, emit, move |emit, cancelled| {
+            patch_job(&model, job, cancelled, emit)
+        })
+    }
+
     fn inspect_latent(&self, l: InspectLatent) -> anyhow::Result<Event> {
         let model = self.model_or_err()?;
         let sae = find_sae(&self.saes, l.sae_id)?;
@@ -1240,6 +1255,42 @@ fn resolve(
                 model::AblationMode::Resample { values: z.into() },
             ))
         }
+        Edit::Patch {
+            site,
+            layer,
+            cell,
+            source,
+        } => {
+            let t = &model.transformer;
+            let cells = match site {
+                crate::analysis::patching::Site::Z => t.dims.n_heads,
+                _ => usize::MAX,
+            };
+            if *layer >= t.n_layers() || *cell >= cells {
+                anyhow::bail!("no {} cell L{layer}.{cell} in this model", site.name());
+            }
+            let ids = model.encode_prompt(source, bos)?;
+            let hook = site.hook(*layer);
+            let out = t.forward(
+                std::slice::from_ref(&ids),
+                &HookSpec::capture([hook.clone()]),
+                &mut model::NoObserver,
+            )?;
+            let values = out
+                .captures
+                .get(&hook)
+                .ok_or_else(|| anyhow::anyhow!("{hook} was not captured"))?
+                .get(0)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(crate::analysis::patching::intervention(
+                *site,
+                *layer,
+                *cell,
+                values.into(),
+                t.dims.d_head,
+            ))
+        }
         Edit::SaeLatent {
             sae_id,
             latent,
@@ -1262,6 +1313,89 @@ fn resolve(
             positions,
         } => Ok(find_sae(saes, *sae_id)?.steering(*latent, *mode, positions.clone())?),
     }
+}
+
+/// A patching sweep on a job thread: progress every few patches, cancel between patches.
+fn patch_job(
+    model: &Model,
+    job: PatchJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    use crate::analysis::patching::{PatchRequest, patch};
+    let clean = model.encode_prompt(&job.clean, job.bos)?;
+    let corrupt = model.encode_prompt(&job.corrupt, job.bos)?;
+    let request = PatchRequest {
+        answer: model
+            .single_token(&job.answer)
+            .map_err(|e| anyhow::anyhow!("the answer: {e}"))?,
+        wrong: model
+            .single_token(&job.wrong)
+            .map_err(|e| anyhow::anyhow!("the wrong token: {e}"))?,
+        clean,
+        corrupt,
+        site: job.site,
+        direction: job.direction,
+    };
+    let started = Instant::now();
+    // Patches finish on pool threads; their progress goes through a channel to this one.
+    let (tx, rx) = crossbeam_channel::unbounded::<(usize, usize)>();
+    let job_id = job.job_id;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let sweep = scope.spawn(|| {
+            patch(&model.transformer, &request, &|done, total| {
+                let _ = tx.send((done, total));
+                !stop.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        });
+        let mut last = Instant::now();
+        while !sweep.is_finished() {
+            if cancelled() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if let Ok((done, total)) = rx.recv_timeout(std::time::Duration::from_millis(50))
+                && last.elapsed() > std::time::Duration::from_millis(100)
+            {
+                last = Instant::now();
+                emit(Event::JobProgress(JobProgress {
+                    job_id,
+                    fraction: done as f32 / total.max(1) as f32,
+                    message: format!("{done} of {total} patches"),
+                    train: None,
+                }));
+            }
+        }
+        sweep.join()
+    });
+    let result = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(ModelError::Cancelled)) => {
+            emit(Event::JobFinished(JobFinished {
+                job_id,
+                outcome: JobOutcome::Cancelled,
+            }));
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => anyhow::bail!("the patching sweep stopped with an internal error"),
+    };
+    let texts = |ids: &[u32]| -> Vec<String> {
+        ids.iter()
+            .map(|&id| model.tokenizer.token_text(id))
+            .collect()
+    };
+    emit(Event::JobFinished(JobFinished {
+        job_id,
+        outcome: JobOutcome::Patched(Box::new(PatchReport {
+            clean_tokens: texts(&request.clean),
+            corrupt_tokens: texts(&request.corrupt),
+            job,
+            result,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })),
+    }));
+    Ok(())
 }
 
 /// A cancelled pass is not an error: report it as [`Event::Cancelled`].

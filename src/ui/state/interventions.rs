@@ -50,6 +50,14 @@ pub enum EditSpec {
         scale: bool,
         positions: Option<Vec<usize>>,
     },
+    /// Activation patching's cell: `site` of `layer` takes its value from a run of `source`
+    /// at position `cell` (head `cell` at every position for `z`).
+    Patch {
+        site: crate::analysis::patching::Site,
+        layer: usize,
+        cell: usize,
+        source: String,
+    },
     /// Steer along an SAE latent's decoder direction at `positions` (all: `None`).
     SteerLatent {
         sae_id: SaeId,
@@ -92,6 +100,15 @@ pub fn parse_positions(text: &str, n_tokens: usize) -> Result<Option<Vec<usize>>
     Ok(Some(out))
 }
 
+/// A source prompt in a label: its first 24 characters.
+fn short(text: &str) -> String {
+    let mut s: String = text.chars().take(24).collect();
+    if text.chars().count() > 24 {
+        s.push('…');
+    }
+    s
+}
+
 /// " @ 3,5,6" for an intervention restricted to positions.
 fn at_positions(positions: &Option<Vec<usize>>) -> String {
     match positions {
@@ -118,7 +135,9 @@ impl EditSpec {
                 SteerMode::SetProjection { value } => value,
                 SteerMode::CapProjection { max } => max,
             }),
-            EditSpec::HeadAblation { .. } | EditSpec::ResampleHead { .. } => None,
+            EditSpec::HeadAblation { .. }
+            | EditSpec::ResampleHead { .. }
+            | EditSpec::Patch { .. } => None,
         }
     }
 
@@ -130,6 +149,7 @@ impl EditSpec {
             | EditSpec::HeadAblation { .. }
             | EditSpec::ResampleHead { .. }
             | EditSpec::PatternClamp { .. }
+            | EditSpec::Patch { .. }
             | EditSpec::Steer { .. } => {}
         }
     }
@@ -147,7 +167,9 @@ impl EditSpec {
                     SteerMode::CapProjection { .. } => SteerMode::CapProjection { max: v },
                 }
             }
-            EditSpec::HeadAblation { .. } | EditSpec::ResampleHead { .. } => {}
+            EditSpec::HeadAblation { .. }
+            | EditSpec::ResampleHead { .. }
+            | EditSpec::Patch { .. } => {}
         }
         k
     }
@@ -187,13 +209,23 @@ impl InterventionItem {
                 head,
                 source,
             } => {
-                let short: String = source.chars().take(24).collect();
-                let more = if source.chars().count() > 24 {
-                    "…"
-                } else {
-                    ""
+                format!("L{layer} H{head} resampled from \"{}\"", short(source))
+            }
+            EditSpec::Patch {
+                site,
+                layer,
+                cell,
+                source,
+            } => {
+                let at = match site {
+                    crate::analysis::patching::Site::Z => format!("H{cell}"),
+                    _ => format!("@{cell}"),
                 };
-                format!("L{layer} H{head} resampled from \"{short}{more}\"")
+                format!(
+                    "patch L{layer} {} {at} from \"{}\"",
+                    site.name(),
+                    short(source)
+                )
             }
             EditSpec::PatternClamp {
                 layer,
@@ -318,6 +350,17 @@ impl InterventionItem {
                     ValueOp::Set(value)
                 },
                 positions,
+            },
+            EditSpec::Patch {
+                site,
+                layer,
+                cell,
+                source,
+            } => Edit::Patch {
+                site,
+                layer,
+                cell,
+                source,
             },
             EditSpec::SteerLatent {
                 sae_id,

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod generation;
 pub mod interventions;
 pub mod jobs;
+pub mod patching;
 pub mod runs;
 pub mod saes;
 pub mod session;
@@ -40,6 +41,7 @@ pub use explain::ExplainSettings;
 pub use generation::{GenerateSettings, GenerationView};
 pub use interventions::{EditSpec, InterventionItem, Interventions, SetAside, parse_positions};
 pub use jobs::{JobView, MAX_CURVE_POINTS};
+pub use patching::{PatchSettings, PatchingState};
 pub use runs::{HISTOGRAM_BINS, PassView, Runs};
 pub use saes::SaeEntry;
 pub use session::{SessionFile, SessionPrompt};
@@ -187,6 +189,17 @@ pub enum Action {
         index: usize,
         path: PathBuf,
     },
+    /// The patching tab's settings (corrupted prompt, tokens, site, direction).
+    SetPatchSettings(PatchSettings),
+    /// Patch every layer × position (or head) between the prompt and the corrupted prompt (a
+    /// job).
+    RunPatching,
+    /// Add one cell of the last sweep as an intervention (the receiving prompt becomes the
+    /// prompt, and runs with it).
+    AddPatch {
+        layer: usize,
+        cell: usize,
+    },
     /// Restore the session a process that died left behind (the open [`SessionPrompt`]).
     RestoreRecovery,
     /// Close the open [`SessionPrompt`] without restoring (a recovery file is kept aside).
@@ -238,6 +251,8 @@ pub struct AppState {
     pub generation: Option<GenerationView>,
     pub generate_colour: GenerateColour,
     pub explain_settings: ExplainSettings,
+    /// Activation patching: settings and the last sweep.
+    pub patching: PatchingState,
     /// A question about a session the window asks before going on.
     pub session_prompt: Option<SessionPrompt>,
 }
@@ -278,6 +293,7 @@ impl Default for AppState {
             generation: None,
             generate_colour: GenerateColour::Probability,
             explain_settings: ExplainSettings::default(),
+            patching: PatchingState::default(),
             session_prompt: None,
         }
     }
@@ -864,6 +880,61 @@ impl AppState {
                 self.tab = Tab::Neurons;
                 self.new_run()
             }
+            Action::SetPatchSettings(settings) => {
+                self.patching.settings = settings;
+                Vec::new()
+            }
+            Action::RunPatching => {
+                if self.model.is_none() || self.job_running() {
+                    return Vec::new();
+                }
+                let settings = self.patching.settings.clone();
+                for (what, text) in [
+                    ("the corrupted prompt", &settings.corrupt),
+                    ("the answer token", &settings.answer),
+                    ("the wrong token", &settings.wrong),
+                ] {
+                    if text.is_empty() {
+                        self.notice = Some(format!("Patching needs {what}."));
+                        return Vec::new();
+                    }
+                }
+                let job_id = self.new_job(format!(
+                    "Patching {} ({}) between the prompt and the corrupted prompt",
+                    settings.site.name(),
+                    match settings.direction {
+                        crate::analysis::patching::Direction::Denoise => "denoising",
+                        crate::analysis::patching::Direction::Noise => "noising",
+                    }
+                ));
+                worker(Some(Command::Patch(crate::worker::PatchJob {
+                    job_id,
+                    clean: self.prompt.clone(),
+                    corrupt: settings.corrupt,
+                    bos: self.bos,
+                    answer: settings.answer,
+                    wrong: settings.wrong,
+                    site: settings.site,
+                    direction: settings.direction,
+                })))
+            }
+            Action::AddPatch { layer, cell } => {
+                let (Some(report), Some((receiving, source))) =
+                    (&self.patching.report, self.patching.cell_prompts())
+                else {
+                    return Vec::new();
+                };
+                let site = report.job.site;
+                // The patch runs on the prompt that receives it.
+                self.prompt = receiving;
+                let changed = self.interventions.add(EditSpec::Patch {
+                    site,
+                    layer,
+                    cell,
+                    source,
+                });
+                self.rerun_if(changed)
+            }
             Action::SaveSession(path) => vec![Effect::SaveSession(path)],
             Action::OpenSession(path) => vec![Effect::OpenSession(path)],
             Action::LocateModel(path) => match self.session_prompt.take() {
@@ -1033,6 +1104,9 @@ impl AppState {
                      {requests} requests) into {}",
                     store.display()
                 ));
+            }
+            JobOutcome::Patched(report) => {
+                self.patching.report = Some(report.clone());
             }
             JobOutcome::Scanned { store, .. } => {
                 if let Some(model) = &self.model {
@@ -1964,6 +2038,73 @@ pub(crate) mod tests {
                 .contains("Explained 2 of 2")
         );
         assert!(!s.job_running());
+    }
+
+    #[test]
+    fn a_patching_sweep_is_a_job_and_its_cells_become_interventions_on_the_receiving_prompt() {
+        use crate::analysis::patching::{Direction, PatchResult, Site};
+        let mut s = loaded();
+        s.prompt = "a b".into();
+        assert_eq!(
+            s.act_cmd(Action::RunPatching),
+            None,
+            "no corrupted prompt yet"
+        );
+        assert!(
+            s.notice
+                .as_deref()
+                .unwrap_or("")
+                .contains("corrupted prompt")
+        );
+        s.act_cmd(Action::SetPatchSettings(PatchSettings {
+            corrupt: "a c".into(),
+            answer: " x".into(),
+            wrong: " y".into(),
+            site: Site::ResidPre,
+            direction: Direction::Denoise,
+        }));
+        let Some(Command::Patch(job)) = s.act_cmd(Action::RunPatching) else {
+            panic!("Patch asks the worker for a sweep")
+        };
+        assert_eq!((job.clean.as_str(), job.corrupt.as_str()), ("a b", "a c"));
+        assert!(s.job_running());
+        assert_eq!(s.act_cmd(Action::RunPatching), None, "one job at a time");
+        s.apply(Event::JobFinished(crate::worker::JobFinished {
+            job_id: job.job_id,
+            outcome: JobOutcome::Patched(Box::new(crate::worker::PatchReport {
+                job: job.clone(),
+                result: PatchResult {
+                    site: Site::ResidPre,
+                    direction: Direction::Denoise,
+                    metric_clean: 2.0,
+                    metric_corrupt: -1.0,
+                    values: vec![vec![0.0, 1.0], vec![0.0, 0.5]],
+                },
+                clean_tokens: vec!["a".into(), " b".into()],
+                corrupt_tokens: vec!["a".into(), " c".into()],
+                duration_ms: 1.0,
+            })),
+        }));
+        assert!(!s.job_running());
+        assert!(s.patching.report.is_some());
+        // Denoising: the corrupted prompt runs with the clean value at L1, position 1.
+        let Some(Command::Run(run)) = s.act_cmd(Action::AddPatch { layer: 1, cell: 1 }) else {
+            panic!("the patch reruns the prompt")
+        };
+        assert_eq!(run.text, "a c");
+        assert_eq!(
+            run.interventions,
+            vec![Edit::Patch {
+                site: Site::ResidPre,
+                layer: 1,
+                cell: 1,
+                source: "a b".into(),
+            }]
+        );
+        assert_eq!(
+            s.interventions.items[0].label(),
+            "patch L1 resid_pre @1 from \"a b\""
+        );
     }
 
     #[test]

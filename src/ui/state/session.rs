@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use super::{
     Action, AppState, Effect, FigureFormat, GenerateColour, GenerateSettings, InterventionItem,
-    Selection, SetAside, Show, Tab, TokenColour,
+    PatchSettings, Selection, SetAside, Show, Tab, TokenColour,
 };
 use crate::analysis::sparsity::Method;
 use crate::model::BosMode;
@@ -78,6 +78,9 @@ pub struct SessionFile {
     /// Which figure files exports write.
     #[serde(default)]
     pub figure_format: FigureFormat,
+    /// The patching tab's corrupted prompt, tokens, site and direction.
+    #[serde(default)]
+    pub patching: PatchSettings,
 }
 
 /// A question about a session the window asks before going on.
@@ -170,6 +173,7 @@ impl AppState {
             generate: self.generate_settings.clone(),
             generate_colour: self.generate_colour,
             figure_format: self.figure_format,
+            patching: self.patching.settings.clone(),
         }
     }
 
@@ -274,6 +278,7 @@ impl AppState {
         self.generate_settings = file.generate.clone();
         self.generate_colour = file.generate_colour;
         self.figure_format = file.figure_format;
+        self.patching.settings = file.patching.clone();
         let n_layers = self.n_layers();
         let mut effects = Vec::new();
         self.selection = Selection {

@@ -15,6 +15,8 @@ pub enum Tab {
     Features,
     /// Baseline and intervened continuations side by side.
     Generate,
+    /// Activation patching between the prompt and a corrupted one.
+    Patching,
 }
 
 /// What colours the Generate tab's tokens.
@@ -78,6 +80,7 @@ impl View {
             View::Tab(Tab::Lens) => "logit-lens",
             View::Tab(Tab::Features) => "sae-features",
             View::Tab(Tab::Generate) => "generation",
+            View::Tab(Tab::Patching) => "patching",
         }
     }
 }

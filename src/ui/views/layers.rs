@@ -9,13 +9,24 @@ use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
 use crate::ui::state::{Action, AppState, PassView};
 
 /// The methods offered, with their parameters.
-const METHODS: [(&str, Method); 5] = [
+const METHODS: [(&str, Method); 7] = [
     ("exact zeros", Method::Zero),
     ("|a| ≥ 0.01", Method::Eps { eps: 0.01 }),
     ("|a| ≥ 0.1", Method::Eps { eps: 0.1 }),
     ("CATS k = 0.5", Method::Cats { k: 0.5 }),
     ("CETT c = 0.2", Method::Cett { target: 0.2 }),
+    ("temporal Δ > 0", Method::Delta { theta: 0.0 }),
+    ("temporal Δ > 0.05", Method::Delta { theta: 0.05 }),
 ];
+
+/// What the layer values are: the share of channels active, or (temporal sparsity) the share
+/// that changed since the token before.
+fn measured(m: Method) -> &'static str {
+    match m {
+        Method::Delta { .. } => "changed fraction",
+        _ => "active fraction",
+    }
+}
 
 pub fn method_label(m: Method) -> String {
     METHODS
@@ -60,8 +71,11 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui.weak("Open a model to see its layers.");
         return action;
     }
-    ui.label(format!("active fraction ({})", state.sparsity))
-        .on_hover_text("Per layer: the mean over tokens of the fraction of MLP channels active under the method (definitions.md §1–4). Click a bar to select the layer.");
+    ui.label(format!("{} ({})", measured(state.sparsity), state.sparsity))
+        .on_hover_text(match state.sparsity {
+            Method::Delta { .. } => "Per layer: the mean over tokens of the fraction of MLP channels that changed by more than θ since the token before (temporal sparsity = 1 − this; definitions.md §13). Click a bar to select the layer.",
+            _ => "Per layer: the mean over tokens of the fraction of MLP channels active under the method (definitions.md §1–4). Click a bar to select the layer.",
+        });
     let base = fractions(&state.runs.baseline);
     let edited = state.runs.intervened.as_ref().map(fractions);
     let selected = state.selection.layer;
@@ -124,7 +138,10 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     let pass = state.shown();
     let t = pass.tokens.len();
     if t > 0 {
-        ui.label("active fraction per token (rows = layers)");
+        ui.label(format!(
+            "{} per token (rows = layers)",
+            measured(state.sparsity)
+        ));
         let value = |r: usize, c: usize| -> Option<f32> {
             let l = pass.layer(r)?;
             l.sparsity.per_token_frac_active.get(c).map(|&x| x as f32)
@@ -163,7 +180,7 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         if let Some((l, _)) = r.clicked {
             action = Some(Action::SelectLayer(l));
         }
-        legend_ui(ui, cmap, "active fraction");
+        legend_ui(ui, cmap, measured(state.sparsity));
     }
     action
 }

@@ -10,6 +10,7 @@ pub mod interventions;
 pub mod layers;
 pub mod lens;
 pub mod neurons;
+pub mod patching;
 pub mod prompt;
 pub mod sae_jobs;
 pub mod search;
