@@ -248,12 +248,10 @@ fn patching_matches_hf() {
                 );
                 // Under denoising, cells before the first differing token change nothing:
                 // exactly 0, as are layer-0 resid_pre cells wherever the tokens agree.
-                if direction == Direction::Denoise && site != Site::Z {
-                    if c < first_differing
-                        || (l == 0 && site == Site::ResidPre && clean[c] == corrupt[c])
-                    {
-                        assert_eq!(*o, 0.0, "{key} layer {l} cell {c}");
-                    }
+                let unchanged = c < first_differing
+                    || (l == 0 && site == Site::ResidPre && clean[c] == corrupt[c]);
+                if direction == Direction::Denoise && site != Site::Z && unchanged {
+                    assert_eq!(*o, 0.0, "{key} layer {l} cell {c}");
                 }
             }
         }
@@ -284,7 +282,7 @@ fn patching_every_position_of_a_layer_restores_the_clean_run() {
     let clean_out = m
         .transformer
         .forward(
-            &[clean.clone()],
+            std::slice::from_ref(&clean),
             &HookSpec::capture([hook]),
             &mut NoObserver,
         )

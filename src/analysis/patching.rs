@@ -201,7 +201,7 @@ pub fn patch(
     // output), so a patch that changes nothing scores exactly 0 or 1.
     let mut source_spec = HookSpec::capture(hooks.iter().cloned());
     source_spec.capture.push("ln_final.hook_normalized".into());
-    let source_out = model.forward(&[source.clone()], &source_spec, &mut NoObserver)?;
+    let source_out = model.forward(std::slice::from_ref(source), &source_spec, &mut NoObserver)?;
     let (answer, wrong) = (request.answer, request.wrong);
     let ld = |normed: &[f32]| -> Result<f64, ModelError> {
         let logits = model.logits_of(normed, &[answer, wrong])?;
@@ -218,7 +218,7 @@ pub fn patch(
     let mut base_cache: Option<ResidCache> = None;
     let mut base_normed = None;
     model.forward_cached_with(
-        &[base.clone()],
+        std::slice::from_ref(base),
         &HookSpec::default(),
         &mut base_cache,
         &mut NoObserver,
@@ -276,7 +276,7 @@ pub fn patch(
         // Two logits of the last position are all the metric reads: no unembedding.
         let mut last_normed = None;
         model.forward_cached_with(
-            &[base.clone()],
+            std::slice::from_ref(base),
             &spec,
             &mut cache,
             &mut NoObserver,
