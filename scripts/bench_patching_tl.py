@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # TL's per-patch progress bar
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
