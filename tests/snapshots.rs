@@ -100,6 +100,30 @@ fn every_tab_renders() {
     }
     h.run_steps(3);
     results.add(h.try_snapshot("generate"));
+    // Patching: the prompt against one with its fifth token changed, resid_pre denoising.
+    h.state_mut().act(Action::RemoveIntervention(0));
+    h.state_mut().act(Action::SetTab(Tab::Patching));
+    h.state_mut().act(Action::SetPatchSettings(
+        dendrite::ui::state::PatchSettings {
+            corrupt: "one two three, two two three".into(),
+            answer: "id:116".into(),
+            wrong: "id:111".into(),
+            ..Default::default()
+        },
+    ));
+    h.state_mut().act(Action::RunPatching);
+    let started = Instant::now();
+    while h.state().state.patching.report.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no patching result: {:?}",
+            h.state().state.errors
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.run_steps(3);
+    results.add(h.try_snapshot("patching"));
 }
 
 /// Exported figures are rasterized on the CPU at 2 pixels per point; here they are held to what

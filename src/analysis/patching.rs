@@ -108,7 +108,8 @@ pub struct PatchResult {
 
 /// The normalised metric of definitions §16: clean = 1, corrupted = 0.
 pub fn normalised(ld: f64, clean: f64, corrupt: f64) -> f64 {
-    (ld - corrupt) / (clean - corrupt)
+    // `+ 0.0` turns the −0 of an unchanged cell (0 / a negative span) into 0.
+    (ld - corrupt) / (clean - corrupt) + 0.0
 }
 
 /// The patch of one cell: `site` of `layer` takes `source` (that hook's `[positions, width]`

@@ -38,6 +38,9 @@ pub enum Method {
     /// Temporal sparsity (Delta Activation, §13): a channel is "active" at token t iff it
     /// changed by more than θ since the token before (`|a_t − a_{t−1}| > θ`, strict).
     Delta { theta: f64 },
+    /// CoreInfer's token-wise core (§12): a channel is "active" at token t iff it is among the
+    /// round(α·|positive|) strongest positive activations of that token.
+    Core { alpha: f64 },
 }
 
 impl Method {
@@ -45,7 +48,7 @@ impl Method {
     pub fn needs_mlp(&self) -> bool {
         !matches!(
             self,
-            Method::Zero | Method::Eps { .. } | Method::Delta { .. }
+            Method::Zero | Method::Eps { .. } | Method::Delta { .. } | Method::Core { .. }
         )
     }
 
@@ -65,6 +68,7 @@ impl fmt::Display for Method {
             Method::Cett { target } => write!(f, "cett:{target}"),
             Method::CettEps { eps } => write!(f, "cett-eps:{eps}"),
             Method::Delta { theta } => write!(f, "delta:{theta}"),
+            Method::Core { alpha } => write!(f, "core:{alpha}"),
         }
     }
 }
@@ -72,7 +76,7 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = String;
 
-    /// `zero`, `eps:E`, `cats:K`, `chess:K`, `cett:C`, `cett-eps:E` or `delta:θ`.
+    /// `zero`, `eps:E`, `cats:K`, `chess:K`, `cett:C`, `cett-eps:E`, `delta:θ` or `core:α`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, value) = match s.split_once(':') {
             Some((n, v)) => (n, Some(v)),
@@ -108,10 +112,13 @@ impl FromStr for Method {
             "delta" => Method::Delta {
                 theta: number("θ", 0.0, f64::MAX)?,
             },
+            "core" => Method::Core {
+                alpha: number("α", 0.0, 1.0)?,
+            },
             _ => {
                 return Err(format!(
                     "unknown sparsity method {s:?} (zero, eps:E, cats:K, chess:K, cett:C, \
-                     cett-eps:E, delta:θ)"
+                     cett-eps:E, delta:θ, core:α)"
                 ));
             }
         })
@@ -958,6 +965,18 @@ fn activity(
             let m = mean(&f);
             (f, m, Some(eps))
         }
+        Method::Core { alpha } => {
+            // Rows before `first_scored` (a BOS) are not tokens of the text: shown, not averaged.
+            let f: Vec<f64> = values
+                .chunks_exact(channels.max(1))
+                .map(|row| {
+                    crate::analysis::core_neurons::token_core(row, alpha).len() as f64
+                        / channels.max(1) as f64
+                })
+                .collect();
+            let m = mean(f.get(first_scored..).unwrap_or(&[]));
+            (f, m, Some(alpha))
+        }
         _ => {
             let f = per_token_frac_active(values, channels, |_, v| v != 0.0);
             let m = mean(&f);
@@ -1006,7 +1025,7 @@ pub fn measure_mlp_layer(
         }
     };
     let (per_token, threshold, mean_cett) = match method {
-        Method::Zero | Method::Eps { .. } | Method::Delta { .. } => {
+        Method::Zero | Method::Eps { .. } | Method::Delta { .. } | Method::Core { .. } => {
             let (per_token, frac_active, threshold) =
                 with_rows(captured(captures, &hook)?, |a, channels| {
                     activity(a, channels, method, first_scored)

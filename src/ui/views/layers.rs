@@ -9,7 +9,7 @@ use crate::ui::heatmap::{Colormap, Grid, fingerprint, heatmap_ui, legend_ui};
 use crate::ui::state::{Action, AppState, PassView};
 
 /// The methods offered, with their parameters.
-const METHODS: [(&str, Method); 7] = [
+const METHODS: [(&str, Method); 8] = [
     ("exact zeros", Method::Zero),
     ("|a| ≥ 0.01", Method::Eps { eps: 0.01 }),
     ("|a| ≥ 0.1", Method::Eps { eps: 0.1 }),
@@ -17,6 +17,7 @@ const METHODS: [(&str, Method); 7] = [
     ("CETT c = 0.2", Method::Cett { target: 0.2 }),
     ("temporal Δ > 0", Method::Delta { theta: 0.0 }),
     ("temporal Δ > 0.05", Method::Delta { theta: 0.05 }),
+    ("core neurons α = 0.4", Method::Core { alpha: 0.4 }),
 ];
 
 /// What the layer values are: the share of channels active, or (temporal sparsity) the share
@@ -24,6 +25,7 @@ const METHODS: [(&str, Method); 7] = [
 fn measured(m: Method) -> &'static str {
     match m {
         Method::Delta { .. } => "changed fraction",
+        Method::Core { .. } => "token-core share",
         _ => "active fraction",
     }
 }
@@ -74,6 +76,7 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     ui.label(format!("{} ({})", measured(state.sparsity), state.sparsity))
         .on_hover_text(match state.sparsity {
             Method::Delta { .. } => "Per layer: the mean over tokens of the fraction of MLP channels that changed by more than θ since the token before (temporal sparsity = 1 − this; definitions.md §13). Click a bar to select the layer.",
+            Method::Core { .. } => "Per layer: the mean over tokens of the share of MLP neurons in the token's core (its round(α·|positive|) strongest positive activations; CoreInfer, definitions.md §12). Click a bar to select the layer.",
             _ => "Per layer: the mean over tokens of the fraction of MLP channels active under the method (definitions.md §1–4). Click a bar to select the layer.",
         });
     let base = fractions(&state.runs.baseline);
@@ -153,9 +156,15 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         };
         let key = fingerprint(&[pass.run_id, pass.layers_done() as u64, state.show as u64]);
         let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
+        // Room below for the sentence core when core neurons are shown.
+        let below = if matches!(state.sparsity, Method::Core { .. }) {
+            215.0
+        } else {
+            30.0
+        };
         let size = egui::vec2(
             ui.available_width(),
-            (ui.available_height() - 30.0)
+            (ui.available_height() - below)
                 .min(12.0 * n as f32)
                 .max(24.0),
         );
@@ -172,8 +181,9 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 "layer {l}, token {p} {:?}: {}",
                 pass.tokens.get(p).map(String::as_str).unwrap_or(""),
                 value(l, p).map_or("not computed yet".into(), |v| format!(
-                    "{:.1}% active",
-                    v * 100.0
+                    "{:.1}% {}",
+                    v * 100.0,
+                    measured(state.sparsity)
                 ))
             ));
         }
@@ -181,6 +191,80 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             action = Some(Action::SelectLayer(l));
         }
         legend_ui(ui, cmap, measured(state.sparsity));
+    }
+    if let Method::Core { alpha } = state.sparsity
+        && let Some(a) = sentence_core_ui(ui, state, alpha)
+    {
+        action = Some(a);
+    }
+    action
+}
+
+/// The selected layer's sentence-wise core (CoreInfer's β = 0.2 of the neurons that are most
+/// often in a token's core) and how it holds as the prompt grows. Click a neuron to select it.
+fn sentence_core_ui(ui: &mut Ui, state: &AppState, alpha: f64) -> Option<Action> {
+    use crate::analysis::core_neurons::{CoreOptions, layer_core, stability};
+    let pass = state.shown();
+    let l = state.selection.layer;
+    let layer = pass.layer(l)?;
+    let bos = state.model.as_ref().and_then(|m| m.bos_token_id);
+    let first_scored = usize::from(bos.is_some() && pass.token_ids.first().copied() == bos);
+    let opts = CoreOptions {
+        alpha,
+        ..CoreOptions::default()
+    };
+    let core = layer_core(&layer.mlp_post, layer.d_mlp, first_scored, opts);
+    let held = stability(&layer.mlp_post, layer.d_mlp, first_scored, opts);
+    let mut action = None;
+    ui.separator();
+    ui.label(format!(
+        "L{l} sentence core: {} neurons (β = {}, of {})",
+        core.core.len(),
+        opts.beta,
+        layer.d_mlp
+    ))
+    .on_hover_text("The ⌊β·d_mlp⌋ neurons in the most token cores over the prompt (CoreInfer's sentence-wise core, definitions.md §12)");
+    let mut by_count = core.core.clone();
+    by_count.sort_by_key(|&n| std::cmp::Reverse(core.counts[n]));
+    ui.horizontal_wrapped(|ui| {
+        for &n in by_count.iter().take(15) {
+            if ui
+                .small_button(format!("N{n}"))
+                .on_hover_text(format!(
+                    "in {} of {} token cores",
+                    core.counts[n],
+                    core.token_cores.len()
+                ))
+                .clicked()
+            {
+                action = Some(Action::SelectNeuron {
+                    layer: l,
+                    neuron: n,
+                });
+            }
+        }
+        if by_count.len() > 15 {
+            ui.weak(format!("… {} more", by_count.len() - 15));
+        }
+    });
+    if held.len() > 1 {
+        let points: egui_plot::PlotPoints = held
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| [(i + 1) as f64, j])
+            .collect();
+        ui.label("stability (Jaccard of each prefix's core with the whole's)");
+        Plot::new("core_stability")
+            .height(64.0)
+            .allow_drag(false)
+            .allow_zoom(false)
+            .allow_scroll(false)
+            .include_y(0.0)
+            .include_y(1.0)
+            .x_axis_label("tokens")
+            .show(ui, |plot| {
+                plot.line(egui_plot::Line::new("Jaccard", points));
+            });
     }
     action
 }
