@@ -675,10 +675,116 @@ def make_patching():
     print("real/smollm2_patching: LD", round(ld_clean, 3), round(ld_corrupt, 3))
 
 
+GOLDEN = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
+
+
+def splitmix_keys(state, n):
+    """The next n numbers of Dendrite's SplitMix64 stream (`src/rng.rs`) from `state`, and the
+    state after them."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        s = np.uint64(state) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+        z = s
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z, (state + n * GOLDEN) & MASK64
+
+
+def prune_masks(mats, method, sparsity):
+    """definitions.md §14 on flat [out, in] weights, in Dendrite's matrix order; returns the
+    pruned copies."""
+    import numpy as np
+    name, _, arg = method.partition(":")
+    out = [m.clone() for m in mats]
+    if name == "magnitude":
+        for m in out:
+            flat = m.view(-1)
+            k = round(sparsity * flat.numel())
+            idx = torch.argsort(flat.abs(), stable=True)[:k]
+            flat[idx] = 0
+    elif name == "magnitude-global":
+        pooled = torch.cat([m.view(-1) for m in out])
+        k = round(sparsity * pooled.numel())
+        idx = torch.argsort(pooled.abs(), stable=True)[:k]
+        pooled[idx] = 0
+        at = 0
+        for m in out:
+            n = m.numel()
+            m.view(-1).copy_(pooled[at:at + n])
+            at += n
+    elif name == "random":
+        state = (int(arg) ^ GOLDEN) & MASK64
+        for m in out:
+            flat = m.view(-1)
+            n = flat.numel()
+            keys, state = splitmix_keys(state, n)
+            remove = n - round((1 - sparsity) * n)
+            idx = np.argsort(keys, kind="stable")[:remove]
+            flat[torch.from_numpy(idx.astype(np.int64))] = 0
+    elif name == "nm":
+        keep, group = (int(x) for x in arg.split(":"))
+        for m in out:
+            rows, cols = m.shape
+            g = m.view(rows, cols // group, group)
+            order = torch.argsort(-g.abs(), dim=-1, stable=True)
+            drop = order[..., keep:]
+            g.scatter_(-1, drop, 0.0)
+    else:
+        raise ValueError(method)
+    return out
+
+
+PRUNE_CASES = [("magnitude", [0.1, 0.3, 0.5]), ("magnitude-global", [0.1, 0.3, 0.5]),
+               ("random:7", [0.1, 0.3, 0.5]), ("nm:3:4", [0.25]), ("nm:2:4", [0.5]),
+               ("nm:1:4", [0.75])]
+
+
+def make_pruning():
+    """Mean next-token loss on SPARSITY_PROMPT of SmolLM2 with every block matrix (q, k, v, o,
+    gate, up, down) pruned as definitions §14 says, per method and sparsity."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = REAL["smollm2"][0]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(SPARSITY_PROMPT, add_special_tokens=False)["input_ids"]
+    mods = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        mods += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+    dense = [mod.weight.detach().clone() for mod in mods]
+
+    def loss():
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+
+    result = {"prompt": SPARSITY_PROMPT, "token_ids": ids, "scope": "all",
+              "dense_mean_loss": loss(), "cases": []}
+    for method, levels in PRUNE_CASES:
+        for s in levels:
+            pruned = prune_masks(dense, method, s)
+            zeros = sum(int((p == 0).sum()) for p in pruned)
+            total = sum(p.numel() for p in pruned)
+            with torch.no_grad():
+                for mod, w in zip(mods, pruned):
+                    mod.weight.copy_(w)
+            result["cases"].append({"method": method, "sparsity": s, "mean_loss": loss(),
+                                    "achieved_sparsity": zeros / total})
+            print("pruning", method, s, round(result["cases"][-1]["mean_loss"], 4))
+    with torch.no_grad():
+        for mod, w in zip(mods, dense):
+            mod.weight.copy_(w)
+    (FIXTURES / "real" / "smollm2_pruning.json").write_text(json.dumps(result) + "\n")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate",
-                                           "core", "patching"])
+                                           "core", "patching", "pruning"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -694,3 +800,5 @@ if __name__ == "__main__":
         make_core()
     if args.only in (None, "patching"):
         make_patching()
+    if args.only in (None, "pruning"):
+        make_pruning()

@@ -822,6 +822,9 @@ fn view_tables(s: &AppState) -> Vec<Option<String>> {
 #[test]
 fn a_saved_session_reopens_as_the_same_picture() {
     let mut h = built_session();
+    // The heads grid zoomed in to two of its columns, from the second.
+    let zoom = std::collections::BTreeMap::from([("head_grid".to_string(), [1.0f32, 2.0])]);
+    dendrite::ui::heatmap::set_zooms(&h.ctx, &zoom);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("afternoon");
     h.state_mut().act(Action::SaveSession(path.clone()));
@@ -855,6 +858,10 @@ fn a_saved_session_reopens_as_the_same_picture() {
     assert_eq!(view_tables(s), tables);
     assert!(!s.interventions.items[1].enabled);
     assert_eq!(s.tab, dendrite::ui::state::Tab::Heads);
+    assert_eq!(
+        again.state().session_file().zoom.get("head_grid"),
+        zoom.get("head_grid")
+    );
 }
 
 #[test]

@@ -1018,3 +1018,69 @@ fn a_model_load_can_be_cancelled_and_the_open_model_stays() {
     );
     finished(&events, Variant::Baseline);
 }
+
+/// A pruning edit runs the intervened pass on a pruned copy (its losses are the pruned model's,
+/// computed directly) while the baseline stays dense; a new sparsity rebuilds the copy and the
+/// pass, and 0 % gives the dense numbers back.
+#[test]
+fn a_pruning_edit_runs_the_intervened_pass_on_pruned_weights() {
+    use dendrite::model::prune::{PruneMethod, PruneScope, prune};
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let run = |id: RunId, sparsity: f32| {
+        Command::Run(RunPrompt {
+            run_id: id,
+            text: "abcabcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
+            interventions: vec![Edit::Prune {
+                method: PruneMethod::Magnitude,
+                scope: PruneScope::All,
+                sparsity,
+            }],
+            sparsity: Method::Zero,
+            lens: false,
+            patterns: false,
+            have_baseline: None,
+        })
+    };
+    let model = dendrite::model::open(tiny()).unwrap();
+    let ids = model
+        .encode_prompt("abcabcabc", dendrite::model::BosMode::Auto)
+        .unwrap();
+    let direct = |s: f64| {
+        let (pruned, _) = prune(
+            &model.transformer,
+            PruneMethod::Magnitude,
+            PruneScope::All,
+            s,
+        )
+        .unwrap();
+        let out = pruned
+            .forward(
+                std::slice::from_ref(&ids),
+                &HookSpec::default(),
+                &mut dendrite::model::NoObserver,
+            )
+            .unwrap();
+        out.per_token_nll(&ids, 0).unwrap()
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    let events = handle(&mut session, run(1, 0.5));
+    let (dense, pruned) = (
+        finished(&events, Variant::Baseline).per_token_nll.clone(),
+        finished(&events, Variant::Intervened).per_token_nll.clone(),
+    );
+    assert!(close(&pruned, &direct(0.5)), "{pruned:?}");
+    assert!(!close(&pruned, &dense));
+    assert_eq!(intervened_layers(&events), (0..2).collect::<Vec<_>>());
+    let events = handle(&mut session, run(2, 0.8));
+    assert!(close(
+        &finished(&events, Variant::Intervened).per_token_nll,
+        &direct(0.8)
+    ));
+    let events = handle(&mut session, run(3, 0.0));
+    assert!(close(
+        &finished(&events, Variant::Intervened).per_token_nll,
+        &dense
+    ));
+}

@@ -108,6 +108,9 @@ pub enum Command {
     /// Activation patching between a clean and a corrupted prompt: the normalised logit
     /// difference per layer × position (or layer × head).
     Patch(patch::PatchArgs),
+    /// One-shot weight pruning (magnitude, global magnitude, random, N:M) and the loss it costs,
+    /// at one sparsity or over a sweep with the essential-sparsity knee.
+    Prune(prune::PruneArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
@@ -324,6 +327,7 @@ mod describe;
 mod explain;
 mod generate;
 mod patch;
+mod prune;
 mod sae;
 mod sae_train;
 
@@ -410,6 +414,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sparsity(args)) => analyses::sparsity(&args),
         Some(Command::CoreNeurons(args)) => core_neurons::core_neurons(&args),
         Some(Command::Patch(args)) => patch::run(&args),
+        Some(Command::Prune(args)) => prune::run(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
         Some(Command::SaeEval(args)) => sae::sae_eval(&args),

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hooks;
 pub mod packed;
+pub mod prune;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

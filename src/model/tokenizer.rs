@@ -21,6 +21,7 @@ use super::gguf::{metadata_str, metadata_string_array, metadata_u32};
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special_ids: HashSet<u32>,

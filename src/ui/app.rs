@@ -183,9 +183,17 @@ impl DendriteApp {
 
     /// Takes a restored session into the state and sends what brings its picture back.
     fn adopt(&mut self, file: &SessionFile) {
+        super::heatmap::set_zooms(&self.ctx, &file.zoom);
         let effects = self.state.adopt_session(file);
         self.carry_out(effects);
         self.act(Action::ProbeHeads);
+    }
+
+    /// The session as a file holds it: the state's, with the heatmaps' zoom and pan.
+    pub fn session_file(&self) -> SessionFile {
+        let mut file = self.state.session();
+        file.zoom = super::heatmap::zooms(&self.ctx);
+        file
     }
 
     /// Writes the session to `path` (with the `.dendrite` extension added when missing).
@@ -194,7 +202,7 @@ impl DendriteApp {
         if path.extension().is_none() {
             path.set_extension(session::EXTENSION);
         }
-        match session::write(&path, &self.state.session()) {
+        match session::write(&path, &self.session_file()) {
             Ok(()) => self.state.notice = Some(format!("Saved the session to {}", path.display())),
             Err(e) => self.state.errors.push(crate::worker::ErrorEvent {
                 request: crate::worker::Request::Window,
@@ -496,7 +504,7 @@ impl DendriteApp {
         if self.restoring.is_some() || self.state.session_prompt.is_some() {
             return;
         }
-        let session = self.state.session();
+        let session = self.session_file();
         let Some(autosave) = self.autosave.as_mut() else {
             return;
         };

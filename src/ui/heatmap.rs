@@ -108,6 +108,43 @@ struct View {
     visible_cols: f32,
 }
 
+/// The heatmaps whose zoom and pan a session keeps, by the name of their [`Id::unique`] (the
+/// others show per-SAE or per-head maps whose ids do not survive a restart).
+pub const SAVED_ZOOMS: [&str; 5] = ["neurons", "token_layer", "head_grid", "lens", "patching"];
+
+/// The zoom and pan of the [`SAVED_ZOOMS`] drawn so far: `(name, [first visible column,
+/// visible columns])`.
+pub fn zooms(ctx: &egui::Context) -> std::collections::BTreeMap<String, [f32; 2]> {
+    SAVED_ZOOMS
+        .iter()
+        .filter_map(|&name| {
+            let view: View = ctx.data(|d| d.get_temp(Id::unique(name).with("view")))?;
+            Some((name.to_string(), [view.first_col, view.visible_cols]))
+        })
+        .collect()
+}
+
+/// Sets the zoom and pan of heatmaps by name (a restored session's); unknown names and
+/// impossible windows are ignored (the heatmap clamps what it draws anyway).
+pub fn set_zooms(ctx: &egui::Context, zooms: &std::collections::BTreeMap<String, [f32; 2]>) {
+    for (name, &[first_col, visible_cols]) in zooms {
+        if !SAVED_ZOOMS.contains(&name.as_str())
+            || !(first_col.is_finite() && visible_cols.is_finite() && visible_cols > 0.0)
+        {
+            continue;
+        }
+        ctx.data_mut(|d| {
+            d.insert_temp(
+                Id::unique(name.as_str()).with("view"),
+                View {
+                    first_col: first_col.max(0.0),
+                    visible_cols,
+                },
+            )
+        });
+    }
+}
+
 #[derive(Clone)]
 struct Cached {
     key: u64,

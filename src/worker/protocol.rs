@@ -51,6 +51,13 @@ pub enum Edit {
         op: ValueOp,
         positions: Option<Vec<usize>>,
     },
+    /// The block weights of `scope` pruned to `sparsity` by `method` (the intervened pass runs
+    /// on a pruned copy of the model; the open model stays dense).
+    Prune {
+        method: crate::model::prune::PruneMethod,
+        scope: crate::model::prune::PruneScope,
+        sparsity: f32,
+    },
     /// Activation patching's cell as an edit: `site` of `layer` takes its value from a run of
     /// `source` (a prompt with as many tokens) at position `cell`, or head `cell`'s at every
     /// position for `z`.

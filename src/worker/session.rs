@@ -34,6 +34,11 @@ pub struct Session {
     /// none.
     baseline_outputs: Option<PassOutputs>,
     intervened_outputs: Option<PassOutputs>,
+    /// The pruned copy of the model the last pruning edit asked for, and what it was.
+    pruned: Option<(PruneKey, Arc<Model>)>,
+    /// The pruning the intervened cache was computed with (its weights): another one, or none,
+    /// makes it useless.
+    intervened_weights: Option<PruneKey>,
     /// The last baseline sent in full: the UI holds it, so an unchanged one is not resent.
     sent_baseline: Option<SentBaseline>,
     /// The last run's passes, kept for a logit lens asked for after the run.
@@ -58,6 +63,21 @@ impl Drop for Session {
 }
 
 type Lens = Vec<Vec<Vec<TokenPrediction>>>;
+
+/// A pruning edit's parameters (the sparsity by its bits, so that the key compares exactly).
+type PruneKey = (model::prune::PruneMethod, model::prune::PruneScope, u32);
+
+/// The pruning among `edits`, if any (one counts; a later one wins).
+fn pruning(edits: &[Edit]) -> Option<PruneKey> {
+    edits.iter().rev().find_map(|e| match *e {
+        Edit::Prune {
+            method,
+            scope,
+            sparsity,
+        } => Some((method, scope, sparsity.to_bits())),
+        _ => None,
+    })
+}
 
 #[derive(Clone, Debug, PartialEq)]
 struct SentBaseline {
@@ -170,6 +190,8 @@ impl Session {
             intervened: None,
             baseline_outputs: None,
             intervened_outputs: None,
+            pruned: None,
+            intervened_weights: None,
             sent_baseline: None,
             last_run: None,
             baseline_lens: None,
@@ -281,6 +303,10 @@ impl Session {
         self.sent_baseline = None;
         self.last_run = None;
         self.baseline_lens = None;
+        // A pruned copy is of the model it was made from (a new one, or weights a panic may
+        // have left half made).
+        self.pruned = None;
+        self.intervened_weights = None;
     }
 
     /// Opens the model on a loader thread while this one reports progress; stops it when the
@@ -414,6 +440,14 @@ impl Session {
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
         let (model, ids) = prompt_ids(self.model.as_ref(), &run.text, run.bos)?;
+        let model = model.clone();
+        let model = &model;
+        // The intervened pass's weights: the model's, or a pruned copy of them.
+        let prune = pruning(&run.interventions);
+        let weights = match prune {
+            Some(key) => self.pruned_model(model, key)?,
+            None => model.clone(),
+        };
         let n = model.transformer.n_layers();
         let (needed, of_patterns) = crate::memory::run_bytes(
             &model.transformer.dims,
@@ -512,18 +546,29 @@ impl Session {
             spec.interventions = run
                 .interventions
                 .iter()
+                .filter(|e| !matches!(e, Edit::Prune { .. }))
                 .map(|e| resolve(model, saes, e, run.bos))
                 .collect::<anyhow::Result<_>>()?;
-            // Layers before the earliest intervention equal the baseline's.
-            let first_edited = spec
-                .interventions
-                .iter()
-                .filter_map(|i| model::hooks::hook_stage(&i.hook, n))
-                .min()
-                .unwrap_or(0)
-                .clamp(0, n as isize) as usize;
+            // Layers before the earliest intervention equal the baseline's (none do when the
+            // weights are pruned: every layer has pruned matrices).
+            let first_edited = if prune.is_some() {
+                0
+            } else {
+                spec.interventions
+                    .iter()
+                    .filter_map(|i| model::hooks::hook_stage(&i.hook, n))
+                    .min()
+                    .unwrap_or(0)
+                    .clamp(0, n as isize) as usize
+            };
+            // A cache of other weights cannot be rerun from.
+            if self.intervened_weights != prune {
+                self.intervened = None;
+                self.intervened_outputs = None;
+                self.intervened_weights = prune;
+            }
             let intervened = run_pass(
-                model,
+                &weights,
                 saes,
                 &ids,
                 &spec,
@@ -546,6 +591,39 @@ impl Session {
             self.lens(run.run_id, cancel, emit)?;
         }
         Ok(())
+    }
+
+    /// The model with its weights pruned as `key` says (kept for the next run with the same
+    /// pruning; another pruning replaces it). Checked against free memory first.
+    fn pruned_model(&mut self, model: &Arc<Model>, key: PruneKey) -> anyhow::Result<Arc<Model>> {
+        if let Some((cached, pruned)) = &self.pruned
+            && *cached == key
+        {
+            return Ok(pruned.clone());
+        }
+        let (method, scope, bits) = key;
+        // The old copy goes first: two pruned copies at once are not needed.
+        self.pruned = None;
+        crate::memory::check(
+            model::prune::bytes_needed(&model.transformer, scope),
+            crate::memory::available_bytes(),
+            "pruning the model's weights",
+            "prune a narrower scope (mlp or attn)",
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let (transformer, _) = model::prune::prune(
+            &model.transformer,
+            method,
+            scope,
+            f32::from_bits(bits) as f64,
+        )?;
+        let pruned = Arc::new(Model {
+            transformer,
+            tokenizer: model.tokenizer.clone(),
+            info: model.info.clone(),
+        });
+        self.pruned = Some((key, pruned.clone()));
+        Ok(pruned)
     }
 
     /// Sends the logit lens of run `run_id`'s passes (nothing when a later run replaced it).
@@ -1212,6 +1290,9 @@ fn resolve(
 ) -> anyhow::Result<model::Intervention> {
     match edit {
         Edit::Hook(i) => Ok(i.clone()),
+        Edit::Prune { .. } => {
+            anyhow::bail!("pruning changes the weights, not a hook: it applies to prompt runs")
+        }
         &Edit::SteerNeuron {
             layer,
             neuron,

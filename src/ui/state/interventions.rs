@@ -50,6 +50,13 @@ pub enum EditSpec {
         scale: bool,
         positions: Option<Vec<usize>>,
     },
+    /// The block weights of `scope` pruned to `sparsity` by `method` (the intervened pass runs
+    /// on a pruned copy; the slider sets the sparsity).
+    Prune {
+        method: crate::model::prune::PruneMethod,
+        scope: crate::model::prune::PruneScope,
+        sparsity: f32,
+    },
     /// Activation patching's cell: `site` of `layer` takes its value from a run of `source`
     /// at position `cell` (head `cell` at every position for `z`).
     Patch {
@@ -130,6 +137,12 @@ impl EditSpec {
             EditSpec::Neuron { value, .. } | EditSpec::Latent { value, .. } => Some(value),
             EditSpec::PatternClamp { strength, .. } => Some(strength),
             EditSpec::Steer { scale, .. } => Some(scale),
+            // N:M removes 1 − N/M whatever the slider says: no slider.
+            EditSpec::Prune {
+                method: crate::model::prune::PruneMethod::NM { .. },
+                ..
+            } => None,
+            EditSpec::Prune { sparsity, .. } => Some(sparsity),
             EditSpec::SteerLatent { mode, .. } => Some(match mode {
                 SteerMode::Add { scale } => scale,
                 SteerMode::SetProjection { value } => value,
@@ -150,6 +163,7 @@ impl EditSpec {
             | EditSpec::ResampleHead { .. }
             | EditSpec::PatternClamp { .. }
             | EditSpec::Patch { .. }
+            | EditSpec::Prune { .. }
             | EditSpec::Steer { .. } => {}
         }
     }
@@ -160,6 +174,7 @@ impl EditSpec {
             EditSpec::Neuron { value, .. } | EditSpec::Latent { value, .. } => *value = v,
             EditSpec::PatternClamp { strength, .. } => *strength = v,
             EditSpec::Steer { scale, .. } => *scale = v,
+            EditSpec::Prune { sparsity, .. } => *sparsity = v.clamp(0.0, 1.0),
             EditSpec::SteerLatent { mode, .. } => {
                 *mode = match *mode {
                     SteerMode::Add { .. } => SteerMode::Add { scale: v },
@@ -211,6 +226,22 @@ impl InterventionItem {
             } => {
                 format!("L{layer} H{head} resampled from \"{}\"", short(source))
             }
+            EditSpec::Prune {
+                method: method @ crate::model::prune::PruneMethod::NM { n, m },
+                scope,
+                ..
+            } => format!(
+                "prune {method} ({:.0}%) of {scope:?} weights",
+                100.0 * (1.0 - *n as f64 / *m as f64)
+            ),
+            EditSpec::Prune {
+                method,
+                scope,
+                sparsity,
+            } => format!(
+                "prune {method} {:.0}% of {scope:?} weights",
+                100.0 * sparsity
+            ),
             EditSpec::Patch {
                 site,
                 layer,
@@ -351,6 +382,15 @@ impl InterventionItem {
                 },
                 positions,
             },
+            EditSpec::Prune {
+                method,
+                scope,
+                sparsity,
+            } => Edit::Prune {
+                method,
+                scope,
+                sparsity,
+            },
             EditSpec::Patch {
                 site,
                 layer,
@@ -383,6 +423,20 @@ impl InterventionItem {
             _ => None,
         }
     }
+}
+
+/// Takes the list from the top of `from`, keeping the current one on `to` (undo: from the undo
+/// stack to the redo stack; redo the other way). Whether there was a step.
+fn step_back(
+    items: &mut Vec<InterventionItem>,
+    from: &mut Vec<Vec<InterventionItem>>,
+    to: &mut Vec<Vec<InterventionItem>>,
+) -> bool {
+    let Some(other) = from.pop() else {
+        return false;
+    };
+    to.push(std::mem::replace(items, other));
+    true
 }
 
 /// Interventions of a saved SAE that is not attached (its file is missing, changed shape, or
@@ -497,20 +551,12 @@ impl Interventions {
 
     pub fn undo(&mut self) -> bool {
         self.dragging = None;
-        let Some(previous) = self.undo.pop() else {
-            return false;
-        };
-        self.redo.push(std::mem::replace(&mut self.items, previous));
-        true
+        step_back(&mut self.items, &mut self.undo, &mut self.redo)
     }
 
     pub fn redo(&mut self) -> bool {
         self.dragging = None;
-        let Some(next) = self.redo.pop() else {
-            return false;
-        };
-        self.undo.push(std::mem::replace(&mut self.items, next));
-        true
+        step_back(&mut self.items, &mut self.redo, &mut self.undo)
     }
 
     /// Removes `sae_id`'s interventions from the list and from every undo and redo step

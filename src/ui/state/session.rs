@@ -81,6 +81,10 @@ pub struct SessionFile {
     /// The patching tab's corrupted prompt, tokens, site and direction.
     #[serde(default)]
     pub patching: PatchSettings,
+    /// Zoom and pan of the heatmaps that have them, by name: `[first visible column, visible
+    /// columns]` (the window's, which the app adds: the state does not hold them).
+    #[serde(default)]
+    pub zoom: std::collections::BTreeMap<String, [f32; 2]>,
 }
 
 /// A question about a session the window asks before going on.
@@ -174,6 +178,7 @@ impl AppState {
             generate_colour: self.generate_colour,
             figure_format: self.figure_format,
             patching: self.patching.settings.clone(),
+            zoom: Default::default(),
         }
     }
 

@@ -46,6 +46,36 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         {
             action = Some(Action::Redo);
         }
+        ui.menu_button("Prune weights", |ui| {
+            use crate::model::prune::{PruneMethod, PruneScope};
+            ui.weak("the views compare the pruned model with the dense one");
+            for (name, method) in [
+                ("magnitude, per matrix", PruneMethod::Magnitude),
+                ("magnitude, one global threshold", PruneMethod::MagnitudeGlobal),
+                ("random (seed 0)", PruneMethod::Random { seed: 0 }),
+                ("2:4", PruneMethod::NM { n: 2, m: 4 }),
+            ] {
+                ui.label(name);
+                ui.horizontal(|ui| {
+                    for (scope_name, scope) in [
+                        ("MLP", PruneScope::Mlp),
+                        ("attention", PruneScope::Attn),
+                        ("all", PruneScope::All),
+                    ] {
+                        if ui.small_button(scope_name).clicked() {
+                            action = Some(Action::AddIntervention(EditSpec::Prune {
+                                method,
+                                scope,
+                                sparsity: 0.5,
+                            }));
+                            ui.close();
+                        }
+                    }
+                });
+            }
+        })
+        .response
+        .on_hover_text("One-shot pruning of the block weights (definitions §14): the slider sets the sparsity, the file is untouched");
         if state.interventions.items.is_empty() {
             ui.weak("none: add a clamp from a neuron or head in the inspector");
         }
@@ -63,7 +93,7 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 let mut changed = false;
                 if let Some(mut value) = item.spec.value() {
                     let range = match item.spec {
-                        EditSpec::PatternClamp { .. } => 0.0..=1.0,
+                        EditSpec::PatternClamp { .. } | EditSpec::Prune { .. } => 0.0..=1.0,
                         _ => {
                             let r = 10f32.max(value.abs() * 2.0);
                             -r..=r

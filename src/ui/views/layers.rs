@@ -168,14 +168,7 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 .min(12.0 * n as f32)
                 .max(24.0),
         );
-        let r = heatmap_ui(
-            ui,
-            ui.scope_id().with("token_layer"),
-            key,
-            &grid,
-            cmap,
-            size,
-        );
+        let r = heatmap_ui(ui, egui::Id::unique("token_layer"), key, &grid, cmap, size);
         if let Some((l, p)) = r.hovered {
             r.response.on_hover_text(format!(
                 "layer {l}, token {p} {:?}: {}",

@@ -79,7 +79,7 @@ pub fn neurons_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         ui.available_width(),
         (ui.available_height() - 40.0).max(80.0),
     );
-    let r = heatmap_ui(ui, ui.scope_id().with("neurons"), key, &grid, cmap, size);
+    let r = heatmap_ui(ui, egui::Id::unique("neurons"), key, &grid, cmap, size);
     if let Some((p, c)) = r.hovered {
         let neuron = order[c];
         let unit = crate::worker::stores::UnitRef {

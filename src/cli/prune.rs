@@ -1,0 +1,149 @@
+//! `dendrite prune`: one-shot weight pruning of the open model (definitions §14) and the loss
+//! it costs on a prompt or a corpus, at one sparsity or over a sweep with essential sparsity's
+//! knee.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::model::prune::{PruneMethod, PruneScope, knee, prune};
+use crate::model::{self, HookSpec, Model, NoObserver, Transformer};
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    pub model: PathBuf,
+    /// magnitude | magnitude-global | random:SEED | nm:N:M
+    #[arg(long)]
+    pub method: PruneMethod,
+    /// Share of the scope's weights to remove (N:M removes 1 − N/M whatever this says).
+    #[arg(long, required_unless_present = "sweep")]
+    pub sparsity: Option<f64>,
+    /// Sparsities to sweep, e.g. 0,0.1,0.2,…,0.9: the loss curve and the knee (the last
+    /// sparsity within 1 % of the dense loss).
+    #[arg(long, value_delimiter = ',', conflicts_with = "sparsity")]
+    pub sweep: Option<Vec<f64>>,
+    /// mlp | attn | all (the block's 2-D weights; never embeddings, norms or biases).
+    #[arg(long, default_value = "all")]
+    pub scope: PruneScope,
+    /// Measure the loss on this prompt...
+    #[arg(long, conflicts_with = "corpus", required_unless_present = "corpus")]
+    pub prompt: Option<String>,
+    /// ...or on the first --tokens tokens of this text file.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sequences the loss is measured on: the prompt, or the corpus cut into windows of at most
+/// 256 tokens (and the model's context).
+fn sequences(model: &Model, args: &PruneArgs) -> Result<Vec<Vec<u32>>> {
+    let ids = match (&args.prompt, &args.corpus) {
+        (Some(text), _) => return Ok(vec![model.encode_prompt(text, model::BosMode::Auto)?]),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the corpus {}", path.display()))?;
+            let mut ids = model.encode(&text, false)?;
+            ids.truncate(args.tokens);
+            ids
+        }
+        (None, None) => bail!("give --prompt or --corpus"),
+    };
+    let window = model.info.dims.n_ctx.clamp(2, 256);
+    let seqs: Vec<Vec<u32>> = ids
+        .chunks(window)
+        .filter(|c| c.len() >= 2)
+        .map(<[u32]>::to_vec)
+        .collect();
+    if seqs.is_empty() {
+        bail!("the corpus has fewer than 2 tokens");
+    }
+    Ok(seqs)
+}
+
+/// Mean next-token loss (nats) over every predicted token of `seqs`.
+pub fn mean_loss(t: &Transformer, seqs: &[Vec<u32>]) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for seq in seqs {
+        let out = t.forward(
+            std::slice::from_ref(seq),
+            &HookSpec::default(),
+            &mut NoObserver,
+        )?;
+        for nll in out.per_token_nll(seq, 0)? {
+            sum += nll as f64;
+            n += 1;
+        }
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+pub fn run(args: &PruneArgs) -> Result<()> {
+    let model = model::open(&args.model)?;
+    let seqs = sequences(&model, args)?;
+    let dense = mean_loss(&model.transformer, &seqs)?;
+    let levels = match (&args.sweep, args.sparsity) {
+        (Some(levels), _) => levels.clone(),
+        (None, Some(s)) => vec![s],
+        (None, None) => bail!("give --sparsity or --sweep"),
+    };
+    let mut points = Vec::with_capacity(levels.len());
+    for &s in &levels {
+        let (pruned, report) = prune(&model.transformer, args.method, args.scope, s)?;
+        let loss = mean_loss(&pruned, &seqs)?;
+        if !args.json {
+            outln!(
+                "{} {:?} sparsity {:.3} (achieved {:.4}): mean loss {loss:.4} (dense {dense:.4})",
+                args.method,
+                args.scope,
+                report.sparsity,
+                report.achieved_sparsity
+            );
+        }
+        points.push(json!({
+            "sparsity": report.sparsity,
+            "achieved_sparsity": report.achieved_sparsity,
+            "mean_loss": loss,
+        }));
+    }
+    let tokens: usize = seqs.iter().map(|s| s.len() - 1).sum();
+    if args.sweep.is_none() {
+        let mut one = points.remove(0);
+        one["dense_mean_loss"] = json!(dense);
+        one["method"] = json!(args.method.to_string());
+        one["scope"] = json!(args.scope);
+        one["tokens"] = json!(tokens);
+        if args.json {
+            outln!("{one}");
+        }
+        return Ok(());
+    }
+    let curve: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| Some((p["sparsity"].as_f64()?, p["mean_loss"].as_f64()?)))
+        .collect();
+    let knee = knee(&curve, dense, 0.01);
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "method": args.method.to_string(),
+                "scope": args.scope,
+                "dense_mean_loss": dense,
+                "tokens": tokens,
+                "points": points,
+                "knee": knee,
+            })
+        );
+    } else {
+        match knee {
+            Some(k) => outln!("essential sparsity (loss within 1 % of dense): {k}"),
+            None => outln!("no swept sparsity keeps the loss within 1 % of dense"),
+        }
+    }
+    Ok(())
+}
