@@ -675,6 +675,97 @@ def make_patching():
     print("real/smollm2_patching: LD", round(ld_clean, 3), round(ld_corrupt, 3))
 
 
+SPARSIFY_METHODS = ["topk:768", "cats:0.5", "chess:0.5", "cett:0.2", "fatrelu:0.01"]
+
+
+def make_sparsify():
+    """Activation sparsity applied during the forward (definitions §1–5) on SmolLM2, calibrated
+    on the prompt itself: the mean loss and the share of zeros in every down_proj input."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = REAL["smollm2"][0]
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        MODELS, gguf_file=file, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(SPARSITY_PROMPT, add_special_tokens=False)["input_ids"]
+    layers = model.model.layers
+    # Dense activations for calibration.
+    acts, handles = {}, []
+    for l, layer in enumerate(layers):
+        handles.append(layer.mlp.act_fn.register_forward_hook(
+            lambda m, i, o, l=l: acts.__setitem__(("s", l), o[0].detach())))
+        handles.append(layer.mlp.up_proj.register_forward_hook(
+            lambda m, i, o, l=l: acts.__setitem__(("u", l), o[0].detach())))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(
+            lambda m, args, l=l: acts.__setitem__(("a", l), args[0][0].detach())))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+
+    def loss():
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+
+    result = {"prompt": SPARSITY_PROMPT, "token_ids": ids, "dense_mean_loss": loss(), "methods": {}}
+    for method in SPARSIFY_METHODS:
+        name, _, value = method.partition(":")
+        v = float(value)
+        zeros = {}
+        handles = []
+        thresholds = []
+        for l, layer in enumerate(layers):
+            s_cal, u_cal, a_cal = acts[("s", l)], acts[("u", l)], acts[("a", l)]
+            w_down = layer.mlp.down_proj.weight.detach()
+            if name == "cett":
+                eps = cett_threshold(a_cal.double(), w_down.double(), v)
+                thresholds.append(eps)
+                limit = eps / w_down.double().norm(dim=0)
+
+                def pre(m, args, limit=limit):
+                    a = args[0].clone()
+                    a[a.double().abs() < limit] = 0
+                    return (a,)
+                handles.append(layer.mlp.down_proj.register_forward_pre_hook(pre))
+            else:
+                if name == "topk":
+                    k = int(v)
+
+                    def cut(s, k=k):
+                        order = torch.argsort(-s.abs(), dim=-1, stable=True)
+                        mask = torch.ones_like(s, dtype=torch.bool)
+                        mask.scatter_(-1, order[..., :k], False)
+                        return mask
+                elif name == "cats":
+                    t = cats_threshold(s_cal.abs().double().numpy(), v)
+                    thresholds.append(t)
+                    cut = lambda s, t=t: s.abs().double() < t
+                elif name == "chess":
+                    m_ = u_cal.abs().double().mean(0)
+                    scores = (s_cal.abs().double() * m_[None, :]).flatten()
+                    kth = min(max(int(v * scores.numel()), 1), scores.numel())
+                    tau = float(torch.kthvalue(scores, kth).values)
+                    t = tau / m_
+                    cut = lambda s, t=t: s.abs().double() < t[None, :]
+                elif name == "fatrelu":
+                    cut = lambda s, v=v: s < v
+                def hook(m, i, o, cut=cut):
+                    o = o.clone()
+                    o[cut(o)] = 0
+                    return o
+                handles.append(layer.mlp.act_fn.register_forward_hook(hook))
+            handles.append(layer.mlp.down_proj.register_forward_pre_hook(
+                lambda m, args, l=l: zeros.__setitem__(l, float((args[0][0] == 0).double().mean()))))
+        result["methods"][method] = {"mean_loss": loss(),
+                                     "sparsity": sum(zeros.values()) / len(zeros),
+                                     "thresholds": thresholds}
+        for h in handles:
+            h.remove()
+        print("sparsify", method, result["methods"][method])
+    (FIXTURES / "real" / "smollm2_sparsify.json").write_text(json.dumps(result) + "\n")
+
+
 GOLDEN = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
 
@@ -784,7 +875,7 @@ def make_pruning():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["tiny", "real", "heads", "sparsity", "generate",
-                                           "core", "patching", "pruning"])
+                                           "core", "patching", "pruning", "sparsify"])
     args = parser.parse_args()
     if args.only in (None, "tiny"):
         make_tiny()
@@ -802,3 +893,5 @@ if __name__ == "__main__":
         make_patching()
     if args.only in (None, "pruning"):
         make_pruning()
+    if args.only in (None, "sparsify"):
+        make_sparsify()

@@ -358,3 +358,66 @@ fn pruned_model_losses_match_hf() {
     // The original is untouched: pruning made a copy.
     assert!((loss(&m.transformer) - dense).abs() <= 1e-3);
 }
+
+/// Activation sparsity applied during the forward (definitions §1–5), calibrated on the prompt
+/// itself, on SmolLM2 against HF with the same cuts made by hooks (`scripts/make_fixtures.py
+/// --only sparsify`): each layer's threshold (to 1e-3 relative), the share of zeros reached
+/// (1e-3) and the mean loss (0.05: see below).
+#[test]
+fn sparsified_forwards_match_hf() {
+    use dendrite::analysis::sparsify::{
+        LayerRule, SparsifyMethod, achieved_sparsity, calibrate, interventions,
+    };
+    let m = model::open(real_model("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let r = real_reference("smollm2_sparsify");
+    let ids = json_ids(&r["token_ids"]);
+    let seqs = [ids.clone()];
+    for (name, hf) in r["methods"].as_object().unwrap() {
+        let method: SparsifyMethod = name.parse().unwrap();
+        let rules = calibrate(&m.transformer, method, &seqs).unwrap();
+        // The rules are HF's: each layer's CATS t and CETT ε.
+        for (l, hf_t) in hf["thresholds"].as_array().unwrap().iter().enumerate() {
+            let hf_t = hf_t.as_f64().unwrap();
+            let ours = match &rules[l] {
+                LayerRule::BelowAbs(t) => t[0] as f64,
+                LayerRule::PostBelowAbs(limits) => {
+                    let norm = m.transformer.blocks[l].mlp.down.weight.column_norms()[0];
+                    limits[0] as f64 * norm as f64
+                }
+                other => panic!("{name}: {other:?}"),
+            };
+            assert!(
+                (ours - hf_t).abs() <= 1e-3 * hf_t.abs().max(1.0),
+                "{name} layer {l}: threshold {ours} vs HF {hf_t}"
+            );
+        }
+        let mut spec = HookSpec::capture(["blocks.*.mlp.hook_post"]);
+        spec.interventions = interventions(&m.transformer, &rules, name);
+        let out = m
+            .transformer
+            .forward(std::slice::from_ref(&ids), &spec, &mut NoObserver)
+            .unwrap();
+        let nll = out.per_token_nll(&ids, 0).unwrap();
+        let loss = nll.iter().map(|&x| x as f64).sum::<f64>() / nll.len() as f64;
+        let sparsity = achieved_sparsity(&m.transformer, &out.captures, 0).unwrap();
+        let (hf_loss, hf_sparsity) = (
+            hf["mean_loss"].as_f64().unwrap(),
+            hf["sparsity"].as_f64().unwrap(),
+        );
+        eprintln!(
+            "{name}: loss {loss:.5} (HF {hf_loss:.5}), sparsity {sparsity:.5} (HF {hf_sparsity:.5})"
+        );
+        // A cut at a threshold flips values that lie within float noise (or, for CETT, within
+        // a step of the 65 536-candidate grid, whose ends come from a quantile) of it, and each
+        // flip changes what later layers see: losses agree to a few hundredths, the share cut
+        // to 1e-3.
+        assert!(
+            (loss - hf_loss).abs() <= 0.05,
+            "{name}: loss {loss} vs HF {hf_loss}"
+        );
+        assert!(
+            (sparsity - hf_sparsity).abs() <= 1e-3,
+            "{name}: sparsity {sparsity} vs HF {hf_sparsity}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod heads;
 pub mod histogram;
 pub mod lens;
 pub mod patching;
+pub mod sparsify;
 pub mod sparsity;
 
 /// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass

@@ -111,6 +111,9 @@ pub enum Command {
     /// One-shot weight pruning (magnitude, global magnitude, random, N:M) and the loss it costs,
     /// at one sparsity or over a sweep with the essential-sparsity knee.
     Prune(prune::PruneArgs),
+    /// Run with the MLP activations cut by a sparsity method (top-k, CATS, CHESS, CETT's rule,
+    /// FATReLU) and report the loss, or find its PPL-p% parameter.
+    Sparsify(sparsify::SparsifyArgs),
     /// Logit lens per layer and position, and direct logit attribution to a target token.
     Lens(analyses::LensArgs),
     /// An SAE's latents per token, L0, FVE and MSE on a prompt.
@@ -326,10 +329,12 @@ mod core_neurons;
 mod describe;
 mod explain;
 mod generate;
+mod loss;
 mod patch;
 mod prune;
 mod sae;
 mod sae_train;
+mod sparsify;
 
 /// Opens the window (`dendrite` alone, or `dendrite open`).
 #[cfg(feature = "gui")]
@@ -415,6 +420,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::CoreNeurons(args)) => core_neurons::core_neurons(&args),
         Some(Command::Patch(args)) => patch::run(&args),
         Some(Command::Prune(args)) => prune::run(&args),
+        Some(Command::Sparsify(args)) => sparsify::run(&args),
         Some(Command::Lens(args)) => analyses::lens(&args),
         Some(Command::Sae(args)) => sae::sae(&args),
         Some(Command::SaeEval(args)) => sae::sae_eval(&args),

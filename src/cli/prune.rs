@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
+use super::loss::{mean_loss, sequences};
 use crate::model::prune::{PruneMethod, PruneScope, knee, prune};
-use crate::model::{self, HookSpec, Model, NoObserver, Transformer};
+use crate::model::{self, HookSpec};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -39,53 +40,15 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
-/// Sequences the loss is measured on: the prompt, or the corpus cut into windows of at most
-/// 256 tokens (and the model's context).
-fn sequences(model: &Model, args: &PruneArgs) -> Result<Vec<Vec<u32>>> {
-    let ids = match (&args.prompt, &args.corpus) {
-        (Some(text), _) => return Ok(vec![model.encode_prompt(text, model::BosMode::Auto)?]),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the corpus {}", path.display()))?;
-            let mut ids = model.encode(&text, false)?;
-            ids.truncate(args.tokens);
-            ids
-        }
-        (None, None) => bail!("give --prompt or --corpus"),
-    };
-    let window = model.info.dims.n_ctx.clamp(2, 256);
-    let seqs: Vec<Vec<u32>> = ids
-        .chunks(window)
-        .filter(|c| c.len() >= 2)
-        .map(<[u32]>::to_vec)
-        .collect();
-    if seqs.is_empty() {
-        bail!("the corpus has fewer than 2 tokens");
-    }
-    Ok(seqs)
-}
-
-/// Mean next-token loss (nats) over every predicted token of `seqs`.
-pub fn mean_loss(t: &Transformer, seqs: &[Vec<u32>]) -> Result<f64> {
-    let (mut sum, mut n) = (0f64, 0usize);
-    for seq in seqs {
-        let out = t.forward(
-            std::slice::from_ref(seq),
-            &HookSpec::default(),
-            &mut NoObserver,
-        )?;
-        for nll in out.per_token_nll(seq, 0)? {
-            sum += nll as f64;
-            n += 1;
-        }
-    }
-    Ok(sum / n.max(1) as f64)
-}
-
 pub fn run(args: &PruneArgs) -> Result<()> {
     let model = model::open(&args.model)?;
-    let seqs = sequences(&model, args)?;
-    let dense = mean_loss(&model.transformer, &seqs)?;
+    let seqs = sequences(
+        &model,
+        args.prompt.as_deref(),
+        args.corpus.as_deref(),
+        args.tokens,
+    )?;
+    let dense = mean_loss(&model.transformer, &seqs, &HookSpec::default())?;
     let levels = match (&args.sweep, args.sparsity) {
         (Some(levels), _) => levels.clone(),
         (None, Some(s)) => vec![s],
@@ -94,7 +57,7 @@ pub fn run(args: &PruneArgs) -> Result<()> {
     let mut points = Vec::with_capacity(levels.len());
     for &s in &levels {
         let (pruned, report) = prune(&model.transformer, args.method, args.scope, s)?;
-        let loss = mean_loss(&pruned, &seqs)?;
+        let loss = mean_loss(&pruned, &seqs, &HookSpec::default())?;
         if !args.json {
             outln!(
                 "{} {:?} sparsity {:.3} (achieved {:.4}): mean loss {loss:.4} (dense {dense:.4})",

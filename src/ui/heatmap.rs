@@ -128,9 +128,11 @@ pub fn zooms(ctx: &egui::Context) -> std::collections::BTreeMap<String, [f32; 2]
 /// impossible windows are ignored (the heatmap clamps what it draws anyway).
 pub fn set_zooms(ctx: &egui::Context, zooms: &std::collections::BTreeMap<String, [f32; 2]>) {
     for (name, &[first_col, visible_cols]) in zooms {
-        if !SAVED_ZOOMS.contains(&name.as_str())
-            || !(first_col.is_finite() && visible_cols.is_finite() && visible_cols > 0.0)
-        {
+        let usable = SAVED_ZOOMS.contains(&name.as_str())
+            && first_col.is_finite()
+            && visible_cols.is_finite()
+            && visible_cols > 0.0;
+        if !usable {
             continue;
         }
         ctx.data_mut(|d| {
