@@ -617,3 +617,66 @@ fn bad_input_is_a_clear_error() {
         .to_string();
     assert!(err.contains("x.jsonl:1"), "{err}");
 }
+
+/// `dendrite facets` clusters a unit's top windows from a store scanned with the sample model
+/// (the store names the model): every window in exactly one facet, sizes and labels given,
+/// the same split again with the same seed, and a given k honoured.
+#[test]
+fn facets_split_a_units_top_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.sqlite");
+    dendrite::describe::scan(&sample_model(), &sample_opts(&out), &mut |_| {}, &never).unwrap();
+    let store = out.to_str().unwrap();
+    let facets = |k: Option<&str>| {
+        let mut args = vec![
+            "facets",
+            store,
+            "--source",
+            "blocks.1.mlp.hook_post",
+            "--unit",
+            "3",
+            "--json",
+        ];
+        if let Some(k) = k {
+            args.extend(["--k", k]);
+        }
+        let o = dendrite_cli(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = facets(None);
+    let report = dendrite::describe::store::Store::open_existing(&out)
+        .unwrap()
+        .unit_report("blocks.1.mlp.hook_post", 3, None)
+        .unwrap();
+    let positive = report.examples.iter().filter(|e| e.max_act > 0.0).count();
+    assert!(positive >= 3, "the unit needs a few windows");
+    let list = v["facets"].as_array().unwrap();
+    let k = v["k"].as_u64().unwrap() as usize;
+    assert_eq!(list.len(), k);
+    assert!((2..=6).contains(&k), "{v}");
+    let mut windows: Vec<u64> = list
+        .iter()
+        .flat_map(|f| {
+            f["windows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(windows.len(), positive);
+    windows.sort_unstable();
+    windows.dedup();
+    assert_eq!(windows.len(), positive, "each window in one facet");
+    for f in list {
+        assert_eq!(
+            f["size"].as_u64().unwrap() as usize,
+            f["windows"].as_array().unwrap().len()
+        );
+        assert!(f["label"].as_str().unwrap().contains('×'));
+    }
+    assert_eq!(v["hook"], "blocks.1.hook_resid_post");
+    assert_eq!(facets(None), v, "seeded");
+    assert_eq!(facets(Some("2"))["k"], 2);
+}

@@ -2,6 +2,7 @@
 //! Formulas follow `definitions.md`; each has its worked example as a test.
 
 pub mod core_neurons;
+pub mod facets;
 pub mod heads;
 pub mod histogram;
 pub mod lens;

@@ -89,6 +89,26 @@ pub struct ExamplesArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct FacetsArgs {
+    pub store: PathBuf,
+    /// `blocks.3.mlp.hook_post`, or `sae:<folder>` for an SAE's latents.
+    #[arg(long)]
+    pub source: String,
+    #[arg(long)]
+    pub unit: usize,
+    /// Facets to split into (default: chosen by silhouette among 2…6).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// The model the windows run through again (default: the one the store was scanned with).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ImportArgs {
     pub store: PathBuf,
     /// A Neuronpedia export (JSON array or JSONL, optionally .gz) or OpenAI explanation
@@ -227,6 +247,44 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
             summary.windows,
             summary.tokens,
             summary.store.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn facets(args: &FacetsArgs) -> Result<()> {
+    let store = Store::open_existing(&args.store)?;
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => PathBuf::from(store.held_scan()?.model_path),
+    };
+    let model = crate::model::open(&model_path)?;
+    let facets = crate::describe::facets::unit_facets(
+        &model,
+        &store,
+        &args.source,
+        args.unit,
+        args.k,
+        args.seed,
+    )?;
+    if args.json {
+        outln!("{}", serde_json::to_string(&facets)?);
+        return Ok(());
+    }
+    outln!(
+        "{} unit {}: {} facet(s) by {} at the peak (silhouette {:.3})",
+        facets.source,
+        facets.unit,
+        facets.k,
+        facets.hook,
+        facets.silhouette
+    );
+    for (i, f) in facets.facets.iter().enumerate() {
+        outln!(
+            "  facet {i}: {} window(s), mean peak {:.3}: {}",
+            f.size,
+            f.mean_peak,
+            f.label
         );
     }
     Ok(())

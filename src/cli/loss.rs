@@ -1,11 +1,36 @@
 //! The mean next-token loss the pruning and sparsification commands compare: on a prompt, or
 //! on the first tokens of a corpus in windows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 
 use crate::model::{self, HookSpec, Model, NoObserver, Transformer};
+
+/// Where the loss is measured (`--prompt` or `--corpus` with `--tokens`).
+#[derive(Args, Debug)]
+pub struct LossText {
+    /// Measure the loss on this prompt...
+    #[arg(long, conflicts_with = "corpus", required_unless_present = "corpus")]
+    pub prompt: Option<String>,
+    /// ...or on the first --tokens tokens of this text file.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: usize,
+}
+
+impl LossText {
+    pub fn sequences(&self, model: &Model) -> Result<Vec<Vec<u32>>> {
+        sequences(
+            model,
+            self.prompt.as_deref(),
+            self.corpus.as_deref(),
+            self.tokens,
+        )
+    }
+}
 
 /// Sequences the loss is measured on: the prompt, or the corpus's first `tokens` tokens cut
 /// into windows of at most 256 (and the model's context).

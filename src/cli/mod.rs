@@ -130,6 +130,8 @@ pub enum Command {
     Merge(describe::MergeArgs),
     /// A unit's examples, statistics and explanations from a store.
     Examples(describe::ExamplesArgs),
+    /// A unit's facets: its top examples clustered by the residual stream at their peaks.
+    Facets(describe::FacetsArgs),
     /// Import Neuronpedia or OpenAI explanations into a store's source.
     ImportExplanations(describe::ImportArgs),
     /// Write your own description of a unit into a store.
@@ -428,6 +430,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Scan(args)) => describe::scan(&args),
         Some(Command::Merge(args)) => describe::merge(&args),
         Some(Command::Examples(args)) => describe::examples(&args),
+        Some(Command::Facets(args)) => describe::facets(&args),
         Some(Command::ImportExplanations(args)) => describe::import(&args),
         Some(Command::Describe(args)) => describe::describe(&args),
         Some(Command::Search(args)) => describe::search(&args),

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::loss::{mean_loss, sequences};
+use super::loss::{LossText, mean_loss};
 use crate::model::prune::{PruneMethod, PruneScope, knee, prune};
 use crate::model::{self, HookSpec};
 
@@ -28,26 +28,15 @@ pub struct PruneArgs {
     /// mlp | attn | all (the block's 2-D weights; never embeddings, norms or biases).
     #[arg(long, default_value = "all")]
     pub scope: PruneScope,
-    /// Measure the loss on this prompt...
-    #[arg(long, conflicts_with = "corpus", required_unless_present = "corpus")]
-    pub prompt: Option<String>,
-    /// ...or on the first --tokens tokens of this text file.
-    #[arg(long)]
-    pub corpus: Option<PathBuf>,
-    #[arg(long, default_value_t = 4096)]
-    pub tokens: usize,
+    #[command(flatten)]
+    pub text: LossText,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &PruneArgs) -> Result<()> {
     let model = model::open(&args.model)?;
-    let seqs = sequences(
-        &model,
-        args.prompt.as_deref(),
-        args.corpus.as_deref(),
-        args.tokens,
-    )?;
+    let seqs = args.text.sequences(&model)?;
     let dense = mean_loss(&model.transformer, &seqs, &HookSpec::default())?;
     let levels = match (&args.sweep, args.sparsity) {
         (Some(levels), _) => levels.clone(),

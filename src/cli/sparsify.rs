@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::loss::{mean_loss, sequences};
+use super::loss::{LossText, mean_loss, sequences};
 use crate::analysis::sparsify::{SparsifyMethod, achieved_sparsity, calibrate, interventions};
 use crate::model::{self, HookSpec, Model, NoObserver};
 
@@ -18,14 +18,8 @@ pub struct SparsifyArgs {
     /// topk:K | cats:S | chess:S | cett:C | fatrelu:T
     #[arg(long)]
     pub method: SparsifyMethod,
-    /// Measure on this prompt...
-    #[arg(long, conflicts_with = "corpus", required_unless_present = "corpus")]
-    pub prompt: Option<String>,
-    /// ...or on the first --tokens tokens of this text file.
-    #[arg(long)]
-    pub corpus: Option<PathBuf>,
-    #[arg(long, default_value_t = 2048)]
-    pub tokens: usize,
+    #[command(flatten)]
+    pub text: LossText,
     /// Text that calibrates CATS, CHESS and CETT (default: the measured text itself).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
@@ -69,14 +63,9 @@ fn evaluate(
 
 pub fn run(args: &SparsifyArgs) -> Result<()> {
     let model = model::open(&args.model)?;
-    let seqs = sequences(
-        &model,
-        args.prompt.as_deref(),
-        args.corpus.as_deref(),
-        args.tokens,
-    )?;
+    let seqs = args.text.sequences(&model)?;
     let calibration = match &args.calibration {
-        Some(path) => sequences(&model, None, Some(path), args.tokens)?,
+        Some(path) => sequences(&model, None, Some(path), args.text.tokens)?,
         None => seqs.clone(),
     };
     let dense = mean_loss(&model.transformer, &seqs, &HookSpec::default())?;

@@ -11,6 +11,7 @@
 pub mod blob;
 pub mod corpus;
 pub mod explanations;
+pub mod facets;
 pub mod interp;
 pub mod scan;
 pub mod stats;
