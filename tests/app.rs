@@ -1091,3 +1091,35 @@ fn the_figure_format_chosen_is_the_one_written() {
     // The choice is part of the session.
     assert_eq!(h.state().state.session().figure_format, FigureFormat::Svg);
 }
+
+#[test]
+fn a_units_facets_appear_in_the_inspector() {
+    let mut h = harness();
+    step_until(&mut h, "the model and its store", |s| {
+        s.model.is_some() && !s.stores.open.is_empty() && finished(s)
+    });
+    h.state_mut().act(Action::SelectNeuron {
+        layer: 1,
+        neuron: 5,
+    });
+    let unit = dendrite::worker::stores::UnitRef {
+        source: "blocks.1.mlp.hook_post".into(),
+        unit: 5,
+    };
+    let report = report_of(&mut h, &unit);
+    h.run_steps(2);
+    // The panel's *Facets* button sends this (it sits below the fold of the harness's window).
+    h.get_by_label("Facets");
+    h.state_mut().act(Action::ShowFacets(unit.clone()));
+    assert_eq!(h.state().state.facets_asked.as_ref(), Some(&unit));
+    step_until(&mut h, "the facets", |s| s.facets.is_some());
+    let facets = h.state().state.facets.clone().unwrap();
+    let positive = report.examples.iter().filter(|e| e.max_act > 0.0).count();
+    assert_eq!(
+        facets.facets.iter().map(|f| f.size).sum::<usize>(),
+        positive
+    );
+    assert!(facets.k >= 1);
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("facet 1: {}", facets.facets[0].label));
+}

@@ -246,6 +246,14 @@ pub struct PatchJob {
     pub direction: crate::analysis::patching::Direction,
 }
 
+/// A unit's facets from a corpus store's top windows (the open model reruns them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FacetsRequest {
+    pub store: PathBuf,
+    pub source: String,
+    pub unit: usize,
+}
+
 /// A finished patching sweep.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PatchReport {
@@ -275,6 +283,7 @@ pub enum Command {
     LoadModel(LoadModel),
     ExplainUnits(ExplainUnitsJob),
     Patch(PatchJob),
+    Facets(FacetsRequest),
     ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
     EvaluateSae(EvaluateSaeJob),
@@ -330,6 +339,10 @@ impl Command {
             Command::ExplainUnits(j) => (
                 Request::Job(j.job_id),
                 format!("explaining units of {}", j.opts.source),
+            ),
+            Command::Facets(f) => (
+                Request::Inspect,
+                format!("finding the facets of {} {}", f.source, f.unit),
             ),
             Command::Patch(j) => (
                 Request::Job(j.job_id),
@@ -650,6 +663,8 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// A unit's facets ([`Command::Facets`]).
+    FacetsReady(Box<crate::describe::facets::Facets>),
     Loading(Loading),
     ModelLoaded(ModelLoaded),
     RunStarted(RunStarted),

@@ -254,6 +254,7 @@ impl Session {
                 })
             }
             Command::Patch(job) => self.patch(job, cancel, emit),
+            Command::Facets(f) => self.facets(&f).map(&mut *emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -285,6 +286,15 @@ impl Session {
         self.model
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no model is open"))
+    }
+
+    /// A unit's facets from its top windows in a store (the open model reruns them).
+    fn facets(&self, f: &FacetsRequest) -> anyhow::Result<Event> {
+        let model = self.model_or_err()?;
+        let store = crate::describe::store::Store::open_existing(&f.store)?;
+        let facets =
+            crate::describe::facets::unit_facets(model, &store, &f.source, f.unit, None, 0)?;
+        Ok(Event::FacetsReady(Box::new(facets)))
     }
 
     fn model_or_err(&self) -> anyhow::Result<&Model> {

@@ -35,14 +35,7 @@ impl AppState {
         use crate::describe::interp::{Endpoint, ExplainOptions, ExplainerKind};
         let model = self.model.as_ref()?;
         let source = units.first()?.source.clone();
-        let store = self
-            .stores
-            .open
-            .iter()
-            .rev()
-            .find(|s| s.sources.iter().any(|x| x.name == source))?
-            .path
-            .clone();
+        let store = self.stores.store_with(&source)?;
         let s = &self.explain_settings;
         let subject_sae = self
             .saes

@@ -200,6 +200,8 @@ pub enum Action {
         layer: usize,
         cell: usize,
     },
+    /// Cluster a unit's top windows into facets (the worker reruns them with the open model).
+    ShowFacets(UnitRef),
     /// Restore the session a process that died left behind (the open [`SessionPrompt`]).
     RestoreRecovery,
     /// Close the open [`SessionPrompt`] without restoring (a recovery file is kept aside).
@@ -253,6 +255,10 @@ pub struct AppState {
     pub explain_settings: ExplainSettings,
     /// Activation patching: settings and the last sweep.
     pub patching: PatchingState,
+    /// The facets of the unit asked for last, once they arrive.
+    pub facets: Option<Box<crate::describe::facets::Facets>>,
+    /// The unit whose facets were asked for.
+    pub facets_asked: Option<UnitRef>,
     /// A question about a session the window asks before going on.
     pub session_prompt: Option<SessionPrompt>,
 }
@@ -294,6 +300,8 @@ impl Default for AppState {
             generate_colour: GenerateColour::Probability,
             explain_settings: ExplainSettings::default(),
             patching: PatchingState::default(),
+            facets: None,
+            facets_asked: None,
             session_prompt: None,
         }
     }
@@ -935,6 +943,18 @@ impl AppState {
                 });
                 self.rerun_if(changed)
             }
+            Action::ShowFacets(unit) => {
+                let Some(store) = self.stores.store_with(&unit.source) else {
+                    return Vec::new();
+                };
+                self.facets = None;
+                self.facets_asked = Some(unit.clone());
+                worker(Some(Command::Facets(crate::worker::FacetsRequest {
+                    store,
+                    source: unit.source,
+                    unit: unit.unit,
+                })))
+            }
             Action::SaveSession(path) => vec![Effect::SaveSession(path)],
             Action::OpenSession(path) => vec![Effect::OpenSession(path)],
             Action::LocateModel(path) => match self.session_prompt.take() {
@@ -1075,6 +1095,15 @@ impl AppState {
             Event::GenerationFinished(f) => {
                 if let Some(g) = &mut self.generation {
                     g.apply_finished(f);
+                }
+            }
+            Event::FacetsReady(f) => {
+                let wanted = self
+                    .facets_asked
+                    .as_ref()
+                    .is_some_and(|u| u.source == f.source && u.unit == f.unit);
+                if wanted {
+                    self.facets = Some(f);
                 }
             }
             Event::Cancelled(_) => {}

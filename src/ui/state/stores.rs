@@ -66,6 +66,15 @@ impl StoresState {
         self.refused_import = None;
     }
 
+    /// The newest open store that has `source` (the one the store reader answers from).
+    pub fn store_with(&self, source: &str) -> Option<PathBuf> {
+        self.open
+            .iter()
+            .rev()
+            .find(|s| s.sources.iter().any(|x| x.name == source))
+            .map(|s| s.path.clone())
+    }
+
     pub fn has_source(&self, source: &str) -> bool {
         self.open
             .iter()

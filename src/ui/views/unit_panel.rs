@@ -54,6 +54,7 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
         .find(|s| Some(&s.path) == ready.store.as_ref())
         .and_then(|s| s.scan.bos_id);
     action = action.or(examples_ui(ui, unit, report, bos_id));
+    action = action.or(facets_ui(ui, state, unit, report, bos_id));
     ui.horizontal(|ui| {
         if ui
             .small_button("Export examples")
@@ -69,6 +70,63 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
             ui.weak(format!("read in {:.1} ms", ready.duration_ms));
         }
     });
+    action
+}
+
+/// The unit's facets: its top windows clustered by the residual stream at their peaks
+/// (definitions §15), each with its size, mean peak, label and strongest windows.
+fn facets_ui(
+    ui: &mut Ui,
+    state: &AppState,
+    unit: &UnitRef,
+    report: &UnitReport,
+    bos_id: Option<u32>,
+) -> Option<Action> {
+    let mut action = None;
+    let asked = state.facets_asked.as_ref() == Some(unit);
+    let facets = state
+        .facets
+        .as_ref()
+        .filter(|f| f.source == unit.source && f.unit == unit.unit);
+    ui.horizontal(|ui| {
+        if ui
+            .small_button("Facets")
+            .on_hover_text(
+                "Cluster the top windows by the residual stream at their peaks (k-means, k by \
+                 silhouette): the different contexts this unit fires in",
+            )
+            .clicked()
+        {
+            action = Some(Action::ShowFacets(unit.clone()));
+        }
+        if asked && facets.is_none() {
+            ui.spinner();
+        }
+        if let Some(f) = facets {
+            ui.weak(format!(
+                "{} facet(s), silhouette {:.2}, at {}",
+                f.k, f.silhouette, f.hook
+            ));
+        }
+    });
+    let facets = facets?;
+    let scale = report.max.unwrap_or(0.0).max(f32::MIN_POSITIVE);
+    for (i, facet) in facets.facets.iter().enumerate() {
+        egui::CollapsingHeader::new(format!(
+            "facet {}: {} · {} window(s), mean peak {:.2}",
+            i + 1,
+            facet.label,
+            facet.size,
+            facet.mean_peak
+        ))
+        .id_salt(("facet", &unit.source, unit.unit, i))
+        .default_open(i == 0)
+        .show(ui, |ui| {
+            for e in facet.examples.iter().take(3) {
+                action = action.take().or(example_strip(ui, e, scale, bos_id));
+            }
+        });
+    }
     action
 }
 
