@@ -1084,3 +1084,51 @@ fn a_pruning_edit_runs_the_intervened_pass_on_pruned_weights() {
         &dense
     ));
 }
+
+/// A sparsify edit cuts every MLP in the intervened pass: with top-k, no token keeps more than
+/// k nonzero activations in any layer, while the baseline keeps its own.
+#[test]
+fn a_sparsify_edit_cuts_every_mlp_of_the_intervened_pass() {
+    use dendrite::analysis::sparsify::SparsifyMethod;
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let k = 3;
+    let events = handle(
+        &mut session,
+        Command::Run(RunPrompt {
+            run_id: 1,
+            text: "abcabcabc".into(),
+            bos: dendrite::model::BosMode::Auto,
+            interventions: vec![Edit::Sparsify {
+                method: SparsifyMethod::TopK { k },
+            }],
+            sparsity: Method::Zero,
+            lens: false,
+            patterns: false,
+            have_baseline: None,
+        }),
+    );
+    let mut checked = 0;
+    let mut baseline_dense = false;
+    for e in &events {
+        if let Event::LayerReady(l) = e {
+            let s = &l.summary;
+            for row in s.mlp_post.chunks_exact(s.d_mlp) {
+                let nonzero = row.iter().filter(|&&v| v != 0.0).count();
+                match l.variant {
+                    Variant::Intervened => {
+                        assert!(nonzero <= k, "layer {}: {nonzero} > {k}", s.layer);
+                        checked += 1;
+                    }
+                    Variant::Baseline => baseline_dense |= nonzero > k,
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
+    assert!(baseline_dense, "the baseline is not cut");
+    assert_ne!(
+        finished(&events, Variant::Baseline).per_token_nll,
+        finished(&events, Variant::Intervened).per_token_nll
+    );
+}

@@ -58,6 +58,10 @@ pub enum Edit {
         scope: crate::model::prune::PruneScope,
         sparsity: f32,
     },
+    /// Every MLP's activations cut by a sparsity method, calibrated on the prompt itself.
+    Sparsify {
+        method: crate::analysis::sparsify::SparsifyMethod,
+    },
     /// Activation patching's cell as an edit: `site` of `layer` takes its value from a run of
     /// `source` (a prompt with as many tokens) at position `cell`, or head `cell`'s at every
     /// position for `z`.

@@ -553,12 +553,29 @@ impl Session {
             if cancel.is_cancelled(run.run_id) {
                 return Ok(());
             }
-            spec.interventions = run
-                .interventions
-                .iter()
-                .filter(|e| !matches!(e, Edit::Prune { .. }))
-                .map(|e| resolve(model, saes, e, run.bos))
-                .collect::<anyhow::Result<_>>()?;
+            spec.interventions = Vec::new();
+            for edit in &run.interventions {
+                match edit {
+                    Edit::Prune { .. } => {}
+                    // One cut per MLP, its thresholds calibrated on this prompt.
+                    Edit::Sparsify { method } => {
+                        let rules = crate::analysis::sparsify::calibrate(
+                            &weights.transformer,
+                            *method,
+                            std::slice::from_ref(&ids),
+                        )?;
+                        spec.interventions
+                            .extend(crate::analysis::sparsify::interventions(
+                                &weights.transformer,
+                                &rules,
+                                &method.to_string(),
+                            ));
+                    }
+                    _ => spec
+                        .interventions
+                        .push(resolve(model, saes, edit, run.bos)?),
+                }
+            }
             // Layers before the earliest intervention equal the baseline's (none do when the
             // weights are pruned: every layer has pruned matrices).
             let first_edited = if prune.is_some() {
@@ -1302,6 +1319,9 @@ fn resolve(
         Edit::Hook(i) => Ok(i.clone()),
         Edit::Prune { .. } => {
             anyhow::bail!("pruning changes the weights, not a hook: it applies to prompt runs")
+        }
+        Edit::Sparsify { .. } => {
+            anyhow::bail!("sparsification is calibrated on a prompt: it applies to prompt runs")
         }
         &Edit::SteerNeuron {
             layer,

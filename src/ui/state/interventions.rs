@@ -57,6 +57,11 @@ pub enum EditSpec {
         scope: crate::model::prune::PruneScope,
         sparsity: f32,
     },
+    /// Every MLP's activations cut by a sparsity method (calibrated on the prompt); the
+    /// slider sets its parameter.
+    Sparsify {
+        method: crate::analysis::sparsify::SparsifyMethod,
+    },
     /// Activation patching's cell: `site` of `layer` takes its value from a run of `source`
     /// at position `cell` (head `cell` at every position for `z`).
     Patch {
@@ -143,6 +148,7 @@ impl EditSpec {
                 ..
             } => None,
             EditSpec::Prune { sparsity, .. } => Some(sparsity),
+            EditSpec::Sparsify { method } => Some(method.value() as f32),
             EditSpec::SteerLatent { mode, .. } => Some(match mode {
                 SteerMode::Add { scale } => scale,
                 SteerMode::SetProjection { value } => value,
@@ -164,6 +170,7 @@ impl EditSpec {
             | EditSpec::PatternClamp { .. }
             | EditSpec::Patch { .. }
             | EditSpec::Prune { .. }
+            | EditSpec::Sparsify { .. }
             | EditSpec::Steer { .. } => {}
         }
     }
@@ -175,6 +182,7 @@ impl EditSpec {
             EditSpec::PatternClamp { strength, .. } => *strength = v,
             EditSpec::Steer { scale, .. } => *scale = v,
             EditSpec::Prune { sparsity, .. } => *sparsity = v.clamp(0.0, 1.0),
+            EditSpec::Sparsify { method } => *method = method.with_value(v.max(0.0) as f64),
             EditSpec::SteerLatent { mode, .. } => {
                 *mode = match *mode {
                     SteerMode::Add { .. } => SteerMode::Add { scale: v },
@@ -242,6 +250,7 @@ impl InterventionItem {
                 "prune {method} {:.0}% of {scope:?} weights",
                 100.0 * sparsity
             ),
+            EditSpec::Sparsify { method } => format!("sparsify every MLP by {method}"),
             EditSpec::Patch {
                 site,
                 layer,
@@ -391,6 +400,7 @@ impl InterventionItem {
                 scope,
                 sparsity,
             },
+            EditSpec::Sparsify { method } => Edit::Sparsify { method },
             EditSpec::Patch {
                 site,
                 layer,

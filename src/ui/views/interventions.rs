@@ -76,6 +76,25 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         })
         .response
         .on_hover_text("One-shot pruning of the block weights (definitions §14): the slider sets the sparsity, the file is untouched");
+        ui.menu_button("Sparsify activations", |ui| {
+            use crate::analysis::sparsify::SparsifyMethod;
+            ui.weak("every MLP, thresholds calibrated on the prompt (definitions §1–5)");
+            let half = state.model.as_ref().map_or(1, |m| (m.dims.d_mlp / 2).max(1));
+            for (name, method) in [
+                ("top-k per token (half the neurons)", SparsifyMethod::TopK { k: half }),
+                ("CATS, 50 %", SparsifyMethod::Cats { k: 0.5 }),
+                ("CHESS, 50 %", SparsifyMethod::Chess { k: 0.5 }),
+                ("CETT's rule, c = 0.2", SparsifyMethod::Cett { c: 0.2 }),
+                ("FATReLU, t = 0.01", SparsifyMethod::FatRelu { t: 0.01 }),
+            ] {
+                if ui.button(name).clicked() {
+                    action = Some(Action::AddIntervention(EditSpec::Sparsify { method }));
+                    ui.close();
+                }
+            }
+        })
+        .response
+        .on_hover_text("Run with the MLP activations cut as a sparsity method says; the views compare it with the dense model");
         if state.interventions.items.is_empty() {
             ui.weak("none: add a clamp from a neuron or head in the inspector");
         }
@@ -93,7 +112,12 @@ pub fn interventions_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 let mut changed = false;
                 if let Some(mut value) = item.spec.value() {
                     let range = match item.spec {
-                        EditSpec::PatternClamp { .. } | EditSpec::Prune { .. } => 0.0..=1.0,
+                        EditSpec::Sparsify {
+                            method: crate::analysis::sparsify::SparsifyMethod::TopK { .. },
+                        } => 1.0..=state.model.as_ref().map_or(4096.0, |m| m.dims.d_mlp as f32),
+                        EditSpec::PatternClamp { .. }
+                        | EditSpec::Prune { .. }
+                        | EditSpec::Sparsify { .. } => 0.0..=1.0,
                         _ => {
                             let r = 10f32.max(value.abs() * 2.0);
                             -r..=r
