@@ -73,14 +73,21 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
+/// One unit of a store.
 #[derive(Args, Debug)]
-pub struct ExamplesArgs {
+pub struct StoreUnit {
     pub store: PathBuf,
     /// `blocks.3.mlp.hook_post`, or `sae:<folder>` for an SAE's latents.
     #[arg(long)]
     pub source: String,
     #[arg(long)]
     pub unit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExamplesArgs {
+    #[command(flatten)]
+    pub of: StoreUnit,
     /// Top examples to list (default: all kept).
     #[arg(long)]
     pub top: Option<usize>,
@@ -90,12 +97,8 @@ pub struct ExamplesArgs {
 
 #[derive(Args, Debug)]
 pub struct FacetsArgs {
-    pub store: PathBuf,
-    /// `blocks.3.mlp.hook_post`, or `sae:<folder>` for an SAE's latents.
-    #[arg(long)]
-    pub source: String,
-    #[arg(long)]
-    pub unit: usize,
+    #[command(flatten)]
+    pub of: StoreUnit,
     /// Facets to split into (default: chosen by silhouette among 2…6).
     #[arg(long)]
     pub k: Option<usize>,
@@ -253,7 +256,7 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
 }
 
 pub fn facets(args: &FacetsArgs) -> Result<()> {
-    let store = Store::open_existing(&args.store)?;
+    let store = Store::open_existing(&args.of.store)?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
         None => PathBuf::from(store.held_scan()?.model_path),
@@ -262,8 +265,8 @@ pub fn facets(args: &FacetsArgs) -> Result<()> {
     let facets = crate::describe::facets::unit_facets(
         &model,
         &store,
-        &args.source,
-        args.unit,
+        &args.of.source,
+        args.of.unit,
         args.k,
         args.seed,
     )?;
@@ -291,8 +294,8 @@ pub fn facets(args: &FacetsArgs) -> Result<()> {
 }
 
 pub fn examples(args: &ExamplesArgs) -> Result<()> {
-    let store = Store::open_existing(&args.store)?;
-    let report = store.unit_report(&args.source, args.unit, args.top)?;
+    let store = Store::open_existing(&args.of.store)?;
+    let report = store.unit_report(&args.of.source, args.of.unit, args.top)?;
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
         return Ok(());

@@ -334,7 +334,8 @@ pub fn prune(
             }
         }
     }
-    // The new matrices: every part of a stacked layer written back into one packed copy.
+    // The new matrices: the parts of a stacked layer cover its rows in order, so their pruned
+    // values one after another are its new weights, packed once.
     let mut pruned = t.clone();
     let mut zeros = 0usize;
     let mut total = 0usize;
@@ -344,15 +345,22 @@ pub fn prune(
         let (layer, slot) = (parts[i].layer, parts[i].slot);
         let original = linear(t, layer, slot);
         let (rows, k) = (original.weight.rows(), original.weight.cols());
-        let mut all: Vec<f32> = (0..rows).flat_map(|r| original.weight.row(r)).collect();
+        let mut all: Vec<f32> = Vec::with_capacity(rows * k);
         while i < parts.len() && parts[i].layer == layer && parts[i].slot == slot {
             let p = &parts[i];
-            all[p.rows.start * k..p.rows.end * k].copy_from_slice(&values[i]);
+            all.extend_from_slice(&values[i]);
             let z = values[i].iter().filter(|&&w| w == 0.0).count();
             matrices.push((p.name.clone(), z as f64 / values[i].len().max(1) as f64));
             zeros += z;
             total += values[i].len();
             i += 1;
+        }
+        if all.len() != rows * k {
+            return Err(ModelError::InvalidInput(format!(
+                "pruning blocks.{layer}: its parts hold {} weights, the layer {}",
+                all.len(),
+                rows * k
+            )));
         }
         *linear_mut(&mut pruned, layer, slot) = Linear {
             weight: Arc::new(PackedMatrix::from_rows(&all, rows, k)),
