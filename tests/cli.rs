@@ -612,3 +612,88 @@ fn bench_json_has_every_timing_of_the_documented_shape() {
     let (ok, _, stderr) = dendrite(&["bench", model.to_str().unwrap(), "--tokens", "100000"]);
     assert!(!ok && stderr.contains("context"), "{stderr}");
 }
+
+/// `dendrite prune` and `dendrite sparsify` print the JSON keys issue 14 documents, one
+/// sparsity or a sweep with its knee, one method or its PPL-p% point; a corpus file is read
+/// only as far as the tokens asked for.
+#[test]
+fn prune_and_sparsify_json_have_the_documented_keys() {
+    let tiny = fixtures().join("tiny/llama");
+    let model = tiny.to_str().unwrap();
+    let prompt = "hello world, hello there, hello again";
+    let one = json(&[
+        "prune",
+        model,
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--prompt",
+        prompt,
+        "--json",
+    ]);
+    for key in [
+        "sparsity",
+        "achieved_sparsity",
+        "mean_loss",
+        "dense_mean_loss",
+    ] {
+        assert!(one[key].is_number(), "{key}: {one}");
+    }
+    assert_eq!(one["sparsity"], 0.5);
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "the cat sat on the mat. ".repeat(400)).unwrap();
+    let sweep = json(&[
+        "prune",
+        model,
+        "--method",
+        "nm:2:4",
+        "--sweep",
+        "0,0.5",
+        "--scope",
+        "mlp",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "300",
+        "--json",
+    ]);
+    let points = sweep["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    // N:M's sparsity is 1 − N/M whatever the level.
+    assert!(points.iter().all(|p| p["sparsity"] == 0.5), "{sweep}");
+    // 300 tokens in windows of the model's context: each window predicts all but its first.
+    let tokens = sweep["tokens"].as_u64().unwrap();
+    assert!((290..300).contains(&tokens), "{sweep}");
+    assert!(sweep.get("knee").is_some() && sweep["dense_mean_loss"].is_number());
+
+    let cut = json(&[
+        "sparsify", model, "--method", "topk:4", "--prompt", prompt, "--json",
+    ]);
+    assert_eq!(cut["method"], "topk:4");
+    for key in ["sparsity", "mean_loss", "dense_mean_loss"] {
+        assert!(cut[key].is_number(), "{key}: {cut}");
+    }
+    let found = json(&[
+        "sparsify", model, "--method", "cett:0.1", "--prompt", prompt, "--ppl-p", "5", "--json",
+    ]);
+    assert_eq!(found["ppl_p"], 5.0);
+    let (loss, dense) = (
+        found["mean_loss"].as_f64().unwrap(),
+        found["dense_mean_loss"].as_f64().unwrap(),
+    );
+    assert!(loss <= dense + 1.05f64.ln() + 1e-9, "{found}");
+    assert!(found["parameter"].is_number());
+    let (ok, _, stderr) = dendrite(&[
+        "sparsify",
+        model,
+        "--method",
+        "fatrelu:0.1",
+        "--prompt",
+        prompt,
+        "--ppl-p",
+        "1",
+    ]);
+    assert!(!ok && stderr.contains("searches"), "{stderr}");
+}

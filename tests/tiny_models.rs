@@ -134,3 +134,44 @@ fn sharded_checkpoint_opens_like_a_single_file() {
     assert_eq!(max_abs_diff(&a.logits, &b.logits), 0.0);
     assert_eq!(single.info.n_params, sharded.info.n_params);
 }
+
+/// The pruning slider's incremental pruner gives exactly one-shot magnitude pruning's weights
+/// and report at every sparsity, moving up and down, on every architecture; a clone of its
+/// model taken before a move keeps the weights it had (the moved matrices are copied).
+#[test]
+fn the_incremental_pruner_equals_one_shot_magnitude_pruning() {
+    use dendrite::model::Transformer;
+    use dendrite::model::prune::{MagnitudePruner, PruneMethod, PruneScope, prune};
+    let weights = |t: &Transformer| -> Vec<Vec<f32>> {
+        t.blocks
+            .iter()
+            .flat_map(|b| [&b.attn.qkv, &b.attn.o, &b.mlp.w_in, &b.mlp.down])
+            .map(|l| (0..l.weight.rows()).flat_map(|r| l.weight.row(r)).collect())
+            .collect()
+    };
+    for arch in ARCHS {
+        let dense = model::open(fixtures().join("tiny").join(arch)).unwrap();
+        let t = &dense.transformer;
+        for scope in PruneScope::ALL {
+            let mut pruner = MagnitudePruner::new(t, scope).unwrap();
+            assert_eq!(weights(pruner.model()), weights(t), "{arch}: starts dense");
+            let mut before = None;
+            for s in [0.5, 0.2, 0.9, 0.0, 0.37, 1.0, 0.63] {
+                let held = pruner.model().clone();
+                let report = pruner.set_sparsity(t, s).unwrap();
+                let (expected, expected_report) =
+                    prune(t, PruneMethod::Magnitude, scope, s).unwrap();
+                assert_eq!(
+                    weights(pruner.model()),
+                    weights(&expected),
+                    "{arch} {scope:?} at {s}"
+                );
+                assert_eq!(report, expected_report, "{arch} {scope:?} at {s}");
+                if let Some(w) = before.take() {
+                    assert_eq!(weights(&held), w, "{arch}: a held clone is not changed");
+                }
+                before = Some(weights(pruner.model()));
+            }
+        }
+    }
+}

@@ -1132,3 +1132,233 @@ fn a_sparsify_edit_cuts_every_mlp_of_the_intervened_pass() {
         finished(&events, Variant::Intervened).per_token_nll
     );
 }
+
+/// Cancels every job.
+struct CancelJobs;
+
+impl dendrite::worker::session::Cancel for CancelJobs {
+    fn is_cancelled(&self, _: RunId) -> bool {
+        false
+    }
+    fn is_job_cancelled(&self, _: JobId) -> bool {
+        true
+    }
+}
+
+/// A pruning sweep reports, for each level, the loss the pruned model gives when run directly
+/// and the knee from those losses; a sparsification sweep draws every asked method over its
+/// grid and finds a PPL-p% point within the bound; a cancelled sweep reports so.
+#[test]
+fn sweeps_measure_what_the_pruned_and_sparsified_models_give() {
+    use dendrite::analysis::sparsify::SparsifyMethod;
+    use dendrite::analysis::sweep::{LossText, SweepPoint, allowed_loss, mean_loss, sequences};
+    use dendrite::model::prune::{PruneMethod, PruneScope, knee, prune};
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let text = LossText::Prompt {
+        text: "abcabcabc abcabc".into(),
+        bos: dendrite::model::BosMode::Auto,
+    };
+    let outcome = |events: &[Event]| -> JobOutcome {
+        assert!(
+            events.iter().any(|e| matches!(e, Event::JobProgress(_))),
+            "progress is reported"
+        );
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::JobFinished(f) if f.job_id == 5 => Some(f.outcome.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("the sweep finished: {events:?}"))
+    };
+    let levels = vec![0.0, 0.3, 0.6, 0.9];
+    let prune_job = Command::Sweep(SweepJob {
+        job_id: 5,
+        text: text.clone(),
+        kind: SweepKind::Prune {
+            method: PruneMethod::Magnitude,
+            scope: PruneScope::All,
+            levels: levels.clone(),
+        },
+    });
+    let JobOutcome::Swept(report) = outcome(&handle(&mut session, prune_job.clone())) else {
+        panic!("a sweep report")
+    };
+    let SweepReport::Prune(sweep) = *report else {
+        panic!("a pruning sweep")
+    };
+    let model = dendrite::model::open(tiny()).unwrap();
+    let seqs = sequences(&model, &text).unwrap();
+    let dense = mean_loss(&model.transformer, &seqs, &HookSpec::default()).unwrap();
+    assert_eq!(sweep.dense_mean_loss, dense);
+    assert_eq!(sweep.points.len(), levels.len());
+    for (point, &s) in sweep.points.iter().zip(&levels) {
+        let (pruned, report) = prune(
+            &model.transformer,
+            PruneMethod::Magnitude,
+            PruneScope::All,
+            s,
+        )
+        .unwrap();
+        let loss = mean_loss(&pruned, &seqs, &HookSpec::default()).unwrap();
+        assert_eq!(
+            point,
+            &SweepPoint {
+                parameter: s,
+                sparsity: report.achieved_sparsity,
+                mean_loss: loss
+            }
+        );
+    }
+    assert_eq!(sweep.points[0].mean_loss, dense, "0 % is the dense model");
+    let curve: Vec<(f64, f64)> = sweep
+        .points
+        .iter()
+        .map(|p| (p.parameter, p.mean_loss))
+        .collect();
+    assert_eq!(sweep.knee, knee(&curve, dense, 0.01));
+    assert!(sweep.knee.is_some(), "0 % is within 1 % of dense");
+
+    let methods = vec![
+        SparsifyMethod::TopK { k: 0 },
+        SparsifyMethod::Cats { k: 0.0 },
+    ];
+    let JobOutcome::Swept(report) = outcome(&handle(
+        &mut session,
+        Command::Sweep(SweepJob {
+            job_id: 5,
+            text: text.clone(),
+            kind: SweepKind::Sparsify {
+                methods,
+                search: SparsifyMethod::Cats { k: 0.0 },
+                ppl_p: 5.0,
+            },
+        }),
+    )) else {
+        panic!("a sweep report")
+    };
+    let SweepReport::Sparsify(sweep) = *report else {
+        panic!("a sparsification sweep")
+    };
+    assert_eq!(sweep.dense_mean_loss, dense);
+    let names: Vec<&str> = sweep.curves.iter().map(|c| c.method.as_str()).collect();
+    assert_eq!(names, ["topk", "cats"]);
+    for curve in &sweep.curves {
+        assert_eq!(curve.points.len(), 7);
+        for p in &curve.points {
+            assert!(
+                (0.0..=1.0).contains(&p.sparsity) && p.mean_loss.is_finite(),
+                "{p:?}"
+            );
+        }
+    }
+    // CATS at a higher quantile cuts more.
+    let cats = &sweep.curves[1].points;
+    assert!(cats.last().unwrap().sparsity > cats[0].sparsity, "{cats:?}");
+    let found = sweep.found.expect("a PPL-p% point");
+    assert!(
+        found.mean_loss <= allowed_loss(dense, 5.0) + 1e-9,
+        "{found:?}"
+    );
+    assert_eq!(sweep.searched, "cats");
+
+    let events = handle_with(&mut session, prune_job, &CancelJobs);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::JobFinished(JobFinished {
+                outcome: JobOutcome::Cancelled,
+                ..
+            })
+        )),
+        "{events:?}"
+    );
+}
+
+/// A pruning edit generates its continuation on the pruned weights, and a sparsification edit
+/// with its cuts calibrated on the prompt: each equals generating directly with them.
+#[test]
+fn pruned_and_sparsified_models_generate_their_own_continuations() {
+    use dendrite::analysis::sparsify::{SparsifyMethod, calibrate, interventions};
+    use dendrite::model::generate::{GenerateOptions, generate};
+    use dendrite::model::prune::{PruneMethod, PruneScope, prune};
+    let path = fixtures().join("tiny/llama");
+    let mut session = Session::new();
+    handle(
+        &mut session,
+        Command::LoadModel(LoadModel { path: path.clone() }),
+    );
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        ..GenerateOptions::default()
+    };
+    let model = dendrite::model::open(&path).unwrap();
+    let bos = dendrite::model::BosMode::No;
+    let ids = model.encode_prompt("hello world", bos).unwrap();
+    let decode = |ids: &[u32]| model.tokenizer.decode(ids);
+    let (pruned, _) = prune(
+        &model.transformer,
+        PruneMethod::Magnitude,
+        PruneScope::All,
+        0.6,
+    )
+    .unwrap();
+    let method = SparsifyMethod::Cats { k: 0.5 };
+    let rules = calibrate(&model.transformer, method, std::slice::from_ref(&ids)).unwrap();
+    let cut = HookSpec {
+        interventions: interventions(&model.transformer, &rules, &method.to_string()),
+        ..HookSpec::default()
+    };
+    for (edit, weights, spec) in [
+        (
+            Edit::Prune {
+                method: PruneMethod::Magnitude,
+                scope: PruneScope::All,
+                sparsity: 0.6,
+            },
+            &pruned,
+            HookSpec::default(),
+        ),
+        (Edit::Sparsify { method }, &model.transformer, cut),
+    ] {
+        let events = handle(
+            &mut session,
+            Command::Generate(GenerateRequest {
+                run_id: 1,
+                text: "hello world".into(),
+                bos,
+                interventions: vec![edit.clone()],
+                options: opts.clone(),
+                watch: None,
+            }),
+        );
+        let generated = |variant: Variant| {
+            events
+                .iter()
+                .find_map(|e| match e {
+                    Event::GenerationFinished(f) if f.variant == variant => {
+                        Some(f.generation.generated_ids())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{edit:?}: {variant:?} finished: {events:?}"))
+        };
+        let alone = generate(weights, &ids, &spec, &opts, &decode, &mut |_| true).unwrap();
+        assert_eq!(
+            generated(Variant::Intervened),
+            alone.generated_ids(),
+            "{edit:?}"
+        );
+        let dense = generate(
+            &model.transformer,
+            &ids,
+            &HookSpec::default(),
+            &opts,
+            &decode,
+            &mut |_| true,
+        )
+        .unwrap();
+        assert_eq!(generated(Variant::Baseline), dense.generated_ids());
+    }
+}

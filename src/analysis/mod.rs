@@ -9,6 +9,7 @@ pub mod lens;
 pub mod patching;
 pub mod sparsify;
 pub mod sparsity;
+pub mod sweep;
 
 /// The `k` largest values as `(index, value)`, largest first, ties by lower index. One pass
 /// with a sorted buffer of the best `k` so far: for `k ≪ n` almost every value is rejected by

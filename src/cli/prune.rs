@@ -2,15 +2,17 @@
 //! it costs on a prompt or a corpus, at one sparsity or over a sweep with essential sparsity's
 //! knee.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::loss::{LossText, mean_loss};
-use crate::model::prune::{PruneMethod, PruneScope, knee, prune};
-use crate::model::{self, HookSpec};
+use super::loss::LossText;
+use crate::analysis::sweep::prune_sweep;
+use crate::model;
+use crate::model::prune::{PruneMethod, PruneScope};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -37,62 +39,64 @@ pub struct PruneArgs {
 pub fn run(args: &PruneArgs) -> Result<()> {
     let model = model::open(&args.model)?;
     let seqs = args.text.sequences(&model)?;
-    let dense = mean_loss(&model.transformer, &seqs, &HookSpec::default())?;
     let levels = match (&args.sweep, args.sparsity) {
         (Some(levels), _) => levels.clone(),
         (None, Some(s)) => vec![s],
         (None, None) => bail!("give --sparsity or --sweep"),
     };
-    let mut points = Vec::with_capacity(levels.len());
-    for &s in &levels {
-        let (pruned, report) = prune(&model.transformer, args.method, args.scope, s)?;
-        let loss = mean_loss(&pruned, &seqs, &HookSpec::default())?;
-        if !args.json {
-            outln!(
-                "{} {:?} sparsity {:.3} (achieved {:.4}): mean loss {loss:.4} (dense {dense:.4})",
-                args.method,
-                args.scope,
-                report.sparsity,
-                report.achieved_sparsity
-            );
-        }
-        points.push(json!({
-            "sparsity": report.sparsity,
-            "achieved_sparsity": report.achieved_sparsity,
-            "mean_loss": loss,
-        }));
-    }
-    let tokens: usize = seqs.iter().map(|s| s.len() - 1).sum();
+    let json = args.json;
+    let Some(sweep) = prune_sweep(
+        &model.transformer,
+        args.method,
+        args.scope,
+        &levels,
+        &seqs,
+        &mut |_, _, said| {
+            if !json {
+                outln!("{} {:?} {said}", args.method, args.scope);
+            }
+            ControlFlow::Continue(())
+        },
+    )?
+    else {
+        bail!("the sweep stopped");
+    };
+    let points: Vec<_> = sweep
+        .points
+        .iter()
+        .map(|p| {
+            json!({
+                "sparsity": p.parameter,
+                "achieved_sparsity": p.sparsity,
+                "mean_loss": p.mean_loss,
+            })
+        })
+        .collect();
     if args.sweep.is_none() {
-        let mut one = points.remove(0);
-        one["dense_mean_loss"] = json!(dense);
+        let mut one = points.into_iter().next().unwrap_or_default();
+        one["dense_mean_loss"] = json!(sweep.dense_mean_loss);
         one["method"] = json!(args.method.to_string());
         one["scope"] = json!(args.scope);
-        one["tokens"] = json!(tokens);
-        if args.json {
+        one["tokens"] = json!(sweep.tokens);
+        if json {
             outln!("{one}");
         }
         return Ok(());
     }
-    let curve: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|p| Some((p["sparsity"].as_f64()?, p["mean_loss"].as_f64()?)))
-        .collect();
-    let knee = knee(&curve, dense, 0.01);
-    if args.json {
+    if json {
         outln!(
             "{}",
             json!({
                 "method": args.method.to_string(),
                 "scope": args.scope,
-                "dense_mean_loss": dense,
-                "tokens": tokens,
+                "dense_mean_loss": sweep.dense_mean_loss,
+                "tokens": sweep.tokens,
                 "points": points,
-                "knee": knee,
+                "knee": sweep.knee,
             })
         );
     } else {
-        match knee {
+        match sweep.knee {
             Some(k) => outln!("essential sparsity (loss within 1 % of dense): {k}"),
             None => outln!("no swept sparsity keeps the loss within 1 % of dense"),
         }

@@ -27,7 +27,7 @@ const KC: usize = 192;
 struct Line([f32; 16]);
 
 /// Floats in whole, aligned cache lines, read and written as `[f32]`.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Lines(Vec<Line>);
 
 impl Lines {
@@ -56,7 +56,7 @@ impl std::ops::DerefMut for Lines {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PackedMatrix {
     /// Rows of `W` (outputs).
     n: usize,
@@ -174,6 +174,24 @@ impl PackedMatrix {
             panels,
             column_norms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where `W[r, c]` lives in [`PackedMatrix::values`].
+    #[inline]
+    pub fn offset(&self, r: usize, c: usize) -> usize {
+        (r / NR) * self.k * NR + c * NR + r % NR
+    }
+
+    /// The packed values, padding included (address them with [`PackedMatrix::offset`]).
+    pub fn values(&self) -> &[f32] {
+        &self.panels
+    }
+
+    /// The packed values to change in place (a pruning slider moves a few of them); the cached
+    /// column norms go, since they no longer hold.
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        self.column_norms = std::sync::OnceLock::new();
+        &mut self.panels
     }
 
     pub fn rows(&self) -> usize {

@@ -81,6 +81,19 @@ pub enum PruneScope {
     All,
 }
 
+impl PruneScope {
+    pub const ALL: [PruneScope; 3] = [PruneScope::Mlp, PruneScope::Attn, PruneScope::All];
+
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PruneScope::Mlp => "mlp",
+            PruneScope::Attn => "attn",
+            PruneScope::All => "all",
+        }
+    }
+}
+
 impl std::str::FromStr for PruneScope {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -376,6 +389,219 @@ pub fn prune(
             matrices,
         },
     ))
+}
+
+/// Per-matrix magnitude pruning that moves: a pruned copy of the scope's matrices kept beside
+/// each matrix's weights in order of magnitude, so that a new sparsity zeroes or restores only
+/// the weights between the old cut and the new one (the pruning slider). Gives exactly
+/// [`prune`]'s `Magnitude` weights at every sparsity. Memory: the pruned copy and a `u32` per
+/// weight.
+pub struct MagnitudePruner {
+    scope: PruneScope,
+    parts: Vec<Part>,
+    /// Each part's weights by increasing |w| (ties: the lower row-major index first), as
+    /// offsets into its matrix's packed values.
+    order: Vec<Vec<u32>>,
+    /// Weights already zero in each part (the first in its order).
+    zeros: Vec<usize>,
+    /// How many of each part's order are zero in `model` now.
+    cut: Vec<usize>,
+    sparsity: f64,
+    /// The pruned copy (everything outside the scope shared with the dense model).
+    model: Transformer,
+}
+
+/// Row-major indices of `values` by increasing |v|, ties in index order: a stable LSD radix
+/// sort on the magnitude's bits (for non-negative floats, bit order is value order; NaN sorts
+/// last, as `total_cmp` puts it).
+fn magnitude_order(values: &[f32]) -> Vec<u32> {
+    const DIGIT: u32 = 16;
+    let keys: Vec<u32> = values.iter().map(|v| v.to_bits() & 0x7fff_ffff).collect();
+    let mut order: Vec<u32> = (0..values.len() as u32).collect();
+    let mut next = vec![0u32; values.len()];
+    for shift in [0, DIGIT] {
+        let mut starts = vec![0usize; (1 << DIGIT) + 1];
+        for &k in &keys {
+            starts[((k >> shift) & 0xffff) as usize + 1] += 1;
+        }
+        for d in 1..starts.len() {
+            starts[d] += starts[d - 1];
+        }
+        for &i in &order {
+            let d = ((keys[i as usize] >> shift) & 0xffff) as usize;
+            next[starts[d]] = i;
+            starts[d] += 1;
+        }
+        std::mem::swap(&mut order, &mut next);
+    }
+    order
+}
+
+impl MagnitudePruner {
+    /// Bytes it holds for `t`'s `scope`: the pruned copy and the orders.
+    pub fn bytes_needed(t: &Transformer, scope: PruneScope) -> u64 {
+        bytes_needed(t, scope) / 3 * 2
+    }
+
+    /// At sparsity 0 (the copy equals the dense weights).
+    pub fn new(t: &Transformer, scope: PruneScope) -> Result<Self> {
+        use rayon::prelude::*;
+        let parts = parts(t, scope);
+        if let Some(p) = parts
+            .iter()
+            .find(|p| linear(t, p.layer, p.slot).weight.values().len() > u32::MAX as usize)
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "{} has more than 2^32 weights: too large to prune here",
+                p.name
+            )));
+        }
+        let ordered: Vec<(Vec<u32>, usize)> = parts
+            .par_iter()
+            .map(|p| {
+                let w = &linear(t, p.layer, p.slot).weight;
+                let values: Vec<f32> = p.rows.clone().flat_map(|r| w.row(r)).collect();
+                let zeros = values.iter().filter(|&&v| v == 0.0).count();
+                // Kept as offsets into the packed values: a move then writes without
+                // dividing by the row length per weight.
+                let k = w.cols().max(1);
+                let mut order = magnitude_order(&values);
+                for j in &mut order {
+                    let i = *j as usize;
+                    *j = w.offset(p.rows.start + i / k, i % k) as u32;
+                }
+                (order, zeros)
+            })
+            .collect();
+        let (order, zeros): (Vec<_>, Vec<_>) = ordered.into_iter().unzip();
+        let mut model = t.clone();
+        // The copy's own matrices (their first change copies them: see `set_sparsity`).
+        for p in &parts {
+            let weight = &mut linear_mut(&mut model, p.layer, p.slot).weight;
+            if Arc::ptr_eq(weight, &linear(t, p.layer, p.slot).weight) {
+                *weight = Arc::new((**weight).clone());
+            }
+        }
+        Ok(MagnitudePruner {
+            scope,
+            cut: vec![0; parts.len()],
+            parts,
+            order,
+            zeros,
+            sparsity: 0.0,
+            model,
+        })
+    }
+
+    pub fn scope(&self) -> PruneScope {
+        self.scope
+    }
+
+    /// The pruned model (cheap to clone: its matrices are shared).
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    /// Moves every matrix's cut to `sparsity` of its weights, changing only the weights between
+    /// the old and new cuts (`dense` is the model it was made from: restored weights come from
+    /// it). A matrix still shared with a clone of [`MagnitudePruner::model`] is copied first.
+    pub fn set_sparsity(&mut self, dense: &Transformer, sparsity: f64) -> Result<PruneReport> {
+        use rayon::prelude::*;
+        if !(0.0..=1.0).contains(&sparsity) {
+            return Err(ModelError::InvalidInput(format!(
+                "sparsity must lie in [0, 1], not {sparsity}"
+            )));
+        }
+        // One task per linear layer: its parts, their orders and cuts.
+        let mut groups: Vec<(usize, Slot, Vec<usize>)> = Vec::new();
+        for (i, p) in self.parts.iter().enumerate() {
+            match groups.last_mut() {
+                Some((l, s, members)) if *l == p.layer && *s == p.slot => members.push(i),
+                _ => groups.push((p.layer, p.slot, vec![i])),
+            }
+        }
+        let mut linears: Vec<(&mut Arc<PackedMatrix>, &PackedMatrix, Vec<usize>)> = Vec::new();
+        let mut slots: Vec<&mut Linear> = Vec::new();
+        for b in self.model.blocks.iter_mut() {
+            slots.extend([
+                &mut b.attn.qkv,
+                &mut b.attn.o,
+                &mut b.mlp.w_in,
+                &mut b.mlp.down,
+            ]);
+        }
+        let slot_index = |s: Slot| match s {
+            Slot::Qkv => 0,
+            Slot::O => 1,
+            Slot::In => 2,
+            Slot::Out => 3,
+        };
+        let mut slots: Vec<Option<&mut Linear>> = slots.into_iter().map(Some).collect();
+        for (layer, slot, members) in groups {
+            let Some(Some(target)) = slots
+                .get_mut(layer * 4 + slot_index(slot))
+                .map(Option::take)
+            else {
+                return Err(ModelError::InvalidInput(format!(
+                    "pruning: blocks.{layer} has no such matrix"
+                )));
+            };
+            linears.push((
+                &mut target.weight,
+                &linear(dense, layer, slot).weight,
+                members,
+            ));
+        }
+        let order = &self.order;
+        let new_cuts: Vec<Vec<(usize, usize)>> = linears
+            .into_par_iter()
+            .map(|(weight, original, members)| {
+                let pruned = Arc::make_mut(weight).values_mut();
+                let dense = original.values();
+                members
+                    .into_iter()
+                    .map(|i| {
+                        let order = &order[i];
+                        let (from, to) = (self.cut[i], count_of(sparsity, order.len()));
+                        if to > from {
+                            for &o in &order[from..to] {
+                                pruned[o as usize] = 0.0;
+                            }
+                        } else {
+                            for &o in &order[to..from] {
+                                pruned[o as usize] = dense[o as usize];
+                            }
+                        }
+                        (i, to)
+                    })
+                    .collect()
+            })
+            .collect();
+        for (i, to) in new_cuts.into_iter().flatten() {
+            self.cut[i] = to;
+        }
+        self.sparsity = sparsity;
+        Ok(self.report())
+    }
+
+    /// What the current cut does ([`prune`]'s report for `Magnitude` at this sparsity).
+    pub fn report(&self) -> PruneReport {
+        let mut matrices = Vec::with_capacity(self.parts.len());
+        let (mut zeros, mut total) = (0usize, 0usize);
+        for (i, p) in self.parts.iter().enumerate() {
+            let n = self.order[i].len();
+            let z = self.cut[i].max(self.zeros[i]);
+            matrices.push((p.name.clone(), z as f64 / n.max(1) as f64));
+            zeros += z;
+            total += n;
+        }
+        PruneReport {
+            sparsity: self.sparsity,
+            achieved_sparsity: zeros as f64 / total.max(1) as f64,
+            prunable_weights: total,
+            matrices,
+        }
+    }
 }
 
 /// Essential sparsity's knee (definitions §14, without fine-tuning): the last sparsity whose

@@ -23,7 +23,9 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    /// Shared: a model's copies (a pruned one per slider move) clone the tokenizer, and a
+    /// whole vocabulary's maps took milliseconds to copy.
+    inner: std::sync::Arc<tokenizers::Tokenizer>,
     special_ids: HashSet<u32>,
     path: PathBuf,
     /// The model's beginning-of-sequence token, when it has one.
@@ -153,7 +155,7 @@ impl Tokenizer {
             .map(|(id, _)| id)
             .collect();
         Tokenizer {
-            inner,
+            inner: std::sync::Arc::new(inner),
             special_ids,
             path: path.to_path_buf(),
             bos_id: None,

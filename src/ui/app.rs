@@ -644,6 +644,7 @@ impl DendriteApp {
                     (Tab::Features, "SAE features"),
                     (Tab::Generate, "Generate"),
                     (Tab::Patching, "Patching"),
+                    (Tab::Sweeps, "Sweeps"),
                 ] {
                     if ui.selectable_label(state.tab == tab, name).clicked() {
                         action = Some(Action::SetTab(tab));
@@ -758,6 +759,7 @@ pub fn draw_view(ui: &mut egui::Ui, state: &AppState, view: View) -> Option<Acti
         View::Tab(Tab::Features) => views::features::features_ui(ui, state),
         View::Tab(Tab::Generate) => views::generate::generate_ui(ui, state),
         View::Tab(Tab::Patching) => views::patching::patching_ui(ui, state),
+        View::Tab(Tab::Sweeps) => views::sweeps::sweeps_ui(ui, state),
         View::Unit => {
             let unit = state.inspected_units().into_iter().next()?;
             views::unit_panel::unit_panel_ui(ui, state, &unit)

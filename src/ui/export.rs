@@ -303,6 +303,58 @@ pub fn table(state: &AppState, view: View) -> Option<Table> {
             }
             Some(t)
         }
+        View::Tab(Tab::Sweeps) => {
+            let sweeps = &state.sweeps;
+            if sweeps.prune.is_none() && sweeps.sparsify.is_none() {
+                return None;
+            }
+            let mut t = Table::new([
+                "sweep",
+                "method",
+                "parameter",
+                "sparsity",
+                "mean_loss",
+                "dense_mean_loss",
+                "marked",
+            ]);
+            if let Some(p) = &sweeps.prune {
+                for point in &p.points {
+                    t.push([
+                        format!("prune {}", p.scope.name()),
+                        p.method.to_string(),
+                        point.parameter.to_string(),
+                        point.sparsity.to_string(),
+                        point.mean_loss.to_string(),
+                        p.dense_mean_loss.to_string(),
+                        if p.knee == Some(point.parameter) {
+                            "knee"
+                        } else {
+                            ""
+                        }
+                        .into(),
+                    ]);
+                }
+            }
+            if let Some(s) = &sweeps.sparsify {
+                let found = s.found.iter().map(|f| (&s.searched, f, "ppl_p"));
+                let curves = s
+                    .curves
+                    .iter()
+                    .flat_map(|c| c.points.iter().map(move |p| (&c.method, p, "")));
+                for (method, point, marked) in curves.chain(found) {
+                    t.push([
+                        "sparsify".to_string(),
+                        method.clone(),
+                        point.parameter.to_string(),
+                        point.sparsity.to_string(),
+                        point.mean_loss.to_string(),
+                        s.dense_mean_loss.to_string(),
+                        marked.into(),
+                    ]);
+                }
+            }
+            Some(t)
+        }
         View::Tab(Tab::Generate) => {
             let g = state.generation.as_ref()?;
             let watched = g.watch.as_ref().map_or("", |(_, label)| label.as_str());

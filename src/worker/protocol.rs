@@ -250,6 +250,37 @@ pub struct PatchJob {
     pub direction: crate::analysis::patching::Direction,
 }
 
+/// A loss curve over a sparsity knob (`analysis::sweep`): weight pruning at several
+/// sparsities, or every activation-sparsification method over its grid with a PPL-p% search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepJob {
+    pub job_id: JobId,
+    pub text: crate::analysis::sweep::LossText,
+    pub kind: SweepKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepKind {
+    Prune {
+        method: crate::model::prune::PruneMethod,
+        scope: crate::model::prune::PruneScope,
+        levels: Vec<f64>,
+    },
+    Sparsify {
+        methods: Vec<crate::analysis::sparsify::SparsifyMethod>,
+        /// The method whose PPL-p% point is searched, and p.
+        search: crate::analysis::sparsify::SparsifyMethod,
+        ppl_p: f64,
+    },
+}
+
+/// A finished sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepReport {
+    Prune(crate::analysis::sweep::PruneSweep),
+    Sparsify(crate::analysis::sweep::SparsifySweep),
+}
+
 /// A unit's facets from a corpus store's top windows (the open model reruns them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FacetsRequest {
@@ -287,6 +318,7 @@ pub enum Command {
     LoadModel(LoadModel),
     ExplainUnits(ExplainUnitsJob),
     Patch(PatchJob),
+    Sweep(SweepJob),
     Facets(FacetsRequest),
     ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
@@ -351,6 +383,13 @@ impl Command {
             Command::Patch(j) => (
                 Request::Job(j.job_id),
                 format!("patching {}", j.site.name()),
+            ),
+            Command::Sweep(j) => (
+                Request::Job(j.job_id),
+                match j.kind {
+                    SweepKind::Prune { .. } => "sweeping pruning sparsities".into(),
+                    SweepKind::Sparsify { .. } => "sweeping sparsification methods".into(),
+                },
             ),
             #[cfg(feature = "fault-injection")]
             Command::Panic => (Request::Other, "a requested panic".into()),
@@ -596,6 +635,7 @@ pub enum JobOutcome {
         requests: usize,
     },
     Patched(Box<PatchReport>),
+    Swept(Box<SweepReport>),
     Cancelled,
 }
 

@@ -36,6 +36,9 @@ pub struct Session {
     intervened_outputs: Option<PassOutputs>,
     /// The pruned copy of the model the last pruning edit asked for, and what it was.
     pruned: Option<(PruneKey, Arc<Model>)>,
+    /// Per-matrix magnitude pruning kept between runs: a new sparsity (the slider) changes
+    /// only the weights between the old and the new cut.
+    pruner: Option<model::prune::MagnitudePruner>,
     /// The pruning the intervened cache was computed with (its weights): another one, or none,
     /// makes it useless.
     intervened_weights: Option<PruneKey>,
@@ -191,6 +194,7 @@ impl Session {
             baseline_outputs: None,
             intervened_outputs: None,
             pruned: None,
+            pruner: None,
             intervened_weights: None,
             sent_baseline: None,
             last_run: None,
@@ -254,6 +258,7 @@ impl Session {
                 })
             }
             Command::Patch(job) => self.patch(job, cancel, emit),
+            Command::Sweep(job) => self.sweep(job, cancel, emit),
             Command::Facets(f) => self.facets(&f).map(&mut *emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
@@ -316,6 +321,7 @@ impl Session {
         // A pruned copy is of the model it was made from (a new one, or weights a panic may
         // have left half made).
         self.pruned = None;
+        self.pruner = None;
         self.intervened_weights = None;
     }
 
@@ -383,11 +389,20 @@ impl Session {
         emit: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
         let (model, ids) = prompt_ids(self.model.as_ref(), &request.text, request.bos)?;
-        let interventions = request
-            .interventions
-            .iter()
-            .map(|edit| resolve(model, &self.saes, edit, request.bos))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let model = &model.clone();
+        // The intervened continuation's weights: the model's, or a pruned copy of them.
+        let weights = match pruning(&request.interventions) {
+            Some(key) => self.pruned_model(model, key)?,
+            None => model.clone(),
+        };
+        let interventions = hook_interventions(
+            model,
+            &weights.transformer,
+            &self.saes,
+            &request.interventions,
+            &ids,
+            request.bos,
+        )?;
         let t = &model.transformer;
         let opts = request.options;
         let watch = request
@@ -399,12 +414,15 @@ impl Session {
             Variant::Baseline,
             Generator::new(t, &ids, capture.clone(), opts.clone())?,
         )];
-        if !interventions.is_empty() {
+        if !request.interventions.is_empty() {
             let spec = HookSpec {
                 interventions,
                 ..capture
             };
-            streams.push((Variant::Intervened, Generator::new(t, &ids, spec, opts)?));
+            streams.push((
+                Variant::Intervened,
+                Generator::new(&weights.transformer, &ids, spec, opts)?,
+            ));
         }
         let decode = |ids: &[u32]| model.tokenizer.decode(ids);
         let run_id = request.run_id;
@@ -553,29 +571,14 @@ impl Session {
             if cancel.is_cancelled(run.run_id) {
                 return Ok(());
             }
-            spec.interventions = Vec::new();
-            for edit in &run.interventions {
-                match edit {
-                    Edit::Prune { .. } => {}
-                    // One cut per MLP, its thresholds calibrated on this prompt.
-                    Edit::Sparsify { method } => {
-                        let rules = crate::analysis::sparsify::calibrate(
-                            &weights.transformer,
-                            *method,
-                            std::slice::from_ref(&ids),
-                        )?;
-                        spec.interventions
-                            .extend(crate::analysis::sparsify::interventions(
-                                &weights.transformer,
-                                &rules,
-                                &method.to_string(),
-                            ));
-                    }
-                    _ => spec
-                        .interventions
-                        .push(resolve(model, saes, edit, run.bos)?),
-                }
-            }
+            spec.interventions = hook_interventions(
+                model,
+                &weights.transformer,
+                saes,
+                &run.interventions,
+                &ids,
+                run.bos,
+            )?;
             // Layers before the earliest intervention equal the baseline's (none do when the
             // weights are pruned: every layer has pruned matrices).
             let first_edited = if prune.is_some() {
@@ -629,21 +632,41 @@ impl Session {
             return Ok(pruned.clone());
         }
         let (method, scope, bits) = key;
-        // The old copy goes first: two pruned copies at once are not needed.
+        let sparsity = f32::from_bits(bits) as f64;
+        // The old copy goes first: two pruned copies at once are not needed (and the pruner's
+        // matrices, no longer shared, change in place).
         self.pruned = None;
-        crate::memory::check(
-            model::prune::bytes_needed(&model.transformer, scope),
-            crate::memory::available_bytes(),
-            "pruning the model's weights",
-            "prune a narrower scope (mlp or attn)",
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
-        let (transformer, _) = model::prune::prune(
-            &model.transformer,
-            method,
-            scope,
-            f32::from_bits(bits) as f64,
-        )?;
+        let transformer = if method == model::prune::PruneMethod::Magnitude {
+            if self.pruner.as_ref().is_none_or(|p| p.scope() != scope) {
+                self.pruner = None;
+                crate::memory::check(
+                    model::prune::MagnitudePruner::bytes_needed(&model.transformer, scope),
+                    crate::memory::available_bytes(),
+                    "pruning the model's weights",
+                    "prune a narrower scope (mlp or attn)",
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                self.pruner = Some(model::prune::MagnitudePruner::new(
+                    &model.transformer,
+                    scope,
+                )?);
+            }
+            let Some(pruner) = self.pruner.as_mut() else {
+                anyhow::bail!("the pruner was not made");
+            };
+            pruner.set_sparsity(&model.transformer, sparsity)?;
+            pruner.model().clone()
+        } else {
+            self.pruner = None;
+            crate::memory::check(
+                model::prune::bytes_needed(&model.transformer, scope),
+                crate::memory::available_bytes(),
+                "pruning the model's weights",
+                "prune a narrower scope (mlp or attn)",
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            model::prune::prune(&model.transformer, method, scope, sparsity)?.0
+        };
         let pruned = Arc::new(Model {
             transformer,
             tokenizer: model.tokenizer.clone(),
@@ -875,6 +898,21 @@ impl Session {
         let (id, context) = (job.job_id, format!("patching {}", job.site.name()));
         self.job(id, context, cancel, emit, move |emit, cancelled| {
             patch_job(&model, job, cancelled, emit)
+        })
+    }
+
+    /// A pruning or sparsification sweep, on a job thread when the session has a
+    /// [`Background`].
+    fn sweep(
+        &mut self,
+        job: SweepJob,
+        cancel: &dyn Cancel,
+        emit: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let model = self.shared_model()?;
+        let (id, context) = (job.job_id, Command::Sweep(job.clone()).request().1);
+        self.job(id, context, cancel, emit, move |emit, cancelled| {
+            sweep_job(&model, job, cancelled, emit)
         })
     }
 
@@ -1317,11 +1355,12 @@ fn resolve(
 ) -> anyhow::Result<model::Intervention> {
     match edit {
         Edit::Hook(i) => Ok(i.clone()),
+        // Passes turn these into weights and calibrated cuts (`hook_interventions`).
         Edit::Prune { .. } => {
-            anyhow::bail!("pruning changes the weights, not a hook: it applies to prompt runs")
+            anyhow::bail!("pruning changes the weights, not a hook: it applies to whole passes")
         }
         Edit::Sparsify { .. } => {
-            anyhow::bail!("sparsification is calibrated on a prompt: it applies to prompt runs")
+            anyhow::bail!("sparsification is calibrated on a prompt: it applies to whole passes")
         }
         &Edit::SteerNeuron {
             layer,
@@ -1426,6 +1465,39 @@ fn resolve(
     }
 }
 
+/// The hook interventions of `edits` for a pass over `ids` on `weights`: a pruning edit is
+/// the weights themselves, and a sparsification one cut per MLP with its thresholds calibrated
+/// on `ids`.
+fn hook_interventions(
+    model: &Model,
+    weights: &model::Transformer,
+    saes: &[(SaeId, Arc<Sae>)],
+    edits: &[Edit],
+    ids: &[u32],
+    bos: model::BosMode,
+) -> anyhow::Result<Vec<model::Intervention>> {
+    let mut out = Vec::with_capacity(edits.len());
+    for edit in edits {
+        match edit {
+            Edit::Prune { .. } => {}
+            Edit::Sparsify { method } => {
+                let rules = crate::analysis::sparsify::calibrate(
+                    weights,
+                    *method,
+                    std::slice::from_ref(&ids.to_vec()),
+                )?;
+                out.extend(crate::analysis::sparsify::interventions(
+                    weights,
+                    &rules,
+                    &method.to_string(),
+                ));
+            }
+            _ => out.push(resolve(model, saes, edit, bos)?),
+        }
+    }
+    Ok(out)
+}
+
 /// A patching sweep on a job thread: progress every few patches, cancel between patches.
 fn patch_job(
     model: &Model,
@@ -1505,6 +1577,71 @@ fn patch_job(
             result,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
         })),
+    }));
+    Ok(())
+}
+
+/// A sweep on a job thread: progress after every measured point, cancel between points.
+fn sweep_job(
+    model: &Model,
+    job: SweepJob,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    use crate::analysis::sweep::{SparsifyText, prune_sweep, sequences, sparsify_sweep};
+    let job_id = job.job_id;
+    let seqs = sequences(model, &job.text)?;
+    let mut step = |done: usize, total: usize, said: &str| {
+        emit(Event::JobProgress(JobProgress {
+            job_id,
+            fraction: done as f32 / total.max(1) as f32,
+            message: said.to_string(),
+            train: None,
+        }));
+        if cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let t = &model.transformer;
+    let report = match &job.kind {
+        SweepKind::Prune {
+            method,
+            scope,
+            levels,
+        } => {
+            // Each level holds one pruned copy of the scope's weights while it is measured.
+            crate::memory::check(
+                crate::model::prune::bytes_needed(t, *scope),
+                crate::memory::available_bytes(),
+                "sweeping pruning sparsities",
+                "prune a narrower scope (mlp or attn)",
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            prune_sweep(t, *method, *scope, levels, &seqs, &mut step)?.map(SweepReport::Prune)
+        }
+        SweepKind::Sparsify {
+            methods,
+            search,
+            ppl_p,
+        } => {
+            let first_scored = |seq: &[u32]| model.tokenizer.first_scored(seq);
+            let text = SparsifyText {
+                seqs: &seqs,
+                calibration: &seqs,
+                first_scored: &first_scored,
+            };
+            sparsify_sweep(t, methods, *search, *ppl_p, &text, &mut step)?
+                .map(SweepReport::Sparsify)
+        }
+    };
+    emit(Event::JobFinished(JobFinished {
+        job_id,
+        outcome: match report {
+            Some(report) => JobOutcome::Swept(Box::new(report)),
+            None => JobOutcome::Cancelled,
+        },
     }));
     Ok(())
 }

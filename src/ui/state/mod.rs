@@ -19,6 +19,7 @@ pub mod runs;
 pub mod saes;
 pub mod session;
 pub mod stores;
+pub mod sweeps;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,7 @@ pub use runs::{HISTOGRAM_BINS, PassView, Runs};
 pub use saes::SaeEntry;
 pub use session::{SessionFile, SessionPrompt};
 pub use stores::{StoresState, neuron_layer, neuron_source};
+pub use sweeps::{SweepChoice, SweepSettings, SweepsState};
 pub use view::{FigureFormat, GenerateColour, Selection, Show, Tab, TokenColour, View};
 
 /// The sparsity method a model opens with: exact zeros where its activation makes them (ReLU);
@@ -194,6 +196,10 @@ pub enum Action {
     /// Patch every layer × position (or head) between the prompt and the corrupted prompt (a
     /// job).
     RunPatching,
+    /// The sweeps tab's settings (text, pruning method and levels, methods, PPL-p%).
+    SetSweepSettings(SweepSettings),
+    /// Run a pruning or sparsification sweep (a job).
+    RunSweep(SweepChoice),
     /// Add one cell of the last sweep as an intervention (the receiving prompt becomes the
     /// prompt, and runs with it).
     AddPatch {
@@ -255,6 +261,8 @@ pub struct AppState {
     pub explain_settings: ExplainSettings,
     /// Activation patching: settings and the last sweep.
     pub patching: PatchingState,
+    /// Pruning and sparsification sweeps: settings and the last results.
+    pub sweeps: SweepsState,
     /// The facets of the unit asked for last, once they arrive.
     pub facets: Option<Box<crate::describe::facets::Facets>>,
     /// The unit whose facets were asked for.
@@ -300,6 +308,7 @@ impl Default for AppState {
             generate_colour: GenerateColour::Probability,
             explain_settings: ExplainSettings::default(),
             patching: PatchingState::default(),
+            sweeps: SweepsState::default(),
             facets: None,
             facets_asked: None,
             session_prompt: None,
@@ -926,6 +935,38 @@ impl AppState {
                     direction: settings.direction,
                 })))
             }
+            Action::SetSweepSettings(settings) => {
+                self.sweeps.settings = settings;
+                Vec::new()
+            }
+            Action::RunSweep(choice) => {
+                if self.model.is_none() || self.job_running() {
+                    return Vec::new();
+                }
+                // Checked before a job id is taken: a refused sweep leaves no job behind.
+                let on = match self.sweeps.settings.job(0, choice, &self.prompt, self.bos) {
+                    Ok(job) => SweepSettings::describe(&job.text),
+                    Err(why) => {
+                        self.notice = Some(why);
+                        return Vec::new();
+                    }
+                };
+                let settings = &self.sweeps.settings;
+                let title = match choice {
+                    SweepChoice::Prune => format!(
+                        "Pruning sweep ({}, {} weights) on {on}",
+                        settings.prune_method,
+                        settings.prune_scope.name()
+                    ),
+                    SweepChoice::Sparsify => format!("Sparsification sweep on {on}"),
+                };
+                let job_id = self.new_job(title);
+                let job = self
+                    .sweeps
+                    .settings
+                    .job(job_id, choice, &self.prompt, self.bos);
+                worker(job.ok().map(Command::Sweep))
+            }
             Action::AddPatch { layer, cell } => {
                 let (Some(report), Some((receiving, source))) =
                     (&self.patching.report, self.patching.cell_prompts())
@@ -1136,6 +1177,23 @@ impl AppState {
             }
             JobOutcome::Patched(report) => {
                 self.patching.report = Some(report.clone());
+            }
+            JobOutcome::Swept(report) => {
+                let text = self
+                    .job
+                    .as_ref()
+                    .map(|j| j.title.clone())
+                    .unwrap_or_default();
+                match &**report {
+                    crate::worker::SweepReport::Prune(p) => {
+                        self.sweeps.prune = Some(Box::new(p.clone()));
+                        self.sweeps.prune_text = text;
+                    }
+                    crate::worker::SweepReport::Sparsify(p) => {
+                        self.sweeps.sparsify = Some(Box::new(p.clone()));
+                        self.sweeps.sparsify_text = text;
+                    }
+                }
             }
             JobOutcome::Scanned { store, .. } => {
                 if let Some(model) = &self.model {
@@ -2134,6 +2192,65 @@ pub(crate) mod tests {
             s.interventions.items[0].label(),
             "patch L1 resid_pre @1 from \"a b\""
         );
+    }
+
+    #[test]
+    fn a_sweep_is_a_job_whose_result_the_sweeps_tab_keeps() {
+        use crate::analysis::sweep::{LossText, PruneSweep, SweepPoint};
+        use crate::model::prune::{PruneMethod, PruneScope};
+        let mut s = loaded();
+        assert_eq!(s.act_cmd(Action::RunSweep(SweepChoice::Prune)), None);
+        assert!(
+            s.notice
+                .as_deref()
+                .unwrap_or("")
+                .contains("prompt or a corpus")
+        );
+        assert!(!s.job_running(), "a refused sweep leaves no job");
+        s.prompt = "a b c".into();
+        let Some(Command::Sweep(job)) = s.act_cmd(Action::RunSweep(SweepChoice::Prune)) else {
+            panic!("Sweep asks the worker for a job")
+        };
+        assert!(matches!(job.text, LossText::Prompt { ref text, .. } if text == "a b c"));
+        assert!(
+            s.job
+                .as_ref()
+                .unwrap()
+                .title
+                .contains("magnitude, all weights")
+        );
+        assert_eq!(
+            s.act_cmd(Action::RunSweep(SweepChoice::Sparsify)),
+            None,
+            "one job at a time"
+        );
+        let sweep = PruneSweep {
+            method: PruneMethod::Magnitude,
+            scope: PruneScope::All,
+            dense_mean_loss: 2.0,
+            tokens: 2,
+            points: vec![SweepPoint {
+                parameter: 0.0,
+                sparsity: 0.0,
+                mean_loss: 2.0,
+            }],
+            knee: Some(0.0),
+        };
+        s.apply(Event::JobFinished(crate::worker::JobFinished {
+            job_id: job.job_id,
+            outcome: JobOutcome::Swept(Box::new(crate::worker::SweepReport::Prune(sweep.clone()))),
+        }));
+        assert!(!s.job_running());
+        assert_eq!(s.sweeps.prune.as_deref(), Some(&sweep));
+        assert!(s.sweeps.prune_text.contains("on the prompt"));
+        // The settings travel in session files.
+        let mut settings = s.sweeps.settings.clone();
+        settings.corpus = "/data/wiki.txt".into();
+        settings.ppl_p = 2.0;
+        s.act_cmd(Action::SetSweepSettings(settings.clone()));
+        let mut reopened = loaded();
+        reopened.adopt_session(&s.session());
+        assert_eq!(reopened.sweeps.settings, settings);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct SessionFile {
     /// The patching tab's corrupted prompt, tokens, site and direction.
     #[serde(default)]
     pub patching: PatchSettings,
+    /// The sweeps tab's text, pruning method, levels, methods and PPL-p%.
+    #[serde(default)]
+    pub sweeps: super::SweepSettings,
     /// Zoom and pan of the heatmaps that have them, by name: `[first visible column, visible
     /// columns]` (the window's, which the app adds: the state does not hold them).
     #[serde(default)]
@@ -178,6 +181,7 @@ impl AppState {
             generate_colour: self.generate_colour,
             figure_format: self.figure_format,
             patching: self.patching.settings.clone(),
+            sweeps: self.sweeps.settings.clone(),
             zoom: Default::default(),
         }
     }
@@ -284,6 +288,7 @@ impl AppState {
         self.generate_colour = file.generate_colour;
         self.figure_format = file.figure_format;
         self.patching.settings = file.patching.clone();
+        self.sweeps.settings = file.sweeps.clone();
         let n_layers = self.n_layers();
         let mut effects = Vec::new();
         self.selection = Selection {

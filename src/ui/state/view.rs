@@ -17,6 +17,8 @@ pub enum Tab {
     Generate,
     /// Activation patching between the prompt and a corrupted one.
     Patching,
+    /// Loss against sparsity: weight pruning and activation sparsification sweeps.
+    Sweeps,
 }
 
 /// What colours the Generate tab's tokens.
@@ -81,6 +83,7 @@ impl View {
             View::Tab(Tab::Features) => "sae-features",
             View::Tab(Tab::Generate) => "generation",
             View::Tab(Tab::Patching) => "patching",
+            View::Tab(Tab::Sweeps) => "sweeps",
         }
     }
 }

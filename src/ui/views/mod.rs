@@ -15,6 +15,7 @@ pub mod prompt;
 pub mod sae_jobs;
 pub mod search;
 pub mod session;
+pub mod sweeps;
 pub mod top_bar;
 pub mod unit_panel;
 
