@@ -1120,6 +1120,45 @@ fn a_units_facets_appear_in_the_inspector() {
         positive
     );
     assert!(facets.k >= 1);
+    assert!(facets.facets.iter().all(|f| f.explanation.is_none()));
     h.run_steps(2);
     h.get_by_label_contains(&format!("facet 1: {}", facets.facets[0].label));
+
+    // With an explainer set, each facet also gets the LLM's label (SmolLM2 behind
+    // `dendrite serve`, OpenAI's explainer prompt); an endpoint that is down leaves the
+    // facets with their token labels and says why.
+    let server = common::serve(&common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf"), &[]);
+    for (endpoint, up) in [
+        (server.base.clone(), true),
+        ("http://127.0.0.1:9/v1".into(), false),
+    ] {
+        h.state_mut().state.explain_settings = dendrite::ui::state::ExplainSettings {
+            endpoint,
+            model: "SmolLM2-135M-Instruct.Q4_1".into(),
+            openai_prompt: true,
+            ..Default::default()
+        };
+        h.state_mut().act(Action::ShowFacets(unit.clone()));
+        step_until(&mut h, "the labelled facets", |s| s.facets.is_some());
+        let labelled = h.state().state.facets.clone().unwrap();
+        assert_eq!(labelled.k, facets.k, "the same clustering");
+        if up {
+            assert_eq!(labelled.explain_error, None);
+            assert!(
+                labelled
+                    .facets
+                    .iter()
+                    .all(|f| f.explanation.as_ref().is_some_and(|e| !e.trim().is_empty())),
+                "{:?}",
+                labelled.facets
+            );
+            h.run_steps(2);
+            h.get_by_label_contains("explainer: ");
+        } else {
+            assert!(labelled.facets.iter().all(|f| f.explanation.is_none()));
+            assert!(labelled.explain_error.is_some());
+            h.run_steps(2);
+            h.get_by_label_contains("no explainer labels");
+        }
+    }
 }

@@ -124,6 +124,32 @@ fn every_tab_renders() {
     }
     h.run_steps(3);
     results.add(h.try_snapshot("patching"));
+    // Sweeps on the prompt: pruning at three sparsities, two sparsification methods.
+    h.state_mut().act(Action::SetTab(Tab::Sweeps));
+    let mut settings = h.state().state.sweeps.settings.clone();
+    settings.levels = vec![0.0, 0.3, 0.6];
+    settings.methods = vec!["topk".into(), "cats".into()];
+    settings.search = "cats".into();
+    h.state_mut().act(Action::SetSweepSettings(settings));
+    for choice in [
+        dendrite::ui::state::SweepChoice::Prune,
+        dendrite::ui::state::SweepChoice::Sparsify,
+    ] {
+        h.state_mut().act(Action::RunSweep(choice));
+        let started = Instant::now();
+        while h.state().state.job_running() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no sweep result: {:?}",
+                h.state().state.errors
+            );
+            h.step();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(h.state().state.sweeps.prune.is_some() && h.state().state.sweeps.sparsify.is_some());
+    h.run_steps(3);
+    results.add(h.try_snapshot("sweeps"));
 }
 
 /// Exported figures are rasterized on the CPU at 2 pixels per point; here they are held to what

@@ -1362,3 +1362,38 @@ fn pruned_and_sparsified_models_generate_their_own_continuations() {
         assert_eq!(generated(Variant::Baseline), dense.generated_ids());
     }
 }
+
+/// Another prompt's cores are its sentence cores at every MLP layer, as `measure` finds them.
+#[test]
+fn another_prompts_core_neurons_are_measured_at_every_layer() {
+    use dendrite::analysis::core_neurons::{CoreOptions, measure};
+    let mut session = Session::new();
+    handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
+    let request = CoresRequest {
+        text: "abc abd abe".into(),
+        bos: dendrite::model::BosMode::Auto,
+        alpha: 0.3,
+    };
+    let events = handle(&mut session, Command::Cores(request.clone()));
+    let [Event::CoresReady(report)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    let model = dendrite::model::open(tiny()).unwrap();
+    let ids = model.encode_prompt("abc abd abe", request.bos).unwrap();
+    let direct = measure(
+        &model.transformer,
+        &ids,
+        "blocks.*.mlp.hook_post",
+        model.tokenizer.first_scored(&ids),
+        CoreOptions {
+            alpha: 0.3,
+            ..CoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.request, request);
+    assert_eq!(report.n_tokens, ids.len());
+    let cores: Vec<Vec<usize>> = direct.into_iter().map(|l| l.core.core).collect();
+    assert_eq!(report.cores, cores);
+    assert_eq!(cores.len(), 2, "one per layer");
+}

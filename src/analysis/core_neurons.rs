@@ -125,7 +125,7 @@ pub fn sentence_core(counts: &[u32], m: usize, opts: CoreOptions) -> Vec<usize> 
 }
 
 /// |A ∩ B| of two ascending index sets.
-fn intersection(a: &[usize], b: &[usize]) -> usize {
+pub fn intersection(a: &[usize], b: &[usize]) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {

@@ -18,6 +18,9 @@ pub struct Facet {
     pub mean_peak: f64,
     /// Its 3 most frequent peak tokens with counts.
     pub label: String,
+    /// What an explainer LLM makes of its windows (auto-interp), when one was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
     /// The windows themselves (tokens, activations), for the inspector.
     #[serde(skip)]
     pub examples: Vec<ExampleOut>,
@@ -32,6 +35,9 @@ pub struct Facets {
     pub k: usize,
     pub silhouette: f64,
     pub facets: Vec<Facet>,
+    /// Why the explainer gave no labels, when it was asked and failed (the endpoint is down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain_error: Option<String>,
 }
 
 /// The hook whose value at a window's peak places it: the residual stream after the unit's
@@ -118,6 +124,7 @@ pub fn unit_facets(
                 mean_peak: members.iter().map(|e| e.max_act as f64).sum::<f64>()
                     / members.len().max(1) as f64,
                 label: label(&peaks),
+                explanation: None,
                 examples: members.into_iter().cloned().collect(),
             }
         })
@@ -136,7 +143,48 @@ pub fn unit_facets(
         k: facets.len(),
         silhouette: clustering.silhouette,
         facets,
+        explain_error: None,
     })
+}
+
+/// Windows an explainer is shown per facet, and tokens around each peak.
+const EXPLAIN_WINDOWS: usize = 8;
+const EXPLAIN_TOKENS: usize = 32;
+
+/// Labels every facet from an explainer LLM: auto-interp's explainer prompt over the facet's
+/// strongest windows, cropped around their peaks. A failed request stops the labelling and is
+/// recorded in `explain_error` (the facets and their token labels stay); an answer without an
+/// explanation leaves that facet unlabelled.
+pub fn explain_facets(
+    facets: &mut Facets,
+    client: &super::interp::ChatClient,
+    kind: super::interp::ExplainerKind,
+) {
+    use super::interp::{ChatOptions, run::crop};
+    for facet in &mut facets.facets {
+        let records: Vec<_> = facet
+            .examples
+            .iter()
+            .take(EXPLAIN_WINDOWS)
+            .filter(|e| !e.tokens.is_empty())
+            .map(|e| crop(&e.tokens, &e.acts, e.max_pos as usize, EXPLAIN_TOKENS))
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        let options = ChatOptions {
+            max_tokens: kind.max_tokens(),
+            temperature: 0.0,
+            top_logprobs: None,
+        };
+        match client.chat(&kind.messages(&records), &options) {
+            Ok(reply) => facet.explanation = kind.parse(&reply.text),
+            Err(e) => {
+                facets.explain_error = Some(e.to_string());
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

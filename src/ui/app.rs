@@ -262,11 +262,19 @@ impl DendriteApp {
         if let Command::Generate(g) = &cmd {
             self.generate_sent = Some((g.run_id, Instant::now()));
         }
-        if let Command::ExplainUnits(job) = &mut cmd {
-            // The key stays out of the state (and its logs): read where the job starts.
-            job.opts.endpoint.api_key = std::env::var(&self.state.explain_settings.api_key_env)
+        // The key stays out of the state (and its logs): read where the request leaves.
+        let key = || {
+            std::env::var(&self.state.explain_settings.api_key_env)
                 .ok()
-                .filter(|k| !k.is_empty());
+                .filter(|k| !k.is_empty())
+        };
+        match &mut cmd {
+            Command::ExplainUnits(job) => job.opts.endpoint.api_key = key(),
+            Command::Facets(crate::worker::FacetsRequest {
+                explainer: Some((endpoint, _)),
+                ..
+            }) => endpoint.api_key = key(),
+            _ => {}
         }
         self.send(cmd);
     }

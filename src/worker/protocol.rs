@@ -281,12 +281,34 @@ pub enum SweepReport {
     Sparsify(crate::analysis::sweep::SparsifySweep),
 }
 
+/// Another prompt's sentence-wise core neurons at every layer, to compare with the prompt's
+/// (definitions §12).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoresRequest {
+    pub text: String,
+    pub bos: BosMode,
+    pub alpha: f64,
+}
+
+/// [`CoresRequest`]'s answer: each layer's sentence core (ascending neuron indices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoresReport {
+    pub request: CoresRequest,
+    pub cores: Vec<Vec<usize>>,
+    pub n_tokens: usize,
+}
+
 /// A unit's facets from a corpus store's top windows (the open model reruns them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FacetsRequest {
     pub store: PathBuf,
     pub source: String,
     pub unit: usize,
+    /// An explainer LLM that labels each facet (auto-interp), when one is set.
+    pub explainer: Option<(
+        crate::describe::interp::Endpoint,
+        crate::describe::interp::ExplainerKind,
+    )>,
 }
 
 /// A finished patching sweep.
@@ -320,6 +342,7 @@ pub enum Command {
     Patch(PatchJob),
     Sweep(SweepJob),
     Facets(FacetsRequest),
+    Cores(CoresRequest),
     ScanCorpus(ScanCorpusJob),
     TrainSae(TrainSaeJob),
     EvaluateSae(EvaluateSaeJob),
@@ -379,6 +402,10 @@ impl Command {
             Command::Facets(f) => (
                 Request::Inspect,
                 format!("finding the facets of {} {}", f.source, f.unit),
+            ),
+            Command::Cores(_) => (
+                Request::Cores,
+                "finding the other prompt's core neurons".into(),
             ),
             Command::Patch(j) => (
                 Request::Job(j.job_id),
@@ -693,6 +720,8 @@ pub enum Request {
     Generate(RunId),
     /// A neuron's or latent's details for the inspector.
     Inspect,
+    /// Another prompt's core neurons.
+    Cores,
     /// Attaching the SAE at this path.
     AttachSae(PathBuf),
     DetachSae(SaeId),
@@ -709,6 +738,8 @@ pub enum Request {
 pub enum Event {
     /// A unit's facets ([`Command::Facets`]).
     FacetsReady(Box<crate::describe::facets::Facets>),
+    /// Another prompt's core neurons ([`Command::Cores`]).
+    CoresReady(Box<CoresReport>),
     Loading(Loading),
     ModelLoaded(ModelLoaded),
     RunStarted(RunStarted),

@@ -260,6 +260,7 @@ impl Session {
             Command::Patch(job) => self.patch(job, cancel, emit),
             Command::Sweep(job) => self.sweep(job, cancel, emit),
             Command::Facets(f) => self.facets(&f).map(&mut *emit),
+            Command::Cores(c) => self.cores(c).map(&mut *emit),
             Command::DetachSae(d) => {
                 self.saes.retain(|(id, _)| *id != d.sae_id);
                 emit(Event::SaeDetached(SaeDetached { sae_id: d.sae_id }));
@@ -297,9 +298,35 @@ impl Session {
     fn facets(&self, f: &FacetsRequest) -> anyhow::Result<Event> {
         let model = self.model_or_err()?;
         let store = crate::describe::store::Store::open_existing(&f.store)?;
-        let facets =
+        let mut facets =
             crate::describe::facets::unit_facets(model, &store, &f.source, f.unit, None, 0)?;
+        if let Some((endpoint, kind)) = &f.explainer {
+            let client = crate::describe::interp::ChatClient::new(endpoint.clone());
+            crate::describe::facets::explain_facets(&mut facets, &client, *kind);
+        }
         Ok(Event::FacetsReady(Box::new(facets)))
+    }
+
+    fn cores(&self, request: CoresRequest) -> anyhow::Result<Event> {
+        use crate::analysis::core_neurons::{CoreOptions, measure};
+        let (model, ids) = prompt_ids(self.model.as_ref(), &request.text, request.bos)?;
+        let opts = CoreOptions {
+            alpha: request.alpha,
+            ..CoreOptions::default()
+        };
+        let first_scored = model.tokenizer.first_scored(&ids);
+        let layers = measure(
+            &model.transformer,
+            &ids,
+            "blocks.*.mlp.hook_post",
+            first_scored,
+            opts,
+        )?;
+        Ok(Event::CoresReady(Box::new(CoresReport {
+            cores: layers.into_iter().map(|l| l.core.core).collect(),
+            n_tokens: ids.len(),
+            request,
+        })))
     }
 
     fn model_or_err(&self) -> anyhow::Result<&Model> {

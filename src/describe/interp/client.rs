@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::prompts::Msg;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     /// The API's base, e.g. `http://127.0.0.1:8080/v1` (`/chat/completions` is appended).
     pub base_url: String,

@@ -52,6 +52,30 @@ pub enum ExplainerKind {
 }
 
 impl ExplainerKind {
+    /// Its explainer prompt over `records` (delphi's with the activations listed).
+    pub fn messages(self, records: &[Record]) -> Vec<Msg> {
+        match self {
+            ExplainerKind::Delphi => delphi_explain(records, true),
+            ExplainerKind::Openai => openai_explain(records),
+        }
+    }
+
+    /// The explanation in an answer to [`ExplainerKind::messages`].
+    pub fn parse(self, answer: &str) -> Option<String> {
+        match self {
+            ExplainerKind::Delphi => parse_delphi_explanation(answer),
+            ExplainerKind::Openai => parse_openai_explanation(answer),
+        }
+    }
+
+    /// Tokens its answer needs (delphi's reasons first).
+    pub fn max_tokens(self) -> usize {
+        match self {
+            ExplainerKind::Delphi => 200,
+            ExplainerKind::Openai => 40,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExplainerKind::Delphi => "delphi",

@@ -178,7 +178,7 @@ struct UnitWork {
 }
 
 /// An example: its text pieces and the unit's activations, cropped around its peak.
-fn crop(tokens: &[String], acts: &[f32], centre: usize, len: usize) -> Record {
+pub fn crop(tokens: &[String], acts: &[f32], centre: usize, len: usize) -> Record {
     let n = tokens.len().min(acts.len());
     let len = len.min(n);
     let start = centre.saturating_sub(len / 2).min(n - len);
@@ -422,13 +422,6 @@ fn unit_activations(
 
 /// Answer lengths: delphi's explainer may reason before its `[EXPLANATION]:` line; OpenAI's
 /// completes one sentence; a scorer writes a list of n digits.
-fn explain_max_tokens(kind: ExplainerKind) -> usize {
-    match kind {
-        ExplainerKind::Delphi => 200,
-        ExplainerKind::Openai => 40,
-    }
-}
-
 fn score_max_tokens(n: usize) -> usize {
     4 + 3 * n
 }
@@ -465,10 +458,7 @@ fn explain_unit(opts: &ExplainOptions, client: &ChatClient, inputs: UnitInputs) 
             held.push(r);
         }
     }
-    let messages = match opts.explainer {
-        ExplainerKind::Delphi => prompts::delphi_explain(&shown, true),
-        ExplainerKind::Openai => prompts::openai_explain(&shown),
-    };
+    let messages = opts.explainer.messages(&shown);
     let reply = ask(
         client,
         &mut audit,
@@ -476,7 +466,7 @@ fn explain_unit(opts: &ExplainOptions, client: &ChatClient, inputs: UnitInputs) 
         "explain",
         messages,
         &ChatOptions {
-            max_tokens: explain_max_tokens(opts.explainer),
+            max_tokens: opts.explainer.max_tokens(),
             // OpenAI's explainer samples at 1; a fixed seed would need the endpoint's support.
             temperature: 1.0,
             top_logprobs: None,
@@ -489,11 +479,7 @@ fn explain_unit(opts: &ExplainOptions, client: &ChatClient, inputs: UnitInputs) 
     else {
         return UnitWork { result, audit };
     };
-    let parsed = match opts.explainer {
-        ExplainerKind::Delphi => prompts::parse_delphi_explanation(&answer),
-        ExplainerKind::Openai => prompts::parse_openai_explanation(&answer),
-    };
-    let Some(explanation) = parsed else {
+    let Some(explanation) = opts.explainer.parse(&answer) else {
         result.problems.push(format!(
             "the explainer's answer has no explanation in the {} format",
             opts.explainer.as_str()

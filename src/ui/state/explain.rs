@@ -25,6 +25,35 @@ impl Default for ExplainSettings {
     }
 }
 
+impl ExplainSettings {
+    /// Whether an explainer is set (an endpoint and a model to ask).
+    pub fn is_set(&self) -> bool {
+        !self.endpoint.trim().is_empty() && !self.model.trim().is_empty()
+    }
+
+    /// The endpoint, without its key (the app adds it where the request leaves: the key stays
+    /// out of the state and its logs); `max_requests` 0 is no limit.
+    pub fn endpoint(&self, max_requests: usize) -> crate::describe::interp::Endpoint {
+        crate::describe::interp::Endpoint {
+            base_url: self.endpoint.trim().to_string(),
+            model: self.model.trim().to_string(),
+            api_key: None,
+            timeout: std::time::Duration::from_secs(120),
+            retries: 3,
+            max_requests,
+        }
+    }
+
+    pub fn explainer(&self) -> crate::describe::interp::ExplainerKind {
+        use crate::describe::interp::ExplainerKind;
+        if self.openai_prompt {
+            ExplainerKind::Openai
+        } else {
+            ExplainerKind::Delphi
+        }
+    }
+}
+
 impl AppState {
     /// The auto-interpretation run the inspector would start for `units` (one source): the
     /// store that has the source, the open model (and SAE) to measure non-activating windows.
@@ -32,7 +61,7 @@ impl AppState {
         &self,
         units: &[UnitRef],
     ) -> Option<crate::describe::interp::ExplainOptions> {
-        use crate::describe::interp::{Endpoint, ExplainOptions, ExplainerKind};
+        use crate::describe::interp::ExplainOptions;
         let model = self.model.as_ref()?;
         let source = units.first()?.source.clone();
         let store = self.stores.store_with(&source)?;
@@ -42,23 +71,13 @@ impl AppState {
             .iter()
             .find(|e| e.source == source)
             .map(|e| e.cfg.path.clone());
-        let endpoint = Endpoint {
-            base_url: s.endpoint.trim().to_string(),
-            model: s.model.trim().to_string(),
-            api_key: None,
-            timeout: std::time::Duration::from_secs(120),
-            retries: 3,
-            max_requests: 0,
-        };
         let mut opts = ExplainOptions::new(
             store,
             source,
             units.iter().map(|u| u.unit).collect(),
-            endpoint,
+            s.endpoint(0),
         );
-        if s.openai_prompt {
-            opts.explainer = ExplainerKind::Openai;
-        }
+        opts.explainer = s.explainer();
         opts.subject_model = Some(model.path.clone());
         opts.subject_sae = subject_sae;
         // Room for retries beyond the estimate, no more.

@@ -10,6 +10,7 @@
 //! events to the parts and keeps what spans them (the model, the prompt, the selection).
 
 pub mod comparison;
+pub mod cores;
 pub mod explain;
 pub mod generation;
 pub mod interventions;
@@ -200,6 +201,10 @@ pub enum Action {
     SetSweepSettings(SweepSettings),
     /// Run a pruning or sparsification sweep (a job).
     RunSweep(SweepChoice),
+    /// The prompt the layers view's core neurons are compared with.
+    SetCoreCompareText(String),
+    /// Find that prompt's core neurons (at the shown α) to compare with the prompt's.
+    CompareCores,
     /// Add one cell of the last sweep as an intervention (the receiving prompt becomes the
     /// prompt, and runs with it).
     AddPatch {
@@ -263,6 +268,8 @@ pub struct AppState {
     pub patching: PatchingState,
     /// Pruning and sparsification sweeps: settings and the last results.
     pub sweeps: SweepsState,
+    /// Core neurons of another prompt, to compare with the prompt's.
+    pub core_compare: cores::CoreCompare,
     /// The facets of the unit asked for last, once they arrive.
     pub facets: Option<Box<crate::describe::facets::Facets>>,
     /// The unit whose facets were asked for.
@@ -309,6 +316,7 @@ impl Default for AppState {
             explain_settings: ExplainSettings::default(),
             patching: PatchingState::default(),
             sweeps: SweepsState::default(),
+            core_compare: cores::CoreCompare::default(),
             facets: None,
             facets_asked: None,
             session_prompt: None,
@@ -935,6 +943,24 @@ impl AppState {
                     direction: settings.direction,
                 })))
             }
+            Action::SetCoreCompareText(text) => {
+                self.core_compare.text = text;
+                Vec::new()
+            }
+            Action::CompareCores => {
+                let Method::Core { alpha } = self.sparsity else {
+                    return Vec::new();
+                };
+                if self.model.is_none() || self.core_compare.text.trim().is_empty() {
+                    return Vec::new();
+                }
+                self.core_compare.waiting = true;
+                worker(Some(Command::Cores(crate::worker::CoresRequest {
+                    text: self.core_compare.text.clone(),
+                    bos: self.bos,
+                    alpha,
+                })))
+            }
             Action::SetSweepSettings(settings) => {
                 self.sweeps.settings = settings;
                 Vec::new()
@@ -990,10 +1016,14 @@ impl AppState {
                 };
                 self.facets = None;
                 self.facets_asked = Some(unit.clone());
+                let s = &self.explain_settings;
+                // One request per facet, at most six.
+                let explainer = s.is_set().then(|| (s.endpoint(12), s.explainer()));
                 worker(Some(Command::Facets(crate::worker::FacetsRequest {
                     store,
                     source: unit.source,
                     unit: unit.unit,
+                    explainer,
                 })))
             }
             Action::SaveSession(path) => vec![Effect::SaveSession(path)],
@@ -1147,6 +1177,10 @@ impl AppState {
                     self.facets = Some(f);
                 }
             }
+            Event::CoresReady(report) => {
+                self.core_compare.waiting = false;
+                self.core_compare.report = Some(report);
+            }
             Event::Cancelled(_) => {}
             Event::Error(e) => self.failed(e),
         }
@@ -1227,6 +1261,7 @@ impl AppState {
                     g.error = Some(e.message.clone());
                 }
             }
+            Request::Cores => self.core_compare.waiting = false,
             Request::AttachSae(_) => {
                 // A located SAE that failed to attach leaves its interventions aside.
                 self.interventions.locating = None;
@@ -2251,6 +2286,39 @@ pub(crate) mod tests {
         let mut reopened = loaded();
         reopened.adopt_session(&s.session());
         assert_eq!(reopened.sweeps.settings, settings);
+    }
+
+    #[test]
+    fn another_prompts_cores_are_asked_at_the_shown_alpha_and_kept() {
+        let mut s = loaded();
+        s.act_cmd(Action::SetCoreCompareText("other text".into()));
+        assert_eq!(
+            s.act_cmd(Action::CompareCores),
+            None,
+            "only while core neurons are shown"
+        );
+        s.sparsity = Method::Core { alpha: 0.3 };
+        let Some(Command::Cores(request)) = s.act_cmd(Action::CompareCores) else {
+            panic!("Compare asks the worker")
+        };
+        assert_eq!((request.text.as_str(), request.alpha), ("other text", 0.3));
+        assert!(s.core_compare.waiting);
+        s.apply(Event::Error(ErrorEvent {
+            request: Request::Cores,
+            context: String::new(),
+            message: "no".into(),
+        }));
+        assert!(!s.core_compare.waiting, "an error stops the wait");
+        s.act_cmd(Action::CompareCores);
+        s.apply(Event::CoresReady(Box::new(crate::worker::CoresReport {
+            request,
+            cores: vec![vec![1, 2]],
+            n_tokens: 2,
+        })));
+        assert!(!s.core_compare.waiting);
+        let o = s.core_compare.overlaps(&[Some(vec![2])], 0.3).unwrap();
+        assert_eq!(o[0].map(|o| o.shared), Some(1));
+        assert_eq!(s.session().core_compare, "other text");
     }
 
     #[test]

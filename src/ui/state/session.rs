@@ -84,6 +84,9 @@ pub struct SessionFile {
     /// The sweeps tab's text, pruning method, levels, methods and PPL-p%.
     #[serde(default)]
     pub sweeps: super::SweepSettings,
+    /// The prompt the core neurons are compared with.
+    #[serde(default)]
+    pub core_compare: String,
     /// Zoom and pan of the heatmaps that have them, by name: `[first visible column, visible
     /// columns]` (the window's, which the app adds: the state does not hold them).
     #[serde(default)]
@@ -182,6 +185,7 @@ impl AppState {
             figure_format: self.figure_format,
             patching: self.patching.settings.clone(),
             sweeps: self.sweeps.settings.clone(),
+            core_compare: self.core_compare.text.clone(),
             zoom: Default::default(),
         }
     }
@@ -289,6 +293,7 @@ impl AppState {
         self.figure_format = file.figure_format;
         self.patching.settings = file.patching.clone();
         self.sweeps.settings = file.sweeps.clone();
+        self.core_compare.text = file.core_compare.clone();
         let n_layers = self.n_layers();
         let mut effects = Vec::new();
         self.selection = Selection {

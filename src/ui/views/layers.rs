@@ -158,7 +158,11 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
         // Room below for the sentence core when core neurons are shown.
         let below = if matches!(state.sparsity, Method::Core { .. }) {
-            215.0
+            if state.core_compare.report.is_some() {
+                330.0
+            } else {
+                250.0
+            }
         } else {
             30.0
         };
@@ -258,6 +262,93 @@ fn sentence_core_ui(ui: &mut Ui, state: &AppState, alpha: f64) -> Option<Action>
             .show(ui, |plot| {
                 plot.line(egui_plot::Line::new("Jaccard", points));
             });
+    }
+    if let Some(a) = core_compare_ui(ui, state, opts) {
+        action = Some(a);
+    }
+    action
+}
+
+/// The prompt's sentence cores against another prompt's, layer by layer (Jaccard), and the
+/// selected layer's overlap in words.
+fn core_compare_ui(
+    ui: &mut Ui,
+    state: &AppState,
+    opts: crate::analysis::core_neurons::CoreOptions,
+) -> Option<Action> {
+    use crate::analysis::core_neurons::layer_core;
+    let mut action = None;
+    let compare = &state.core_compare;
+    ui.horizontal(|ui| {
+        ui.label("compare with");
+        let mut text = compare.text.clone();
+        let edit = ui.add(
+            egui::TextEdit::singleline(&mut text)
+                .desired_width((ui.available_width() - 90.0).max(60.0))
+                .hint_text("another prompt"),
+        );
+        if edit.changed() {
+            action = Some(Action::SetCoreCompareText(text.clone()));
+        }
+        let ready = !compare.waiting && !text.trim().is_empty() && state.model.is_some();
+        let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if ui
+            .add_enabled(ready, egui::Button::new("Compare"))
+            .on_hover_text("Its sentence cores at every layer, overlapped with the prompt's")
+            .clicked()
+            || (ready && enter)
+        {
+            action = Some(Action::CompareCores);
+        }
+        if compare.waiting {
+            ui.spinner();
+        }
+    });
+    let pass = state.shown();
+    let bos = state.model.as_ref().and_then(|m| m.bos_token_id);
+    let first_scored = usize::from(bos.is_some() && pass.token_ids.first().copied() == bos);
+    let ours: Vec<Option<Vec<usize>>> = (0..state.n_layers())
+        .map(|l| {
+            let layer = pass.layer(l)?;
+            Some(layer_core(&layer.mlp_post, layer.d_mlp, first_scored, opts).core)
+        })
+        .collect();
+    let overlaps = compare.overlaps(&ours, opts.alpha)?;
+    let l = state.selection.layer;
+    if let Some(Some(o)) = overlaps.get(l) {
+        ui.label(format!(
+            "L{l}: Jaccard {:.2}, {} shared neurons (similarity {:.2})",
+            o.jaccard, o.shared, o.similarity
+        ))
+        .on_hover_text(
+            "Jaccard |A ∩ B| / |A ∪ B| of the two sentence cores; similarity |A ∩ B| / |B| (B: \
+             the other prompt's core)",
+        );
+    }
+    let bars: Vec<Bar> = overlaps
+        .iter()
+        .enumerate()
+        .filter_map(|(l, o)| Some(Bar::new(l as f64, o.as_ref()?.jaccard)))
+        .collect();
+    let response = Plot::new("core_compare")
+        .height(64.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .include_y(0.0)
+        .include_y(1.0)
+        .x_axis_label("layer (Jaccard of the two prompts' cores)")
+        .show(ui, |plot| {
+            plot.bar_chart(BarChart::new("Jaccard", bars));
+            plot.pointer_coordinate()
+        });
+    if response.response.clicked()
+        && let Some(p) = response.inner
+    {
+        let n = state.n_layers().max(1);
+        action = Some(Action::SelectLayer(
+            p.x.round().clamp(0.0, (n - 1) as f64) as usize
+        ));
     }
     action
 }

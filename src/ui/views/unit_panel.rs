@@ -74,7 +74,8 @@ pub fn unit_panel_ui(ui: &mut Ui, state: &AppState, unit: &UnitRef) -> Option<Ac
 }
 
 /// The unit's facets: its top windows clustered by the residual stream at their peaks
-/// (definitions §15), each with its size, mean peak, label and strongest windows.
+/// (definitions §15), each with its size, mean peak, label (and the explainer's, when an
+/// endpoint is set) and strongest windows.
 fn facets_ui(
     ui: &mut Ui,
     state: &AppState,
@@ -110,6 +111,12 @@ fn facets_ui(
         }
     });
     let facets = facets?;
+    if let Some(why) = &facets.explain_error {
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            format!("no explainer labels: {why}"),
+        );
+    }
     let scale = report.max.unwrap_or(0.0).max(f32::MIN_POSITIVE);
     for (i, facet) in facets.facets.iter().enumerate() {
         egui::CollapsingHeader::new(format!(
@@ -122,6 +129,10 @@ fn facets_ui(
         .id_salt(("facet", &unit.source, unit.unit, i))
         .default_open(i == 0)
         .show(ui, |ui| {
+            if let Some(explanation) = &facet.explanation {
+                ui.label(format!("explainer: {explanation}"))
+                    .on_hover_text("What the explainer LLM (Explain with an LLM's endpoint) made of this facet's strongest windows");
+            }
             for e in facet.examples.iter().take(3) {
                 action = action.take().or(example_strip(ui, e, scale, bos_id));
             }
