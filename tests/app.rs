@@ -1162,3 +1162,26 @@ fn a_units_facets_appear_in_the_inspector() {
         }
     }
 }
+
+/// The layers view compares the prompt's core neurons with another prompt's: the worker's
+/// cores come back and the view shows the selected layer's overlap and the per-layer plot.
+#[test]
+fn core_neurons_are_compared_with_another_prompt() {
+    let mut h = harness();
+    step_until(&mut h, "the model", |s| s.model.is_some() && finished(s));
+    h.state_mut().act(Action::SetSparsity(
+        dendrite::analysis::sparsity::Method::Core { alpha: 0.4 },
+    ));
+    h.state_mut()
+        .act(Action::SetCoreCompareText("two one three, three".into()));
+    step_until(&mut h, "the rerun", finished);
+    h.run_steps(2);
+    h.get_by_label("Compare").click();
+    h.run_steps(2);
+    step_until(&mut h, "the other prompt's cores", |s| {
+        s.core_compare.report.is_some()
+    });
+    h.run_steps(3);
+    let l = h.state().state.selection.layer;
+    h.get_by_label_contains(&format!("L{l}: Jaccard"));
+}

@@ -158,11 +158,7 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         let cmap = Colormap::Sequential { min: 0.0, max: 1.0 };
         // Room below for the sentence core when core neurons are shown.
         let below = if matches!(state.sparsity, Method::Core { .. }) {
-            if state.core_compare.report.is_some() {
-                330.0
-            } else {
-                250.0
-            }
+            250.0
         } else {
             30.0
         };
@@ -189,10 +185,15 @@ pub fn layers_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         }
         legend_ui(ui, cmap, measured(state.sparsity));
     }
-    if let Method::Core { alpha } = state.sparsity
-        && let Some(a) = sentence_core_ui(ui, state, alpha)
-    {
-        action = Some(a);
+    if let Method::Core { alpha } = state.sparsity {
+        // The core's neurons, stability and comparison scroll below the heatmap.
+        egui::ScrollArea::vertical()
+            .id_salt("sentence_core")
+            .show(ui, |ui| {
+                if let Some(a) = sentence_core_ui(ui, state, alpha) {
+                    action = Some(a);
+                }
+            });
     }
     action
 }
@@ -313,7 +314,9 @@ fn core_compare_ui(
             Some(layer_core(&layer.mlp_post, layer.d_mlp, first_scored, opts).core)
         })
         .collect();
-    let overlaps = compare.overlaps(&ours, opts.alpha)?;
+    let Some(overlaps) = compare.overlaps(&ours, opts.alpha) else {
+        return action;
+    };
     let l = state.selection.layer;
     if let Some(Some(o)) = overlaps.get(l) {
         ui.label(format!(

@@ -69,7 +69,7 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         let ui = &mut columns[0];
         ui.strong("Weight pruning");
         ui.horizontal_wrapped(|ui| {
-            egui::ComboBox::from_id_salt("sweep_prune_method")
+            egui::ComboBox::from_label("method")
                 .selected_text(s.prune_method.to_string())
                 .show_ui(ui, |ui| {
                     for method in [
@@ -86,7 +86,7 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                         }
                     }
                 });
-            egui::ComboBox::from_id_salt("sweep_prune_scope")
+            egui::ComboBox::from_label("scope")
                 .selected_text(s.prune_scope.name())
                 .show_ui(ui, |ui| {
                     for scope in PruneScope::ALL {
@@ -131,8 +131,8 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             }
         });
         ui.horizontal_wrapped(|ui| {
-            egui::ComboBox::from_id_salt("sweep_search")
-                .selected_text(format!("PPL-p% of {}", s.search))
+            egui::ComboBox::from_label("PPL-p% search, p =")
+                .selected_text(s.search.clone())
                 .show_ui(ui, |ui| {
                     // FATReLU's threshold has no bound to search within.
                     for m in &METHODS[..4] {
@@ -293,7 +293,7 @@ fn sparsify_plot_ui(ui: &mut Ui, state: &AppState) {
     });
     Plot::new("sparsify_sweep")
         .height((ui.available_height() - 40.0).max(140.0))
-        .x_axis_label("activation sparsity (share of exact zeros in mlp.hook_post)")
+        .x_axis_label("activation sparsity (exact zeros)")
         .y_axis_label("mean loss (nats)")
         .legend(Legend::default())
         .include_x(0.0)
