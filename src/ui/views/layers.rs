@@ -252,22 +252,26 @@ fn sentence_core_ui(ui: &mut Ui, state: &AppState, alpha: f64) -> Option<Action>
             .map(|(i, &j)| [(i + 1) as f64, j])
             .collect();
         ui.label("stability (Jaccard of each prefix's core with the whole's)");
-        Plot::new("core_stability")
-            .height(64.0)
-            .allow_drag(false)
-            .allow_zoom(false)
-            .allow_scroll(false)
-            .include_y(0.0)
-            .include_y(1.0)
-            .x_axis_label("tokens")
-            .show(ui, |plot| {
-                plot.line(egui_plot::Line::new("Jaccard", points));
-            });
+        strip_plot("core_stability", "tokens").show(ui, |plot| {
+            plot.line(egui_plot::Line::new("Jaccard", points));
+        });
     }
     if let Some(a) = core_compare_ui(ui, state, opts) {
         action = Some(a);
     }
     action
+}
+
+/// A short fixed plot of a share in [0, 1] (the core panel's stability and comparison).
+fn strip_plot(id: &str, x_label: &str) -> Plot<'static> {
+    Plot::new(id)
+        .height(64.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .include_y(0.0)
+        .include_y(1.0)
+        .x_axis_label(x_label.to_string())
 }
 
 /// The prompt's sentence cores against another prompt's, layer by layer (Jaccard), and the
@@ -333,15 +337,8 @@ fn core_compare_ui(
         .enumerate()
         .filter_map(|(l, o)| Some(Bar::new(l as f64, o.as_ref()?.jaccard)))
         .collect();
-    let response = Plot::new("core_compare")
-        .height(64.0)
-        .allow_drag(false)
-        .allow_zoom(false)
-        .allow_scroll(false)
-        .include_y(0.0)
-        .include_y(1.0)
-        .x_axis_label("layer (Jaccard of the two prompts' cores)")
-        .show(ui, |plot| {
+    let response =
+        strip_plot("core_compare", "layer (Jaccard of the two prompts' cores)").show(ui, |plot| {
             plot.bar_chart(BarChart::new("Jaccard", bars));
             plot.pointer_coordinate()
         });

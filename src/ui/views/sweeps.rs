@@ -213,6 +213,20 @@ fn levels_ui(ui: &mut Ui, s: &SweepSettings) -> Option<Vec<f64>> {
     None
 }
 
+/// The dense model's loss (dashed) and the bound a sweep holds to (dotted).
+fn dense_lines(plot: &mut egui_plot::PlotUi, dense: f64, bound_name: String, bound: f64) {
+    plot.hline(
+        HLine::new("dense", dense)
+            .color(Color32::GRAY)
+            .style(egui_plot::LineStyle::dashed_loose()),
+    );
+    plot.hline(
+        HLine::new(bound_name, bound)
+            .color(Color32::from_gray(170))
+            .style(egui_plot::LineStyle::dotted_loose()),
+    );
+}
+
 fn prune_plot_ui(ui: &mut Ui, state: &AppState) {
     let Some(sweep) = &state.sweeps.prune else {
         ui.weak(
@@ -244,15 +258,11 @@ fn prune_plot_ui(ui: &mut Ui, state: &AppState) {
         .legend(Legend::default())
         .include_y(sweep.dense_mean_loss)
         .show(ui, |plot| {
-            plot.hline(
-                HLine::new("dense", sweep.dense_mean_loss)
-                    .color(Color32::GRAY)
-                    .style(egui_plot::LineStyle::dashed_loose()),
-            );
-            plot.hline(
-                HLine::new("dense + 1 %", (1.0 + KNEE_EPSILON) * sweep.dense_mean_loss)
-                    .color(Color32::from_gray(170))
-                    .style(egui_plot::LineStyle::dotted_loose()),
+            dense_lines(
+                plot,
+                sweep.dense_mean_loss,
+                "dense + 1 %".into(),
+                (1.0 + KNEE_EPSILON) * sweep.dense_mean_loss,
             );
             plot.line(
                 Line::new(sweep.method.to_string(), PlotPoints::from(points.clone()))
@@ -300,15 +310,11 @@ fn sparsify_plot_ui(ui: &mut Ui, state: &AppState) {
         .include_x(1.0)
         .include_y(sweep.dense_mean_loss)
         .show(ui, |plot| {
-            plot.hline(
-                HLine::new("dense", sweep.dense_mean_loss)
-                    .color(Color32::GRAY)
-                    .style(egui_plot::LineStyle::dashed_loose()),
-            );
-            plot.hline(
-                HLine::new(format!("PPL + {} %", sweep.ppl_p), allowed)
-                    .color(Color32::from_gray(170))
-                    .style(egui_plot::LineStyle::dotted_loose()),
+            dense_lines(
+                plot,
+                sweep.dense_mean_loss,
+                format!("PPL + {} %", sweep.ppl_p),
+                allowed,
             );
             for curve in &sweep.curves {
                 let colour = METHODS
