@@ -305,6 +305,9 @@ const CETT_CANDIDATES: usize = 65_536;
 const EVEN_BOUNDARIES: usize = 8;
 /// ... and at quantiles of the neurons left, so each step leaves few of either.
 const QUANTILE_BOUNDARIES: usize = 8;
+/// Values sampled (before keeping those in range) to place the first step's quantile
+/// boundaries.
+const FIRST_SAMPLE: usize = 8192;
 /// Buckets of the norms-only estimate that places the search's first range.
 const ESTIMATE_BUCKETS: usize = 512;
 /// The first range spans where the estimate reaches these fractions of the target. The
@@ -461,10 +464,16 @@ impl<'a> Cett<'a> {
             None => down.matmul_t(a, tokens, None),
         };
         let column_norms = down.column_norms();
-        let norms = a
-            .chunks_exact(channels.max(1))
-            .flat_map(|row| row.iter().zip(column_norms).map(|(&x, &w)| x.abs() * w))
-            .collect();
+        // Row by row into one buffer (a `flat_map` collect did not vectorise).
+        let mut norms = vec![0f32; a.len()];
+        for (out, row) in norms
+            .chunks_exact_mut(channels.max(1))
+            .zip(a.chunks_exact(channels.max(1)))
+        {
+            for ((o, &x), &w) in out.iter_mut().zip(row).zip(column_norms) {
+                *o = x.abs() * w;
+            }
+        }
         let total_norms = total.chunks_exact(d_model.max(1)).map(norm).collect();
         Ok(Cett {
             a,
@@ -511,15 +520,25 @@ impl<'a> Cett<'a> {
         let mut first_writes = Vec::with_capacity(self.tokens);
         let bounds_f32: Vec<f32> = bounds.iter().map(|&b| f32_at_or_above(b)).collect();
         let mut group_of: Vec<u8> = Vec::new();
+        let mut live_norms: Vec<f32> = Vec::new();
         for (t, live) in live.iter().enumerate() {
             let norms = self.norms_of(t);
             // Each neuron's group: how many boundaries are at or below its ‖n‖ (a `u8`: a step
-            // tries at most a few dozen boundaries).
+            // tries at most a few dozen boundaries), counted bound by bound over all the
+            // neurons (that loop vectorises; one neuron at a time over the bounds did not).
+            live_norms.clear();
+            if live.len() == norms.len() {
+                live_norms.extend_from_slice(norms);
+            } else {
+                live_norms.extend(live.iter().map(|&i| norms[i as usize]));
+            }
             group_of.clear();
-            group_of.extend(live.iter().map(|&i| {
-                let n = norms[i as usize];
-                bounds_f32.iter().map(|&b| (b <= n) as u8).sum::<u8>()
-            }));
+            group_of.resize(live.len(), 0);
+            for &b in &bounds_f32 {
+                for (g, &n) in group_of.iter_mut().zip(&live_norms) {
+                    *g += (b <= n) as u8;
+                }
+            }
             let split = Grouped::sort(live, &group_of, bounds.len() + 1);
             let mut token_groups = Vec::new();
             for g in summed.clone() {
@@ -537,11 +556,11 @@ impl<'a> Cett<'a> {
                 });
             }
             if from_total {
+                let a = &self.a[t * channels..(t + 1) * channels];
                 first_writes.push(
-                    split
-                        .group(0)
-                        .iter()
-                        .any(|&i| self.a[t * channels + i as usize] != 0.0),
+                    live.iter()
+                        .zip(&group_of)
+                        .any(|(&i, &g)| g == 0 && a[i as usize] != 0.0),
                 );
             }
             groups.push(token_groups);
@@ -707,15 +726,16 @@ impl<'a> Cett<'a> {
         // Per token, Σ‖n‖² per bucket of the candidates' range (norms above it are never
         // below a candidate, so they are left out).
         let channels = self.channels();
-        let mut below = vec![0f64; ESTIMATE_BUCKETS];
-        let mut squares = vec![0f64; ESTIMATE_BUCKETS];
-        let per_width = 1.0 / width;
+        let mut below = vec![0f32; ESTIMATE_BUCKETS];
+        // An estimate: buckets from `f32` arithmetic are close enough.
+        let (lo_f32, per_width) = (lo_value as f32, (1.0 / width) as f32);
+        let mut squares = vec![0f32; ESTIMATE_BUCKETS];
         for (t, norms) in self.norms.chunks_exact(channels.max(1)).enumerate() {
             squares.iter_mut().for_each(|s| *s = 0.0);
             for &n in norms {
-                let bucket = ((n as f64 - lo_value) * per_width) as usize;
+                let bucket = ((n - lo_f32) * per_width) as usize;
                 if let Some(s) = squares.get_mut(bucket) {
-                    *s += (n as f64) * (n as f64);
+                    *s += n * n;
                 }
             }
             // Prefix sums first, then the square roots in a loop of their own (it vectorises).
@@ -724,7 +744,7 @@ impl<'a> Cett<'a> {
                 running += *s;
                 *s = running;
             }
-            let inverse = ratio(1.0, self.total_norms[t]);
+            let inverse = ratio(1.0, self.total_norms[t]) as f32;
             for (b, s) in below.iter_mut().zip(&squares) {
                 *b += s.sqrt() * inverse;
             }
@@ -734,7 +754,7 @@ impl<'a> Cett<'a> {
         let reaches = |fraction: f64| {
             below
                 .iter()
-                .position(|&sum| sum / tokens >= fraction * target)
+                .position(|&sum| sum as f64 / tokens >= fraction * target)
                 .unwrap_or(ESTIMATE_BUCKETS - 1)
         };
         let (from, to) = (reaches(ESTIMATE_RANGE.0), reaches(ESTIMATE_RANGE.1));
@@ -747,9 +767,17 @@ impl<'a> Cett<'a> {
             lo_value + width * from as f64,
             lo_value + width * (to + 1) as f64,
         );
-        let in_range = |n: &f32| (lo_n..hi_n).contains(&(*n as f64));
-        let count = self.norms.iter().filter(|n| in_range(n)).count();
-        let sample = sample_of(self.norms.iter().copied().filter(in_range), count);
+        // Boundaries at quantiles of the neurons in range, from a strided sample of all of
+        // them (counting and filtering all ~10⁵ first was a tenth of the search).
+        let (lo_n, hi_n) = (lo_n as f32, hi_n as f32);
+        let stride = (self.norms.len() / FIRST_SAMPLE).max(1);
+        let sample: Vec<f32> = self
+            .norms
+            .iter()
+            .step_by(stride)
+            .copied()
+            .filter(|&n| lo_n <= n && n < hi_n)
+            .collect();
         let mut tried = boundaries(sample, low, high, candidate);
         tried.push(low);
         tried.sort_unstable();

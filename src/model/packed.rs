@@ -349,36 +349,50 @@ impl PackedMatrix {
                 "group_sums: a segment out of bounds or not ascending"
             );
         }
-        let mut y = vec![0f32; segments.len() * n];
+        // Each member's input, gathered once in the members' order: the panel tasks then
+        // stream it instead of each reading every token's whole row again (with the rows, the
+        // stream pushed the panel out of L2 between its uses).
+        let values: Vec<f32> = segments
+            .iter()
+            .flat_map(|seg| {
+                let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
+                members[seg.start as usize..seg.end as usize]
+                    .iter()
+                    .map(move |&p| row[p as usize])
+            })
+            .collect();
+        let mut y: Vec<f32> = Vec::with_capacity(segments.len() * n);
         let out = SharedOut(y.as_mut_ptr());
         let kernel = Kernel::detect();
         let run_panel = |panel: usize| {
             let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
             let col0 = panel * NR;
             let width = NR.min(n - col0);
-            let mut acc = vec![[0f32; NR]; segments.len()];
             // Members come in no order the prefetchers can follow, so their panel rows were
             // each a cache miss from memory: read the panel through once, in order, first,
             // when there are at least as many members as rows (a few read only their own).
             if members.len() >= k {
                 touch(b_panel);
             }
-            for (seg, sum) in segments.iter().zip(&mut acc) {
+            let mut first = 0usize;
+            for (i, seg) in segments.iter().enumerate() {
                 let list = &members[seg.start as usize..seg.end as usize];
-                let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
+                let vals = &values[first..first + list.len()];
+                first += list.len();
+                let mut sum = [0f32; NR];
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // Safety: AVX-512F was detected at runtime.
-                    Kernel::Avx512 => unsafe { weighted_rows_avx512(row, list, b_panel, sum) },
+                    Kernel::Avx512 => unsafe {
+                        weighted_rows_avx512(vals, list, b_panel, &mut sum)
+                    },
                     #[cfg(target_arch = "x86_64")]
                     // Safety: AVX2 and FMA were detected at runtime.
-                    Kernel::Avx2 => unsafe { weighted_rows_avx2(row, list, b_panel, sum) },
-                    Kernel::Portable => weighted_rows(row, list, b_panel, sum),
+                    Kernel::Avx2 => unsafe { weighted_rows_avx2(vals, list, b_panel, &mut sum) },
+                    Kernel::Portable => weighted_rows(vals, list, b_panel, &mut sum),
                 }
-            }
-            for (i, sum) in acc.iter().enumerate() {
                 // Safety: columns [col0, col0 + width) of output row `i` belong to this
-                // panel's task alone, inside `y`.
+                // panel's task alone, inside `y`'s capacity.
                 unsafe {
                     let dst = out.ptr().add(i * n + col0);
                     std::ptr::copy_nonoverlapping(sum.as_ptr(), dst, width);
@@ -391,6 +405,8 @@ impl PackedMatrix {
         } else {
             (0..n.div_ceil(NR)).into_par_iter().for_each(run_panel);
         }
+        // Safety: the panel tasks wrote every column of every segment's row.
+        unsafe { y.set_len(segments.len() * n) };
         y
     }
 }
@@ -405,12 +421,12 @@ fn touch(data: &[f32]) {
     std::hint::black_box(sum);
 }
 
-/// `acc += Σ_{p ∈ list} row[p] · panel[p·NR..][..NR]`, each product added by `madd(a, w, c)`
+/// `acc += Σ_j values[j] · panel[list[j]·NR..][..NR]`, each product added by `madd(a, w, c)`
 /// (inlined into each instruction set's wrapper, where the `NR`-wide loop becomes vector
 /// registers).
 #[inline(always)]
 fn weighted_rows_by(
-    row: &[f32],
+    values: &[f32],
     list: &[u32],
     panel: &[f32],
     acc: &mut [f32; NR],
@@ -420,21 +436,21 @@ fn weighted_rows_by(
     // multiply-add's latency, and a bounds check's panic path could observe `acc`, which made
     // the compiler store it back after every row.
     let mut sums = [*acc, [0f32; NR], [0f32; NR]];
-    let add_row = |sum: &mut [f32; NR], p: u32| {
+    let add_row = |sum: &mut [f32; NR], (p, &a): (u32, &f32)| {
         let p = p as usize;
-        let a = row[p];
         for (c, &w) in sum.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
             *c = madd(a, w, *c);
         }
     };
     let mut chunks = list.chunks_exact(3);
-    for ps in &mut chunks {
-        for (sum, &p) in sums.iter_mut().zip(ps) {
-            add_row(sum, p);
+    let mut value_chunks = values.chunks_exact(3);
+    for (ps, vs) in (&mut chunks).zip(&mut value_chunks) {
+        for ((sum, &p), a) in sums.iter_mut().zip(ps).zip(vs) {
+            add_row(sum, (p, a));
         }
     }
-    for &p in chunks.remainder() {
-        add_row(&mut sums[0], p);
+    for (&p, a) in chunks.remainder().iter().zip(value_chunks.remainder()) {
+        add_row(&mut sums[0], (p, a));
     }
     for j in 0..NR {
         acc[j] = sums[0][j] + sums[1][j] + sums[2][j];
@@ -442,20 +458,20 @@ fn weighted_rows_by(
 }
 
 /// [`weighted_rows_by`] for CPUs without FMA (where `mul_add` is a slow library call).
-fn weighted_rows(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    weighted_rows_by(row, list, panel, acc, |a, w, c| c + a * w)
+fn weighted_rows(values: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_by(values, list, panel, acc, |a, w, c| c + a * w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_rows_avx512(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    weighted_rows_by(row, list, panel, acc, f32::mul_add)
+unsafe fn weighted_rows_avx512(values: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_by(values, list, panel, acc, f32::mul_add)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_rows_avx2(row: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
-    weighted_rows_by(row, list, panel, acc, f32::mul_add)
+unsafe fn weighted_rows_avx2(values: &[f32], list: &[u32], panel: &[f32], acc: &mut [f32; NR]) {
+    weighted_rows_by(values, list, panel, acc, f32::mul_add)
 }
 
 thread_local! {
