@@ -1151,7 +1151,9 @@ impl dendrite::worker::session::Cancel for CancelJobs {
 #[test]
 fn sweeps_measure_what_the_pruned_and_sparsified_models_give() {
     use dendrite::analysis::sparsify::SparsifyMethod;
-    use dendrite::analysis::sweep::{LossText, SweepPoint, allowed_loss, mean_loss, sequences};
+    use dendrite::analysis::sweep::{
+        LossText, SparsifyText, SweepPoint, allowed_loss, evaluate_sparsify, mean_loss, sequences,
+    };
     use dendrite::model::prune::{PruneMethod, PruneScope, knee, prune};
     let mut session = Session::new();
     handle(&mut session, Command::LoadModel(LoadModel { path: tiny() }));
@@ -1233,6 +1235,7 @@ fn sweeps_measure_what_the_pruned_and_sparsified_models_give() {
                 methods,
                 search: SparsifyMethod::Cats { k: 0.0 },
                 ppl_p: 5.0,
+                calibration: None,
             },
         }),
     )) else {
@@ -1262,6 +1265,67 @@ fn sweeps_measure_what_the_pruned_and_sparsified_models_give() {
         "{found:?}"
     );
     assert_eq!(sweep.searched, "cats");
+
+    // Calibrated on a file: each point is the method with its cuts from that file's text.
+    let dir = tempfile::tempdir().unwrap();
+    let calibration_file = dir.path().join("calibration.txt");
+    std::fs::write(&calibration_file, "cab cab bca abc cba bac ".repeat(8)).unwrap();
+    let calibration = LossText::Corpus {
+        path: calibration_file,
+        tokens: 64,
+    };
+    let sparsify_job = |calibration: LossText| {
+        Command::Sweep(SweepJob {
+            job_id: 5,
+            text: text.clone(),
+            kind: SweepKind::Sparsify {
+                methods: vec![SparsifyMethod::Cats { k: 0.0 }],
+                search: SparsifyMethod::Cats { k: 0.0 },
+                ppl_p: 5.0,
+                calibration: Some(calibration),
+            },
+        })
+    };
+    let JobOutcome::Swept(report) =
+        outcome(&handle(&mut session, sparsify_job(calibration.clone())))
+    else {
+        panic!("a sweep report")
+    };
+    let SweepReport::Sparsify(calibrated) = *report else {
+        panic!("a sparsification sweep")
+    };
+    let calibration_seqs = sequences(&model, &calibration).unwrap();
+    let first_scored = |seq: &[u32]| model.tokenizer.first_scored(seq);
+    let by_file = SparsifyText {
+        seqs: &seqs,
+        calibration: &calibration_seqs,
+        first_scored: &first_scored,
+    };
+    for p in &calibrated.curves[0].points {
+        let method = SparsifyMethod::Cats { k: 0.0 }.with_value(p.parameter);
+        assert_eq!(
+            p,
+            &evaluate_sparsify(&model.transformer, method, &by_file).unwrap()
+        );
+    }
+    assert_ne!(
+        calibrated.curves[0].points, sweep.curves[1].points,
+        "another calibration text gives other cuts"
+    );
+    // A calibration file that is not there is an error that names it.
+    let events = handle(
+        &mut session,
+        sparsify_job(LossText::Corpus {
+            path: dir.path().join("missing.txt"),
+            tokens: 64,
+        }),
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(e) if e.message.contains("missing.txt"))),
+        "{events:?}"
+    );
 
     let events = handle_with(&mut session, prune_job, &CancelJobs);
     assert!(

@@ -271,6 +271,8 @@ pub enum SweepKind {
         /// The method whose PPL-p% point is searched, and p.
         search: crate::analysis::sparsify::SparsifyMethod,
         ppl_p: f64,
+        /// The text that calibrates CATS, CHESS and CETT; `None`: the measured text itself.
+        calibration: Option<crate::analysis::sweep::LossText>,
     },
 }
 

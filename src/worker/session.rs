@@ -1652,11 +1652,16 @@ fn sweep_job(
             methods,
             search,
             ppl_p,
+            calibration,
         } => {
             let first_scored = |seq: &[u32]| model.tokenizer.first_scored(seq);
+            let calibration_seqs = match calibration {
+                Some(text) => Some(sequences(model, text)?),
+                None => None,
+            };
             let text = SparsifyText {
                 seqs: &seqs,
-                calibration: &seqs,
+                calibration: calibration_seqs.as_deref().unwrap_or(&seqs),
                 first_scored: &first_scored,
             };
             sparsify_sweep(t, methods, *search, *ppl_p, &text, &mut step)?

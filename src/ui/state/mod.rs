@@ -984,7 +984,10 @@ impl AppState {
                         settings.prune_method,
                         settings.prune_scope.name()
                     ),
-                    SweepChoice::Sparsify => format!("Sparsification sweep on {on}"),
+                    SweepChoice::Sparsify => match settings.calibration.trim() {
+                        "" => format!("Sparsification sweep on {on}"),
+                        file => format!("Sparsification sweep on {on}, calibrated on {file}"),
+                    },
                 };
                 let job_id = self.new_job(title);
                 let job = self

@@ -27,6 +27,9 @@ pub struct SweepSettings {
     /// The method whose PPL-p% point is searched, and p.
     pub search: String,
     pub ppl_p: f64,
+    /// A text file that calibrates CATS, CHESS and CETT (its first `tokens` tokens); empty:
+    /// the measured text itself.
+    pub calibration: String,
 }
 
 impl Default for SweepSettings {
@@ -42,6 +45,7 @@ impl Default for SweepSettings {
             // The Sparsing Law's CETT-PPL-1%.
             search: "cett".into(),
             ppl_p: 1.0,
+            calibration: String::new(),
         }
     }
 }
@@ -122,6 +126,13 @@ impl SweepSettings {
                     search: method_named(&self.search)
                         .ok_or_else(|| format!("Unknown method {:?}.", self.search))?,
                     ppl_p: self.ppl_p,
+                    calibration: match self.calibration.trim() {
+                        "" => None,
+                        path => Some(LossText::Corpus {
+                            path: PathBuf::from(path),
+                            tokens: self.tokens,
+                        }),
+                    },
                 }
             }
         };
@@ -190,14 +201,26 @@ mod tests {
             methods,
             search,
             ppl_p,
+            calibration,
         } = job.kind
         else {
             panic!("a sparsify sweep")
         };
         assert_eq!(
-            (methods.len(), method_name(search), ppl_p),
-            (5, "cett", 1.0)
+            (methods.len(), method_name(search), ppl_p, calibration),
+            (5, "cett", 1.0, None)
         );
+        // A calibration file is read for as many tokens as a corpus would be.
+        s.calibration = " /tmp/cal.txt".into();
+        let job = s
+            .job(7, SweepChoice::Sparsify, "Hello", BosMode::Auto)
+            .unwrap();
+        assert!(matches!(
+            job.kind,
+            SweepKind::Sparsify { calibration: Some(LossText::Corpus { ref path, tokens: 1024 }), .. }
+                if path == std::path::Path::new("/tmp/cal.txt")
+        ));
+        s.calibration.clear();
         s.corpus = " /tmp/c.txt ".into();
         let job = s.job(8, SweepChoice::Prune, "", BosMode::Auto).unwrap();
         assert_eq!(

@@ -130,6 +130,30 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
                 }
             }
         });
+        ui.horizontal(|ui| {
+            ui.label("calibrated on");
+            let mut calibration = s.calibration.clone();
+            if ui
+                .add(
+                    egui::TextEdit::singleline(&mut calibration)
+                        .desired_width(120.0)
+                        .hint_text("the measured text"),
+                )
+                .on_hover_text(
+                    "The text whose activations set CATS's and CHESS's thresholds and CETT's \
+                     cut. Empty: the measured text. A UTF-8 text file: as many tokens as a \
+                     corpus is measured on",
+                )
+                .changed()
+            {
+                changed(&|p| p.calibration = calibration.clone());
+            }
+            if ui.button("File…").clicked()
+                && let Some(path) = rfd::FileDialog::new().pick_file()
+            {
+                changed(&|p| p.calibration = path.display().to_string());
+            }
+        });
         ui.horizontal_wrapped(|ui| {
             egui::ComboBox::from_label("PPL-p% search, p =")
                 .selected_text(s.search.clone())
@@ -158,8 +182,8 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
             if ui
                 .add_enabled(can_run, egui::Button::new("Sweep"))
                 .on_hover_text(
-                    "Each method over its grid (calibrated on the measured text), then a binary \
-                     search for the searched method's PPL-p% point",
+                    "Each method over its grid (calibrated as set above), then a binary search \
+                     for the searched method's PPL-p% point",
                 )
                 .clicked()
             {
