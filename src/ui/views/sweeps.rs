@@ -31,24 +31,13 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
     };
     ui.horizontal(|ui| {
         ui.label("measured on");
-        let mut corpus = s.corpus.clone();
-        if ui
-            .add(
-                egui::TextEdit::singleline(&mut corpus)
-                    .desired_width(280.0)
-                    .hint_text("the prompt (or a .txt file)"),
-            )
-            .on_hover_text(
-                "Empty: the prompt. A UTF-8 text file: its first tokens, in windows of 256",
-            )
-            .changed()
-        {
+        if let Some(corpus) = file_field(
+            ui,
+            &s.corpus,
+            (280.0, "the prompt (or a .txt file)"),
+            "Empty: the prompt. A UTF-8 text file: its first tokens, in windows of 256",
+        ) {
             changed(&|p| p.corpus = corpus.clone());
-        }
-        if ui.button("File…").clicked()
-            && let Some(path) = rfd::FileDialog::new().pick_file()
-        {
-            changed(&|p| p.corpus = path.display().to_string());
         }
         ui.add_enabled_ui(!s.corpus.trim().is_empty(), |ui| {
             let mut tokens = s.tokens;
@@ -132,26 +121,15 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         });
         ui.horizontal(|ui| {
             ui.label("calibrated on");
-            let mut calibration = s.calibration.clone();
-            if ui
-                .add(
-                    egui::TextEdit::singleline(&mut calibration)
-                        .desired_width(120.0)
-                        .hint_text("the measured text"),
-                )
-                .on_hover_text(
-                    "The text whose activations set CATS's and CHESS's thresholds and CETT's \
-                     cut. Empty: the measured text. A UTF-8 text file: as many tokens as a \
-                     corpus is measured on",
-                )
-                .changed()
-            {
+            if let Some(calibration) = file_field(
+                ui,
+                &s.calibration,
+                (120.0, "the measured text"),
+                "The text whose activations set CATS's and CHESS's thresholds and CETT's cut. \
+                 Empty: the measured text. A UTF-8 text file: as many tokens as a corpus is \
+                 measured on",
+            ) {
                 changed(&|p| p.calibration = calibration.clone());
-            }
-            if ui.button("File…").clicked()
-                && let Some(path) = rfd::FileDialog::new().pick_file()
-            {
-                changed(&|p| p.calibration = path.display().to_string());
             }
         });
         ui.horizontal_wrapped(|ui| {
@@ -204,6 +182,25 @@ pub fn sweeps_ui(ui: &mut Ui, state: &AppState) -> Option<Action> {
         });
     }
     action
+}
+
+/// A text file's path, typed or picked with *File…*: the new path when either changed it.
+fn file_field(ui: &mut Ui, path: &str, (width, hint): (f32, &str), hover: &str) -> Option<String> {
+    let mut typed = path.to_string();
+    let edited = ui
+        .add(
+            egui::TextEdit::singleline(&mut typed)
+                .desired_width(width)
+                .hint_text(hint),
+        )
+        .on_hover_text(hover)
+        .changed();
+    if ui.button("File…").clicked()
+        && let Some(picked) = rfd::FileDialog::new().pick_file()
+    {
+        return Some(picked.display().to_string());
+    }
+    edited.then_some(typed)
 }
 
 /// The levels as text, applied when it parses (the hover says why not).
