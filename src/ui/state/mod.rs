@@ -970,24 +970,12 @@ impl AppState {
                     return Vec::new();
                 }
                 // Checked before a job id is taken: a refused sweep leaves no job behind.
-                let on = match self.sweeps.settings.job(0, choice, &self.prompt, self.bos) {
-                    Ok(job) => SweepSettings::describe(&job.text),
+                let title = match self.sweeps.settings.job(0, choice, &self.prompt, self.bos) {
+                    Ok(job) => SweepSettings::title(&job),
                     Err(why) => {
                         self.notice = Some(why);
                         return Vec::new();
                     }
-                };
-                let settings = &self.sweeps.settings;
-                let title = match choice {
-                    SweepChoice::Prune => format!(
-                        "Pruning sweep ({}, {} weights) on {on}",
-                        settings.prune_method,
-                        settings.prune_scope.name()
-                    ),
-                    SweepChoice::Sparsify => match settings.calibration.trim() {
-                        "" => format!("Sparsification sweep on {on}"),
-                        file => format!("Sparsification sweep on {on}, calibrated on {file}"),
-                    },
                 };
                 let job_id = self.new_job(title);
                 let job = self

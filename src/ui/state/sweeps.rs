@@ -75,15 +75,22 @@ pub struct SweepsState {
 impl SweepSettings {
     /// The text measured: the corpus file when one is named, else the prompt.
     pub fn text(&self, prompt: &str, bos: BosMode) -> LossText {
-        match self.corpus.trim() {
-            "" => LossText::Prompt {
+        self.file_text(&self.corpus)
+            .unwrap_or_else(|| LossText::Prompt {
                 text: prompt.to_string(),
                 bos,
-            },
-            path => LossText::Corpus {
+            })
+    }
+
+    /// The first `tokens` tokens of the file named in `path` (a settings field); `None` when
+    /// the field is empty.
+    fn file_text(&self, path: &str) -> Option<LossText> {
+        match path.trim() {
+            "" => None,
+            path => Some(LossText::Corpus {
                 path: PathBuf::from(path),
                 tokens: self.tokens,
-            },
+            }),
         }
     }
 
@@ -126,13 +133,7 @@ impl SweepSettings {
                     search: method_named(&self.search)
                         .ok_or_else(|| format!("Unknown method {:?}.", self.search))?,
                     ppl_p: self.ppl_p,
-                    calibration: match self.calibration.trim() {
-                        "" => None,
-                        path => Some(LossText::Corpus {
-                            path: PathBuf::from(path),
-                            tokens: self.tokens,
-                        }),
-                    },
+                    calibration: self.file_text(&self.calibration),
                 }
             }
         };
@@ -141,6 +142,24 @@ impl SweepSettings {
             text: self.text(prompt, bos),
             kind,
         })
+    }
+
+    /// The job's title in the jobs list: which sweep, on what, calibrated on what.
+    pub fn title(job: &SweepJob) -> String {
+        let on = Self::describe(&job.text);
+        match &job.kind {
+            SweepKind::Prune { method, scope, .. } => {
+                format!("Pruning sweep ({method}, {} weights) on {on}", scope.name())
+            }
+            SweepKind::Sparsify {
+                calibration: Some(calibration),
+                ..
+            } => format!(
+                "Sparsification sweep on {on}, calibrated on {}",
+                Self::describe(calibration)
+            ),
+            SweepKind::Sparsify { .. } => format!("Sparsification sweep on {on}"),
+        }
     }
 
     /// What `text` is, in words (shown beside the result).
