@@ -1,7 +1,8 @@
 //! The pruning slider on SmolLM2-135M (issue 14): a move of the incremental magnitude pruner
-//! (1 % and 5 % of the weights), the worker's whole handling of a slider move (prune, then the
-//! intervened pass over a 26-token prompt), one-shot pruning as before, and the plain forward
-//! the target compares with. Needs `scripts/fetch_models.sh`; see BENCHMARKS.md.
+//! (1 %, 5 % and 50 % of the weights), the forward pass of the pruned model (masked views),
+//! the worker's whole handling of a slider move (prune, then the intervened pass over the
+//! prompt), one-shot pruning, and the plain forward the target compares with. Needs
+//! `scripts/fetch_models.sh`; see BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dendrite::analysis::sparsity::Method;
@@ -36,16 +37,41 @@ fn bench(c: &mut Criterion) {
         b.iter(|| MagnitudePruner::new(t, PruneScope::All).expect("pruner"))
     });
     let mut pruner = MagnitudePruner::new(t, PruneScope::All).expect("pruner");
-    for step in [0.01, 0.05] {
+    pruner
+        .set_sparsity(t, PruneMethod::Magnitude, 0.5)
+        .expect("prune");
+    let pruned = pruner.model().clone();
+    group.bench_function("pruned_forward_50pct", |b| {
+        b.iter(|| {
+            pruned
+                .forward(&ids, &HookSpec::default(), &mut NoObserver)
+                .expect("forward")
+        })
+    });
+    drop(pruned);
+    for step in [0.01, 0.05, 0.5] {
         let mut flip = false;
         group.bench_function(format!("pruner_move_{}pct", step * 100.0), |b| {
             b.iter(|| {
                 flip = !flip;
                 let s = if flip { 0.5 + step } else { 0.5 };
-                pruner.set_sparsity(t, s).expect("move")
+                pruner
+                    .set_sparsity(t, PruneMethod::Magnitude, s)
+                    .expect("move")
             })
         });
     }
+    // Magnitude-global: the cuts come from bisecting the pooled order.
+    let mut flip = false;
+    group.bench_function("pruner_move_global_50pct", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let s = if flip { 0.9 } else { 0.4 };
+            pruner
+                .set_sparsity(t, PruneMethod::MagnitudeGlobal, s)
+                .expect("move")
+        })
+    });
     drop(pruner);
     let mut session = Session::new();
     session.handle(
@@ -96,7 +122,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     run(slider(0.5));
-    for step in [0.01, 0.05] {
+    for step in [0.01, 0.05, 0.4] {
         group.bench_function(format!("worker_slider_move_{}pct", step * 100.0), |b| {
             b.iter(|| {
                 flip = !flip;

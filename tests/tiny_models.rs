@@ -136,8 +136,10 @@ fn sharded_checkpoint_opens_like_a_single_file() {
 }
 
 /// The pruning slider's incremental pruner gives exactly one-shot magnitude pruning's weights
-/// and report at every sparsity, moving up and down, on every architecture; a clone of its
-/// model taken before a move keeps the weights it had (the moved matrices are copied).
+/// and report (per matrix and global) at every sparsity, moving up and down, on every
+/// architecture; a clone of its
+/// model taken before a move keeps the weights it had, and its masked views run the same
+/// forward pass as the pruned weights written out.
 #[test]
 fn the_incremental_pruner_equals_one_shot_magnitude_pruning() {
     use dendrite::model::Transformer;
@@ -156,17 +158,32 @@ fn the_incremental_pruner_equals_one_shot_magnitude_pruning() {
             let mut pruner = MagnitudePruner::new(t, scope).unwrap();
             assert_eq!(weights(pruner.model()), weights(t), "{arch}: starts dense");
             let mut before = None;
-            for s in [0.5, 0.2, 0.9, 0.0, 0.37, 1.0, 0.63] {
+            let moves = [0.5, 0.2, 0.9, 0.0, 0.37, 1.0, 0.63]
+                .map(|s| (PruneMethod::Magnitude, s))
+                .into_iter()
+                .chain([0.3, 0.81, 0.0, 1.0, 0.45].map(|s| (PruneMethod::MagnitudeGlobal, s)));
+            for (method, s) in moves {
                 let held = pruner.model().clone();
-                let report = pruner.set_sparsity(t, s).unwrap();
-                let (expected, expected_report) =
-                    prune(t, PruneMethod::Magnitude, scope, s).unwrap();
+                let report = pruner.set_sparsity(t, method, s).unwrap();
+                let (expected, expected_report) = prune(t, method, scope, s).unwrap();
                 assert_eq!(
                     weights(pruner.model()),
                     weights(&expected),
-                    "{arch} {scope:?} at {s}"
+                    "{arch} {scope:?} {method} at {s}"
                 );
-                assert_eq!(report, expected_report, "{arch} {scope:?} at {s}");
+                assert_eq!(report, expected_report, "{arch} {scope:?} {method} at {s}");
+                // The masked matmul gives what the written-out pruned weights give.
+                let tokens = vec![vec![1u32, 5, 9, 2, 7, 3, 11, 4]];
+                let run = |t: &Transformer| {
+                    t.forward(&tokens, &HookSpec::default(), &mut NoObserver)
+                        .unwrap()
+                        .logits
+                };
+                assert_eq!(
+                    max_abs_diff(&run(pruner.model()), &run(&expected)),
+                    0.0,
+                    "{arch} {scope:?} {method} at {s}: logits"
+                );
                 if let Some(w) = before.take() {
                     assert_eq!(weights(&held), w, "{arch}: a held clone is not changed");
                 }

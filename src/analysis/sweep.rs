@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::sparsify::{SparsifyMethod, achieved_sparsity, calibrate, interventions};
-use crate::model::prune::{PruneMethod, PruneScope, knee, prune};
+use crate::model::prune::{MagnitudePruner, PruneMethod, PruneScope, knee, prune};
 use crate::model::{BosMode, HookSpec, Model, NoObserver, Transformer};
 
 /// The text a loss is measured on.
@@ -147,8 +147,21 @@ pub fn prune_sweep(
         return Ok(None);
     }
     let mut points = Vec::with_capacity(levels.len());
+    // Magnitude pruning orders each matrix once and views it masked at every level (the
+    // pruning slider's way); random and N:M prune afresh per level.
+    let mut pruner = if method.has_magnitude_order() {
+        Some(MagnitudePruner::new(t, scope)?)
+    } else {
+        None
+    };
     for (i, &s) in levels.iter().enumerate() {
-        let (pruned, report) = prune(t, method, scope, s)?;
+        let (pruned, report) = match pruner.as_mut() {
+            Some(pruner) => {
+                let report = pruner.set_sparsity(t, method, s)?;
+                (pruner.model().clone(), report)
+            }
+            None => prune(t, method, scope, s)?,
+        };
         let loss = mean_loss(&pruned, seqs, &HookSpec::default())?;
         drop(pruned);
         points.push(SweepPoint {

@@ -6,6 +6,13 @@
 //! at load, into column panels of `NR` outputs laid out `[panel][k][NR]`, and an AVX-512
 //! microkernel (runtime-detected; a portable kernel elsewhere) streams them. Panels are split
 //! across threads. The packed form replaces the original tensor, so memory does not grow.
+//!
+//! A matrix can also be a pruned view of another ([`PackedMatrix::with_mask`]): it shares the
+//! packed values and a [`MagnitudeMask`] says which of them count. The matmul zeroes the
+//! dropped weights block by block as it streams them, so moving a pruning slider changes a
+//! few numbers per row instead of rewriting the matrix.
+
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -62,11 +69,17 @@ pub struct PackedMatrix {
     n: usize,
     /// Columns of `W` (inputs).
     k: usize,
-    /// `ceil(n / NR)` panels of `k × NR`, zero-padded past `n`, each row on a cache line.
-    panels: Lines,
+    /// `ceil(n / NR)` panels of `k × NR`, zero-padded past `n`, each row on a cache line
+    /// (shared by the pruned views of this matrix).
+    panels: Arc<Lines>,
+    /// Which of `panels` count, for a pruned view (`None`: all of them).
+    mask: Option<Arc<MagnitudeMask>>,
+    /// A pruned view's values written out, made on first use by the readers other than the
+    /// matmul (rows, column norms, group sums: the inspector and CETT on a pruned model).
+    masked: OnceLock<Lines>,
     /// [`PackedMatrix::column_norms`], computed on first use (CETT reads them at every
     /// method change).
-    column_norms: std::sync::OnceLock<Vec<f32>>,
+    column_norms: OnceLock<Vec<f32>>,
 }
 
 impl PackedMatrix {
@@ -121,23 +134,81 @@ impl PackedMatrix {
     }
 
     fn zeros(n: usize, k: usize) -> Self {
+        Self::from_panels(n, k, Lines::zeros(n.div_ceil(NR) * k * NR))
+    }
+
+    fn from_panels(n: usize, k: usize, panels: Lines) -> Self {
         PackedMatrix {
             n,
             k,
-            panels: Lines::zeros(n.div_ceil(NR) * k * NR),
-            column_norms: std::sync::OnceLock::new(),
+            panels: Arc::new(panels),
+            mask: None,
+            masked: OnceLock::new(),
+            column_norms: OnceLock::new(),
         }
     }
 
-    /// Writes row-major `rows` as rows `first..` of `W`.
+    /// Writes row-major `rows` as rows `first..` of `W` (while packing: the panels are not
+    /// shared yet, so nothing is copied).
     fn write_rows(&mut self, first: usize, rows: &[f32]) {
         let k = self.k;
+        let panels = Arc::make_mut(&mut self.panels);
         for (i, values) in rows.chunks_exact(k.max(1)).enumerate() {
             let row = first + i;
             let base = (row / NR) * k * NR + row % NR;
             for (p, v) in values.iter().enumerate() {
-                self.panels[base + p * NR] = *v;
+                panels[base + p * NR] = *v;
             }
+        }
+    }
+
+    /// This matrix with only the weights `mask` keeps (the others read as zero), sharing its
+    /// packed values: the view costs the mask, not a copy. The mask applies to the stored
+    /// values, replacing any mask this matrix has.
+    pub fn with_mask(&self, mask: Arc<MagnitudeMask>) -> Result<Self, String> {
+        if mask.floors.len() != self.n {
+            return Err(format!(
+                "a mask of {} rows for a matrix of {}",
+                mask.floors.len(),
+                self.n
+            ));
+        }
+        Ok(PackedMatrix {
+            n: self.n,
+            k: self.k,
+            panels: self.panels.clone(),
+            mask: Some(mask),
+            masked: OnceLock::new(),
+            column_norms: OnceLock::new(),
+        })
+    }
+
+    /// The values every reader but the matmul sees: the stored ones, or a pruned view's
+    /// written out once.
+    fn lines(&self) -> &Lines {
+        match &self.mask {
+            None => &self.panels,
+            Some(mask) => self.masked.get_or_init(|| {
+                let mut out = Lines::zeros(self.panels.len());
+                let k = self.k.max(1);
+                for (panel, (src, dst)) in self
+                    .panels
+                    .chunks_exact(k * NR)
+                    .zip(out.chunks_exact_mut(k * NR))
+                    .enumerate()
+                {
+                    mask.for_blocks(panel, self.k, self.k, |k0, kc, floors| {
+                        let range = k0 * NR..(k0 + kc) * NR;
+                        mask_block(
+                            Kernel::detect(),
+                            &src[range.clone()],
+                            floors,
+                            &mut dst[range],
+                        );
+                    });
+                }
+                out
+            }),
         }
     }
 
@@ -156,9 +227,9 @@ impl PackedMatrix {
         let panels = if whole_panels {
             // One allocation of the whole size (collecting a flattened iterator grew it step
             // by step).
-            let mut lines = Vec::with_capacity(parts.iter().map(|p| p.panels.0.len()).sum());
+            let mut lines = Vec::with_capacity(parts.iter().map(|p| p.lines().0.len()).sum());
             for part in parts {
-                lines.extend_from_slice(&part.panels.0);
+                lines.extend_from_slice(&part.lines().0);
             }
             Lines(lines)
         } else {
@@ -168,12 +239,7 @@ impl PackedMatrix {
                 .collect();
             return Self::from_rows(&rows, n, k);
         };
-        PackedMatrix {
-            n,
-            k,
-            panels,
-            column_norms: std::sync::OnceLock::new(),
-        }
+        Self::from_panels(n, k, panels)
     }
 
     /// Where `W[r, c]` lives in [`PackedMatrix::values`].
@@ -182,16 +248,19 @@ impl PackedMatrix {
         (r / NR) * self.k * NR + c * NR + r % NR
     }
 
-    /// The packed values, padding included (address them with [`PackedMatrix::offset`]).
-    pub fn values(&self) -> &[f32] {
-        &self.panels
+    /// `(r, c)` of the weight at `offset` in [`PackedMatrix::values`] (the inverse of
+    /// [`PackedMatrix::offset`]; padding past the last row gives `r ≥ rows`).
+    #[inline]
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let panel_len = (self.k * NR).max(1);
+        let within = offset % panel_len;
+        ((offset / panel_len) * NR + within % NR, within / NR)
     }
 
-    /// The packed values to change in place (a pruning slider moves a few of them); the cached
-    /// column norms go, since they no longer hold.
-    pub fn values_mut(&mut self) -> &mut [f32] {
-        self.column_norms = std::sync::OnceLock::new();
-        &mut self.panels
+    /// The packed values, padding included (address them with [`PackedMatrix::offset`]); a
+    /// pruned view's with the dropped weights zero.
+    pub fn values(&self) -> &[f32] {
+        self.lines()
     }
 
     pub fn rows(&self) -> usize {
@@ -206,7 +275,8 @@ impl PackedMatrix {
     pub fn row(&self, r: usize) -> Vec<f32> {
         let (panel, lane) = (r / NR, r % NR);
         let base = panel * self.k * NR + lane;
-        (0..self.k).map(|p| self.panels[base + p * NR]).collect()
+        let values = self.lines();
+        (0..self.k).map(|p| values[base + p * NR]).collect()
     }
 
     /// `‖W[:, p]‖₂` for each input `p` (what input `p` writes, over every output).
@@ -214,7 +284,7 @@ impl PackedMatrix {
         self.column_norms.get_or_init(|| {
             let k = self.k;
             let mut sums = vec![0f32; k];
-            for panel in self.panels.chunks_exact((k * NR).max(1)) {
+            for panel in self.lines().chunks_exact((k * NR).max(1)) {
                 for (sum, row) in sums.iter_mut().zip(panel.chunks_exact(NR)) {
                     *sum += row.iter().map(|x| x * x).sum::<f32>();
                 }
@@ -247,68 +317,222 @@ impl PackedMatrix {
         pack_rows(x, m, k, group, &mut a_packed);
         // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
         let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
+        let mask = self.mask.as_deref();
         (0..n.div_ceil(NR))
             .into_par_iter()
             .with_min_len(min_panels)
-            .for_each(|panel| {
-                let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
-                let col0 = panel * NR;
-                let width = NR.min(n - col0);
-                // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
-                // one in a buffer of `NR` columns, copied out after.
-                // A whole panel's first block of inputs starts its sums from the bias (or
-                // zero) in registers and only writes `y`: no pass setting `y` first (it was
-                // 4 % of a forward).
-                let mut narrow = Vec::new();
-                let (c, ldc, first) = if width == NR {
-                    // Safety: column `col0` of row 0 is inside `y`'s allocation.
-                    let c = unsafe { out.ptr().add(col0) };
-                    (c, n, Start::Fresh(bias.map(|b| &b[col0..col0 + NR])))
-                } else {
-                    narrow.resize(m * NR, 0f32);
-                    if let Some(bias) = bias {
-                        for row in narrow.chunks_exact_mut(NR) {
-                            row[..width].copy_from_slice(&bias[col0..col0 + width]);
+            // A pruned view's current block of weights, masked (`KC × NR`, in L1).
+            .for_each_init(
+                || mask.map(|_| Lines::zeros(KC * NR)),
+                |masked_block, panel| {
+                    let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
+                    let col0 = panel * NR;
+                    let width = NR.min(n - col0);
+                    // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
+                    // one in a buffer of `NR` columns, copied out after.
+                    // A whole panel's first block of inputs starts its sums from the bias (or
+                    // zero) in registers and only writes `y`: no pass setting `y` first (it was
+                    // 4 % of a forward).
+                    let mut narrow = Vec::new();
+                    let (c, ldc, first) = if width == NR {
+                        // Safety: column `col0` of row 0 is inside `y`'s allocation.
+                        let c = unsafe { out.ptr().add(col0) };
+                        (c, n, Start::Fresh(bias.map(|b| &b[col0..col0 + NR])))
+                    } else {
+                        narrow.resize(m * NR, 0f32);
+                        if let Some(bias) = bias {
+                            for row in narrow.chunks_exact_mut(NR) {
+                                row[..width].copy_from_slice(&bias[col0..col0 + width]);
+                            }
                         }
-                    }
-                    (narrow.as_mut_ptr(), NR, Start::Accumulate)
-                };
-                // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
-                // in L1 while all rows pass over it.
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    let b = &b_panel[k0 * NR..(k0 + kc) * NR];
-                    for (g, row) in (0..m).step_by(group).enumerate() {
-                        let rows = group.min(m - row);
-                        let a = &a_packed[(g * k + k0) * group..(g * k + k0 + kc) * group];
-                        // The first group of rows fetches the next block of weights (the rest
-                        // of this panel, then the next panel: they follow in memory) into L2
-                        // while it computes, so reading the weights from memory overlaps the
-                        // arithmetic instead of stalling the next block's first group.
-                        let prefetch = (g == 0).then(|| b.as_ptr().wrapping_add(kc * NR));
-                        // Safety: rows [row, row + rows) of this task's `NR` columns, written
-                        // above, are inside `c`'s buffer and touched by no other task.
-                        let start = if k0 == 0 { first } else { Start::Accumulate };
-                        unsafe {
-                            kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, start, prefetch)
+                        (narrow.as_mut_ptr(), NR, Start::Accumulate)
+                    };
+                    // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
+                    // in L1 while all rows pass over it. A pruned view's block is masked into a
+                    // buffer first, once for all rows (blocks end where a row's floor changes).
+                    let mut block = |k0: usize, kc: usize, floors: &[i32; NR]| {
+                        let stored = &b_panel[k0 * NR..(k0 + kc) * NR];
+                        let b = match masked_block.as_mut() {
+                            Some(buffer) => {
+                                let buffer = &mut buffer[..kc * NR];
+                                mask_block(kernel, stored, floors, buffer);
+                                &*buffer
+                            }
+                            None => stored,
                         };
-                    }
-                }
-                if width < NR {
-                    for (i, values) in narrow.chunks_exact(NR).enumerate() {
-                        // Safety: as above, this task's columns of row `i` of `y`.
-                        unsafe {
-                            let dst = out.ptr().add(i * n + col0);
-                            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                        for (g, row) in (0..m).step_by(group).enumerate() {
+                            let rows = group.min(m - row);
+                            let a = &a_packed[(g * k + k0) * group..(g * k + k0 + kc) * group];
+                            // The first group of rows fetches the next block of weights (the rest
+                            // of this panel, then the next panel: they follow in memory) into L2
+                            // while it computes, so reading the weights from memory overlaps the
+                            // arithmetic instead of stalling the next block's first group.
+                            let prefetch = (g == 0).then(|| stored.as_ptr().wrapping_add(kc * NR));
+                            // Safety: rows [row, row + rows) of this task's `NR` columns, written
+                            // above, are inside `c`'s buffer and touched by no other task.
+                            let start = if k0 == 0 { first } else { Start::Accumulate };
+                            unsafe {
+                                kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, start, prefetch)
+                            };
+                        }
+                    };
+                    match mask {
+                        Some(mask) => mask.for_blocks(panel, k, KC, &mut block),
+                        None => {
+                            for k0 in (0..k).step_by(KC) {
+                                block(k0, KC.min(k - k0), &KEEP_ALL);
+                            }
                         }
                     }
-                }
-            });
+                    if width < NR {
+                        for (i, values) in narrow.chunks_exact(NR).enumerate() {
+                            // Safety: as above, this task's columns of row `i` of `y`.
+                            unsafe {
+                                let dst = out.ptr().add(i * n + col0);
+                                std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                            }
+                        }
+                    }
+                },
+            );
         // Safety: the tasks wrote every column of every row (each its panel's).
         unsafe { y.set_len(m * n) };
         PACKED_ROWS.with(|cell| cell.set(a_packed));
         y
     }
+}
+
+/// Floors that keep every weight (every magnitude's bits exceed −1).
+const KEEP_ALL: [i32; NR] = [-1; NR];
+
+/// Which weights of a pruned view count: `W[r, c]` is kept iff the bits of `|W[r, c]|`, read
+/// as an integer, exceed the floor of row `r` (for non-negative floats, bit order is value
+/// order), a row's floor changing at most once, from one column on. That is what a magnitude
+/// cut with ties broken by row-major index needs: rows before the boundary weight's row drop
+/// its magnitude, rows after keep it, and the boundary's own row changes at its column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MagnitudeMask {
+    /// One per row of `W`.
+    floors: Vec<i32>,
+    /// `(row, column, floor)`: from `column` on, row `row` has `floor`; by row, at most one
+    /// per row.
+    switches: Vec<(usize, usize, i32)>,
+}
+
+impl MagnitudeMask {
+    /// Floor of a row that keeps every weight.
+    pub const KEEP_ALL: i32 = -1;
+    /// Floor of a row that drops every weight (no magnitude's bits exceed it).
+    pub const DROP_ALL: i32 = i32::MAX;
+
+    /// Every weight of `rows` rows kept.
+    pub fn keep_all(rows: usize) -> Self {
+        MagnitudeMask {
+            floors: vec![Self::KEEP_ALL; rows],
+            switches: Vec::new(),
+        }
+    }
+
+    /// The floor that keeps the magnitudes above `magnitude` (`inclusive`: and equal to it).
+    pub fn floor_of(magnitude: f32, inclusive: bool) -> i32 {
+        let bits = (magnitude.to_bits() & 0x7fff_ffff) as i32;
+        if inclusive { bits - 1 } else { bits }
+    }
+
+    /// Gives rows `rows` the floor `floor` (clearing their switches).
+    pub fn set_rows(&mut self, rows: std::ops::Range<usize>, floor: i32) {
+        self.floors[rows.clone()].fill(floor);
+        self.switches.retain(|(r, _, _)| !rows.contains(r));
+    }
+
+    /// From column `col` on, row `row` has `floor` (replacing any switch of that row).
+    pub fn switch(&mut self, row: usize, col: usize, floor: i32) {
+        self.switches.retain(|(r, _, _)| *r != row);
+        let at = self.switches.partition_point(|(r, _, _)| *r < row);
+        self.switches.insert(at, (row, col, floor));
+    }
+
+    /// Whether `W[r, c] = value` is kept.
+    pub fn keeps(&self, r: usize, c: usize, value: f32) -> bool {
+        let floor = match self.switches.iter().find(|(row, _, _)| *row == r) {
+            Some(&(_, from, floor)) if c >= from => floor,
+            _ => self.floors[r],
+        };
+        (value.to_bits() & 0x7fff_ffff) as i32 > floor
+    }
+
+    /// Calls `block(k0, kc, floors)` for the blocks of at most `max_block` inputs that cover
+    /// panel `panel`'s `k` inputs in order, each with its lanes' floors (padding lanes keep
+    /// their zeros): a block ends wherever a row of the panel changes floor.
+    fn for_blocks(
+        &self,
+        panel: usize,
+        k: usize,
+        max_block: usize,
+        mut block: impl FnMut(usize, usize, &[i32; NR]),
+    ) {
+        let rows = panel * NR..((panel + 1) * NR).min(self.floors.len());
+        let mut floors = KEEP_ALL;
+        floors[..rows.len()].copy_from_slice(&self.floors[rows.clone()]);
+        let first = self.switches.partition_point(|(r, _, _)| *r < rows.start);
+        let last = self.switches.partition_point(|(r, _, _)| *r < rows.end);
+        let switches = &self.switches[first..last];
+        let mut k0 = 0;
+        while k0 < k {
+            let mut end = (k0 + max_block.max(1)).min(k);
+            for &(row, col, floor) in switches {
+                if col <= k0 {
+                    floors[row - rows.start] = floor;
+                } else {
+                    end = end.min(col);
+                }
+            }
+            block(k0, end - k0, &floors);
+            k0 = end;
+        }
+    }
+}
+
+/// `out = stored` with each weight whose magnitude's bits do not exceed its lane's floor
+/// zeroed (`stored` and `out` whole panel rows of `NR`).
+fn mask_block(kernel: Kernel, stored: &[f32], floors: &[i32; NR], out: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // Safety: AVX-512F was detected at runtime.
+        Kernel::Avx512 => unsafe { mask_block_avx512(stored, floors, out) },
+        #[cfg(target_arch = "x86_64")]
+        // Safety: AVX2 was detected at runtime.
+        Kernel::Avx2 => unsafe { mask_block_avx2(stored, floors, out) },
+        Kernel::Portable => mask_rows(stored, floors, out),
+    }
+}
+
+/// [`mask_block`]'s loop, inlined into each instruction set's wrapper (where the `NR`-wide
+/// inner loop becomes a compare and a select per vector).
+#[inline(always)]
+fn mask_rows(stored: &[f32], floors: &[i32; NR], out: &mut [f32]) {
+    for (src, dst) in stored.chunks_exact(NR).zip(out.chunks_exact_mut(NR)) {
+        for j in 0..NR {
+            let v = src[j];
+            dst[j] = if (v.to_bits() & 0x7fff_ffff) as i32 > floors[j] {
+                v
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn mask_block_avx512(stored: &[f32], floors: &[i32; NR], out: &mut [f32]) {
+    mask_rows(stored, floors, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mask_block_avx2(stored: &[f32], floors: &[i32; NR], out: &mut [f32]) {
+    mask_rows(stored, floors, out)
 }
 
 /// One sum of [`PackedMatrix::group_sums`]: inputs `members[start..end]` (ascending) of row
@@ -365,8 +589,9 @@ impl PackedMatrix {
         let mut y: Vec<f32> = Vec::with_capacity(segments.len() * n);
         let out = SharedOut(y.as_mut_ptr());
         let kernel = Kernel::detect();
+        let weights = self.lines();
         let run_panel = |panel: usize| {
-            let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
+            let b_panel = &weights[panel * k * NR..(panel + 1) * k * NR];
             let col0 = panel * NR;
             let width = NR.min(n - col0);
             // Members come in no order the prefetchers can follow, so their panel rows were
@@ -927,6 +1152,53 @@ mod tests {
             assert_eq!((stacked.rows(), stacked.cols()), (all.rows(), k));
             assert_eq!(stacked.panels, all.panels, "{sizes:?}");
         }
+    }
+
+    /// A masked view multiplies as its kept weights written out would, with floors per row
+    /// and switches inside, at and across the blocks' edges; its readers see the same zeros,
+    /// and the matrix it views is unchanged.
+    #[test]
+    fn masked_views_multiply_as_their_kept_weights() {
+        let (m, n, k) = (14, 45, 700);
+        let (w, x) = weights_and_inputs(m, n, k);
+        let dense = PackedMatrix::from_rows(&w, n, k);
+        let mut mask = MagnitudeMask::keep_all(n);
+        mask.set_rows(3..20, MagnitudeMask::floor_of(0.8, false));
+        mask.set_rows(20..21, MagnitudeMask::DROP_ALL);
+        mask.set_rows(33..45, MagnitudeMask::floor_of(1.2, true));
+        for (row, col) in [
+            (4, 100),
+            (5, KC),
+            (6, KC + 1),
+            (34, 0),
+            (40, k - 1),
+            (41, 2 * KC - 1),
+        ] {
+            mask.switch(row, col, MagnitudeMask::floor_of(0.4, true));
+        }
+        let view = dense.with_mask(std::sync::Arc::new(mask.clone())).unwrap();
+        let kept: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let (r, c) = (i / k, i % k);
+                if mask.keeps(r, c, w[i]) { w[i] } else { 0.0 }
+            })
+            .collect();
+        assert!(kept.iter().filter(|&&v| v == 0.0).count() > n * k / 4);
+        let written = PackedMatrix::from_rows(&kept, n, k);
+        assert_eq!(view.matmul_t(&x, m, None), written.matmul_t(&x, m, None));
+        assert_eq!(view.values(), written.values());
+        assert_eq!(view.row(40), written.row(40));
+        assert_eq!(view.column_norms(), written.column_norms());
+        assert_eq!(dense.row(20), w[20 * k..21 * k].to_vec());
+        for offset in [0, 31, 32 * k, 32 * k + 13 + 5 * NR] {
+            let (r, c) = dense.position(offset);
+            assert_eq!(dense.offset(r, c), offset);
+        }
+        assert!(
+            dense
+                .with_mask(std::sync::Arc::new(MagnitudeMask::keep_all(3)))
+                .is_err()
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::packed::PackedMatrix;
+use super::packed::{MagnitudeMask, PackedMatrix};
 use super::transformer::{Linear, Transformer};
 use super::{ModelError, Result};
 use crate::rng::Rng;
@@ -27,6 +27,14 @@ pub enum PruneMethod {
     Random { seed: u64 },
     /// In each group of `m` consecutive inputs of an output row, the `n` largest |w| kept.
     NM { n: usize, m: usize },
+}
+
+impl PruneMethod {
+    /// Whether it cuts along the weights' magnitude order, so a [`MagnitudePruner`] moves it
+    /// without writing weights.
+    pub fn has_magnitude_order(self) -> bool {
+        matches!(self, PruneMethod::Magnitude | PruneMethod::MagnitudeGlobal)
+    }
 }
 
 impl std::fmt::Display for PruneMethod {
@@ -391,11 +399,12 @@ pub fn prune(
     ))
 }
 
-/// Per-matrix magnitude pruning that moves: a pruned copy of the scope's matrices kept beside
-/// each matrix's weights in order of magnitude, so that a new sparsity zeroes or restores only
-/// the weights between the old cut and the new one (the pruning slider). Gives exactly
-/// [`prune`]'s `Magnitude` weights at every sparsity. Memory: the pruned copy and a `u32` per
-/// weight.
+/// Magnitude pruning, per matrix or global, that moves (the pruning slider): each matrix's
+/// weights kept in order of magnitude, so that any sparsity's cuts are found at once, and the
+/// pruned model's matrices are views of the dense ones with a [`MagnitudeMask`] each (no weight
+/// is copied or written: a move of any size costs a few numbers per row). Gives exactly
+/// [`prune`]'s `Magnitude` and `MagnitudeGlobal` weights at every sparsity. Memory: a `u32`
+/// per weight.
 pub struct MagnitudePruner {
     scope: PruneScope,
     parts: Vec<Part>,
@@ -404,10 +413,11 @@ pub struct MagnitudePruner {
     order: Vec<Vec<u32>>,
     /// Weights already zero in each part (the first in its order).
     zeros: Vec<usize>,
-    /// How many of each part's order are zero in `model` now.
+    /// How many of each part's order are dropped in `model` now.
     cut: Vec<usize>,
     sparsity: f64,
-    /// The pruned copy (everything outside the scope shared with the dense model).
+    /// The pruned model (everything outside the scope shared with the dense model, the
+    /// scope's matrices masked views of the dense ones).
     model: Transformer,
 }
 
@@ -438,12 +448,12 @@ fn magnitude_order(values: &[f32]) -> Vec<u32> {
 }
 
 impl MagnitudePruner {
-    /// Bytes it holds for `t`'s `scope`: the pruned copy and the orders.
+    /// Bytes it holds for `t`'s `scope`: the orders.
     pub fn bytes_needed(t: &Transformer, scope: PruneScope) -> u64 {
-        bytes_needed(t, scope) / 3 * 2
+        bytes_needed(t, scope) / 3
     }
 
-    /// At sparsity 0 (the copy equals the dense weights).
+    /// At sparsity 0 (the model equals the dense one).
     pub fn new(t: &Transformer, scope: PruneScope) -> Result<Self> {
         use rayon::prelude::*;
         let parts = parts(t, scope);
@@ -462,8 +472,8 @@ impl MagnitudePruner {
                 let w = &linear(t, p.layer, p.slot).weight;
                 let values: Vec<f32> = p.rows.clone().flat_map(|r| w.row(r)).collect();
                 let zeros = values.iter().filter(|&&v| v == 0.0).count();
-                // Kept as offsets into the packed values: a move then writes without
-                // dividing by the row length per weight.
+                // Kept as offsets into the packed values: a cut's boundary weight is then read
+                // without unpacking its row.
                 let k = w.cols().max(1);
                 let mut order = magnitude_order(&values);
                 for j in &mut order {
@@ -474,14 +484,6 @@ impl MagnitudePruner {
             })
             .collect();
         let (order, zeros): (Vec<_>, Vec<_>) = ordered.into_iter().unzip();
-        let mut model = t.clone();
-        // The copy's own matrices (their first change copies them: see `set_sparsity`).
-        for p in &parts {
-            let weight = &mut linear_mut(&mut model, p.layer, p.slot).weight;
-            if Arc::ptr_eq(weight, &linear(t, p.layer, p.slot).weight) {
-                *weight = Arc::new((**weight).clone());
-            }
-        }
         Ok(MagnitudePruner {
             scope,
             cut: vec![0; parts.len()],
@@ -489,7 +491,7 @@ impl MagnitudePruner {
             order,
             zeros,
             sparsity: 0.0,
-            model,
+            model: t.clone(),
         })
     }
 
@@ -502,89 +504,78 @@ impl MagnitudePruner {
         &self.model
     }
 
-    /// Moves every matrix's cut to `sparsity` of its weights, changing only the weights between
-    /// the old and new cuts (`dense` is the model it was made from: restored weights come from
-    /// it). A matrix still shared with a clone of [`MagnitudePruner::model`] is copied first.
-    pub fn set_sparsity(&mut self, dense: &Transformer, sparsity: f64) -> Result<PruneReport> {
-        use rayon::prelude::*;
+    /// Moves the cuts to `sparsity` by `method` (magnitude per matrix or global; `dense` is
+    /// the model it was made from, whose matrices the pruned model views). Clones of
+    /// [`MagnitudePruner::model`] taken before keep their weights.
+    pub fn set_sparsity(
+        &mut self,
+        dense: &Transformer,
+        method: PruneMethod,
+        sparsity: f64,
+    ) -> Result<PruneReport> {
         if !(0.0..=1.0).contains(&sparsity) {
             return Err(ModelError::InvalidInput(format!(
                 "sparsity must lie in [0, 1], not {sparsity}"
             )));
         }
-        // One task per linear layer: its parts, their orders and cuts.
-        let mut groups: Vec<(usize, Slot, Vec<usize>)> = Vec::new();
-        for (i, p) in self.parts.iter().enumerate() {
-            match groups.last_mut() {
-                Some((l, s, members)) if *l == p.layer && *s == p.slot => members.push(i),
-                _ => groups.push((p.layer, p.slot, vec![i])),
+        // Every boundary is read from `dense`: it must be the model the orders came from.
+        for (p, order) in self.parts.iter().zip(&self.order) {
+            let fits = dense.blocks.get(p.layer).is_some_and(|_| {
+                let w = &linear(dense, p.layer, p.slot).weight;
+                p.rows.end <= w.rows() && p.rows.len() * w.cols() == order.len()
+            });
+            if !fits {
+                return Err(ModelError::InvalidInput(format!(
+                    "pruning {}: not the model the pruner was made from",
+                    p.name
+                )));
             }
         }
-        let mut linears: Vec<(&mut Arc<PackedMatrix>, &PackedMatrix, Vec<usize>)> = Vec::new();
-        let mut slots: Vec<&mut Linear> = Vec::new();
-        for b in self.model.blocks.iter_mut() {
-            slots.extend([
-                &mut b.attn.qkv,
-                &mut b.attn.o,
-                &mut b.mlp.w_in,
-                &mut b.mlp.down,
-            ]);
-        }
-        let slot_index = |s: Slot| match s {
-            Slot::Qkv => 0,
-            Slot::O => 1,
-            Slot::In => 2,
-            Slot::Out => 3,
+        let magnitude = |i: usize, j: usize| {
+            let p = &self.parts[i];
+            let bits =
+                linear(dense, p.layer, p.slot).weight.values()[self.order[i][j] as usize].to_bits();
+            bits & 0x7fff_ffff
         };
-        let mut slots: Vec<Option<&mut Linear>> = slots.into_iter().map(Some).collect();
-        for (layer, slot, members) in groups {
-            let Some(Some(target)) = slots
-                .get_mut(layer * 4 + slot_index(slot))
-                .map(Option::take)
-            else {
+        let cuts: Vec<usize> = match method {
+            PruneMethod::Magnitude => self
+                .order
+                .iter()
+                .map(|o| count_of(sparsity, o.len()))
+                .collect(),
+            PruneMethod::MagnitudeGlobal => {
+                let total: usize = self.order.iter().map(Vec::len).sum();
+                global_cuts(&self.order, &magnitude, count_of(sparsity, total))
+            }
+            other => {
                 return Err(ModelError::InvalidInput(format!(
-                    "pruning: blocks.{layer} has no such matrix"
+                    "{other} pruning has no magnitude order to move along"
                 )));
-            };
-            linears.push((
-                &mut target.weight,
-                &linear(dense, layer, slot).weight,
-                members,
-            ));
-        }
-        let order = &self.order;
-        let new_cuts: Vec<Vec<(usize, usize)>> = linears
-            .into_par_iter()
-            .map(|(weight, original, members)| {
-                let pruned = Arc::make_mut(weight).values_mut();
-                let dense = original.values();
-                members
-                    .into_iter()
-                    .map(|i| {
-                        let order = &order[i];
-                        let (from, to) = (self.cut[i], count_of(sparsity, order.len()));
-                        if to > from {
-                            for &o in &order[from..to] {
-                                pruned[o as usize] = 0.0;
-                            }
-                        } else {
-                            for &o in &order[to..from] {
-                                pruned[o as usize] = dense[o as usize];
-                            }
-                        }
-                        (i, to)
-                    })
-                    .collect()
-            })
-            .collect();
-        for (i, to) in new_cuts.into_iter().flatten() {
-            self.cut[i] = to;
+            }
+        };
+        let mut i = 0;
+        while i < self.parts.len() {
+            let (layer, slot) = (self.parts[i].layer, self.parts[i].slot);
+            let original = &linear(dense, layer, slot).weight;
+            let mut mask = MagnitudeMask::keep_all(original.rows());
+            // The parts of one (stacked) linear layer follow each other; one mask covers them.
+            while i < self.parts.len() && self.parts[i].layer == layer && self.parts[i].slot == slot
+            {
+                let boundary = self.order[i].get(cuts[i]).map(|&o| o as usize);
+                cut_mask(&mut mask, self.parts[i].rows.clone(), original, boundary);
+                self.cut[i] = cuts[i];
+                i += 1;
+            }
+            let view = original
+                .with_mask(Arc::new(mask))
+                .map_err(ModelError::InvalidInput)?;
+            linear_mut(&mut self.model, layer, slot).weight = Arc::new(view);
         }
         self.sparsity = sparsity;
         Ok(self.report())
     }
 
-    /// What the current cut does ([`prune`]'s report for `Magnitude` at this sparsity).
+    /// What the current cuts do ([`prune`]'s report for the method and sparsity last set).
     pub fn report(&self) -> PruneReport {
         let mut matrices = Vec::with_capacity(self.parts.len());
         let (mut zeros, mut total) = (0usize, 0usize);
@@ -602,6 +593,79 @@ impl MagnitudePruner {
             matrices,
         }
     }
+}
+
+/// Each part's cut when the `k` smallest weights of all parts pooled go, ties to the earlier
+/// part and then the lower index (as [`prune`]'s `MagnitudeGlobal`): the pooled order's `k`-th
+/// magnitude is found by bisecting on the magnitude's bits, counting each part's weights below
+/// a candidate by bisecting its own order; `magnitude(i, j)` is the bits of part `i`'s `j`-th.
+fn global_cuts(
+    orders: &[Vec<u32>],
+    magnitude: &dyn Fn(usize, usize) -> u32,
+    k: usize,
+) -> Vec<usize> {
+    // Weights of part `i` whose magnitude's bits are below `bits`.
+    let below = |i: usize, bits: u64| {
+        let (mut lo, mut hi) = (0, orders[i].len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if (magnitude(i, mid) as u64) < bits {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    };
+    let count_below = |bits: u64| (0..orders.len()).map(|i| below(i, bits)).sum::<usize>();
+    // The smallest magnitude `t` with more than `k` weights at or below it: the first weight
+    // kept has it (none when `k` is every weight).
+    let (mut lo, mut hi) = (0u64, 1u64 << 31);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if count_below(mid + 1) > k {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let t = lo;
+    let mut ties = k.saturating_sub(count_below(t));
+    (0..orders.len())
+        .map(|i| {
+            let (first, end) = (below(i, t), below(i, t + 1));
+            let taken = ties.min(end - first);
+            ties -= taken;
+            first + taken
+        })
+        .collect()
+}
+
+/// Sets `rows`' floors in `mask` so that the weights before `boundary` in the (|w|, row-major
+/// index) order are dropped and the rest kept; `boundary` is the first kept weight's offset in
+/// `w`'s packed values, `None` when every weight goes.
+fn cut_mask(
+    mask: &mut MagnitudeMask,
+    rows: Range<usize>,
+    w: &PackedMatrix,
+    boundary: Option<usize>,
+) {
+    let Some(offset) = boundary else {
+        mask.set_rows(rows, MagnitudeMask::DROP_ALL);
+        return;
+    };
+    let (row, col) = w.position(offset);
+    let magnitude = w.values()[offset];
+    let (above, from) = (
+        MagnitudeMask::floor_of(magnitude, false),
+        MagnitudeMask::floor_of(magnitude, true),
+    );
+    // Ties with the boundary's magnitude go in index order: the rows before its row drop
+    // them, the rows after keep them, and its row keeps them from its column on.
+    mask.set_rows(rows.start..row, above);
+    mask.set_rows(row + 1..rows.end, from);
+    mask.set_rows(row..row + 1, above);
+    mask.switch(row, col, from);
 }
 
 /// Essential sparsity's knee (definitions §14, without fine-tuning): the last sparsity whose

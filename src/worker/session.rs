@@ -660,10 +660,9 @@ impl Session {
         }
         let (method, scope, bits) = key;
         let sparsity = f32::from_bits(bits) as f64;
-        // The old copy goes first: two pruned copies at once are not needed (and the pruner's
-        // matrices, no longer shared, change in place).
+        // The old copy goes first: two pruned copies at once are not needed.
         self.pruned = None;
-        let transformer = if method == model::prune::PruneMethod::Magnitude {
+        let transformer = if method.has_magnitude_order() {
             if self.pruner.as_ref().is_none_or(|p| p.scope() != scope) {
                 self.pruner = None;
                 crate::memory::check(
@@ -681,7 +680,7 @@ impl Session {
             let Some(pruner) = self.pruner.as_mut() else {
                 anyhow::bail!("the pruner was not made");
             };
-            pruner.set_sparsity(&model.transformer, sparsity)?;
+            pruner.set_sparsity(&model.transformer, method, sparsity)?;
             pruner.model().clone()
         } else {
             self.pruner = None;
