@@ -190,7 +190,7 @@ impl PackedMatrix {
             None => &self.panels,
             Some(mask) => self.masked.get_or_init(|| {
                 let mut out = Lines::zeros(self.panels.len());
-                let k = self.k.max(1);
+                let (k, kernel) = (self.k.max(1), Kernel::detect());
                 for (panel, (src, dst)) in self
                     .panels
                     .chunks_exact(k * NR)
@@ -199,12 +199,7 @@ impl PackedMatrix {
                 {
                     mask.for_blocks(panel, self.k, self.k, |k0, kc, floors| {
                         let range = k0 * NR..(k0 + kc) * NR;
-                        mask_block(
-                            Kernel::detect(),
-                            &src[range.clone()],
-                            floors,
-                            &mut dst[range],
-                        );
+                        mask_block(kernel, &src[range.clone()], floors, &mut dst[range]);
                     });
                 }
                 out
@@ -450,15 +445,6 @@ impl MagnitudeMask {
         self.switches.retain(|(r, _, _)| *r != row);
         let at = self.switches.partition_point(|(r, _, _)| *r < row);
         self.switches.insert(at, (row, col, floor));
-    }
-
-    /// Whether `W[r, c] = value` is kept.
-    pub fn keeps(&self, r: usize, c: usize, value: f32) -> bool {
-        let floor = match self.switches.iter().find(|(row, _, _)| *row == r) {
-            Some(&(_, from, floor)) if c >= from => floor,
-            _ => self.floors[r],
-        };
-        (value.to_bits() & 0x7fff_ffff) as i32 > floor
     }
 
     /// Calls `block(k0, kc, floors)` for the blocks of at most `max_block` inputs that cover
@@ -1154,6 +1140,15 @@ mod tests {
         }
     }
 
+    /// Whether `mask` keeps `W[r, c] = value`, by its definition (one weight at a time).
+    fn keeps(mask: &MagnitudeMask, r: usize, c: usize, value: f32) -> bool {
+        let floor = match mask.switches.iter().find(|(row, _, _)| *row == r) {
+            Some(&(_, from, floor)) if c >= from => floor,
+            _ => mask.floors[r],
+        };
+        (value.to_bits() & 0x7fff_ffff) as i32 > floor
+    }
+
     /// A masked view multiplies as its kept weights written out would, with floors per row
     /// and switches inside, at and across the blocks' edges; its readers see the same zeros,
     /// and the matrix it views is unchanged.
@@ -1180,7 +1175,7 @@ mod tests {
         let kept: Vec<f32> = (0..n * k)
             .map(|i| {
                 let (r, c) = (i / k, i % k);
-                if mask.keeps(r, c, w[i]) { w[i] } else { 0.0 }
+                if keeps(&mask, r, c, w[i]) { w[i] } else { 0.0 }
             })
             .collect();
         assert!(kept.iter().filter(|&&v| v == 0.0).count() > n * k / 4);

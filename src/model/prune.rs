@@ -286,11 +286,27 @@ pub fn prune_n_m(values: &mut [f32], cols: usize, n: usize, m: usize) {
 /// Bytes a pruning of `scope` takes beside the model: the pruned matrices' packed copies, and
 /// while they are made, their values unpacked (with a magnitude order's working copy).
 pub fn bytes_needed(t: &Transformer, scope: PruneScope) -> u64 {
-    let weights: u64 = parts(t, scope)
+    prunable_weights(t, scope) * 4 * 3
+}
+
+fn prunable_weights(t: &Transformer, scope: PruneScope) -> u64 {
+    parts(t, scope)
         .iter()
         .map(|p| (p.rows.len() * linear(t, p.layer, p.slot).weight.cols()) as u64)
-        .sum();
-    weights * 4 * 3
+        .sum()
+}
+
+/// The parts of each linear layer, in order, as index ranges into `parts` (a stacked layer's
+/// parts follow each other), with the layer they belong to.
+fn by_linear(parts: &[Part]) -> impl Iterator<Item = (usize, Slot, Range<usize>)> + '_ {
+    let mut start = 0;
+    parts
+        .chunk_by(|a, b| a.layer == b.layer && a.slot == b.slot)
+        .map(move |group| {
+            let range = start..start + group.len();
+            start = range.end;
+            (group[0].layer, group[0].slot, range)
+        })
 }
 
 /// A copy of `t` with its `scope` weights pruned to `sparsity` by `method` (ignored by N:M,
@@ -361,20 +377,19 @@ pub fn prune(
     let mut zeros = 0usize;
     let mut total = 0usize;
     let mut matrices = Vec::with_capacity(parts.len());
-    let mut i = 0;
-    while i < parts.len() {
-        let (layer, slot) = (parts[i].layer, parts[i].slot);
+    for (layer, slot, members) in by_linear(&parts) {
         let original = linear(t, layer, slot);
         let (rows, k) = (original.weight.rows(), original.weight.cols());
         let mut all: Vec<f32> = Vec::with_capacity(rows * k);
-        while i < parts.len() && parts[i].layer == layer && parts[i].slot == slot {
-            let p = &parts[i];
+        for i in members {
             all.extend_from_slice(&values[i]);
             let z = values[i].iter().filter(|&&w| w == 0.0).count();
-            matrices.push((p.name.clone(), z as f64 / values[i].len().max(1) as f64));
+            matrices.push((
+                parts[i].name.clone(),
+                z as f64 / values[i].len().max(1) as f64,
+            ));
             zeros += z;
             total += values[i].len();
-            i += 1;
         }
         if all.len() != rows * k {
             return Err(ModelError::InvalidInput(format!(
@@ -448,9 +463,9 @@ fn magnitude_order(values: &[f32]) -> Vec<u32> {
 }
 
 impl MagnitudePruner {
-    /// Bytes it holds for `t`'s `scope`: the orders.
+    /// Bytes it holds for `t`'s `scope`: the orders (a `u32` per weight).
     pub fn bytes_needed(t: &Transformer, scope: PruneScope) -> u64 {
-        bytes_needed(t, scope) / 3
+        prunable_weights(t, scope) * 4
     }
 
     /// At sparsity 0 (the model equals the dense one).
@@ -553,18 +568,14 @@ impl MagnitudePruner {
                 )));
             }
         };
-        let mut i = 0;
-        while i < self.parts.len() {
-            let (layer, slot) = (self.parts[i].layer, self.parts[i].slot);
+        for (layer, slot, members) in by_linear(&self.parts) {
             let original = &linear(dense, layer, slot).weight;
+            // One mask covers the parts of a (stacked) linear layer.
             let mut mask = MagnitudeMask::keep_all(original.rows());
-            // The parts of one (stacked) linear layer follow each other; one mask covers them.
-            while i < self.parts.len() && self.parts[i].layer == layer && self.parts[i].slot == slot
-            {
+            for i in members {
                 let boundary = self.order[i].get(cuts[i]).map(|&o| o as usize);
                 cut_mask(&mut mask, self.parts[i].rows.clone(), original, boundary);
                 self.cut[i] = cuts[i];
-                i += 1;
             }
             let view = original
                 .with_mask(Arc::new(mask))
