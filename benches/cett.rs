@@ -8,6 +8,10 @@ use dendrite::analysis::sparsity::{Method, measure_mlp_layer, mlp_hooks};
 use dendrite::model::{self, HookSpec, NoObserver};
 use rayon::prelude::*;
 
+// The allocator the app runs with (src/main.rs): the search's buffers cost what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     dendrite::tune_threads();
     let path = std::env::var("DENDRITE_BENCH_MODEL")

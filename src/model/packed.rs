@@ -532,7 +532,9 @@ pub struct Segment {
 
 impl PackedMatrix {
     /// Sums of weighted input columns: for each segment, `Σ_{p ∈ members[start..end]}
-    /// x[row, p] · W[:, p]`. Returns `[segments, n]` row-major.
+    /// x[row, p] · W[:, p]`, written into `y` as `[segments, n]` row-major (its earlier
+    /// contents are dropped; its memory is reused, a fresh multi-megabyte buffer per call cost
+    /// the kernel's page zeroing).
     ///
     /// This is a matmul with products kept apart by segment, as CETT's threshold search needs
     /// (what the neurons below each threshold write, per token). Each panel holds `NR` outputs
@@ -546,7 +548,8 @@ impl PackedMatrix {
         m: usize,
         members: &[u32],
         segments: &[Segment],
-    ) -> Vec<f32> {
+        y: &mut Vec<f32>,
+    ) {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "group_sums: x has the wrong length");
         for seg in segments {
@@ -563,16 +566,18 @@ impl PackedMatrix {
         // instead of each reading every token's row again. (The kernel's own time was within
         // the noise either way; with it, each sum goes straight to its output row, with no
         // zeroed output and no per-panel accumulators.)
-        let values: Vec<f32> = segments
-            .iter()
-            .flat_map(|seg| {
-                let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
+        // (Segment by segment into one buffer: a `flat_map` collect was a tenth of the call.)
+        let mut values: Vec<f32> = Vec::with_capacity(members.len());
+        for seg in segments {
+            let row = &x[seg.row as usize * k..(seg.row as usize + 1) * k];
+            values.extend(
                 members[seg.start as usize..seg.end as usize]
                     .iter()
-                    .map(move |&p| row[p as usize])
-            })
-            .collect();
-        let mut y: Vec<f32> = Vec::with_capacity(segments.len() * n);
+                    .map(|&p| row[p as usize]),
+            );
+        }
+        y.clear();
+        y.reserve(segments.len() * n);
         let out = SharedOut(y.as_mut_ptr());
         let kernel = Kernel::detect();
         let weights = self.lines();
@@ -607,7 +612,12 @@ impl PackedMatrix {
                 // panel's task alone, inside `y`'s capacity.
                 unsafe {
                     let dst = out.ptr().add(i * n + col0);
-                    std::ptr::copy_nonoverlapping(sum.as_ptr(), dst, width);
+                    if width == NR {
+                        // A whole panel: two vector stores, not a `memcpy` call.
+                        dst.cast::<[f32; NR]>().write_unaligned(sum);
+                    } else {
+                        std::ptr::copy_nonoverlapping(sum.as_ptr(), dst, width);
+                    }
                 }
             }
         };
@@ -619,7 +629,6 @@ impl PackedMatrix {
         }
         // Safety: the panel tasks wrote every column of every segment's row.
         unsafe { y.set_len(segments.len() * n) };
-        y
     }
 }
 
@@ -1059,7 +1068,8 @@ mod tests {
                 end: (k + 101) as u32,
             },
         ];
-        let sums = packed.group_sums(&x, m, &members, &segments);
+        let mut sums = vec![1.0; 3];
+        packed.group_sums(&x, m, &members, &segments, &mut sums);
         assert_eq!(sums.len(), segments.len() * n);
         for (s, seg) in segments.iter().enumerate() {
             for j in 0..n {
