@@ -375,6 +375,9 @@ impl Drop for Step {
     }
 }
 
+/// Runs of neurons [`Grouped::sort`] counts and places side by side.
+const SORT_LANES: usize = 4;
+
 /// One token's live neurons in ascending order within each group: group `g` is
 /// `neurons[starts[g]..starts[g + 1]]`. One allocation per token, not one per group.
 struct Grouped {
@@ -385,20 +388,53 @@ struct Grouped {
 impl Grouped {
     /// A counting sort of `neurons` (ascending) into `groups` groups by `group_of`, keeping
     /// each group ascending.
+    ///
+    /// Consecutive neurons mostly share a group, and a single counter incremented through
+    /// memory waits out the previous increment's store each time (`perf` put a fifth of the
+    /// search's own time there). So the neurons are cut into [`SORT_LANES`] runs, each with
+    /// its own counters, and the runs are counted and placed side by side: independent chains
+    /// the CPU overlaps. Within a group, run 0's neurons (the lowest) come first, so each
+    /// group stays ascending.
     #[inline(always)]
     fn sort(neurons: &[u32], group_of: &[u8], groups: usize) -> Self {
+        let len = neurons.len().min(group_of.len());
+        let run = len / SORT_LANES;
+        // counts[g · SORT_LANES + r]: run r's neurons in group g (the last run also takes the
+        // remainder).
+        let mut counts = vec![0u32; groups * SORT_LANES];
+        for j in 0..run {
+            for r in 0..SORT_LANES {
+                counts[group_of[r * run + j] as usize * SORT_LANES + r] += 1;
+            }
+        }
+        for &g in &group_of[SORT_LANES * run..len] {
+            counts[g as usize * SORT_LANES + SORT_LANES - 1] += 1;
+        }
+        // Then where run r's next neuron of group g goes, in the same layout.
         let mut starts = vec![0u32; groups + 1];
-        for &g in group_of {
-            starts[g as usize + 1] += 1;
+        let mut next = counts;
+        let mut at = 0u32;
+        for (g, runs) in next.chunks_exact_mut(SORT_LANES).enumerate() {
+            starts[g] = at;
+            for slot in runs {
+                let count = *slot;
+                *slot = at;
+                at += count;
+            }
         }
-        for g in 1..starts.len() {
-            starts[g] += starts[g - 1];
+        starts[groups] = at;
+        let mut sorted = vec![0u32; len];
+        for j in 0..run {
+            for r in 0..SORT_LANES {
+                let i = r * run + j;
+                let slot = &mut next[group_of[i] as usize * SORT_LANES + r];
+                sorted[*slot as usize] = neurons[i];
+                *slot += 1;
+            }
         }
-        let mut next = starts.clone();
-        let mut sorted = vec![0u32; neurons.len()];
-        for (&i, &g) in neurons.iter().zip(group_of) {
-            let slot = &mut next[g as usize];
-            sorted[*slot as usize] = i;
+        for i in SORT_LANES * run..len {
+            let slot = &mut next[group_of[i] as usize * SORT_LANES + SORT_LANES - 1];
+            sorted[*slot as usize] = neurons[i];
             *slot += 1;
         }
         Grouped {
@@ -1373,6 +1409,26 @@ mod tests {
                 for (x, y) in at_eps.iter().zip(&fresh) {
                     assert!((x - y).abs() < 1e-5, "{x} vs {y}");
                 }
+            }
+        }
+    }
+
+    /// The counting sort's runs (any length, a remainder past the last whole run, empty
+    /// groups) keep every group's neurons, ascending.
+    #[test]
+    fn counting_sort_keeps_each_group_ascending() {
+        for len in [0usize, 1, 3, 4, 5, 17, 1536] {
+            let neurons: Vec<u32> = (0..len as u32).map(|i| i * 3 + 1).collect();
+            let group_of: Vec<u8> = (0..len).map(|i| ((i * 7 + i / 5) % 5) as u8).collect();
+            let split = Grouped::sort(&neurons, &group_of, 6);
+            for g in 0..6 {
+                let expected: Vec<u32> = neurons
+                    .iter()
+                    .zip(&group_of)
+                    .filter(|&(_, &h)| h as usize == g)
+                    .map(|(&i, _)| i)
+                    .collect();
+                assert_eq!(split.group(g), expected.as_slice(), "len {len}, group {g}");
             }
         }
     }
