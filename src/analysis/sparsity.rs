@@ -361,20 +361,6 @@ struct Step {
     by_group: Vec<Grouped>,
 }
 
-thread_local! {
-    /// A step's group sums, kept per thread between steps and searches: the first step's are
-    /// megabytes, written once and read a few times, not worth a fresh allocation (and its
-    /// page faults) per step. Taken, not borrowed: a search that rayon nests on this thread
-    /// while another waits just allocates its own.
-    static SUMS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl Drop for Step {
-    fn drop(&mut self) {
-        SUMS.set(std::mem::take(&mut self.sums));
-    }
-}
-
 /// Runs of neurons [`Grouped::sort`] counts and places side by side.
 const SORT_LANES: usize = 4;
 
@@ -624,9 +610,9 @@ impl<'a> Cett<'a> {
             by_group.push(split);
         }
         let d_model = self.down.rows();
-        let mut sums = SUMS.take();
-        self.down
-            .group_sums(self.a, self.tokens, &members, &segments, &mut sums);
+        let sums = self
+            .down
+            .group_sums(self.a, self.tokens, &members, &segments);
         let row_of = |row: usize| &sums[row * d_model..(row + 1) * d_model];
         let floor = from_total.then(|| {
             let mut floor = vec![0f32; self.tokens * d_model];
