@@ -6,6 +6,11 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dendrite::model::{self, HookSpec, Intervention, NoObserver, ValueOp};
 
+// The allocator the app runs with (src/main.rs): a pass's buffers cost what they cost there
+// (with glibc's, the 256-token forward took ≈ 418 ms against `dendrite bench`'s ≈ 345 ms).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn tokens(model: &model::Model, n: usize) -> Vec<Vec<u32>> {
     let text = "The quick brown fox jumps over the lazy dog while the curious cat watches from the warm windowsill. ";
     let mut ids = model
