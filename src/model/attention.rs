@@ -33,12 +33,25 @@ pub struct ScoreRule {
     pub window: Option<usize>,
 }
 
+/// Queries per task of [`scores`] and [`weighted_values`]. A block of queries reads only the
+/// keys up to its last query's position, so the products skip most of the masked upper
+/// triangle (at 256 tokens, blocks of 64 compute 62.5 % of the full square), and the
+/// `(batch, KV head, block)` tasks are enough to keep both cores busy (three KV heads alone
+/// were three tasks for two threads).
+const QUERY_BLOCK: usize = 64;
+
+/// The keys a block of queries can see: up to (excluding) the position after its last query.
+fn keys_seen(s: Shape, first_query: usize, queries: usize) -> usize {
+    s.keys - s.t + first_query + queries
+}
+
 /// `scores[b, h, i, j] = rule(q[b, i, h] · k[b, j, kv(h)])`, `−∞` where masked (keys after the
 /// query's position, and beyond the sliding window).
 ///
-/// Each `(batch, KV head)` group is one matrix product through the packed kernel: the queries
-/// of the group's heads stacked `[group·t, d_head]` times the keys `[keys, d_head]`ᵀ. The masked
-/// upper triangle is computed and discarded; at kernel speed that is cheaper than skipping it.
+/// Each `(batch, KV head, block of queries)` is one matrix product through the packed kernel:
+/// the block's queries of the group's heads stacked `[group·rows, d_head]` times the keys it
+/// can see `[seen, d_head]`ᵀ. What is masked inside the block's square is computed and
+/// discarded; at kernel speed that is cheaper than skipping it.
 pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     let (t, n_keys, dh) = (s.t, s.keys, s.d_head);
     assert!(t <= n_keys, "attention: more queries than keys");
@@ -46,98 +59,243 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     let offset = n_keys - t;
     let group = s.heads / s.kv_heads;
     let mut out = vec![0f32; s.b * s.heads * t * n_keys];
-    out.par_chunks_mut(group * t * n_keys)
-        .enumerate()
-        .for_each(|(bkv, block)| {
-            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-            let mut keys = Vec::with_capacity(n_keys * dh);
-            for j in 0..n_keys {
-                keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
-            }
-            let mut queries = Vec::with_capacity(group * t * dh);
-            for head in kv * group..(kv + 1) * group {
-                for i in 0..t {
-                    queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
-                }
-            }
-            let raw =
-                PackedMatrix::from_rows(&keys, n_keys, dh).matmul_t(&queries, group * t, None);
-            for (row_index, (row, raw_row)) in block
-                .chunks_exact_mut(n_keys)
-                .zip(raw.chunks_exact(n_keys))
-                .enumerate()
-            {
-                let i = offset + row_index % t;
-                let first = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
-                row[..first].fill(f32::NEG_INFINITY);
-                row[i + 1..].fill(f32::NEG_INFINITY);
-                for (score, &x) in row[first..=i].iter_mut().zip(&raw_row[first..=i]) {
-                    *score = x * rule.scale;
-                }
-                if let Some(cap) = rule.softcap {
-                    row[first..=i]
-                        .iter_mut()
-                        .for_each(|x| *x = (*x / cap).tanh() * cap);
-                }
+    // Each (batch, head)'s rows cut into blocks, then each task takes its block of every head
+    // of its group: disjoint slices, written in parallel.
+    let mut blocks: Vec<Vec<Option<&mut [f32]>>> = out
+        .chunks_mut((t * n_keys).max(1))
+        .map(|rows| {
+            rows.chunks_mut(QUERY_BLOCK * n_keys.max(1))
+                .map(Some)
+                .collect()
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (batch, kv) in (0..s.b).flat_map(|b| (0..s.kv_heads).map(move |kv| (b, kv))) {
+        for block in 0..t.div_ceil(QUERY_BLOCK) {
+            let heads = (kv * group..(kv + 1) * group)
+                .filter_map(|head| {
+                    let of_head = blocks.get_mut(batch * s.heads + head)?;
+                    of_head.get_mut(block)?.take()
+                })
+                .collect::<Vec<_>>();
+            tasks.push((batch, kv, block, heads));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(batch, kv, block, mut heads)| {
+            let first = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(t - first);
+            let seen = keys_seen(s, first, rows);
+            let raw = block_scores(q, k, s, (batch, kv, first, rows));
+            let out_rows = heads.iter_mut().flat_map(|h| h.chunks_exact_mut(n_keys));
+            for (row_index, (row, raw_row)) in out_rows.zip(raw.chunks_exact(seen)).enumerate() {
+                let i = offset + first + row_index % rows;
+                row[seen..].fill(f32::NEG_INFINITY);
+                row[..seen].copy_from_slice(raw_row);
+                mask_row(&mut row[..seen], i, rule);
             }
         });
     out
 }
 
-/// Row-wise softmax over the last axis (`−∞` entries become 0).
-pub fn softmax_rows(x: &mut [f32], row_len: usize) {
-    let row_len = row_len.max(1);
-    let avx512 = super::packed::has_avx512();
-    x.par_chunks_mut(row_len * 64).for_each(|rows| {
-        for row in rows.chunks_mut(row_len) {
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // Safety: AVX-512F was detected at runtime.
-                unsafe { softmax_row_avx512(row) };
-                continue;
-            }
-            let _ = avx512;
-            softmax_row(row);
+/// One task's raw `q·k`: the block's queries `first..first + rows` of every head of KV head
+/// `kv`'s group, stacked `[group·rows, d_head]`, times the keys they can see `[seen, d_head]`ᵀ.
+fn block_scores(
+    q: &[f32],
+    k: &[f32],
+    s: Shape,
+    (batch, kv, first, rows): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let (t, n_keys, dh, group) = (s.t, s.keys, s.d_head, s.heads / s.kv_heads);
+    let seen = keys_seen(s, first, rows);
+    let mut keys = Vec::with_capacity(seen * dh);
+    for j in 0..seen {
+        keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
+    }
+    let mut queries = Vec::with_capacity(group * rows * dh);
+    for head in kv * group..(kv + 1) * group {
+        for i in first..first + rows {
+            queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
         }
-    });
+    }
+    PackedMatrix::from_rows(&keys, seen, dh).matmul_t(&queries, group * rows, None)
 }
 
-/// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`: per `(batch, KV head)` the
-/// group's pattern rows `[group·t, keys]` times the values `[keys, d_head]`, through the packed
-/// kernel.
-pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+/// Scales (and soft-caps) query position `i`'s raw scores over keys `0..row.len()` in place,
+/// `−∞` for the keys it cannot see.
+fn mask_row(row: &mut [f32], i: usize, rule: ScoreRule) {
+    let from = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
+    let end = (i + 1).min(row.len());
+    row[..from.min(end)].fill(f32::NEG_INFINITY);
+    row[end..].fill(f32::NEG_INFINITY);
+    for score in &mut row[from.min(end)..end] {
+        *score *= rule.scale;
+    }
+    if let Some(cap) = rule.softcap {
+        row[from.min(end)..end]
+            .iter_mut()
+            .for_each(|x| *x = (*x / cap).tanh() * cap);
+    }
+}
+
+/// `z` as [`scores`], [`softmax_causal`] and [`weighted_values`] give it, for a pass where no
+/// hook reads or edits the scores or the pattern: each `(batch, KV head, block of queries)`
+/// task takes its scores, their softmax and their weighted sum of values in turn on a tile of
+/// `[group·rows, seen]` that stays in cache, and no `[heads, t, keys]` array is made (at 256
+/// tokens it was 2.4 MB per layer, written, read and rewritten by the three steps).
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     let (t, n_keys, dh) = (s.t, s.keys, s.d_head);
+    assert!(t <= n_keys, "attention: more queries than keys");
     assert!(
-        pattern.len() == s.b * s.heads * t * n_keys && v.len() == s.b * n_keys * s.kv_heads * dh
+        q.len() == s.b * t * s.heads * dh
+            && k.len() == s.b * n_keys * s.kv_heads * dh
+            && v.len() == k.len()
     );
+    let offset = n_keys - t;
     let group = s.heads / s.kv_heads;
-    let per_group: Vec<Vec<f32>> = (0..s.b * s.kv_heads)
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    let avx512 = super::packed::has_avx512();
+    let per_task: Vec<Vec<f32>> = (0..s.b * s.kv_heads * blocks)
         .into_par_iter()
-        .map(|bkv| {
+        .map(|task| {
+            let (bkv, block) = (task / blocks, task % blocks);
             let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-            // Vᵀ as the "weight": row d holds value dimension d of every key.
-            let mut v_t = vec![0f32; dh * n_keys];
-            for j in 0..n_keys {
-                let vj = &v[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh];
-                for (d, &x) in vj.iter().enumerate() {
-                    v_t[d * n_keys + j] = x;
+            let first = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(t - first);
+            let seen = keys_seen(s, first, rows);
+            let mut tile = block_scores(q, k, s, (batch, kv, first, rows));
+            for (row_index, row) in tile.chunks_exact_mut(seen).enumerate() {
+                let i = offset + first + row_index % rows;
+                mask_row(row, i, rule);
+                let (live, masked) = row.split_at_mut((i + 1).min(seen));
+                masked.fill(0.0);
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    // Safety: AVX-512F was detected at runtime.
+                    unsafe { softmax_row_avx512(live) };
+                    continue;
                 }
+                softmax_row(live);
             }
-            let rows =
-                &pattern[(batch * s.heads + kv * group) * t * n_keys..][..group * t * n_keys];
-            PackedMatrix::from_rows(&v_t, dh, n_keys).matmul_t(rows, group * t, None)
+            let _ = avx512;
+            values_times(&tile, v, s, (batch, kv, seen), group * rows)
         })
         .collect();
+    scatter_z(&per_task, s)
+}
+
+/// `pattern_rows [m, seen] · v[batch, 0..seen, kv]` through the packed kernel (`[m, d_head]`).
+fn values_times(
+    pattern_rows: &[f32],
+    v: &[f32],
+    s: Shape,
+    (batch, kv, seen): (usize, usize, usize),
+    m: usize,
+) -> Vec<f32> {
+    let (n_keys, dh) = (s.keys, s.d_head);
+    // Vᵀ as the "weight": row d holds value dimension d of every key seen.
+    let mut v_t = vec![0f32; dh * seen];
+    for j in 0..seen {
+        let vj = &v[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh];
+        for (d, &x) in vj.iter().enumerate() {
+            v_t[d * seen + j] = x;
+        }
+    }
+    PackedMatrix::from_rows(&v_t, dh, seen).matmul_t(pattern_rows, m, None)
+}
+
+/// `z: [b, t, heads, d_head]` from each `(batch, KV head, block)` task's `[group·rows, d_head]`
+/// rows, in task order.
+fn scatter_z(per_task: &[Vec<f32>], s: Shape) -> Vec<f32> {
+    let (t, dh, group) = (s.t, s.d_head, s.heads / s.kv_heads);
+    let blocks = t.div_ceil(QUERY_BLOCK);
     let mut z = vec![0f32; s.b * t * s.heads * dh];
-    for (bkv, values) in per_group.iter().enumerate() {
+    for (task, values) in per_task.iter().enumerate() {
+        let (bkv, block) = (task / blocks, task % blocks);
         let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
+        let first = block * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(t - first);
         for (row_index, zrow) in values.chunks_exact(dh).enumerate() {
-            let (g, i) = (row_index / t, row_index % t);
+            let (g, i) = (row_index / rows, first + row_index % rows);
             let head = kv * group + g;
             z[((batch * t + i) * s.heads + head) * dh..][..dh].copy_from_slice(zrow);
         }
     }
     z
+}
+
+/// Row-wise softmax over the last axis (`−∞` entries become 0).
+pub fn softmax_rows(x: &mut [f32], row_len: usize) {
+    softmax_rows_up_to(x, row_len, |_| row_len);
+}
+
+/// [`softmax_rows`] of causal scores `[b, heads, t, keys]`: each row's entries after its
+/// query's position are masked, so they are set to 0 without an `exp` each (half the work
+/// of a full-length prompt's rows).
+pub fn softmax_causal(x: &mut [f32], s: Shape) {
+    let (t, offset) = (s.t.max(1), s.keys - s.t);
+    softmax_rows_up_to(x, s.keys, |row| offset + row % t + 1);
+}
+
+/// Softmax of each row's first `len(row)` entries (`row` counted from 0 over all of `x`); the
+/// rest of the row is set to 0.
+fn softmax_rows_up_to(x: &mut [f32], row_len: usize, len: impl Fn(usize) -> usize + Sync) {
+    let row_len = row_len.max(1);
+    let avx512 = super::packed::has_avx512();
+    x.par_chunks_mut(row_len * 64)
+        .enumerate()
+        .for_each(|(chunk, rows)| {
+            for (r, row) in rows.chunks_mut(row_len).enumerate() {
+                let (live, masked) = row.split_at_mut(len(chunk * 64 + r).min(row_len));
+                masked.fill(0.0);
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    // Safety: AVX-512F was detected at runtime.
+                    unsafe { softmax_row_avx512(live) };
+                    continue;
+                }
+                let _ = avx512;
+                softmax_row(live);
+            }
+        });
+}
+
+/// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`: per `(batch, KV head, block of
+/// queries)` the block's pattern rows of the group's heads `[group·rows, seen]` times the
+/// values `[seen, d_head]`, through the packed kernel. With `causal` (the pattern is 0 after
+/// each query's position, as [`softmax_causal`] leaves it) a block reads only the keys it can
+/// see; otherwise (a hook edited the pattern) every key.
+pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape, causal: bool) -> Vec<f32> {
+    let (t, n_keys, dh) = (s.t, s.keys, s.d_head);
+    assert!(
+        pattern.len() == s.b * s.heads * t * n_keys && v.len() == s.b * n_keys * s.kv_heads * dh
+    );
+    let group = s.heads / s.kv_heads;
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    let per_task: Vec<Vec<f32>> = (0..s.b * s.kv_heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (bkv, block) = (task / blocks, task % blocks);
+            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
+            let first = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(t - first);
+            let seen = if causal {
+                keys_seen(s, first, rows)
+            } else {
+                n_keys
+            };
+            let mut x = Vec::with_capacity(group * rows * seen);
+            for head in kv * group..(kv + 1) * group {
+                let head_rows = &pattern[(batch * s.heads + head) * t * n_keys..][..t * n_keys];
+                for i in first..first + rows {
+                    x.extend_from_slice(&head_rows[i * n_keys..][..seen]);
+                }
+            }
+            values_times(&x, v, s, (batch, kv, seen), group * rows)
+        })
+        .collect();
+    scatter_z(&per_task, s)
 }
 
 /// Lanes of the lane-wise reductions (one AVX-512 vector of f32).
@@ -291,46 +449,80 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
     }
 
+    /// Shapes with one block of queries and several (a 70-token prompt), a sliding window,
+    /// and a step's queries over cached keys (`keys > t`).
     #[test]
     fn grouped_causal_attention_matches_naive() {
-        let s = Shape {
-            b: 2,
-            t: 5,
-            keys: 5,
-            heads: 4,
-            kv_heads: 2,
-            d_head: 19,
-        };
-        let n = |h: usize| s.b * s.t * h * s.d_head;
-        let q: Vec<f32> = (0..n(4))
+        for (t, keys, window) in [
+            (5, 5, Some(3)),
+            (70, 70, None),
+            (70, 70, Some(20)),
+            (3, 9, None),
+        ] {
+            grouped_causal_attention_case(
+                Shape {
+                    b: 2,
+                    t,
+                    keys,
+                    heads: 4,
+                    kv_heads: 2,
+                    d_head: 19,
+                },
+                window,
+            );
+        }
+    }
+
+    fn grouped_causal_attention_case(s: Shape, window: Option<usize>) {
+        let (heads, dh, offset) = (s.heads, s.d_head, s.keys - s.t);
+        let q: Vec<f32> = (0..s.b * s.t * heads * dh)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
             .collect();
-        let k: Vec<f32> = (0..n(2))
+        let k: Vec<f32> = (0..s.b * s.keys * s.kv_heads * dh)
             .map(|i| ((i * 7 % 31) as f32 - 15.0) / 11.0)
             .collect();
-        let v: Vec<f32> = (0..n(2))
+        let v: Vec<f32> = (0..s.b * s.keys * s.kv_heads * dh)
             .map(|i| ((i * 5 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let rule = ScoreRule {
             scale: 0.3,
             softcap: None,
-            window: Some(3),
+            window,
         };
         let mut p = scores(&q, &k, s, rule);
-        softmax_rows(&mut p, s.t);
-        let z = weighted_values(&p, &v, s);
+        let mut full = p.clone();
+        softmax_causal(&mut p, s);
+        softmax_rows(&mut full, s.keys);
+        let z = weighted_values(&p, &v, s, true);
+        // The causal shortcuts change nothing for an unedited pattern.
+        let z_full = weighted_values(&full, &v, s, false);
+        for (a, b) in p.iter().zip(&full) {
+            assert!((a - b).abs() < 1e-6, "softmax {a} vs {b}");
+        }
+        for (a, b) in z.iter().zip(&z_full) {
+            assert!((a - b).abs() < 1e-5, "values {a} vs {b}");
+        }
+        // Nor does leaving the pattern out altogether.
+        let z_fused = attend(&q, &k, &v, s, rule);
+        for (a, b) in z.iter().zip(&z_fused) {
+            assert!((a - b).abs() < 1e-6, "fused {a} vs {b}");
+        }
+        let group = heads / s.kv_heads;
         for b in 0..s.b {
-            for h in 0..s.heads {
-                let kv = h / 2;
-                for i in 0..s.t {
-                    let visible: Vec<usize> = (0..=i).filter(|&j| i - j < 3).collect();
+            for h in 0..heads {
+                let kv = h / group;
+                for qi in 0..s.t {
+                    let i = offset + qi;
+                    let visible: Vec<usize> = (0..=i)
+                        .filter(|&j| window.is_none_or(|w| i - j < w))
+                        .collect();
                     let raw: Vec<f64> = visible
                         .iter()
                         .map(|&j| {
-                            (0..s.d_head)
+                            (0..dh)
                                 .map(|d| {
-                                    q[((b * s.t + i) * 4 + h) * s.d_head + d] as f64
-                                        * k[((b * s.t + j) * 2 + kv) * s.d_head + d] as f64
+                                    q[((b * s.t + qi) * heads + h) * dh + d] as f64
+                                        * k[((b * s.keys + j) * s.kv_heads + kv) * dh + d] as f64
                                 })
                                 .sum::<f64>()
                                 * 0.3
@@ -338,26 +530,25 @@ mod tests {
                         .collect();
                     let max = raw.iter().cloned().fold(f64::MIN, f64::max);
                     let total: f64 = raw.iter().map(|r| (r - max).exp()).sum();
-                    for (idx, &j) in visible.iter().enumerate() {
-                        let expected = (raw[idx] - max).exp() / total;
-                        let ours = p[((b * 4 + h) * s.t + i) * s.t + j] as f64;
-                        assert!((ours - expected).abs() < 1e-5);
+                    let row = &p[((b * heads + h) * s.t + qi) * s.keys..][..s.keys];
+                    for (j, &ours) in row.iter().enumerate() {
+                        let expected = visible
+                            .iter()
+                            .position(|&x| x == j)
+                            .map_or(0.0, |idx| (raw[idx] - max).exp() / total);
+                        assert!((ours as f64 - expected).abs() < 1e-5, "pattern {qi} {j}");
                     }
-                    assert!(
-                        i < 3 || p[((b * 4 + h) * s.t + i) * s.t] == 0.0,
-                        "window masks key 0"
-                    );
-                    for d in 0..s.d_head {
+                    for d in 0..dh {
                         let expected: f64 = visible
                             .iter()
                             .enumerate()
                             .map(|(idx, &j)| {
                                 (raw[idx] - max).exp() / total
-                                    * v[((b * s.t + j) * 2 + kv) * s.d_head + d] as f64
+                                    * v[((b * s.keys + j) * s.kv_heads + kv) * dh + d] as f64
                             })
                             .sum();
-                        let ours = z[((b * s.t + i) * 4 + h) * s.d_head + d] as f64;
-                        assert!((ours - expected).abs() < 1e-5);
+                        let ours = z[((b * s.t + qi) * heads + h) * dh + d] as f64;
+                        assert!((ours - expected).abs() < 1e-5, "z {qi} {d}");
                     }
                 }
             }

@@ -298,6 +298,11 @@ impl<'a> HookState<'a> {
         self.interventions.contains_key(name) || self.captured(name)
     }
 
+    /// Whether an intervention edits the activation at `name`.
+    pub fn edits(&self, name: &str) -> bool {
+        self.interventions.contains_key(name)
+    }
+
     fn captured(&self, name: &str) -> bool {
         self.capture.matches(name)
     }
