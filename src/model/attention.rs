@@ -45,6 +45,35 @@ fn keys_seen(s: Shape, first_query: usize, queries: usize) -> usize {
     s.keys - s.t + first_query + queries
 }
 
+/// One task of the blockwise attention: queries `first..first + rows` of every head of KV head
+/// `kv`'s group in batch row `batch`.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    batch: usize,
+    kv: usize,
+    first: usize,
+    rows: usize,
+}
+
+/// Every task of a shape, in the order their results are laid out: by batch, KV head, block.
+fn tasks(s: Shape) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for batch in 0..s.b {
+        for kv in 0..s.kv_heads {
+            for first in (0..s.t).step_by(QUERY_BLOCK) {
+                let rows = QUERY_BLOCK.min(s.t - first);
+                tasks.push(Task {
+                    batch,
+                    kv,
+                    first,
+                    rows,
+                });
+            }
+        }
+    }
+    tasks
+}
+
 /// `scores[b, h, i, j] = rule(q[b, i, h] · k[b, j, kv(h)])`, `−∞` where masked (keys after the
 /// query's position, and beyond the sliding window).
 ///
@@ -69,33 +98,30 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
                 .collect()
         })
         .collect();
-    let mut tasks = Vec::new();
-    for (batch, kv) in (0..s.b).flat_map(|b| (0..s.kv_heads).map(move |kv| (b, kv))) {
-        for block in 0..t.div_ceil(QUERY_BLOCK) {
-            let heads = (kv * group..(kv + 1) * group)
+    let with_rows: Vec<(Task, Vec<&mut [f32]>)> = tasks(s)
+        .into_iter()
+        .map(|task| {
+            let heads = (task.kv * group..(task.kv + 1) * group)
                 .filter_map(|head| {
-                    let of_head = blocks.get_mut(batch * s.heads + head)?;
-                    of_head.get_mut(block)?.take()
+                    let of_head = blocks.get_mut(task.batch * s.heads + head)?;
+                    of_head.get_mut(task.first / QUERY_BLOCK)?.take()
                 })
-                .collect::<Vec<_>>();
-            tasks.push((batch, kv, block, heads));
+                .collect();
+            (task, heads)
+        })
+        .collect();
+    with_rows.into_par_iter().for_each(|(task, mut heads)| {
+        let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
+        let seen = keys_seen(s, first, rows);
+        let raw = block_scores(q, k, s, (batch, kv, first, rows));
+        let out_rows = heads.iter_mut().flat_map(|h| h.chunks_exact_mut(n_keys));
+        for (row_index, (row, raw_row)) in out_rows.zip(raw.chunks_exact(seen)).enumerate() {
+            let i = offset + first + row_index % rows;
+            row[seen..].fill(f32::NEG_INFINITY);
+            row[..seen].copy_from_slice(raw_row);
+            mask_row(&mut row[..seen], i, rule);
         }
-    }
-    tasks
-        .into_par_iter()
-        .for_each(|(batch, kv, block, mut heads)| {
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(t - first);
-            let seen = keys_seen(s, first, rows);
-            let raw = block_scores(q, k, s, (batch, kv, first, rows));
-            let out_rows = heads.iter_mut().flat_map(|h| h.chunks_exact_mut(n_keys));
-            for (row_index, (row, raw_row)) in out_rows.zip(raw.chunks_exact(seen)).enumerate() {
-                let i = offset + first + row_index % rows;
-                row[seen..].fill(f32::NEG_INFINITY);
-                row[..seen].copy_from_slice(raw_row);
-                mask_row(&mut row[..seen], i, rule);
-            }
-        });
+    });
     out
 }
 
@@ -154,15 +180,11 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec
     );
     let offset = n_keys - t;
     let group = s.heads / s.kv_heads;
-    let blocks = t.div_ceil(QUERY_BLOCK);
     let avx512 = super::packed::has_avx512();
-    let per_task: Vec<Vec<f32>> = (0..s.b * s.kv_heads * blocks)
+    let per_task: Vec<Vec<f32>> = tasks(s)
         .into_par_iter()
         .map(|task| {
-            let (bkv, block) = (task / blocks, task % blocks);
-            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(t - first);
+            let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
             let seen = keys_seen(s, first, rows);
             let mut tile = block_scores(q, k, s, (batch, kv, first, rows));
             for (row_index, row) in tile.chunks_exact_mut(seen).enumerate() {
@@ -209,13 +231,9 @@ fn values_times(
 /// rows, in task order.
 fn scatter_z(per_task: &[Vec<f32>], s: Shape) -> Vec<f32> {
     let (t, dh, group) = (s.t, s.d_head, s.heads / s.kv_heads);
-    let blocks = t.div_ceil(QUERY_BLOCK);
     let mut z = vec![0f32; s.b * t * s.heads * dh];
-    for (task, values) in per_task.iter().enumerate() {
-        let (bkv, block) = (task / blocks, task % blocks);
-        let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-        let first = block * QUERY_BLOCK;
-        let rows = QUERY_BLOCK.min(t - first);
+    for (task, values) in tasks(s).into_iter().zip(per_task) {
+        let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
         for (row_index, zrow) in values.chunks_exact(dh).enumerate() {
             let (g, i) = (row_index / rows, first + row_index % rows);
             let head = kv * group + g;
@@ -272,14 +290,10 @@ pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape, causal: bool) -> Ve
         pattern.len() == s.b * s.heads * t * n_keys && v.len() == s.b * n_keys * s.kv_heads * dh
     );
     let group = s.heads / s.kv_heads;
-    let blocks = t.div_ceil(QUERY_BLOCK);
-    let per_task: Vec<Vec<f32>> = (0..s.b * s.kv_heads * blocks)
+    let per_task: Vec<Vec<f32>> = tasks(s)
         .into_par_iter()
         .map(|task| {
-            let (bkv, block) = (task / blocks, task % blocks);
-            let (batch, kv) = (bkv / s.kv_heads, bkv % s.kv_heads);
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(t - first);
+            let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
             let seen = if causal {
                 keys_seen(s, first, rows)
             } else {
