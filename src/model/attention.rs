@@ -111,9 +111,9 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
         })
         .collect();
     with_rows.into_par_iter().for_each(|(task, mut heads)| {
-        let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
+        let (first, rows) = (task.first, task.rows);
         let seen = keys_seen(s, first, rows);
-        let raw = block_scores(q, k, s, (batch, kv, first, rows));
+        let raw = block_scores(q, k, s, task);
         let out_rows = heads.iter_mut().flat_map(|h| h.chunks_exact_mut(n_keys));
         for (row_index, (row, raw_row)) in out_rows.zip(raw.chunks_exact(seen)).enumerate() {
             let i = offset + first + row_index % rows;
@@ -127,12 +127,13 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
 
 /// One task's raw `q·k`: the block's queries `first..first + rows` of every head of KV head
 /// `kv`'s group, stacked `[group·rows, d_head]`, times the keys they can see `[seen, d_head]`ᵀ.
-fn block_scores(
-    q: &[f32],
-    k: &[f32],
-    s: Shape,
-    (batch, kv, first, rows): (usize, usize, usize, usize),
-) -> Vec<f32> {
+fn block_scores(q: &[f32], k: &[f32], s: Shape, task: Task) -> Vec<f32> {
+    let Task {
+        batch,
+        kv,
+        first,
+        rows,
+    } = task;
     let (t, n_keys, dh, group) = (s.t, s.keys, s.d_head, s.heads / s.kv_heads);
     let seen = keys_seen(s, first, rows);
     let mut keys = Vec::with_capacity(seen * dh);
@@ -151,15 +152,18 @@ fn block_scores(
 /// Scales (and soft-caps) query position `i`'s raw scores over keys `0..row.len()` in place,
 /// `−∞` for the keys it cannot see.
 fn mask_row(row: &mut [f32], i: usize, rule: ScoreRule) {
-    let from = rule.window.map_or(0, |w| (i + 1).saturating_sub(w));
     let end = (i + 1).min(row.len());
-    row[..from.min(end)].fill(f32::NEG_INFINITY);
+    let from = rule
+        .window
+        .map_or(0, |w| (i + 1).saturating_sub(w))
+        .min(end);
+    row[..from].fill(f32::NEG_INFINITY);
     row[end..].fill(f32::NEG_INFINITY);
-    for score in &mut row[from.min(end)..end] {
+    for score in &mut row[from..end] {
         *score *= rule.scale;
     }
     if let Some(cap) = rule.softcap {
-        row[from.min(end)..end]
+        row[from..end]
             .iter_mut()
             .for_each(|x| *x = (*x / cap).tanh() * cap);
     }
@@ -179,43 +183,29 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec
             && v.len() == k.len()
     );
     let offset = n_keys - t;
-    let group = s.heads / s.kv_heads;
     let avx512 = super::packed::has_avx512();
     let per_task: Vec<Vec<f32>> = tasks(s)
         .into_par_iter()
         .map(|task| {
-            let (batch, kv, first, rows) = (task.batch, task.kv, task.first, task.rows);
+            let (first, rows) = (task.first, task.rows);
             let seen = keys_seen(s, first, rows);
-            let mut tile = block_scores(q, k, s, (batch, kv, first, rows));
+            let mut tile = block_scores(q, k, s, task);
             for (row_index, row) in tile.chunks_exact_mut(seen).enumerate() {
                 let i = offset + first + row_index % rows;
                 mask_row(row, i, rule);
-                let (live, masked) = row.split_at_mut((i + 1).min(seen));
-                masked.fill(0.0);
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // Safety: AVX-512F was detected at runtime.
-                    unsafe { softmax_row_avx512(live) };
-                    continue;
-                }
-                softmax_row(live);
+                softmax_prefix(row, i + 1, avx512);
             }
-            let _ = avx512;
-            values_times(&tile, v, s, (batch, kv, seen), group * rows)
+            values_times(&tile, v, s, task, seen)
         })
         .collect();
     scatter_z(&per_task, s)
 }
 
-/// `pattern_rows [m, seen] · v[batch, 0..seen, kv]` through the packed kernel (`[m, d_head]`).
-fn values_times(
-    pattern_rows: &[f32],
-    v: &[f32],
-    s: Shape,
-    (batch, kv, seen): (usize, usize, usize),
-    m: usize,
-) -> Vec<f32> {
-    let (n_keys, dh) = (s.keys, s.d_head);
+/// `pattern_rows [m, seen] · v[task's batch, 0..seen, its KV head]` through the packed kernel
+/// (`[m, d_head]`).
+fn values_times(pattern_rows: &[f32], v: &[f32], s: Shape, task: Task, seen: usize) -> Vec<f32> {
+    let (batch, kv, n_keys, dh) = (task.batch, task.kv, s.keys, s.d_head);
+    let m = pattern_rows.len() / seen.max(1);
     // Vᵀ as the "weight": row d holds value dimension d of every key seen.
     let mut v_t = vec![0f32; dh * seen];
     for j in 0..seen {
@@ -265,18 +255,23 @@ fn softmax_rows_up_to(x: &mut [f32], row_len: usize, len: impl Fn(usize) -> usiz
         .enumerate()
         .for_each(|(chunk, rows)| {
             for (r, row) in rows.chunks_mut(row_len).enumerate() {
-                let (live, masked) = row.split_at_mut(len(chunk * 64 + r).min(row_len));
-                masked.fill(0.0);
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // Safety: AVX-512F was detected at runtime.
-                    unsafe { softmax_row_avx512(live) };
-                    continue;
-                }
-                let _ = avx512;
-                softmax_row(live);
+                softmax_prefix(row, len(chunk * 64 + r), avx512);
             }
         });
+}
+
+/// Softmax of `row[..len]` (`−∞` entries become 0), the rest of `row` set to 0.
+fn softmax_prefix(row: &mut [f32], len: usize, avx512: bool) {
+    let (live, masked) = row.split_at_mut(len.min(row.len()));
+    masked.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // Safety: the caller detected AVX-512F at runtime.
+        unsafe { softmax_row_avx512(live) };
+        return;
+    }
+    let _ = avx512;
+    softmax_row(live);
 }
 
 /// `z[b, i, h] = Σ_j pattern[b, h, i, j] · v[b, j, kv(h)]`: per `(batch, KV head, block of
@@ -306,7 +301,7 @@ pub fn weighted_values(pattern: &[f32], v: &[f32], s: Shape, causal: bool) -> Ve
                     x.extend_from_slice(&head_rows[i * n_keys..][..seen]);
                 }
             }
-            values_times(&x, v, s, (batch, kv, seen), group * rows)
+            values_times(&x, v, s, task, seen)
         })
         .collect();
     scatter_z(&per_task, s)

@@ -1740,44 +1740,40 @@ impl Attention {
         };
         let scores_name = name("hook_attn_scores");
         let pattern_name = name("hook_pattern");
-        if !hooks.wants(&scores_name) && !hooks.wants(&pattern_name) {
+        let z = if !hooks.wants(&scores_name) && !hooks.wants(&pattern_name) {
             // No hook reads or edits the scores or the pattern: none is made.
-            let z = with_f32_slice(&q, |q| {
+            with_f32_slice(&q, |q| {
                 with_f32_slice(&k, |k| {
                     with_f32_slice(&v, |v| attention::attend(q, k, v, shape, rule))
                 })
-            })???;
-            let z = hooks.site(
-                &name("hook_z"),
-                Tensor::from_vec(z, (b, t, nh, dh), x.device())?,
-            )?;
-            return self.o.forward(&z.reshape((b, t, nh * dh))?);
-        }
-        let mut scores = with_f32_slice(&q, |q| {
-            with_f32_slice(&k, |k| attention::scores(q, k, shape, rule))
-        })??;
-        // Scores become a tensor only when someone reads or edits them.
-        if hooks.wants(&scores_name) {
-            let edited = hooks.site(
-                &scores_name,
+            })???
+        } else {
+            let mut scores = with_f32_slice(&q, |q| {
+                with_f32_slice(&k, |k| attention::scores(q, k, shape, rule))
+            })??;
+            // Scores become a tensor only when someone reads or edits them.
+            if hooks.wants(&scores_name) {
+                let edited = hooks.site(
+                    &scores_name,
+                    Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
+                )?;
+                scores = edited.flatten_all()?.to_vec1()?;
+                // An edit may have unmasked a key (TransformerLens' softmax would then see it).
+                attention::softmax_rows(&mut scores, keys);
+            } else {
+                attention::softmax_causal(&mut scores, shape);
+            }
+            // Blocks of queries skip the keys after their last one unless an edit of the
+            // pattern may have given those weight.
+            let causal = !hooks.edits(&pattern_name);
+            let pattern = hooks.site(
+                &pattern_name,
                 Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
             )?;
-            scores = edited.flatten_all()?.to_vec1()?;
-            // An edit may have unmasked a key (TransformerLens' softmax would then see it).
-            attention::softmax_rows(&mut scores, keys);
-        } else {
-            attention::softmax_causal(&mut scores, shape);
-        }
-        // Blocks of queries skip the keys after their last one unless an edit of the pattern
-        // may have given those weight.
-        let causal = !hooks.edits(&pattern_name);
-        let pattern = hooks.site(
-            &pattern_name,
-            Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
-        )?;
-        let z = with_f32_slice(&pattern, |p| {
-            with_f32_slice(&v, |v| attention::weighted_values(p, v, shape, causal))
-        })??;
+            with_f32_slice(&pattern, |p| {
+                with_f32_slice(&v, |v| attention::weighted_values(p, v, shape, causal))
+            })??
+        };
         let z = hooks.site(
             &name("hook_z"),
             Tensor::from_vec(z, (b, t, nh, dh), x.device())?,
