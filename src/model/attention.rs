@@ -146,7 +146,7 @@ fn block_scores(q: &[f32], k: &[f32], s: Shape, task: Task) -> Vec<f32> {
             queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
         }
     }
-    PackedMatrix::from_rows(&keys, seen, dh).matmul_t(&queries, group * rows, None)
+    PackedMatrix::from_rows(&keys, seen, dh).matmul_t_unpacked(&queries, group * rows, None)
 }
 
 /// Scales (and soft-caps) query position `i`'s raw scores over keys `0..row.len()` in place,
@@ -214,7 +214,7 @@ fn values_times(pattern_rows: &[f32], v: &[f32], s: Shape, task: Task, seen: usi
             v_t[d * seen + j] = x;
         }
     }
-    PackedMatrix::from_rows(&v_t, dh, seen).matmul_t(pattern_rows, m, None)
+    PackedMatrix::from_rows(&v_t, dh, seen).matmul_t_unpacked(pattern_rows, m, None)
 }
 
 /// `z: [b, t, heads, d_head]` from each `(batch, KV head, block)` task's `[group·rows, d_head]`

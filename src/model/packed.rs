@@ -297,6 +297,34 @@ impl PackedMatrix {
     /// `y = x Wᵀ + bias` for `x: [m, k]` row-major; returns `[m, n]` row-major.
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul_t: x has the wrong length");
+        let kernel = Kernel::detect();
+        // The rows regrouped as the kernel reads them, so each tile's broadcasts come from one
+        // contiguous stream instead of `group` rows `k` apart (a buffer reused per thread).
+        let mut a_packed = PACKED_ROWS.with(|cell| cell.take());
+        pack_rows(x, m, self.k, kernel.group(), &mut a_packed);
+        let y = self.product(kernel, &a_packed, ALayout::Packed, m, bias);
+        PACKED_ROWS.with(|cell| cell.set(a_packed));
+        y
+    }
+
+    /// [`Self::matmul_t`] reading `x` where it lies, its rows not regrouped first. The tile's
+    /// broadcasts then come from `group` rows `k` apart, a few percent slower per product, but
+    /// for the attention core's small products (a block of pattern rows times a head's values)
+    /// regrouping the rows cost more than the product itself.
+    pub fn matmul_t_unpacked(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "matmul_t: x has the wrong length");
+        self.product(Kernel::detect(), x, ALayout::RowMajor, m, bias)
+    }
+
+    /// `y = x Wᵀ (+ b)` with `x`'s `m` rows laid out as `layout` says.
+    fn product(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        layout: ALayout,
+        m: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
         if let Some(b) = bias {
             assert_eq!(b.len(), self.n, "matmul_t: bias has the wrong length");
         }
@@ -304,12 +332,7 @@ impl PackedMatrix {
         // Not zeroed: every element is written (bias or zero) before it is accumulated into.
         let mut y: Vec<f32> = Vec::with_capacity(m * n);
         let out = SharedOut(y.as_mut_ptr());
-        let kernel = Kernel::detect();
         let group = kernel.group();
-        // The rows regrouped as the kernel reads them, so each tile's broadcasts come from one
-        // contiguous stream instead of `group` rows `k` apart (a buffer reused per thread).
-        let mut a_packed = PACKED_ROWS.with(|cell| cell.take());
-        pack_rows(x, m, k, group, &mut a_packed);
         // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
         let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
         let mask = self.mask.as_deref();
@@ -357,7 +380,14 @@ impl PackedMatrix {
                         };
                         for (g, row) in (0..m).step_by(group).enumerate() {
                             let rows = group.min(m - row);
-                            let a = &a_packed[(g * k + k0) * group..(g * k + k0 + kc) * group];
+                            let a = match layout {
+                                ALayout::Packed => {
+                                    &x[(g * k + k0) * group..(g * k + k0 + kc) * group]
+                                }
+                                ALayout::RowMajor => {
+                                    &x[row * k + k0..(row + rows - 1) * k + k0 + kc]
+                                }
+                            };
                             // The first group of rows fetches the next block of weights (the rest
                             // of this panel, then the next panel: they follow in memory) into L2
                             // while it computes, so reading the weights from memory overlaps the
@@ -367,7 +397,16 @@ impl PackedMatrix {
                             // above, are inside `c`'s buffer and touched by no other task.
                             let start = if k0 == 0 { first } else { Start::Accumulate };
                             unsafe {
-                                kernel.run(rows, kc, a, b, c.add(row * ldc), ldc, start, prefetch)
+                                kernel.run(
+                                    rows,
+                                    kc,
+                                    (a, layout.stride(k)),
+                                    b,
+                                    c.add(row * ldc),
+                                    ldc,
+                                    start,
+                                    prefetch,
+                                )
                             };
                         }
                     };
@@ -392,7 +431,6 @@ impl PackedMatrix {
             );
         // Safety: the tasks wrote every column of every row (each its panel's).
         unsafe { y.set_len(m * n) };
-        PACKED_ROWS.with(|cell| cell.set(a_packed));
         y
     }
 }
@@ -729,6 +767,25 @@ fn pack_rows(x: &[f32], m: usize, k: usize, group: usize, out: &mut Vec<f32>) {
         });
 }
 
+/// How a product's input rows lie in memory.
+#[derive(Clone, Copy, Debug)]
+enum ALayout {
+    /// Regrouped by [`pack_rows`]: a group's rows interleaved, one input at a time.
+    Packed,
+    /// Row-major, `k` apart.
+    RowMajor,
+}
+
+impl ALayout {
+    /// The distance between two rows of a tile's input, for [`Kernel::run`] (0: packed).
+    fn stride(self, k: usize) -> usize {
+        match self {
+            ALayout::Packed => 0,
+            ALayout::RowMajor => k,
+        }
+    }
+}
+
 /// The output buffer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -789,9 +846,11 @@ impl Kernel {
         }
     }
 
-    /// `c[i·ldc + j] += Σ_{p<kc} a[p·G + i] · b[p·NR + j]` for `i < rows`, `j < NR`, with `a`
-    /// one block of packed rows (`G = self.group()`). With `prefetch`, the `kc · NR` floats
-    /// from there are hinted into L2 along the way (a hint: any address is allowed).
+    /// `c[i·ldc + j] += Σ_{p<kc} a(i, p) · b[p·NR + j]` for `i < rows`, `j < NR`, with `a`
+    /// one block of packed rows (`a(i, p) = a[p·G + i]`, `G = self.group()`) when its `lda`
+    /// is 0, else `rows` rows `lda` apart (`a(i, p) = a[i·lda + p]`). With `prefetch`, the
+    /// `kc · NR` floats from there are hinted into L2 along the way (a hint: any address is
+    /// allowed).
     ///
     /// # Safety
     /// `c` is valid for reads and writes of `NR` floats at each of `rows` rows `ldc` apart,
@@ -803,7 +862,7 @@ impl Kernel {
         self,
         rows: usize,
         kc: usize,
-        a: &[f32],
+        (a, lda): (&[f32], usize),
         b: &[f32],
         c: *mut f32,
         ldc: usize,
@@ -815,7 +874,12 @@ impl Kernel {
         let pf = hint(0);
         let group = self.group();
         assert!((1..=group).contains(&rows) && kc >= 1 && ldc >= NR);
-        assert!(a.len() >= kc * group && b.len() >= kc * NR);
+        assert!(b.len() >= kc * NR);
+        if lda == 0 {
+            assert!(a.len() >= kc * group);
+        } else {
+            assert!(lda >= kc && a.len() >= (rows - 1) * lda + kc);
+        }
         // The tiles take the start as a flag and a row pointer (null: zero).
         let (accumulate, init) = match start {
             Start::Accumulate => (true, std::ptr::null()),
@@ -831,38 +895,76 @@ impl Kernel {
             // Safety: AVX-512F was detected at runtime; the asserts above bound `a` and `b`,
             // the caller `c`.
             Kernel::Avx512 => unsafe {
-                match rows {
-                    1 => avx512::tile::<1, MR>(kc, a, b, c, ldc, sa, pf),
-                    2 => avx512::tile::<2, MR>(kc, a, b, c, ldc, sa, pf),
-                    3 => avx512::tile::<3, MR>(kc, a, b, c, ldc, sa, pf),
-                    4 => avx512::tile::<4, MR>(kc, a, b, c, ldc, sa, pf),
-                    5 => avx512::tile::<5, MR>(kc, a, b, c, ldc, sa, pf),
-                    6 => avx512::tile::<6, MR>(kc, a, b, c, ldc, sa, pf),
-                    7 => avx512::tile::<7, MR>(kc, a, b, c, ldc, sa, pf),
-                    8 => avx512::tile::<8, MR>(kc, a, b, c, ldc, sa, pf),
-                    9 => avx512::tile::<9, MR>(kc, a, b, c, ldc, sa, pf),
-                    10 => avx512::tile::<10, MR>(kc, a, b, c, ldc, sa, pf),
-                    11 => avx512::tile::<11, MR>(kc, a, b, c, ldc, sa, pf),
-                    _ => avx512::tile::<12, MR>(kc, a, b, c, ldc, sa, pf),
+                // One monomorphised tile per row count and input layout, so the inner loop
+                // carries no branch on either.
+                macro_rules! avx512_rows {
+                    ($row_major:literal) => {
+                        match rows {
+                            1 => avx512::tile::<1, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            2 => avx512::tile::<2, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            3 => avx512::tile::<3, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            4 => avx512::tile::<4, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            5 => avx512::tile::<5, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            6 => avx512::tile::<6, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            7 => avx512::tile::<7, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            8 => avx512::tile::<8, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            9 => avx512::tile::<9, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
+                            10 => {
+                                avx512::tile::<10, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
+                            }
+                            11 => {
+                                avx512::tile::<11, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
+                            }
+                            _ => {
+                                avx512::tile::<12, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
+                            }
+                        }
+                    };
+                }
+                if lda == 0 {
+                    avx512_rows!(false)
+                } else {
+                    avx512_rows!(true)
                 }
             },
             #[cfg(target_arch = "x86_64")]
             // Safety: AVX2 and FMA were detected at runtime; the asserts above bound `a` and
             // `b`, the caller `c`; each half reads and writes 16 of the panel's `NR` columns.
             Kernel::Avx2 => unsafe {
+                macro_rules! avx2_rows {
+                    ($row_major:literal, $b:expr, $c:expr, $sa:expr, $pf:expr) => {
+                        match rows {
+                            1 => {
+                                avx2::tile::<1, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                            2 => {
+                                avx2::tile::<2, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                            3 => {
+                                avx2::tile::<3, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                            4 => {
+                                avx2::tile::<4, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                            5 => {
+                                avx2::tile::<5, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                            _ => {
+                                avx2::tile::<6, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
+                            }
+                        }
+                    };
+                }
                 for half in [0, 16] {
                     let (b, c, pf) = (&b[half..], c.add(half), hint(half));
                     let sa = (
                         accumulate,
                         if init.is_null() { init } else { init.add(half) },
                     );
-                    match rows {
-                        1 => avx2::tile::<1, 6>(kc, a, b, c, ldc, sa, pf),
-                        2 => avx2::tile::<2, 6>(kc, a, b, c, ldc, sa, pf),
-                        3 => avx2::tile::<3, 6>(kc, a, b, c, ldc, sa, pf),
-                        4 => avx2::tile::<4, 6>(kc, a, b, c, ldc, sa, pf),
-                        5 => avx2::tile::<5, 6>(kc, a, b, c, ldc, sa, pf),
-                        _ => avx2::tile::<6, 6>(kc, a, b, c, ldc, sa, pf),
+                    if lda == 0 {
+                        avx2_rows!(false, b, c, sa, pf)
+                    } else {
+                        avx2_rows!(true, b, c, sa, pf)
                     }
                 }
             },
@@ -875,7 +977,7 @@ impl Kernel {
                         Start::Fresh(Some(init)) => row.copy_from_slice(&init[..NR]),
                         Start::Fresh(None) => row.fill(0.0),
                     }
-                    portable_row(kc, a, group, i, b, row);
+                    portable_row(kc, (a, lda), group, i, b, row);
                 }
             }
         }
@@ -892,10 +994,22 @@ enum Start<'a> {
     Fresh(Option<&'a [f32]>),
 }
 
-/// One row of [`Kernel::run`] in plain Rust: row `i` of a block of `group` packed rows.
-fn portable_row(kc: usize, a: &[f32], group: usize, i: usize, b: &[f32], acc: &mut [f32]) {
+/// One row of [`Kernel::run`] in plain Rust: row `i` of a block of `group` packed rows (`lda`
+/// 0) or of rows `lda` apart.
+fn portable_row(
+    kc: usize,
+    (a, lda): (&[f32], usize),
+    group: usize,
+    i: usize,
+    b: &[f32],
+    acc: &mut [f32],
+) {
     for p in 0..kc {
-        let av = a[p * group + i];
+        let av = if lda == 0 {
+            a[p * group + i]
+        } else {
+            a[i * lda + p]
+        };
         let b_row = &b[p * NR..(p + 1) * NR];
         for (c, bv) in acc.iter_mut().zip(b_row) {
             *c += av * bv;
@@ -918,9 +1032,9 @@ macro_rules! tile {
         use super::NR;
 
         #[target_feature(enable = $feature)]
-        pub unsafe fn tile<const ROWS: usize, const GROUP: usize>(
+        pub unsafe fn tile<const ROWS: usize, const GROUP: usize, const ROW_MAJOR: bool>(
             kc: usize,
-            a: &[f32],
+            (a, lda): (&[f32], usize),
             b: &[f32],
             c: *mut f32,
             ldc: usize,
@@ -956,7 +1070,12 @@ macro_rules! tile {
                     let b0 = $load(b.add(p * NR));
                     let b1 = $load(b.add(p * NR + $lanes));
                     for i in 0..ROWS {
-                        let av = $set1(*a.add(p * GROUP + i));
+                        let at = if ROW_MAJOR {
+                            i * lda + p
+                        } else {
+                            p * GROUP + i
+                        };
+                        let av = $set1(*a.add(at));
                         acc0[i] = $fmadd(av, b0, acc0[i]);
                         acc1[i] = $fmadd(av, b1, acc1[i]);
                     }
@@ -1228,14 +1347,22 @@ mod tests {
                         bias.is_some()
                     );
                 }
+                // Rows read where they lie: the same sums in the same order, so equal bits.
+                assert_eq!(packed.matmul_t_unpacked(&x, m, bias), ours, "{m}x{n}x{k}");
             }
             let mut portable = vec![0f32; MR * NR];
             let b = &packed.panels[..k * NR];
             let mut a = Vec::new();
             pack_rows(&x, m, k, MR, &mut a);
             for (i, row) in portable.chunks_exact_mut(NR).take(m.min(MR)).enumerate() {
-                portable_row(k, &a, MR, i, b, row);
+                portable_row(k, (&a, 0), MR, i, b, row);
             }
+            // The same rows read where they lie in `x`.
+            let mut row_major = vec![0f32; MR * NR];
+            for (i, row) in row_major.chunks_exact_mut(NR).take(m.min(MR)).enumerate() {
+                portable_row(k, (&x, k), MR, i, b, row);
+            }
+            assert_eq!(row_major, portable);
             let expected_nobias = reference(&x, &w, m, n, k, None);
             for i in 0..m.min(MR) {
                 for j in 0..n.min(NR) {
