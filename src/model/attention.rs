@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::packed::PackedMatrix;
+use super::packed::{PackedMatrix, Panels};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -110,10 +110,11 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
             (task, heads)
         })
         .collect();
+    let keys = packed_keys(k, s);
     with_rows.into_par_iter().for_each(|(task, mut heads)| {
         let (first, rows) = (task.first, task.rows);
         let seen = keys_seen(s, first, rows);
-        let raw = block_scores(q, k, s, task);
+        let raw = block_scores(q, &keys, s, task);
         let out_rows = heads.iter_mut().flat_map(|h| h.chunks_exact_mut(n_keys));
         for (row_index, (row, raw_row)) in out_rows.zip(raw.chunks_exact(seen)).enumerate() {
             let i = offset + first + row_index % rows;
@@ -125,28 +126,44 @@ pub fn scores(q: &[f32], k: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
     out
 }
 
+/// Each `(batch, KV head)`'s keys packed once as the kernel reads them (`[keys, d_head]`, in
+/// task order's batch-then-head order): every block of queries reads a prefix of them.
+fn packed_keys(k: &[f32], s: Shape) -> Vec<PackedMatrix> {
+    let (n_keys, dh) = (s.keys, s.d_head);
+    (0..s.b * s.kv_heads)
+        .into_par_iter()
+        .map(|of| {
+            let (batch, kv) = (of / s.kv_heads, of % s.kv_heads);
+            let mut keys = Vec::with_capacity(n_keys * dh);
+            for j in 0..n_keys {
+                keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
+            }
+            PackedMatrix::from_rows(&keys, n_keys, dh)
+        })
+        .collect()
+}
+
 /// One task's raw `q·k`: the block's queries `first..first + rows` of every head of KV head
-/// `kv`'s group, stacked `[group·rows, d_head]`, times the keys they can see `[seen, d_head]`ᵀ.
-fn block_scores(q: &[f32], k: &[f32], s: Shape, task: Task) -> Vec<f32> {
+/// `kv`'s group, stacked `[group·rows, d_head]`, times the keys they can see `[seen, d_head]`ᵀ
+/// (`keys`: [`packed_keys`]).
+fn block_scores(q: &[f32], keys: &[PackedMatrix], s: Shape, task: Task) -> Vec<f32> {
     let Task {
         batch,
         kv,
         first,
         rows,
     } = task;
-    let (t, n_keys, dh, group) = (s.t, s.keys, s.d_head, s.heads / s.kv_heads);
+    let (t, dh, group) = (s.t, s.d_head, s.heads / s.kv_heads);
     let seen = keys_seen(s, first, rows);
-    let mut keys = Vec::with_capacity(seen * dh);
-    for j in 0..seen {
-        keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
-    }
     let mut queries = Vec::with_capacity(group * rows * dh);
     for head in kv * group..(kv + 1) * group {
         for i in first..first + rows {
             queries.extend_from_slice(&q[((batch * t + i) * s.heads + head) * dh..][..dh]);
         }
     }
-    PackedMatrix::from_rows(&keys, seen, dh).matmul_t_unpacked(&queries, group * rows, None)
+    keys[batch * s.kv_heads + kv]
+        .first_rows(seen)
+        .matmul_t_unpacked(&queries, group * rows, None)
 }
 
 /// Scales (and soft-caps) query position `i`'s raw scores over keys `0..row.len()` in place,
@@ -184,12 +201,13 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec
     );
     let offset = n_keys - t;
     let avx512 = super::packed::has_avx512();
+    let keys = packed_keys(k, s);
     let per_task: Vec<Vec<f32>> = tasks(s)
         .into_par_iter()
         .map(|task| {
             let (first, rows) = (task.first, task.rows);
             let seen = keys_seen(s, first, rows);
-            let mut tile = block_scores(q, k, s, task);
+            let mut tile = block_scores(q, &keys, s, task);
             for (row_index, row) in tile.chunks_exact_mut(seen).enumerate() {
                 let i = offset + first + row_index % rows;
                 mask_row(row, i, rule);
@@ -206,7 +224,13 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec
 fn values_times(pattern_rows: &[f32], v: &[f32], s: Shape, task: Task, seen: usize) -> Vec<f32> {
     let (batch, kv, n_keys, dh) = (task.batch, task.kv, s.keys, s.d_head);
     let m = pattern_rows.len() / seen.max(1);
-    // Vᵀ as the "weight": row d holds value dimension d of every key seen.
+    // Vᵀ as the "weight", read in place where `d_head` is whole panels (every model we load).
+    let row_stride = s.kv_heads * dh;
+    let head_values = &v[(batch * n_keys * s.kv_heads + kv) * dh..];
+    if let Some(v_t) = Panels::columns_of(head_values, dh, seen, row_stride) {
+        return v_t.matmul_t_unpacked(pattern_rows, m, None);
+    }
+    // Otherwise transposed: row d holds value dimension d of every key seen.
     let mut v_t = vec![0f32; dh * seen];
     for j in 0..seen {
         let vj = &v[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh];
@@ -462,11 +486,14 @@ mod tests {
     /// and a step's queries over cached keys (`keys > t`).
     #[test]
     fn grouped_causal_attention_matches_naive() {
-        for (t, keys, window) in [
-            (5, 5, Some(3)),
-            (70, 70, None),
-            (70, 70, Some(20)),
-            (3, 9, None),
+        // `d_head` 19 takes the transposed values, 64 (two whole panels) reads them in place.
+        for (t, keys, window, d_head) in [
+            (5, 5, Some(3), 19),
+            (70, 70, None, 19),
+            (70, 70, Some(20), 19),
+            (3, 9, None, 19),
+            (70, 70, None, 64),
+            (3, 9, Some(4), 64),
         ] {
             grouped_causal_attention_case(
                 Shape {
@@ -475,7 +502,7 @@ mod tests {
                     keys,
                     heads: 4,
                     kv_heads: 2,
-                    d_head: 19,
+                    d_head,
                 },
                 window,
             );

@@ -302,7 +302,14 @@ impl PackedMatrix {
         // contiguous stream instead of `group` rows `k` apart (a buffer reused per thread).
         let mut a_packed = PACKED_ROWS.with(|cell| cell.take());
         pack_rows(x, m, self.k, kernel.group(), &mut a_packed);
-        let y = self.product(kernel, &a_packed, ALayout::Packed, m, bias);
+        let y = product(
+            self.panels(),
+            self.mask.as_deref(),
+            kernel,
+            (&a_packed, ALayout::Packed),
+            m,
+            bias,
+        );
         PACKED_ROWS.with(|cell| cell.set(a_packed));
         y
     }
@@ -313,126 +320,196 @@ impl PackedMatrix {
     /// regrouping the rows cost more than the product itself.
     pub fn matmul_t_unpacked(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul_t: x has the wrong length");
-        self.product(Kernel::detect(), x, ALayout::RowMajor, m, bias)
+        self.panels().matmul_t_unpacked(x, m, bias)
     }
 
-    /// `y = x Wᵀ (+ b)` with `x`'s `m` rows laid out as `layout` says.
-    fn product(
-        &self,
-        kernel: Kernel,
-        x: &[f32],
-        layout: ALayout,
-        m: usize,
-        bias: Option<&[f32]>,
-    ) -> Vec<f32> {
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "matmul_t: bias has the wrong length");
+    /// The weights as [`Panels`] (for a pruned view, as stored: the mask is applied by
+    /// [`Self::matmul_t`], not here).
+    fn panels(&self) -> Panels<'_> {
+        Panels {
+            data: &self.panels,
+            n: self.n,
+            k: self.k,
+            panel_stride: self.k * NR,
+            row_stride: NR,
         }
-        let (n, k) = (self.n, self.k);
-        // Not zeroed: every element is written (bias or zero) before it is accumulated into.
-        let mut y: Vec<f32> = Vec::with_capacity(m * n);
-        let out = SharedOut(y.as_mut_ptr());
-        let group = kernel.group();
-        // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
-        let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
-        let mask = self.mask.as_deref();
-        (0..n.div_ceil(NR))
-            .into_par_iter()
-            .with_min_len(min_panels)
-            // A pruned view's current block of weights, masked (`KC × NR`, in L1).
-            .for_each_init(
-                || mask.map(|_| Lines::zeros(KC * NR)),
-                |masked_block, panel| {
-                    let b_panel = &self.panels[panel * k * NR..(panel + 1) * k * NR];
-                    let col0 = panel * NR;
-                    let width = NR.min(n - col0);
-                    // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
-                    // one in a buffer of `NR` columns, copied out after.
-                    // A whole panel's first block of inputs starts its sums from the bias (or
-                    // zero) in registers and only writes `y`: no pass setting `y` first (it was
-                    // 4 % of a forward).
-                    let mut narrow = Vec::new();
-                    let (c, ldc, first) = if width == NR {
-                        // Safety: column `col0` of row 0 is inside `y`'s allocation.
-                        let c = unsafe { out.ptr().add(col0) };
-                        (c, n, Start::Fresh(bias.map(|b| &b[col0..col0 + NR])))
-                    } else {
-                        narrow.resize(m * NR, 0f32);
-                        if let Some(bias) = bias {
-                            for row in narrow.chunks_exact_mut(NR) {
-                                row[..width].copy_from_slice(&bias[col0..col0 + width]);
-                            }
-                        }
-                        (narrow.as_mut_ptr(), NR, Start::Accumulate)
-                    };
-                    // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
-                    // in L1 while all rows pass over it. A pruned view's block is masked into a
-                    // buffer first, once for all rows (blocks end where a row's floor changes).
-                    let mut block = |k0: usize, kc: usize, floors: &[i32; NR]| {
-                        let stored = &b_panel[k0 * NR..(k0 + kc) * NR];
-                        let b = match masked_block.as_mut() {
-                            Some(buffer) => {
-                                let buffer = &mut buffer[..kc * NR];
-                                mask_block(kernel, stored, floors, buffer);
-                                &*buffer
-                            }
-                            None => stored,
-                        };
-                        for (g, row) in (0..m).step_by(group).enumerate() {
-                            let rows = group.min(m - row);
-                            let a = match layout {
-                                ALayout::Packed => {
-                                    &x[(g * k + k0) * group..(g * k + k0 + kc) * group]
-                                }
-                                ALayout::RowMajor => {
-                                    &x[row * k + k0..(row + rows - 1) * k + k0 + kc]
-                                }
-                            };
-                            // The first group of rows fetches the next block of weights (the rest
-                            // of this panel, then the next panel: they follow in memory) into L2
-                            // while it computes, so reading the weights from memory overlaps the
-                            // arithmetic instead of stalling the next block's first group.
-                            let prefetch = (g == 0).then(|| stored.as_ptr().wrapping_add(kc * NR));
-                            // Safety: rows [row, row + rows) of this task's `NR` columns, written
-                            // above, are inside `c`'s buffer and touched by no other task.
-                            let start = if k0 == 0 { first } else { Start::Accumulate };
-                            unsafe {
-                                kernel.run(
-                                    rows,
-                                    kc,
-                                    (a, layout.stride(k)),
-                                    b,
-                                    c.add(row * ldc),
-                                    ldc,
-                                    start,
-                                    prefetch,
-                                )
-                            };
-                        }
-                    };
-                    match mask {
-                        Some(mask) => mask.for_blocks(panel, k, KC, &mut block),
-                        None => {
-                            for k0 in (0..k).step_by(KC) {
-                                block(k0, KC.min(k - k0), &KEEP_ALL);
-                            }
-                        }
-                    }
-                    if width < NR {
-                        for (i, values) in narrow.chunks_exact(NR).enumerate() {
-                            // Safety: as above, this task's columns of row `i` of `y`.
-                            unsafe {
-                                let dst = out.ptr().add(i * n + col0);
-                                std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
-                            }
-                        }
-                    }
-                },
-            );
-        // Safety: the tasks wrote every column of every row (each its panel's).
-        unsafe { y.set_len(m * n) };
-        y
     }
+
+    /// The first `n` rows (outputs) of this matrix, unpruned, as [`Panels`]: a prefix of its
+    /// panels. The attention core packs a head's keys once and gives each block of queries
+    /// the keys it can see.
+    pub fn first_rows(&self, n: usize) -> Panels<'_> {
+        assert!(n <= self.n && self.mask.is_none());
+        Panels { n, ..self.panels() }
+    }
+}
+
+/// A matrix's weights `W: [n, k]` as the kernel streams them: outputs in panels of `NR`, the
+/// `NR` weights of input `i` in panel `p` at `data[p·panel_stride + i·row_stride..][..NR]`
+/// (past `n` in the last panel: anything finite, its outputs are dropped).
+#[derive(Clone, Copy, Debug)]
+pub struct Panels<'a> {
+    data: &'a [f32],
+    n: usize,
+    k: usize,
+    panel_stride: usize,
+    row_stride: usize,
+}
+
+impl<'a> Panels<'a> {
+    /// `W = Mᵀ` for the row-major `M: [k, ·]` whose row `i` starts at `data[i·row_stride]`,
+    /// its first `n` columns read in place: `W[o, i] = data[i·row_stride + o]`. The attention
+    /// core reads a head's values this way (`z = pattern · V` is `matmul_t` with `W = Vᵀ`)
+    /// instead of transposing them. `None` where `n` is not a whole number of panels or
+    /// `data` is too short.
+    pub fn columns_of(data: &'a [f32], n: usize, k: usize, row_stride: usize) -> Option<Self> {
+        let fits = k == 0 || data.len() >= (k - 1) * row_stride + n;
+        (n > 0 && n.is_multiple_of(NR) && row_stride >= n && fits).then_some(Panels {
+            data,
+            n,
+            k,
+            panel_stride: NR,
+            row_stride,
+        })
+    }
+
+    /// `y = x Wᵀ (+ b)` for row-major `x: [m, k]`, read in place (see
+    /// [`PackedMatrix::matmul_t_unpacked`]).
+    pub fn matmul_t_unpacked(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "matmul_t: x has the wrong length");
+        product(
+            *self,
+            None,
+            Kernel::detect(),
+            (x, ALayout::RowMajor),
+            m,
+            bias,
+        )
+    }
+}
+
+/// `y = x Wᵀ (+ b)` with `x`'s `m` rows laid out as `layout` says and `W`'s weights in
+/// `weights`, those of a pruned view zeroed as `mask` says.
+fn product(
+    weights: Panels<'_>,
+    mask: Option<&MagnitudeMask>,
+    kernel: Kernel,
+    (x, layout): (&[f32], ALayout),
+    m: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), weights.n, "matmul_t: bias has the wrong length");
+    }
+    let (n, k) = (weights.n, weights.k);
+    let (panel_stride, ldb) = (weights.panel_stride, weights.row_stride);
+    // A mask zeroes whole blocks of `NR`-wide rows, as `PackedMatrix` stores them.
+    assert!(mask.is_none() || ldb == NR);
+    if n > 0 && k > 0 {
+        let last = (n.div_ceil(NR) - 1) * panel_stride + (k - 1) * ldb + NR;
+        assert!(
+            weights.data.len() >= last,
+            "matmul_t: the weights are too short"
+        );
+    }
+    // Not zeroed: every element is written (bias or zero) before it is accumulated into.
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = SharedOut(y.as_mut_ptr());
+    let group = kernel.group();
+    // Enough work per task to amortise scheduling, enough tasks to keep both cores busy.
+    let min_panels = (16_384 / (m * k).max(1)).clamp(1, 8);
+    (0..n.div_ceil(NR))
+        .into_par_iter()
+        .with_min_len(min_panels)
+        // A pruned view's current block of weights, masked (`KC × NR`, in L1).
+        .for_each_init(
+            || mask.map(|_| Lines::zeros(KC * NR)),
+            |masked_block, panel| {
+                let b_panel = &weights.data[panel * panel_stride..];
+                let col0 = panel * NR;
+                let width = NR.min(n - col0);
+                // A whole panel accumulates in place in `y` (row stride `n`); a narrower last
+                // one in a buffer of `NR` columns, copied out after.
+                // A whole panel's first block of inputs starts its sums from the bias (or
+                // zero) in registers and only writes `y`: no pass setting `y` first (it was
+                // 4 % of a forward).
+                let mut narrow = Vec::new();
+                let (c, ldc, first) = if width == NR {
+                    // Safety: column `col0` of row 0 is inside `y`'s allocation.
+                    let c = unsafe { out.ptr().add(col0) };
+                    (c, n, Start::Fresh(bias.map(|b| &b[col0..col0 + NR])))
+                } else {
+                    narrow.resize(m * NR, 0f32);
+                    if let Some(bias) = bias {
+                        for row in narrow.chunks_exact_mut(NR) {
+                            row[..width].copy_from_slice(&bias[col0..col0 + width]);
+                        }
+                    }
+                    (narrow.as_mut_ptr(), NR, Start::Accumulate)
+                };
+                // Accumulated over blocks of `KC` inputs so the slice of the panel in use stays
+                // in L1 while all rows pass over it. A pruned view's block is masked into a
+                // buffer first, once for all rows (blocks end where a row's floor changes).
+                let mut block = |k0: usize, kc: usize, floors: &[i32; NR]| {
+                    let stored = &b_panel[k0 * ldb..];
+                    let (b, ldb) = match masked_block.as_mut() {
+                        Some(buffer) => {
+                            let buffer = &mut buffer[..kc * NR];
+                            mask_block(kernel, &stored[..kc * NR], floors, buffer);
+                            (&*buffer, NR)
+                        }
+                        None => (stored, ldb),
+                    };
+                    for (g, row) in (0..m).step_by(group).enumerate() {
+                        let rows = group.min(m - row);
+                        let a = match layout {
+                            ALayout::Packed => &x[(g * k + k0) * group..(g * k + k0 + kc) * group],
+                            ALayout::RowMajor => &x[row * k + k0..(row + rows - 1) * k + k0 + kc],
+                        };
+                        // The first group of rows fetches the next block of weights (the rest
+                        // of this panel, then the next panel: they follow in memory) into L2
+                        // while it computes, so reading the weights from memory overlaps the
+                        // arithmetic instead of stalling the next block's first group.
+                        let prefetch = (g == 0).then(|| stored.as_ptr().wrapping_add(kc * ldb));
+                        // Safety: rows [row, row + rows) of this task's `NR` columns, written
+                        // above, are inside `c`'s buffer and touched by no other task.
+                        let start = if k0 == 0 { first } else { Start::Accumulate };
+                        unsafe {
+                            kernel.run(
+                                rows,
+                                kc,
+                                (a, layout.stride(k)),
+                                (b, ldb),
+                                c.add(row * ldc),
+                                ldc,
+                                start,
+                                prefetch,
+                            )
+                        };
+                    }
+                };
+                match mask {
+                    Some(mask) => mask.for_blocks(panel, k, KC, &mut block),
+                    None => {
+                        for k0 in (0..k).step_by(KC) {
+                            block(k0, KC.min(k - k0), &KEEP_ALL);
+                        }
+                    }
+                }
+                if width < NR {
+                    for (i, values) in narrow.chunks_exact(NR).enumerate() {
+                        // Safety: as above, this task's columns of row `i` of `y`.
+                        unsafe {
+                            let dst = out.ptr().add(i * n + col0);
+                            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
+                        }
+                    }
+                }
+            },
+        );
+    // Safety: the tasks wrote every column of every row (each its panel's).
+    unsafe { y.set_len(m * n) };
+    y
 }
 
 /// Floors that keep every weight (every magnitude's bits exceed −1).
@@ -846,7 +923,7 @@ impl Kernel {
         }
     }
 
-    /// `c[i·ldc + j] += Σ_{p<kc} a(i, p) · b[p·NR + j]` for `i < rows`, `j < NR`, with `a`
+    /// `c[i·ldc + j] += Σ_{p<kc} a(i, p) · b[p·ldb + j]` for `i < rows`, `j < NR`, with `a`
     /// one block of packed rows (`a(i, p) = a[p·G + i]`, `G = self.group()`) when its `lda`
     /// is 0, else `rows` rows `lda` apart (`a(i, p) = a[i·lda + p]`). With `prefetch`, the
     /// `kc · NR` floats from there are hinted into L2 along the way (a hint: any address is
@@ -863,7 +940,7 @@ impl Kernel {
         rows: usize,
         kc: usize,
         (a, lda): (&[f32], usize),
-        b: &[f32],
+        (b, ldb): (&[f32], usize),
         c: *mut f32,
         ldc: usize,
         start: Start<'_>,
@@ -874,7 +951,7 @@ impl Kernel {
         let pf = hint(0);
         let group = self.group();
         assert!((1..=group).contains(&rows) && kc >= 1 && ldc >= NR);
-        assert!(b.len() >= kc * NR);
+        assert!(ldb >= NR && b.len() >= (kc - 1) * ldb + NR);
         if lda == 0 {
             assert!(a.len() >= kc * group);
         } else {
@@ -900,24 +977,114 @@ impl Kernel {
                 macro_rules! avx512_rows {
                     ($row_major:literal) => {
                         match rows {
-                            1 => avx512::tile::<1, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            2 => avx512::tile::<2, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            3 => avx512::tile::<3, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            4 => avx512::tile::<4, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            5 => avx512::tile::<5, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            6 => avx512::tile::<6, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            7 => avx512::tile::<7, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            8 => avx512::tile::<8, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            9 => avx512::tile::<9, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf),
-                            10 => {
-                                avx512::tile::<10, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
-                            }
-                            11 => {
-                                avx512::tile::<11, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
-                            }
-                            _ => {
-                                avx512::tile::<12, MR, $row_major>(kc, (a, lda), b, c, ldc, sa, pf)
-                            }
+                            1 => avx512::tile::<1, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            2 => avx512::tile::<2, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            3 => avx512::tile::<3, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            4 => avx512::tile::<4, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            5 => avx512::tile::<5, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            6 => avx512::tile::<6, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            7 => avx512::tile::<7, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            8 => avx512::tile::<8, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            9 => avx512::tile::<9, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            10 => avx512::tile::<10, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            11 => avx512::tile::<11, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
+                            _ => avx512::tile::<12, MR, $row_major>(
+                                kc,
+                                (a, lda),
+                                (b, ldb),
+                                c,
+                                ldc,
+                                sa,
+                                pf,
+                            ),
                         }
                     };
                 }
@@ -934,24 +1101,60 @@ impl Kernel {
                 macro_rules! avx2_rows {
                     ($row_major:literal, $b:expr, $c:expr, $sa:expr, $pf:expr) => {
                         match rows {
-                            1 => {
-                                avx2::tile::<1, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
-                            2 => {
-                                avx2::tile::<2, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
-                            3 => {
-                                avx2::tile::<3, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
-                            4 => {
-                                avx2::tile::<4, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
-                            5 => {
-                                avx2::tile::<5, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
-                            _ => {
-                                avx2::tile::<6, 6, $row_major>(kc, (a, lda), $b, $c, ldc, $sa, $pf)
-                            }
+                            1 => avx2::tile::<1, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
+                            2 => avx2::tile::<2, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
+                            3 => avx2::tile::<3, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
+                            4 => avx2::tile::<4, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
+                            5 => avx2::tile::<5, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
+                            _ => avx2::tile::<6, 6, $row_major>(
+                                kc,
+                                (a, lda),
+                                ($b, ldb),
+                                $c,
+                                ldc,
+                                $sa,
+                                $pf,
+                            ),
                         }
                     };
                 }
@@ -977,7 +1180,7 @@ impl Kernel {
                         Start::Fresh(Some(init)) => row.copy_from_slice(&init[..NR]),
                         Start::Fresh(None) => row.fill(0.0),
                     }
-                    portable_row(kc, (a, lda), group, i, b, row);
+                    portable_row(kc, (a, lda), group, i, (b, ldb), row);
                 }
             }
         }
@@ -1001,7 +1204,7 @@ fn portable_row(
     (a, lda): (&[f32], usize),
     group: usize,
     i: usize,
-    b: &[f32],
+    (b, ldb): (&[f32], usize),
     acc: &mut [f32],
 ) {
     for p in 0..kc {
@@ -1010,7 +1213,7 @@ fn portable_row(
         } else {
             a[i * lda + p]
         };
-        let b_row = &b[p * NR..(p + 1) * NR];
+        let b_row = &b[p * ldb..p * ldb + NR];
         for (c, bv) in acc.iter_mut().zip(b_row) {
             *c += av * bv;
         }
@@ -1035,7 +1238,7 @@ macro_rules! tile {
         pub unsafe fn tile<const ROWS: usize, const GROUP: usize, const ROW_MAJOR: bool>(
             kc: usize,
             (a, lda): (&[f32], usize),
-            b: &[f32],
+            (b, ldb): (&[f32], usize),
             c: *mut f32,
             ldc: usize,
             (accumulate, init): (bool, *const f32),
@@ -1067,8 +1270,8 @@ macro_rules! tile {
                             _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
                         }
                     }
-                    let b0 = $load(b.add(p * NR));
-                    let b1 = $load(b.add(p * NR + $lanes));
+                    let b0 = $load(b.add(p * ldb));
+                    let b1 = $load(b.add(p * ldb + $lanes));
                     for i in 0..ROWS {
                         let at = if ROW_MAJOR {
                             i * lda + p
@@ -1322,6 +1525,29 @@ mod tests {
     }
 
     #[test]
+    fn columns_read_in_place_multiply_as_the_transposed_matrix() {
+        // M: [k, stride], of which W = (first n columns)ᵀ: [n, k].
+        let (m, n, k, stride) = (13, 64, 45, 96);
+        let (data, _) = weights_and_inputs(1, k, stride);
+        let (_, x) = weights_and_inputs(m, 1, k);
+        let x = &x[..];
+        let w: Vec<f32> = (0..n)
+            .flat_map(|o| (0..k).map(move |i| (o, i)))
+            .map(|(o, i)| data[i * stride + o])
+            .collect();
+        let view = Panels::columns_of(&data, n, k, stride).unwrap();
+        let packed = PackedMatrix::from_rows(&w, n, k);
+        assert_eq!(
+            view.matmul_t_unpacked(x, m, None),
+            packed.matmul_t(x, m, None)
+        );
+        // Not whole panels, or rows that would run past the data: no view.
+        assert!(Panels::columns_of(&data, 40, k, stride).is_none());
+        assert!(Panels::columns_of(&data[..data.len() - 40], n, k, stride).is_none());
+        assert!(Panels::columns_of(&data, n, k, 32).is_none());
+    }
+
+    #[test]
     fn matches_naive_product_on_awkward_shapes() {
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -1355,12 +1581,12 @@ mod tests {
             let mut a = Vec::new();
             pack_rows(&x, m, k, MR, &mut a);
             for (i, row) in portable.chunks_exact_mut(NR).take(m.min(MR)).enumerate() {
-                portable_row(k, (&a, 0), MR, i, b, row);
+                portable_row(k, (&a, 0), MR, i, (b, NR), row);
             }
             // The same rows read where they lie in `x`.
             let mut row_major = vec![0f32; MR * NR];
             for (i, row) in row_major.chunks_exact_mut(NR).take(m.min(MR)).enumerate() {
-                portable_row(k, (&x, k), MR, i, b, row);
+                portable_row(k, (&x, k), MR, i, (b, NR), row);
             }
             assert_eq!(row_major, portable);
             let expected_nobias = reference(&x, &w, m, n, k, None);
