@@ -442,10 +442,92 @@ fn exp(x: f32) -> f32 {
     poly * f32::from_bits(biased << 23)
 }
 
+/// [`softmax_row`] in AVX-512, the row's tail (its last `len % 16` entries) in masked vector
+/// ops. The compiler vectorises `softmax_row` but finishes each of its passes with a scalar
+/// loop, and the attention core's rows are short and of every length (query `i` sees `i + 1`
+/// keys): at 256 tokens those tails were most of the softmax's time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_row_avx512(row: &mut [f32]) {
-    softmax_row(row)
+    use std::arch::x86_64::*;
+    let len = row.len();
+    let full = len - len % LANES;
+    let tail: __mmask16 = ((1u32 << (len - full)) - 1) as __mmask16;
+    let p = row.as_mut_ptr();
+    // Safety (whole body): AVX-512F was detected by the caller; every unmasked access is at
+    // `i + 16 ≤ full ≤ len`, and the masked ones touch only lanes below `len − full`.
+    unsafe {
+        let mut lanes_max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(LANES) {
+            lanes_max = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), lanes_max);
+        }
+        // Masked-off lanes keep the running maximum.
+        let last = _mm512_mask_loadu_ps(lanes_max, tail, p.add(full));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(last, lanes_max));
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            return;
+        }
+        let max = _mm512_set1_ps(max);
+        let mut sums = _mm512_setzero_ps();
+        for i in (0..full).step_by(LANES) {
+            let e = exp_lanes(_mm512_loadu_ps(p.add(i)), max);
+            _mm512_storeu_ps(p.add(i), e);
+            sums = _mm512_add_ps(sums, e);
+        }
+        let e = _mm512_maskz_mov_ps(
+            tail,
+            exp_lanes(_mm512_maskz_loadu_ps(tail, p.add(full)), max),
+        );
+        _mm512_mask_storeu_ps(p.add(full), tail, e);
+        sums = _mm512_add_ps(sums, e);
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sums));
+        for i in (0..full).step_by(LANES) {
+            _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+        }
+        let last = _mm512_maskz_loadu_ps(tail, p.add(full));
+        _mm512_mask_storeu_ps(p.add(full), tail, _mm512_mul_ps(last, inv));
+    }
+}
+
+/// [`exp`]`(x − max)` in each lane, by the same operations in the same order (so the same
+/// values), and exactly 0 where `x` is `−∞` (a masked key).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_lanes(
+    x: std::arch::x86_64::__m512,
+    max: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let masked = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, _mm512_set1_ps(f32::NEG_INFINITY));
+    let c = _mm512_set1_ps;
+    // `f32::max(x, −87.33)` gives −87.33 for a NaN `x`; `max_ps` gives its second operand.
+    let x = _mm512_max_ps(_mm512_sub_ps(x, max), c(-87.33));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
+        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
+        c(0.5),
+    ));
+    let r = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, c(0.693_359_4))),
+        _mm512_mul_ps(n, c(-2.121_944_4e-4)),
+    );
+    let mut poly = c(1.987_569_1e-4);
+    for coefficient in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        poly = _mm512_add_ps(_mm512_mul_ps(poly, r), c(coefficient));
+    }
+    let poly = _mm512_add_ps(
+        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(poly, r), r), r),
+        c(1.0),
+    );
+    let biased = _mm512_castps_si512(_mm512_add_ps(_mm512_add_ps(n, c(127.0)), c(8_388_608.0)));
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased));
+    _mm512_maskz_mov_ps(!masked, _mm512_mul_ps(poly, scale))
 }
 
 #[cfg(test)]
@@ -467,6 +549,42 @@ mod tests {
         assert_eq!(max, naive_max);
         assert!((z - naive).abs() <= 1e-6 * naive, "{z} vs {naive}");
         assert_eq!(softmax_normalizer(&[f32::NEG_INFINITY; 3]).1, 0.0);
+    }
+
+    /// The softmax this CPU runs (AVX-512 where it has it) against the naive one in `f64`, on
+    /// rows of every length up to three vectors and a half, masked entries included.
+    #[test]
+    fn softmax_rows_match_the_naive_softmax() {
+        let avx512 = crate::model::packed::has_avx512();
+        for len in 0..56 {
+            let original: Vec<f32> = (0..len)
+                .map(|j| match j % 7 {
+                    3 => f32::NEG_INFINITY,
+                    _ => ((j * 37 % 23) as f32 - 11.0) * 0.9,
+                })
+                .collect();
+            let live = original.iter().filter(|x| x.is_finite());
+            let max = live
+                .clone()
+                .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let total: f64 = live.map(|&x| (x as f64 - max).exp()).sum();
+            let mut row = original.clone();
+            // Two trailing entries past `len` are the masked tail `softmax_prefix` zeroes.
+            row.extend([5.0, 6.0]);
+            softmax_prefix(&mut row, len, avx512);
+            for (j, (&ours, &x)) in row.iter().zip(&original).enumerate() {
+                let expected = if x.is_finite() {
+                    (x as f64 - max).exp() / total
+                } else {
+                    0.0
+                };
+                assert!(
+                    (ours as f64 - expected).abs() <= 1e-6 * expected.max(1e-30) + 1e-12,
+                    "len {len}, entry {j}: {ours} vs {expected}"
+                );
+            }
+            assert_eq!(&row[len..], &[0.0, 0.0]);
+        }
     }
 
     #[test]
