@@ -875,6 +875,22 @@ impl SharedOut {
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// `module::tile::<rows, group, row_major>(args)` for a runtime row count (`1 ..= last`) and
+/// input layout: one monomorphised tile for each, so the inner loop branches on neither.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_for_rows {
+    ($row_major:expr, $rows:expr, $module:ident, $group:expr, $args:expr,
+     [$($r:literal),*], $last:literal) => {{
+        let (kc, a, b, c, ldc, sa, pf) = $args;
+        match ($row_major, $rows) {
+            $((false, $r) => $module::tile::<$r, $group, false>(kc, a, b, c, ldc, sa, pf),)*
+            (false, _) => $module::tile::<$last, $group, false>(kc, a, b, c, ldc, sa, pf),
+            $((true, $r) => $module::tile::<$r, $group, true>(kc, a, b, c, ldc, sa, pf),)*
+            (true, _) => $module::tile::<$last, $group, true>(kc, a, b, c, ldc, sa, pf),
+        }
+    }};
+}
+
 #[derive(Clone, Copy)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -972,203 +988,29 @@ impl Kernel {
             // Safety: AVX-512F was detected at runtime; the asserts above bound `a` and `b`,
             // the caller `c`.
             Kernel::Avx512 => unsafe {
-                // One monomorphised tile per row count and input layout, so the inner loop
-                // carries no branch on either.
-                macro_rules! avx512_rows {
-                    ($row_major:literal) => {
-                        match rows {
-                            1 => avx512::tile::<1, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            2 => avx512::tile::<2, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            3 => avx512::tile::<3, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            4 => avx512::tile::<4, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            5 => avx512::tile::<5, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            6 => avx512::tile::<6, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            7 => avx512::tile::<7, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            8 => avx512::tile::<8, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            9 => avx512::tile::<9, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            10 => avx512::tile::<10, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            11 => avx512::tile::<11, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                            _ => avx512::tile::<12, MR, $row_major>(
-                                kc,
-                                (a, lda),
-                                (b, ldb),
-                                c,
-                                ldc,
-                                sa,
-                                pf,
-                            ),
-                        }
-                    };
-                }
-                if lda == 0 {
-                    avx512_rows!(false)
-                } else {
-                    avx512_rows!(true)
-                }
+                let args = (kc, (a, lda), (b, ldb), c, ldc, sa, pf);
+                tile_for_rows!(
+                    lda != 0,
+                    rows,
+                    avx512,
+                    MR,
+                    args,
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                    12
+                )
             },
             #[cfg(target_arch = "x86_64")]
             // Safety: AVX2 and FMA were detected at runtime; the asserts above bound `a` and
             // `b`, the caller `c`; each half reads and writes 16 of the panel's `NR` columns.
             Kernel::Avx2 => unsafe {
-                macro_rules! avx2_rows {
-                    ($row_major:literal, $b:expr, $c:expr, $sa:expr, $pf:expr) => {
-                        match rows {
-                            1 => avx2::tile::<1, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                            2 => avx2::tile::<2, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                            3 => avx2::tile::<3, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                            4 => avx2::tile::<4, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                            5 => avx2::tile::<5, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                            _ => avx2::tile::<6, 6, $row_major>(
-                                kc,
-                                (a, lda),
-                                ($b, ldb),
-                                $c,
-                                ldc,
-                                $sa,
-                                $pf,
-                            ),
-                        }
-                    };
-                }
                 for half in [0, 16] {
                     let (b, c, pf) = (&b[half..], c.add(half), hint(half));
                     let sa = (
                         accumulate,
                         if init.is_null() { init } else { init.add(half) },
                     );
-                    if lda == 0 {
-                        avx2_rows!(false, b, c, sa, pf)
-                    } else {
-                        avx2_rows!(true, b, c, sa, pf)
-                    }
+                    let args = (kc, (a, lda), (b, ldb), c, ldc, sa, pf);
+                    tile_for_rows!(lda != 0, rows, avx2, 6, args, [1, 2, 3, 4, 5], 6)
                 }
             },
             Kernel::Portable => {
