@@ -1063,9 +1063,10 @@ fn portable_row(
 }
 
 /// A `ROWS × 2·LANES` tile: two vector accumulators per row, started from `c` (`accumulate`),
-/// from the row `init` or from zero, and stored to `c`, the `kc` loop streaming two vectors of one packed panel row per step (`b` and `c`
-/// start at the tile's first column; `b`'s rows are `NR` apart, `c`'s `ldc`). With AVX-512 the tile spans a
-/// whole 32-wide panel; with AVX2 half of one, so that 12 accumulators, the two panel vectors
+/// from the row `init` or from zero, and stored to `c`, the `kc` loop streaming two vectors of
+/// one panel row per step (`b` and `c` start at the tile's first column; `b`'s rows are `ldb`
+/// apart, `c`'s `ldc`; `a` is read as [`Kernel::run`] says, packed or, with `ROW_MAJOR`, rows
+/// `lda` apart). With AVX-512 the tile spans a whole 32-wide panel; with AVX2 half of one, so that 12 accumulators, the two panel vectors
 /// and one broadcast fit its 16 registers (a `3 × 32` AVX2 tile needs 17 and spilled to the
 /// stack every step, at ~40 % of peak).
 #[cfg(target_arch = "x86_64")]
