@@ -134,13 +134,20 @@ fn packed_keys(k: &[f32], s: Shape) -> Vec<PackedMatrix> {
         .into_par_iter()
         .map(|of| {
             let (batch, kv) = (of / s.kv_heads, of % s.kv_heads);
-            let mut keys = Vec::with_capacity(n_keys * dh);
-            for j in 0..n_keys {
-                keys.extend_from_slice(&k[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh]);
-            }
+            let keys: Vec<f32> = head_rows(k, s, batch, kv).flatten().copied().collect();
             PackedMatrix::from_rows(&keys, n_keys, dh)
         })
         .collect()
+}
+
+/// KV head `kv`'s `d_head` values at each key position of batch row `batch` of `x: [b, keys,
+/// kv_heads, d_head]` (the keys or the values), in order.
+fn head_rows(x: &[f32], s: Shape, batch: usize, kv: usize) -> impl Iterator<Item = &[f32]> {
+    let first = (batch * s.keys * s.kv_heads + kv) * s.d_head;
+    x[first..]
+        .chunks(s.kv_heads * s.d_head)
+        .take(s.keys)
+        .map(move |row| &row[..s.d_head])
 }
 
 /// One task's raw `q·k`: the block's queries `first..first + rows` of every head of KV head
@@ -232,8 +239,7 @@ fn values_times(pattern_rows: &[f32], v: &[f32], s: Shape, task: Task, seen: usi
     }
     // Otherwise transposed: row d holds value dimension d of every key seen.
     let mut v_t = vec![0f32; dh * seen];
-    for j in 0..seen {
-        let vj = &v[((batch * n_keys + j) * s.kv_heads + kv) * dh..][..dh];
+    for (j, vj) in head_rows(v, s, batch, kv).take(seen).enumerate() {
         for (d, &x) in vj.iter().enumerate() {
             v_t[d * seen + j] = x;
         }
@@ -421,19 +427,30 @@ fn softmax_row(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// [`exp`]'s constants (Cephes' `expf`), shared with its AVX-512 lanes: inputs below the floor
+/// underflow; ln 2 split in two for the range reduction; the polynomial's coefficients,
+/// highest degree first.
+const EXP_FLOOR: f32 = -87.33;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `e^x` for `x ≤ 0` to within 2 ulp (Cephes' `expf`), written so it vectorises.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.33);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * C1 - n * C2;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
+    let x = x.max(EXP_FLOOR);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = EXP_POLY[1..]
+        .iter()
+        .fold(EXP_POLY[0], |p, &coefficient| p * r + coefficient);
     let poly = p * r * r + r + 1.0;
     // 2ⁿ from the bits of n + 127 (an integer in [1, 127] here): adding 2²³ puts it in the low
     // mantissa bits, and the shift moves those into the exponent. A float-to-int cast would
@@ -502,23 +519,17 @@ fn exp_lanes(
     let masked = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, _mm512_set1_ps(f32::NEG_INFINITY));
     let c = _mm512_set1_ps;
     // `f32::max(x, −87.33)` gives −87.33 for a NaN `x`; `max_ps` gives its second operand.
-    let x = _mm512_max_ps(_mm512_sub_ps(x, max), c(-87.33));
+    let x = _mm512_max_ps(_mm512_sub_ps(x, max), c(EXP_FLOOR));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
         _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
         c(0.5),
     ));
     let r = _mm512_sub_ps(
-        _mm512_sub_ps(x, _mm512_mul_ps(n, c(0.693_359_4))),
-        _mm512_mul_ps(n, c(-2.121_944_4e-4)),
+        _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
+        _mm512_mul_ps(n, c(LN2_LO)),
     );
-    let mut poly = c(1.987_569_1e-4);
-    for coefficient in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let mut poly = c(EXP_POLY[0]);
+    for &coefficient in &EXP_POLY[1..] {
         poly = _mm512_add_ps(_mm512_mul_ps(poly, r), c(coefficient));
     }
     let poly = _mm512_add_ps(

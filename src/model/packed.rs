@@ -320,11 +320,19 @@ impl PackedMatrix {
     /// regrouping the rows cost more than the product itself.
     pub fn matmul_t_unpacked(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul_t: x has the wrong length");
-        self.panels().matmul_t_unpacked(x, m, bias)
+        let rows = (x, ALayout::RowMajor);
+        product(
+            self.panels(),
+            self.mask.as_deref(),
+            Kernel::detect(),
+            rows,
+            m,
+            bias,
+        )
     }
 
-    /// The weights as [`Panels`] (for a pruned view, as stored: the mask is applied by
-    /// [`Self::matmul_t`], not here).
+    /// The weights as [`Panels`] (for a pruned view, as stored: the mask is applied by the
+    /// products, not here).
     fn panels(&self) -> Panels<'_> {
         Panels {
             data: &self.panels,
