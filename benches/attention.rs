@@ -42,6 +42,28 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // One new query over cached keys: a generated token, or a rerun of the last position.
+    for keys in [64, 256] {
+        let s = Shape {
+            b: 1,
+            t: 1,
+            keys,
+            heads: 9,
+            kv_heads: 3,
+            d_head: 64,
+        };
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * seed % 101) as f32 - 50.0) / 100.0)
+                .collect()
+        };
+        let q = values(s.heads * s.d_head, 37);
+        let k = values(keys * s.kv_heads * s.d_head, 53);
+        let v = values(keys * s.kv_heads * s.d_head, 71);
+        group.bench_with_input(BenchmarkId::new("step", keys), &keys, |b, _| {
+            b.iter(|| attention::attend(&q, &k, &v, s, rule))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

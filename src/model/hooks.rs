@@ -214,9 +214,27 @@ pub(crate) struct CaptureMatcher<'a> {
     globs: Vec<wildmatch::WildMatch>,
 }
 
+/// Whether a capture pattern has wildcards (else it is one hook's name).
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// Whether capture `pattern` names at least one of `names` (`known`: the same names, as a set).
+pub(crate) fn matches_any(
+    pattern: &str,
+    known: &std::collections::HashSet<&str>,
+    names: &[String],
+) -> bool {
+    if is_glob(pattern) {
+        let glob = wildmatch::WildMatch::new(pattern);
+        names.iter().any(|n| glob.matches(n))
+    } else {
+        known.contains(pattern)
+    }
+}
+
 impl<'a> CaptureMatcher<'a> {
     pub(crate) fn new(patterns: &'a [String]) -> Self {
-        let is_glob = |p: &str| p.contains(['*', '?']);
         CaptureMatcher {
             names: patterns
                 .iter()

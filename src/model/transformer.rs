@@ -875,15 +875,16 @@ impl Transformer {
     /// pattern matches at least one.
     pub fn validate(&self, spec: &HookSpec) -> Result<()> {
         let names = self.hook_names();
+        // The worker names a hundred hooks one by one: looked up, not each matched against
+        // every name (that took 1.5 ms of every rerun).
+        let known: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         for i in &spec.interventions {
-            if !names.contains(&i.hook) {
+            if !known.contains(i.hook.as_str()) {
                 return Err(ModelError::UnknownHook(i.hook.clone()));
             }
         }
         for pattern in &spec.capture {
-            let one = std::slice::from_ref(pattern);
-            let matcher = super::hooks::CaptureMatcher::new(one);
-            if !names.iter().any(|n| matcher.matches(n)) {
+            if !super::hooks::matches_any(pattern, &known, &names) {
                 return Err(ModelError::UnknownHook(pattern.clone()));
             }
         }
@@ -1709,23 +1710,12 @@ impl Attention {
             }
             None => (q, k),
         };
-        // A step attends to the cached keys and values too: this step's are appended first.
-        let (k, v, keys) = match tables.kv.as_deref_mut() {
-            Some(cache) => {
-                let layer = cache.layer(l);
-                with_f32_slice(&k, |k| layer.0.extend_from_slice(k))?;
-                with_f32_slice(&v, |v| layer.1.extend_from_slice(v))?;
-                let keys = layer.0.len() / (nkv * dh).max(1);
-                let shape = (b, keys, nkv, dh);
-                (
-                    Tensor::from_slice(&layer.0, shape, x.device())?,
-                    Tensor::from_slice(&layer.1, shape, x.device())?,
-                    keys,
-                )
-            }
-            None => (k, v, t),
+        let rule = attention::ScoreRule {
+            scale: self.scale as f32,
+            softcap: self.logit_softcap.map(|c| c as f32),
+            window: self.sliding_window,
         };
-        let shape = attention::Shape {
+        let shape = |keys: usize| attention::Shape {
             b,
             t,
             keys,
@@ -1733,52 +1723,70 @@ impl Attention {
             kv_heads: nkv,
             d_head: dh,
         };
-        let rule = attention::ScoreRule {
-            scale: self.scale as f32,
-            softcap: self.logit_softcap.map(|c| c as f32),
-            window: self.sliding_window,
-        };
-        let scores_name = name("hook_attn_scores");
-        let pattern_name = name("hook_pattern");
-        let z = if !hooks.wants(&scores_name) && !hooks.wants(&pattern_name) {
-            // No hook reads or edits the scores or the pattern: none is made.
-            with_f32_slice(&q, |q| {
-                with_f32_slice(&k, |k| {
-                    with_f32_slice(&v, |v| attention::attend(q, k, v, shape, rule))
-                })
-            })???
-        } else {
-            let mut scores = with_f32_slice(&q, |q| {
-                with_f32_slice(&k, |k| attention::scores(q, k, shape, rule))
-            })??;
-            // Scores become a tensor only when someone reads or edits them.
-            if hooks.wants(&scores_name) {
-                let edited = hooks.site(
-                    &scores_name,
-                    Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
-                )?;
-                scores = edited.flatten_all()?.to_vec1()?;
-                // An edit may have unmasked a key (TransformerLens' softmax would then see it).
-                attention::softmax_rows(&mut scores, keys);
-            } else {
-                attention::softmax_causal(&mut scores, shape);
+        // A step attends to the cached keys and values too: this step's are appended first,
+        // and the cache is read where it lies (a tensor of it was a copy of every cached key
+        // and value, per layer and step).
+        let z = with_f32_slice(&q, |q| match tables.kv.as_deref_mut() {
+            Some(cache) => {
+                let layer = cache.layer(l);
+                with_f32_slice(&k, |k| layer.0.extend_from_slice(k))?;
+                with_f32_slice(&v, |v| layer.1.extend_from_slice(v))?;
+                let keys = layer.0.len() / (nkv * dh).max(1);
+                self.core(l, q, (&layer.0, &layer.1), shape(keys), rule, hooks)
             }
-            // Blocks of queries skip the keys after their last one unless an edit of the
-            // pattern may have given those weight.
-            let causal = !hooks.edits(&pattern_name);
-            let pattern = hooks.site(
-                &pattern_name,
-                Tensor::from_vec(scores, (b, nh, t, keys), x.device())?,
-            )?;
-            with_f32_slice(&pattern, |p| {
-                with_f32_slice(&v, |v| attention::weighted_values(p, v, shape, causal))
-            })??
-        };
+            None => with_f32_slice(&k, |k| {
+                with_f32_slice(&v, |v| self.core(l, q, (k, v), shape(t), rule, hooks))
+            })??,
+        })??;
         let z = hooks.site(
             &name("hook_z"),
             Tensor::from_vec(z, (b, t, nh, dh), x.device())?,
         )?;
         self.o.forward(&z.reshape((b, t, nh * dh))?)
+    }
+
+    /// Layer `l`'s `z: [b, t, heads, d_head]` from its queries, keys and values: fused when no
+    /// hook reads or edits the scores or the pattern, else through both, each a hook site.
+    fn core(
+        &self,
+        l: usize,
+        q: &[f32],
+        (k, v): (&[f32], &[f32]),
+        shape: attention::Shape,
+        rule: attention::ScoreRule,
+        hooks: &mut HookState,
+    ) -> Result<Vec<f32>> {
+        let name = |s: &str| format!("blocks.{l}.attn.{s}");
+        let scores_name = name("hook_attn_scores");
+        let pattern_name = name("hook_pattern");
+        if !hooks.wants(&scores_name) && !hooks.wants(&pattern_name) {
+            // No hook reads or edits the scores or the pattern: none is made.
+            return Ok(attention::attend(q, k, v, shape, rule));
+        }
+        let (b, nh, t, keys) = (shape.b, shape.heads, shape.t, shape.keys);
+        let mut scores = attention::scores(q, k, shape, rule);
+        // Scores become a tensor only when someone reads or edits them.
+        if hooks.wants(&scores_name) {
+            let edited = hooks.site(
+                &scores_name,
+                Tensor::from_vec(scores, (b, nh, t, keys), &Device::Cpu)?,
+            )?;
+            scores = edited.flatten_all()?.to_vec1()?;
+            // An edit may have unmasked a key (TransformerLens' softmax would then see it).
+            attention::softmax_rows(&mut scores, keys);
+        } else {
+            attention::softmax_causal(&mut scores, shape);
+        }
+        // Blocks of queries skip the keys after their last one unless an edit of the
+        // pattern may have given those weight.
+        let causal = !hooks.edits(&pattern_name);
+        let pattern = hooks.site(
+            &pattern_name,
+            Tensor::from_vec(scores, (b, nh, t, keys), &Device::Cpu)?,
+        )?;
+        with_f32_slice(&pattern, |p| {
+            attention::weighted_values(p, v, shape, causal)
+        })
     }
 }
 

@@ -1893,6 +1893,12 @@ fn summarize(
     let n_heads = model.transformer.dims.n_heads;
     // CATS/CHESS thresholds come from the baseline pass (the pass itself when it is the baseline).
     let calibration = [calibration.unwrap_or(captures)];
+    // Copied once, straight into the event's buffer (a `Vec` first, then an `Arc`, was two).
+    let shared =
+        |t: &candle_core::Tensor| model::transformer::with_f32_slice(t, |v| Arc::<[f32]>::from(v));
+    // Copied before it is measured: the copy reads the activations from memory (a rerun's
+    // weights pushed them out of the caches), the measure then finds them in L2.
+    let mlp_post = shared(&post)?;
     let sparsity = measure_mlp_layer(
         &model.transformer,
         layer,
@@ -1901,9 +1907,6 @@ fn summarize(
         method,
         first_scored,
     )?;
-    // Copied once, straight into the event's buffer (a `Vec` first, then an `Arc`, was two).
-    let shared =
-        |t: &candle_core::Tensor| model::transformer::with_f32_slice(t, |v| Arc::<[f32]>::from(v));
     // A run that did not ask for patterns (or a cached pass that has them when this run
     // does not need them) sends none.
     let patterns = match captures.get(&format!("blocks.{layer}.attn.hook_pattern")) {
@@ -1915,7 +1918,7 @@ fn summarize(
         n_tokens,
         d_mlp,
         n_heads,
-        mlp_post: shared(&post)?,
+        mlp_post,
         sparsity,
         patterns,
     })
