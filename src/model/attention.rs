@@ -238,6 +238,11 @@ const FEW_QUERY_ROWS: usize = 64;
 /// sum of value rows. Through the packed kernel a 256-key step took ≈ 100 µs per layer, of
 /// which ≈ 3 µs is arithmetic: packing every key, three tasks on two threads and their
 /// hand-offs were the rest.
+///
+/// Bit for bit the blocked path's result: every sum runs in the kernel's order (over
+/// `d_head` for a score, over keys for `z`, each from zero), fused multiply-adds where the
+/// kernel fuses them. A rerun of the last positions must equal the full pass exactly (a patch
+/// that changes nothing gives exactly 0, §16).
 fn attend_few(
     q: &[f32],
     k: &[f32],
@@ -247,14 +252,21 @@ fn attend_few(
     avx512: bool,
 ) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if avx512 {
-        // Safety: the caller detected AVX-512F at runtime.
-        return unsafe { attend_few_avx512(q, k, v, s, rule) };
+    {
+        if avx512 {
+            // Safety: the caller detected AVX-512F at runtime.
+            return unsafe { attend_few_avx512(q, k, v, s, rule) };
+        }
+        if super::packed::kernel_fuses() {
+            // Safety: the kernel fuses only where AVX2 and FMA were detected at runtime.
+            return unsafe { attend_few_fma(q, k, v, s, rule) };
+        }
     }
-    attend_few_in(q, k, v, s, rule, avx512)
+    attend_few_in::<false>(q, k, v, s, rule, avx512)
 }
 
-/// [`attend_few_in`] compiled for AVX-512 (the crate targets baseline x86-64).
+/// [`attend_few_in`] compiled for AVX-512 (the crate targets baseline x86-64; AVX-512F has
+/// the fused multiply-add).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_few_avx512(
@@ -264,11 +276,25 @@ unsafe fn attend_few_avx512(
     s: Shape,
     rule: ScoreRule,
 ) -> Vec<f32> {
-    attend_few_in(q, k, v, s, rule, true)
+    attend_few_in::<true>(q, k, v, s, rule, true)
+}
+
+/// [`attend_few_in`] compiled for AVX2 with FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_few_fma(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
+    attend_few_in::<true>(q, k, v, s, rule, false)
+}
+
+/// `a · b + c`, fused (`FUSED`, as the AVX kernels' FMAs) or rounded twice (as the portable
+/// kernel's `c += a · b`).
+#[inline(always)]
+fn multiply_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED { a.mul_add(b, c) } else { c + a * b }
 }
 
 #[inline(always)]
-fn attend_few_in(
+fn attend_few_in<const FUSED: bool>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -280,48 +306,54 @@ fn attend_few_in(
     let (offset, group) = (n_keys - t, s.heads / s.kv_heads);
     let mut z = vec![0f32; s.b * t * s.heads * dh];
     let mut row = vec![0f32; n_keys];
+    // One KV head's keys transposed in panels of 16, `[keys / 16, d_head, 16]`: a score per
+    // lane, each lane's sum over `d_head` in the kernel's order. (One `[d_head, keys]` array
+    // put its rows a multiple of 4 KiB apart at 256 keys, and its columns fought over the
+    // same cache sets: 13 times slower.)
+    let panel_len = dh * LANES;
+    let mut keys_t = vec![0f32; n_keys.div_ceil(LANES) * panel_len];
     for batch in 0..s.b {
-        for i in 0..t {
-            let position = offset + i;
-            for head in 0..s.heads {
-                let kv = head / group;
-                let at = ((batch * t + i) * s.heads + head) * dh;
-                let query = &q[at..at + dh];
-                let row = &mut row[..position + 1];
-                for (score, key) in row.iter_mut().zip(head_rows(k, s, batch, kv)) {
-                    *score = lane_dot(query, key);
+        for kv in 0..s.kv_heads {
+            for (j, key) in head_rows(k, s, batch, kv).enumerate() {
+                let panel = &mut keys_t[(j / LANES) * panel_len..][..panel_len];
+                for (d, &x) in key.iter().enumerate() {
+                    panel[d * LANES + j % LANES] = x;
                 }
-                mask_row(row, position, rule);
-                softmax_prefix(row, position + 1, avx512);
-                let out = &mut z[at..at + dh];
-                for (&p, value) in row.iter().zip(head_rows(v, s, batch, kv)) {
-                    if p != 0.0 {
-                        out.iter_mut().zip(value).for_each(|(o, &x)| *o += p * x);
+            }
+            for head in kv * group..(kv + 1) * group {
+                for i in 0..t {
+                    let position = offset + i;
+                    let at = ((batch * t + i) * s.heads + head) * dh;
+                    let query = &q[at..at + dh];
+                    let row = &mut row[..position + 1];
+                    for (scores, panel) in row.chunks_mut(LANES).zip(keys_t.chunks_exact(panel_len))
+                    {
+                        // All 16 lanes (past the keys, the panel holds zeros or keys this
+                        // query cannot see); the row takes those it has.
+                        let mut acc = [0f32; LANES];
+                        for (&a, column) in query.iter().zip(panel.chunks_exact(LANES)) {
+                            for lane in 0..LANES {
+                                acc[lane] = multiply_add::<FUSED>(a, column[lane], acc[lane]);
+                            }
+                        }
+                        scores.copy_from_slice(&acc[..scores.len()]);
+                    }
+                    mask_row(row, position, rule);
+                    softmax_prefix(row, position + 1, avx512);
+                    let out = &mut z[at..at + dh];
+                    // A zero weight adds exactly nothing (the kernel's `0 · x + sum` is `sum`).
+                    for (&p, value) in row.iter().zip(head_rows(v, s, batch, kv)) {
+                        if p != 0.0 {
+                            out.iter_mut()
+                                .zip(value)
+                                .for_each(|(o, &x)| *o = multiply_add::<FUSED>(p, x, *o));
+                        }
                     }
                 }
             }
         }
     }
     z
-}
-
-/// `a · b`, summed lane-wise so it vectorises.
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (a_lanes, b_lanes) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_lanes
-        .remainder()
-        .iter()
-        .zip(b_lanes.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_lanes.zip(b_lanes) {
-        for lane in 0..LANES {
-            acc[lane] += x[lane] * y[lane];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `pattern_rows [m, seen] · v[task's batch, 0..seen, its KV head]` through the packed kernel
@@ -774,10 +806,14 @@ mod tests {
         }
         // The direct path for a few queries, on every shape (`attend` takes it for small
         // ones only), with and without AVX-512.
-        for avx512 in [false, crate::model::packed::has_avx512()] {
-            let z_few = attend_few(&q, &k, &v, s, rule, avx512);
+        // Bit for bit: a rerun of the last positions must equal the full pass exactly.
+        let avx512 = crate::model::packed::has_avx512();
+        let z_few = attend_few(&q, &k, &v, s, rule, avx512);
+        assert_eq!(z_few, z, "few queries");
+        if avx512 {
+            let z_few = attend_few(&q, &k, &v, s, rule, false);
             for (a, b) in z.iter().zip(&z_few) {
-                assert!((a - b).abs() < 1e-5, "few queries {a} vs {b}");
+                assert!((a - b).abs() < 1e-5, "few queries, no AVX-512 {a} vs {b}");
             }
         }
         let group = heads / s.kv_heads;

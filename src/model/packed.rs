@@ -921,6 +921,12 @@ pub(crate) fn has_avx512() -> bool {
     }
 }
 
+/// Whether the packed kernel on this CPU fuses its multiply-adds (AVX-512, or AVX2 with FMA);
+/// code that must match its sums bit for bit fuses exactly when it does.
+pub(crate) fn kernel_fuses() -> bool {
+    !matches!(Kernel::detect(), Kernel::Portable)
+}
+
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
