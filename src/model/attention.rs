@@ -233,11 +233,11 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec
 /// [`attend_few`]: a generated token's or a last-position rerun's one query per head.
 const FEW_QUERY_ROWS: usize = 64;
 
-/// [`attend`] for a few queries (a step over cached keys), on one thread and without packing:
-/// each head's scores are dot products with the keys where they lie, and its `z` a running
-/// sum of value rows. Through the packed kernel a 256-key step took ≈ 100 µs per layer, of
-/// which ≈ 3 µs is arithmetic: packing every key, three tasks on two threads and their
-/// hand-offs were the rest.
+/// [`attend`] for a few queries (a step over cached keys), on one thread: each KV head's keys
+/// transposed once into 16-wide panels that its query heads share, then per query 16 scores
+/// at a time, the mask and softmax, and `z` as a running sum of value rows. Through the
+/// blocked path a 64-key step took 63 µs per layer (now 13), mostly packing, three tasks on
+/// two threads and their hand-offs.
 ///
 /// Bit for bit the blocked path's result: every sum runs in the kernel's order (over
 /// `d_head` for a score, over keys for `z`, each from zero), fused multiply-adds where the
@@ -308,8 +308,8 @@ fn attend_few_in<const FUSED: bool>(
     let mut row = vec![0f32; n_keys];
     // One KV head's keys transposed in panels of 16, `[keys / 16, d_head, 16]`: a score per
     // lane, each lane's sum over `d_head` in the kernel's order. (One `[d_head, keys]` array
-    // put its rows a multiple of 4 KiB apart at 256 keys, and its columns fought over the
-    // same cache sets: 13 times slower.)
+    // put its rows 1 KiB apart at 256 keys, where its columns fought over the same cache
+    // sets: 180 µs per step instead of 83.)
     let panel_len = dh * LANES;
     let mut keys_t = vec![0f32; n_keys.div_ceil(LANES) * panel_len];
     for batch in 0..s.b {
