@@ -15,22 +15,8 @@ fn bench(c: &mut Criterion) {
         window: None,
     };
     for t in [64, 256] {
-        let s = Shape {
-            b: 1,
-            t,
-            keys: t,
-            heads: 9,
-            kv_heads: 3,
-            d_head: 64,
-        };
-        let values = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * seed % 101) as f32 - 50.0) / 100.0)
-                .collect()
-        };
-        let q = values(t * s.heads * s.d_head, 37);
-        let k = values(t * s.kv_heads * s.d_head, 53);
-        let v = values(t * s.kv_heads * s.d_head, 71);
+        let s = smollm2(t, t);
+        let (q, k, v) = inputs(s);
         group.bench_with_input(BenchmarkId::new("fused", t), &t, |b, _| {
             b.iter(|| attention::attend(&q, &k, &v, s, rule))
         });
@@ -44,26 +30,39 @@ fn bench(c: &mut Criterion) {
     }
     // One new query over cached keys: a generated token, or a rerun of the last position.
     for keys in [64, 256] {
-        let s = Shape {
-            b: 1,
-            t: 1,
-            keys,
-            heads: 9,
-            kv_heads: 3,
-            d_head: 64,
-        };
-        let values = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * seed % 101) as f32 - 50.0) / 100.0)
-                .collect()
-        };
-        let q = values(s.heads * s.d_head, 37);
-        let k = values(keys * s.kv_heads * s.d_head, 53);
-        let v = values(keys * s.kv_heads * s.d_head, 71);
+        let s = smollm2(1, keys);
+        let (q, k, v) = inputs(s);
         group.bench_with_input(BenchmarkId::new("step", keys), &keys, |b, _| {
             b.iter(|| attention::attend(&q, &k, &v, s, rule))
         });
     }
+}
+
+/// SmolLM2-135M's heads: `t` queries over `keys` keys, one sequence.
+fn smollm2(t: usize, keys: usize) -> Shape {
+    Shape {
+        b: 1,
+        t,
+        keys,
+        heads: 9,
+        kv_heads: 3,
+        d_head: 64,
+    }
+}
+
+/// Deterministic queries, keys and values of no particular meaning for shape `s`.
+fn inputs(s: Shape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let values = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * seed % 101) as f32 - 50.0) / 100.0)
+            .collect()
+    };
+    let kv_len = s.b * s.keys * s.kv_heads * s.d_head;
+    (
+        values(s.b * s.t * s.heads * s.d_head, 37),
+        values(kv_len, 53),
+        values(kv_len, 71),
+    )
 }
 
 criterion_group!(benches, bench);

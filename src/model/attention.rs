@@ -251,39 +251,37 @@ fn attend_few(
     rule: ScoreRule,
     avx512: bool,
 ) -> Vec<f32> {
+    let qkv = (q, k, v);
     #[cfg(target_arch = "x86_64")]
     {
         if avx512 {
             // Safety: the caller detected AVX-512F at runtime.
-            return unsafe { attend_few_avx512(q, k, v, s, rule) };
+            return unsafe { attend_few_avx512(qkv, s, rule) };
         }
         if super::packed::kernel_fuses() {
             // Safety: the kernel fuses only where AVX2 and FMA were detected at runtime.
-            return unsafe { attend_few_fma(q, k, v, s, rule) };
+            return unsafe { attend_few_fma(qkv, s, rule) };
         }
     }
-    attend_few_in::<false>(q, k, v, s, rule, avx512)
+    attend_few_in::<false>(qkv, s, rule, avx512)
 }
+
+/// Queries, keys and values, laid out as [`attend`] takes them.
+type Qkv<'a> = (&'a [f32], &'a [f32], &'a [f32]);
 
 /// [`attend_few_in`] compiled for AVX-512 (the crate targets baseline x86-64; AVX-512F has
 /// the fused multiply-add).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_few_avx512(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    s: Shape,
-    rule: ScoreRule,
-) -> Vec<f32> {
-    attend_few_in::<true>(q, k, v, s, rule, true)
+unsafe fn attend_few_avx512(qkv: Qkv<'_>, s: Shape, rule: ScoreRule) -> Vec<f32> {
+    attend_few_in::<true>(qkv, s, rule, true)
 }
 
 /// [`attend_few_in`] compiled for AVX2 with FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_few_fma(q: &[f32], k: &[f32], v: &[f32], s: Shape, rule: ScoreRule) -> Vec<f32> {
-    attend_few_in::<true>(q, k, v, s, rule, false)
+unsafe fn attend_few_fma(qkv: Qkv<'_>, s: Shape, rule: ScoreRule) -> Vec<f32> {
+    attend_few_in::<true>(qkv, s, rule, false)
 }
 
 /// `a · b + c`, fused (`FUSED`, as the AVX kernels' FMAs) or rounded twice (as the portable
@@ -295,9 +293,7 @@ fn multiply_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 #[inline(always)]
 fn attend_few_in<const FUSED: bool>(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): Qkv<'_>,
     s: Shape,
     rule: ScoreRule,
     avx512: bool,
